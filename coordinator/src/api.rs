@@ -1,0 +1,174 @@
+//! The coordinator's HTTP API (version 1).
+//!
+//! Agents:
+//! - `GET  /v1/agents/{node}/{kind}/next?after=R&epoch=E&wait=S[&podIP=IP]`: long-poll for
+//!   the next plan; 200 with an assignment, 204 when none started within `wait` seconds.
+//! - `POST /v1/reports`: an agent report; 202, or 409 when its round is not running.
+//!
+//! Clients:
+//! - `POST /v1/rounds`: start a round now (or queue it); 202 `{"round": N}`.
+//! - `GET  /v1/rounds/{id}?wait=S`: 200 with the report when done; 202 with progress.
+//! - `GET  /v1/rounds/latest`, `GET /v1/agents`, `GET /v1/topology`, `GET /healthz`.
+//!
+//! Every malformed request gets a 4xx with a message; bodies are capped at [`MAX_BODY`].
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use meshprobe_core::plan::AgentReport;
+use meshprobe_core::{AgentKind, NodeName};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::rounds::{Coordinator, RoundStatus};
+
+/// Largest accepted request body.
+pub const MAX_BODY: usize = 8 << 20;
+/// Longest a client or agent may ask the coordinator to hold a request.
+pub const MAX_WAIT: Duration = Duration::from_secs(60);
+
+/// The API's routes over shared coordinator state.
+pub fn router(state: Arc<Coordinator>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/v1/agents", get(agents))
+        .route("/v1/agents/{node}/{kind}/next", get(next))
+        .route("/v1/reports", post(report))
+        .route("/v1/rounds", post(trigger))
+        .route("/v1/rounds/latest", get(latest))
+        .route("/v1/rounds/{id}", get(round))
+        .route("/v1/topology", get(topology))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NextQuery {
+    #[serde(default)]
+    after: u64,
+    #[serde(default)]
+    epoch: u64,
+    #[serde(default)]
+    wait: Option<u64>,
+    #[serde(rename = "podIP")]
+    pod_ip: Option<Ipv4Addr>,
+}
+
+async fn next(
+    State(c): State<Arc<Coordinator>>,
+    Path((node, kind)): Path<(String, String)>,
+    query: Result<Query<NextQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Query(q) = match query {
+        Ok(q) => q,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    let node = match NodeName::new(node) {
+        Ok(n) => n,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let kind: AgentKind = match kind.parse() {
+        Ok(k) => k,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    if c.topology().node(&node).is_none() {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("node {node} is not in the topology"),
+        );
+    }
+    let wait = Duration::from_secs(q.wait.unwrap_or(25)).min(MAX_WAIT);
+    match c.next((node, kind), q.after, q.epoch, q.pod_ip, wait).await {
+        Some(a) => Json(a).into_response(),
+        None => StatusCode::NO_CONTENT.into_response(),
+    }
+}
+
+async fn report(
+    State(c): State<Arc<Coordinator>>,
+    body: Result<Json<AgentReport>, JsonRejection>,
+) -> Response {
+    let Json(report) = match body {
+        Ok(b) => b,
+        Err(e) => return error(e.status(), e.body_text()),
+    };
+    match c.report(report) {
+        Ok(()) => StatusCode::ACCEPTED.into_response(),
+        Err(e @ crate::rounds::ReportError::NotRunning { .. }) => {
+            error(StatusCode::CONFLICT, e.to_string())
+        }
+        Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
+    }
+}
+
+async fn trigger(State(c): State<Arc<Coordinator>>) -> Response {
+    let id = c.trigger();
+    (StatusCode::ACCEPTED, Json(json!({ "round": id }))).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WaitQuery {
+    #[serde(default)]
+    wait: u64,
+}
+
+async fn round(
+    State(c): State<Arc<Coordinator>>,
+    Path(id): Path<String>,
+    query: Result<Query<WaitQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(id) = id.parse::<u64>() else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("round id {id:?} is not a number"),
+        );
+    };
+    let wait = match query {
+        Ok(Query(q)) => Duration::from_secs(q.wait).min(MAX_WAIT),
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    match c.wait_for(id, wait).await {
+        RoundStatus::Done(report) => Json(&*report).into_response(),
+        RoundStatus::Pending { reported, expected } => (
+            StatusCode::ACCEPTED,
+            Json(json!({ "round": id, "state": "running", "reported": reported, "expected": expected })),
+        )
+            .into_response(),
+        RoundStatus::Evicted => error(StatusCode::GONE, format!("round {id} is no longer kept")),
+        RoundStatus::Unknown => error(StatusCode::NOT_FOUND, format!("round {id} does not exist")),
+    }
+}
+
+async fn latest(State(c): State<Arc<Coordinator>>) -> Response {
+    match c.latest() {
+        Some(r) => Json(&*r).into_response(),
+        None => error(StatusCode::NOT_FOUND, "no round has finished yet"),
+    }
+}
+
+async fn agents(State(c): State<Arc<Coordinator>>) -> Response {
+    let list: Vec<_> = c
+        .agents()
+        .into_iter()
+        .map(|(node, kind, age, ip)| json!({ "node": node, "kind": kind, "lastSeenSecondsAgo": age, "podIP": ip }))
+        .collect();
+    Json(json!({ "agents": list })).into_response()
+}
+
+async fn topology(State(c): State<Arc<Coordinator>>) -> Response {
+    Json(json!({ "fresh": c.topology_fresh(), "topology": &*c.topology() })).into_response()
+}

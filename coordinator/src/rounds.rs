@@ -1,0 +1,421 @@
+//! The round engine.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use meshprobe_core::matrix::{RoundInput, build_report};
+use meshprobe_core::plan::{AgentReport, Assignment, Plan, PlanSettings, make_plan};
+use meshprobe_core::{AgentKind, CheckReport, NodeName};
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+
+use crate::source::TopologySource;
+
+type Key = (NodeName, AgentKind);
+
+/// Coordinator settings, with their defaults.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// What every plan carries.
+    pub plan: PlanSettings,
+    /// Time an agent gets beyond its plan's budget to deliver its report (default 1.5 s).
+    pub grace: Duration,
+    /// An agent not heard from for this long is absent and not waited for (default 40 s,
+    /// longer than an agent's 25 s poll).
+    pub stale_after: Duration,
+    /// Rounds kept for clients to read (default 32).
+    pub keep_rounds: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            plan: PlanSettings::default(),
+            grace: Duration::from_millis(1500),
+            stale_after: Duration::from_secs(40),
+            keep_rounds: 32,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Seen {
+    at: Instant,
+    pod_ip: Option<Ipv4Addr>,
+}
+
+struct Running {
+    id: u64,
+    started: Instant,
+    topology: Arc<meshprobe_core::Topology>,
+    plans: BTreeMap<Key, Plan>,
+    live: BTreeSet<Key>,
+    reports: BTreeMap<Key, AgentReport>,
+    all_in: Arc<Notify>,
+}
+
+#[derive(Default)]
+struct Inner {
+    agents: BTreeMap<Key, Seen>,
+    last_id: u64,
+    running: Option<Running>,
+    queued: bool,
+    done: VecDeque<Arc<CheckReport>>,
+}
+
+/// Why a report was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ReportError {
+    /// The report's round is not the one running.
+    #[error("round {got} is not running (running: {running:?}); report discarded")]
+    NotRunning {
+        /// The report's round.
+        got: u64,
+        /// The running round, if any.
+        running: Option<u64>,
+    },
+    /// No plan exists for this agent in this round.
+    #[error("no {kind} agent on node {node} was planned in round {round}")]
+    NotPlanned {
+        /// Node.
+        node: NodeName,
+        /// Kind.
+        kind: AgentKind,
+        /// Round.
+        round: u64,
+    },
+}
+
+/// The state of a round, for clients.
+#[derive(Debug, Clone)]
+pub enum RoundStatus {
+    /// Finished: here is the report.
+    Done(Arc<CheckReport>),
+    /// Started or queued; `reported` of `expected` live agents are in.
+    Pending {
+        /// Agents reported so far.
+        reported: usize,
+        /// Live agents the round waits for.
+        expected: usize,
+    },
+    /// Too old: dropped from the history.
+    Evicted,
+    /// Never existed.
+    Unknown,
+}
+
+/// The coordinator's shared state.
+pub struct Coordinator {
+    inner: Mutex<Inner>,
+    source: Box<dyn TopologySource>,
+    settings: Settings,
+    epoch: u64,
+    started_tx: watch::Sender<u64>,
+    done_tx: watch::Sender<u64>,
+}
+
+impl Coordinator {
+    /// A coordinator planning from `source`.
+    pub fn new(source: Box<dyn TopologySource>, settings: Settings) -> Arc<Self> {
+        Arc::new(Self {
+            inner: Mutex::new(Inner::default()),
+            source,
+            settings,
+            // Never zero, so an agent that has never seen an epoch always differs.
+            epoch: fastrand::u64(1..),
+            started_tx: watch::channel(0).0,
+            done_tx: watch::channel(0).0,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave the maps half-updated in a way
+        // that matters more than stopping the service would; keep serving.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The topology the next round will use.
+    pub fn topology(&self) -> Arc<meshprobe_core::Topology> {
+        self.source.current()
+    }
+
+    /// Whether the topology source is current.
+    pub fn topology_fresh(&self) -> bool {
+        self.source.fresh()
+    }
+
+    /// Starts a round now, or queues one to start when the running one ends. Returns the
+    /// id of the round that will hold fresh results.
+    pub fn trigger(self: &Arc<Self>) -> u64 {
+        let mut inner = self.lock();
+        if let Some(r) = &inner.running {
+            let next = r.id + 1;
+            inner.queued = true;
+            return next;
+        }
+        self.start_locked(&mut inner)
+    }
+
+    /// Starts a round unless one is running (for the periodic schedule).
+    pub fn tick(self: &Arc<Self>) {
+        let mut inner = self.lock();
+        if inner.running.is_none() {
+            self.start_locked(&mut inner);
+        }
+    }
+
+    fn start_locked(self: &Arc<Self>, inner: &mut Inner) -> u64 {
+        let topology = self.source.current();
+        let now = Instant::now();
+        let pod_ips: BTreeMap<NodeName, Ipv4Addr> = inner
+            .agents
+            .iter()
+            .filter(|((_, k), _)| *k == AgentKind::Pod)
+            .filter_map(|((n, _), s)| s.pod_ip.map(|ip| (n.clone(), ip)))
+            .collect();
+        inner.last_id += 1;
+        let id = inner.last_id;
+        let mut plans = BTreeMap::new();
+        for node in &topology.nodes {
+            for kind in AgentKind::ALL {
+                let plan = make_plan(
+                    &topology,
+                    &pod_ips,
+                    &node.name,
+                    kind,
+                    id,
+                    &self.settings.plan,
+                );
+                plans.insert((node.name.clone(), kind), plan);
+            }
+        }
+        let live = inner
+            .agents
+            .iter()
+            .filter(|(k, s)| {
+                plans.contains_key(*k) && now.duration_since(s.at) < self.settings.stale_after
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        let all_in = Arc::new(Notify::new());
+        inner.running = Some(Running {
+            id,
+            started: now,
+            topology,
+            plans,
+            live,
+            reports: BTreeMap::new(),
+            all_in: Arc::clone(&all_in),
+        });
+        let deadline = now
+            + Duration::from_millis(u64::from(self.settings.plan.budget_ms()))
+            + self.settings.grace;
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline) => {}
+                () = all_in.notified() => {}
+            }
+            me.finish(id);
+        });
+        tracing::debug!(round = id, "round started");
+        self.started_tx.send_replace(id);
+        id
+    }
+
+    fn finish(self: &Arc<Self>, id: u64) {
+        let mut inner = self.lock();
+        let Some(r) = inner.running.take_if(|r| r.id == id) else {
+            return;
+        };
+        let live = r.live.clone();
+        let report = build_report(RoundInput {
+            round: r.id,
+            topology: &r.topology,
+            plans: &r.plans,
+            reports: &r.reports,
+            live: &|n, k| live.contains(&(n.clone(), k)),
+            duration_ms: r.started.elapsed().as_millis() as u64,
+            findings: Vec::new(),
+        });
+        tracing::info!(
+            round = id,
+            healthy = report.healthy,
+            reported = r.reports.len(),
+            expected = r.live.len(),
+            "round done"
+        );
+        inner.done.push_back(Arc::new(report));
+        while inner.done.len() > self.settings.keep_rounds {
+            inner.done.pop_front();
+        }
+        self.done_tx.send_replace(id);
+        if std::mem::take(&mut inner.queued) {
+            self.start_locked(&mut inner);
+        }
+    }
+
+    /// Records that an agent is alive (and its pod IP, for pod agents).
+    fn touch(&self, inner: &mut Inner, key: &Key, pod_ip: Option<Ipv4Addr>) {
+        let e = inner.agents.entry(key.clone()).or_insert(Seen {
+            at: Instant::now(),
+            pod_ip,
+        });
+        e.at = Instant::now();
+        if pod_ip.is_some() {
+            e.pod_ip = pod_ip;
+        }
+    }
+
+    /// The assignment for an agent: the running round's plan if the agent has not run it
+    /// yet, waiting up to `wait` for one to start. `None` when nothing started in time.
+    pub async fn next(
+        &self,
+        key: Key,
+        after: u64,
+        epoch: u64,
+        pod_ip: Option<Ipv4Addr>,
+        wait: Duration,
+    ) -> Option<Assignment> {
+        let mut started = self.started_tx.subscribe();
+        let deadline = Instant::now() + wait;
+        // A different epoch means the agent's round numbers are from before a restart.
+        let after = if epoch == self.epoch { after } else { 0 };
+        loop {
+            {
+                let mut inner = self.lock();
+                self.touch(&mut inner, &key, pod_ip);
+                if let Some(r) = &inner.running {
+                    if r.id > after && !r.reports.contains_key(&key) {
+                        if let Some(plan) = r.plans.get(&key) {
+                            return Some(Assignment {
+                                epoch: self.epoch,
+                                plan: plan.clone(),
+                            });
+                        }
+                    }
+                }
+            }
+            started.borrow_and_update();
+            match tokio::time::timeout_at(deadline, started.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => {
+                    self.touch(&mut self.lock(), &key, pod_ip);
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Accepts an agent's report for the running round.
+    pub fn report(&self, report: AgentReport) -> Result<(), ReportError> {
+        let mut inner = self.lock();
+        let key = (report.node.clone(), report.kind);
+        self.touch(&mut inner, &key, None);
+        let Some(r) = inner.running.as_mut() else {
+            return Err(ReportError::NotRunning {
+                got: report.round,
+                running: None,
+            });
+        };
+        if r.id != report.round {
+            return Err(ReportError::NotRunning {
+                got: report.round,
+                running: Some(r.id),
+            });
+        }
+        if !r.plans.contains_key(&key) {
+            return Err(ReportError::NotPlanned {
+                node: report.node,
+                kind: report.kind,
+                round: r.id,
+            });
+        }
+        r.reports.insert(key, report);
+        if r.live.iter().all(|k| r.reports.contains_key(k)) {
+            r.all_in.notify_one();
+        }
+        Ok(())
+    }
+
+    /// The status of round `id`.
+    pub fn status(&self, id: u64) -> RoundStatus {
+        let inner = self.lock();
+        if let Some(rep) = inner.done.iter().find(|r| r.round == id) {
+            return RoundStatus::Done(Arc::clone(rep));
+        }
+        match &inner.running {
+            Some(r) if r.id == id => {
+                return RoundStatus::Pending {
+                    reported: r.reports.len(),
+                    expected: r.live.len(),
+                };
+            }
+            Some(r) if id == r.id + 1 && inner.queued => {
+                return RoundStatus::Pending {
+                    reported: 0,
+                    expected: 0,
+                };
+            }
+            _ => {}
+        }
+        if id == 0 || id > inner.last_id {
+            RoundStatus::Unknown
+        } else {
+            RoundStatus::Evicted
+        }
+    }
+
+    /// Waits up to `wait` for round `id` to finish.
+    pub async fn wait_for(&self, id: u64, wait: Duration) -> RoundStatus {
+        let mut done = self.done_tx.subscribe();
+        let deadline = Instant::now() + wait;
+        loop {
+            done.borrow_and_update();
+            let status = self.status(id);
+            if !matches!(status, RoundStatus::Pending { .. }) {
+                return status;
+            }
+            if tokio::time::timeout_at(deadline, done.changed())
+                .await
+                .is_err()
+            {
+                return self.status(id);
+            }
+        }
+    }
+
+    /// The latest finished round.
+    pub fn latest(&self) -> Option<Arc<CheckReport>> {
+        self.lock().done.back().cloned()
+    }
+
+    /// Every agent heard from, with seconds since last contact and pod IP.
+    pub fn agents(&self) -> Vec<(NodeName, AgentKind, f64, Option<Ipv4Addr>)> {
+        let now = Instant::now();
+        self.lock()
+            .agents
+            .iter()
+            .map(|((n, k), s)| {
+                (
+                    n.clone(),
+                    *k,
+                    now.duration_since(s.at).as_secs_f64(),
+                    s.pod_ip,
+                )
+            })
+            .collect()
+    }
+
+    /// Runs a round every `interval` until the process ends (continuous mode).
+    pub async fn schedule(self: Arc<Self>, interval: Duration) {
+        let mut t = tokio::time::interval(interval);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            t.tick().await;
+            self.tick();
+        }
+    }
+}

@@ -1,0 +1,25 @@
+//! meshprobe's pure core.
+//!
+//! Everything in this crate is a function of its inputs: it opens no sockets, reads no
+//! files and has no clock. The coordinator, the agents and the sandbox all share these
+//! types, and the tests exercise them without a network.
+//!
+//! - [`inventory`] parses and validates the static inventory file into a [`Topology`].
+//! - [`plan`] turns a topology into the probe plan of one agent.
+//! - [`matrix`] turns plans and agent reports into per-layer matrices and a [`CheckReport`].
+//! - [`promtext`] checks that a body is Prometheus text exposition format.
+//! - [`render`] draws a report as text tables for people.
+
+pub mod ids;
+pub mod inventory;
+pub mod layer;
+pub mod matrix;
+pub mod plan;
+pub mod promtext;
+pub mod render;
+
+pub use ids::{AgentKind, NodeName, PodCidr};
+pub use inventory::{InventoryError, Topology};
+pub use layer::Layer;
+pub use matrix::{Cell, CellState, CheckReport, Finding};
+pub use plan::{AgentReport, Plan, PlanSettings, ProbeResult};

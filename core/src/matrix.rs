@@ -1,0 +1,449 @@
+//! Per-layer matrices and the check report (CONTRACT §3).
+//!
+//! [`build_report`] is the single place that decides what a cell says: `ok` and `fail`
+//! come only from a report the agent actually sent; a silent agent's cells are `unknown`,
+//! never `fail`, so one dead agent cannot paint its peers red.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{AgentKind, NodeName};
+use crate::inventory::Topology;
+use crate::layer::Layer;
+use crate::plan::{AgentReport, Plan, ProbeResult};
+
+/// The verdict of one cell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CellState {
+    /// Probes succeeded (loss below the failure threshold).
+    Ok,
+    /// Probes failed at or above the threshold.
+    Fail,
+    /// Nobody measured it this round.
+    Unknown,
+}
+
+/// One cell: one source node's view of one destination in one layer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Cell {
+    /// ok / fail / unknown.
+    pub state: CellState,
+    /// Share of probes that failed, in percent; `null` when unknown.
+    pub loss_pct: Option<f64>,
+    /// Mean RTT of the successful probes, in milliseconds; `null` when none succeeded.
+    pub rtt_ms: Option<f64>,
+    /// Probes sent (extension to CONTRACT §3).
+    pub sent: u32,
+    /// Probes that succeeded (extension).
+    pub ok: u32,
+    /// The last failure or why the cell is unknown (extension).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+impl Cell {
+    /// An unknown cell with the reason.
+    pub fn unknown(reason: impl Into<String>) -> Self {
+        Self {
+            state: CellState::Unknown,
+            loss_pct: None,
+            rtt_ms: None,
+            sent: 0,
+            ok: 0,
+            detail: Some(reason.into()),
+        }
+    }
+
+    /// The cell a probe result gives, failing at `fail_loss_pct` percent loss.
+    pub fn from_result(r: &ProbeResult, fail_loss_pct: f64) -> Self {
+        if r.sent == 0 {
+            return Self::unknown(r.detail.clone().unwrap_or_else(|| "not probed".to_owned()));
+        }
+        let lost = r.sent.saturating_sub(r.ok);
+        let loss = round2(f64::from(lost) * 100.0 / f64::from(r.sent));
+        Self {
+            state: if loss >= fail_loss_pct {
+                CellState::Fail
+            } else {
+                CellState::Ok
+            },
+            loss_pct: Some(loss),
+            rtt_ms: r.rtt_ms.map(round3),
+            sent: r.sent,
+            ok: r.ok,
+            detail: if lost > 0 { r.detail.clone() } else { None },
+        }
+    }
+}
+
+fn round2(v: f64) -> f64 {
+    (v * 100.0).round() / 100.0
+}
+fn round3(v: f64) -> f64 {
+    (v * 1000.0).round() / 1000.0
+}
+
+/// A diagnosis: where the fault is and why (CONTRACT §3).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Finding {
+    /// Cause id from the contract's table.
+    pub cause: String,
+    /// Node(s) at fault.
+    pub nodes: Vec<NodeName>,
+    /// The other end(s), for pair faults.
+    pub peers: Vec<NodeName>,
+    /// inbound / outbound / both / none.
+    pub direction: String,
+    /// The hop, in words.
+    pub hop: String,
+    /// One line a person reads first.
+    pub summary: String,
+    /// Facts with numbers.
+    pub evidence: Vec<String>,
+    /// What to check or run next.
+    pub fix: String,
+}
+
+/// How an agent took part in a round (extension to CONTRACT §3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AgentState {
+    /// Reported this round.
+    Reported,
+    /// Is registered and was polling, but did not report in time.
+    Silent,
+    /// Has not contacted the coordinator recently (or ever).
+    Absent,
+}
+
+/// Both agents of one node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeAgents {
+    /// The host-network agent.
+    pub host: AgentState,
+    /// The pod-network agent.
+    pub pod: AgentState,
+}
+
+/// Rows (source node) → columns (destination) → cell.
+pub type Matrix = BTreeMap<String, BTreeMap<String, Cell>>;
+
+/// The result of one round (CONTRACT §3, plus the documented extensions).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckReport {
+    /// True only when every cell is ok and there are no findings.
+    pub healthy: bool,
+    /// The round number.
+    pub round: u64,
+    /// Node names in topology order.
+    pub nodes: Vec<NodeName>,
+    /// Layer name → matrix.
+    pub layers: BTreeMap<Layer, Matrix>,
+    /// Diagnoses, most important first.
+    pub findings: Vec<Finding>,
+    /// Extension: how each node's agents took part.
+    pub agents: BTreeMap<NodeName, NodeAgents>,
+    /// Extension: problems agents reported that are not probe results.
+    pub warnings: Vec<String>,
+    /// Extension: how long the round took, in milliseconds.
+    pub duration_ms: u64,
+}
+
+impl CheckReport {
+    /// Counts of (ok, fail, unknown) cells over all layers.
+    pub fn counts(&self) -> (usize, usize, usize) {
+        let mut c = (0, 0, 0);
+        for cell in self
+            .layers
+            .values()
+            .flat_map(|m| m.values())
+            .flat_map(|r| r.values())
+        {
+            match cell.state {
+                CellState::Ok => c.0 += 1,
+                CellState::Fail => c.1 += 1,
+                CellState::Unknown => c.2 += 1,
+            }
+        }
+        c
+    }
+
+    /// The cell at (layer, src, dst), if planned.
+    pub fn cell(&self, layer: Layer, src: &str, dst: &str) -> Option<&Cell> {
+        self.layers.get(&layer)?.get(src)?.get(dst)
+    }
+}
+
+/// Everything a round produced, as the coordinator hands it to [`build_report`].
+pub struct RoundInput<'a> {
+    /// Round number.
+    pub round: u64,
+    /// The topology the plans were made from.
+    pub topology: &'a Topology,
+    /// The plan of every (node, kind), whether or not its agent is alive.
+    pub plans: &'a BTreeMap<(NodeName, AgentKind), Plan>,
+    /// The reports that arrived.
+    pub reports: &'a BTreeMap<(NodeName, AgentKind), AgentReport>,
+    /// Agents that were polling when the round started (the others are absent).
+    pub live: &'a dyn Fn(&NodeName, AgentKind) -> bool,
+    /// Round duration, measured by the caller.
+    pub duration_ms: u64,
+    /// Findings from the diagnosis (empty until it runs).
+    pub findings: Vec<Finding>,
+}
+
+/// Builds the report of one round.
+pub fn build_report(input: RoundInput<'_>) -> CheckReport {
+    let mut layers: BTreeMap<Layer, Matrix> = BTreeMap::new();
+    let mut agents = BTreeMap::new();
+    let mut warnings = Vec::new();
+    let fail_at = |plan: &Plan| plan.settings.fail_loss_pct;
+
+    for node in &input.topology.nodes {
+        let mut states = [AgentState::Absent; 2];
+        for (i, kind) in AgentKind::ALL.into_iter().enumerate() {
+            let key = (node.name.clone(), kind);
+            let Some(plan) = input.plans.get(&key) else {
+                continue;
+            };
+            let report = input.reports.get(&key);
+            states[i] = match (report, (input.live)(&node.name, kind)) {
+                (Some(_), _) => AgentState::Reported,
+                (None, true) => AgentState::Silent,
+                (None, false) => AgentState::Absent,
+            };
+            let results: BTreeMap<(Layer, &str), &ProbeResult> = report
+                .map(|r| {
+                    r.results
+                        .iter()
+                        .map(|p| ((p.layer, p.column.as_str()), p))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if let Some(r) = report {
+                warnings.extend(
+                    r.warnings
+                        .iter()
+                        .map(|w| format!("{}/{}: {w}", node.name, kind)),
+                );
+            }
+            let unresolved: BTreeMap<(Layer, &str), &str> = plan
+                .unresolved
+                .iter()
+                .map(|u| ((u.layer, u.column.as_str()), u.reason.as_str()))
+                .collect();
+            for (layer, column) in plan.cells() {
+                let cell = if let Some(reason) = unresolved.get(&(layer, column)) {
+                    Cell::unknown(*reason)
+                } else if report.is_none() {
+                    Cell::unknown(match states[i] {
+                        AgentState::Silent => {
+                            format!("{kind} agent on {} did not report in time", node.name)
+                        }
+                        _ => format!("{kind} agent on {} is not running", node.name),
+                    })
+                } else {
+                    match results.get(&(layer, column)) {
+                        Some(r) => Cell::from_result(r, fail_at(plan)),
+                        None => Cell::unknown("the agent's report lacks this target"),
+                    }
+                };
+                layers
+                    .entry(layer)
+                    .or_default()
+                    .entry(node.name.to_string())
+                    .or_default()
+                    .insert(column.to_owned(), cell);
+            }
+        }
+        agents.insert(
+            node.name.clone(),
+            NodeAgents {
+                host: states[0],
+                pod: states[1],
+            },
+        );
+    }
+
+    let mut report = CheckReport {
+        healthy: false,
+        round: input.round,
+        nodes: input.topology.node_names(),
+        layers,
+        findings: input.findings,
+        agents,
+        warnings,
+        duration_ms: input.duration_ms,
+    };
+    let (_, fail, unknown) = report.counts();
+    report.healthy = fail == 0 && unknown == 0 && report.findings.is_empty();
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{PlanSettings, make_plan};
+    use pretty_assertions::assert_eq;
+
+    fn topo() -> Topology {
+        Topology::from_inventory(
+            "cluster: {name: t}\nnodes:\n  - {name: a, internalIP: 10.0.0.1, podCIDR: 10.42.1.0/24}\n  - {name: b, internalIP: 10.0.0.2, podCIDR: 10.42.2.0/24}\n",
+        )
+        .expect("valid")
+    }
+
+    fn all_ok(plan: &Plan) -> AgentReport {
+        AgentReport {
+            round: plan.round,
+            node: plan.node.clone(),
+            kind: plan.kind,
+            results: plan
+                .cells()
+                .map(|(layer, column)| ProbeResult {
+                    layer,
+                    column: column.to_owned(),
+                    sent: 20,
+                    ok: 20,
+                    rtt_ms: Some(0.25),
+                    detail: None,
+                })
+                .collect(),
+            warnings: vec![],
+        }
+    }
+
+    fn plans(t: &Topology) -> BTreeMap<(NodeName, AgentKind), Plan> {
+        let pods = t
+            .nodes
+            .iter()
+            .map(|n| (n.name.clone(), n.pod_cidr.first_host()))
+            .collect();
+        let mut m = BTreeMap::new();
+        for n in &t.nodes {
+            for k in AgentKind::ALL {
+                m.insert(
+                    (n.name.clone(), k),
+                    make_plan(t, &pods, &n.name, k, 1, &PlanSettings::default()),
+                );
+            }
+        }
+        m
+    }
+
+    #[test]
+    fn all_reports_ok_is_healthy() {
+        let t = topo();
+        let plans = plans(&t);
+        let reports = plans.iter().map(|(k, p)| (k.clone(), all_ok(p))).collect();
+        let r = build_report(RoundInput {
+            round: 1,
+            topology: &t,
+            plans: &plans,
+            reports: &reports,
+            live: &|_, _| true,
+            duration_ms: 5,
+            findings: vec![],
+        });
+        assert!(r.healthy);
+        assert_eq!(r.counts().1 + r.counts().2, 0);
+        assert_eq!(
+            r.cell(Layer::Underlay, "a", "b").map(|c| c.state),
+            Some(CellState::Ok)
+        );
+        assert_eq!(
+            r.cell(Layer::Underlay, "a", "a"),
+            None,
+            "no self cell on the underlay"
+        );
+    }
+
+    #[test]
+    fn silent_agent_is_unknown_never_fail_and_loss_threshold_applies() {
+        let t = topo();
+        let plans = plans(&t);
+        let a = NodeName::new("a").expect("valid");
+        let b = NodeName::new("b").expect("valid");
+        let mut reports: BTreeMap<_, _> =
+            plans.iter().map(|(k, p)| (k.clone(), all_ok(p))).collect();
+        reports.remove(&(b.clone(), AgentKind::Host));
+        let host_a = reports
+            .get_mut(&(a.clone(), AgentKind::Host))
+            .expect("present");
+        for r in &mut host_a.results {
+            if r.layer == Layer::Underlay {
+                r.ok = 15; // 25% loss: fails at the default threshold
+                r.detail = Some("timeout".into());
+            }
+            if r.layer == Layer::GatewayFromHost && r.column == "b" {
+                r.ok = 16; // 20% loss: below the threshold
+            }
+        }
+        let r = build_report(RoundInput {
+            round: 2,
+            topology: &t,
+            plans: &plans,
+            reports: &reports,
+            live: &|n, k| !(n.as_str() == "b" && k == AgentKind::Host),
+            duration_ms: 5,
+            findings: vec![],
+        });
+        assert!(!r.healthy);
+        let cell = r.cell(Layer::Underlay, "a", "b").expect("planned");
+        assert_eq!(
+            (cell.state, cell.loss_pct, cell.detail.as_deref()),
+            (CellState::Fail, Some(25.0), Some("timeout"))
+        );
+        assert_eq!(
+            r.cell(Layer::GatewayFromHost, "a", "b").map(|c| c.state),
+            Some(CellState::Ok)
+        );
+        let silent = r.cell(Layer::Underlay, "b", "a").expect("planned");
+        assert_eq!(silent.state, CellState::Unknown);
+        assert!(
+            silent
+                .detail
+                .as_deref()
+                .unwrap_or("")
+                .contains("not running")
+        );
+        assert_eq!(
+            r.agents[&b],
+            NodeAgents {
+                host: AgentState::Absent,
+                pod: AgentState::Reported
+            }
+        );
+    }
+
+    #[test]
+    fn json_matches_the_contract_shape() {
+        let t = topo();
+        let plans = plans(&t);
+        let reports = plans.iter().map(|(k, p)| (k.clone(), all_ok(p))).collect();
+        let r = build_report(RoundInput {
+            round: 3,
+            topology: &t,
+            plans: &plans,
+            reports: &reports,
+            live: &|_, _| true,
+            duration_ms: 5,
+            findings: vec![],
+        });
+        let v = serde_json::to_value(&r).expect("serialise");
+        assert_eq!(v["healthy"], true);
+        assert_eq!(v["round"], 3);
+        assert_eq!(v["nodes"], serde_json::json!(["a", "b"]));
+        assert_eq!(v["layers"]["underlay"]["a"]["b"]["state"], "ok");
+        assert_eq!(v["layers"]["underlay"]["a"]["b"]["lossPct"], 0.0);
+        assert_eq!(v["layers"]["underlay"]["a"]["b"]["rttMs"], 0.25);
+        assert_eq!(v["findings"], serde_json::json!([]));
+        let back: CheckReport = serde_json::from_value(v).expect("deserialise");
+        assert_eq!(back, r);
+    }
+}

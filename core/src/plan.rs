@@ -1,0 +1,506 @@
+//! Probe plans (coordinator → agent) and agent reports (agent → coordinator).
+//!
+//! [`make_plan`] is a pure function of the topology, the known probe-pod IPs and the
+//! settings: given the same inputs every agent gets the same plan, which is what lets the
+//! coordinator compute the expected cells of a round without waiting for anyone.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{AgentKind, NodeName};
+use crate::inventory::Topology;
+use crate::layer::Layer;
+
+/// Size of the IPv4 header plus the ICMP echo header.
+pub const ICMP_OVERHEAD: u16 = 28;
+/// Total IP packet size of a "small" probe (the classic 56-byte ping payload).
+pub const SMALL_PACKET: u16 = 84;
+
+/// Knobs of a round. Defaults are tuned so a healthy round finishes in well under a second
+/// and a failing one within [`PlanSettings::budget_ms`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PlanSettings {
+    /// ICMP echoes per target per round (default 20). Loss is measured over these.
+    pub icmp_count: u16,
+    /// Milliseconds between two sends to the same target (default 20).
+    pub icmp_interval_ms: u32,
+    /// How long to wait for the last echo reply (default 1000).
+    pub icmp_timeout_ms: u32,
+    /// How many times each DNS name is asked per target per round (default 3).
+    pub dns_repeats: u8,
+    /// Timeout of one DNS query (default 1000).
+    pub dns_timeout_ms: u32,
+    /// HTTP attempts per target per round (default 3 for NodePort/ingress, 1 for metrics).
+    pub http_attempts: u8,
+    /// Timeout of one HTTP request (default 1500).
+    pub http_timeout_ms: u32,
+    /// A cell fails when at least this share of its probes failed (default 25%).
+    pub fail_loss_pct: f64,
+}
+
+impl Default for PlanSettings {
+    fn default() -> Self {
+        Self {
+            icmp_count: 20,
+            icmp_interval_ms: 20,
+            icmp_timeout_ms: 1000,
+            dns_repeats: 3,
+            dns_timeout_ms: 1000,
+            http_attempts: 3,
+            http_timeout_ms: 1500,
+            fail_loss_pct: 25.0,
+        }
+    }
+}
+
+impl PlanSettings {
+    /// The longest a compliant agent can take to run a plan, in milliseconds.
+    pub fn budget_ms(&self) -> u32 {
+        // Everything runs concurrently: one dead target costs one timeout, not a sum.
+        // Repeated DNS queries and HTTP attempts are spread by one ICMP interval each.
+        let icmp = u32::from(self.icmp_count) * self.icmp_interval_ms + self.icmp_timeout_ms;
+        let dns = u32::from(self.dns_repeats) * self.icmp_interval_ms + self.dns_timeout_ms;
+        let http = u32::from(self.http_attempts) * self.icmp_interval_ms + self.http_timeout_ms;
+        icmp.max(dns).max(http)
+    }
+}
+
+/// What one agent must probe in one round.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Plan {
+    /// The round this plan belongs to.
+    pub round: u64,
+    /// The agent's node.
+    pub node: NodeName,
+    /// The agent's vantage point.
+    pub kind: AgentKind,
+    /// The agent should report within this many milliseconds of receiving the plan.
+    pub budget_ms: u32,
+    /// Settings the agent needs (intervals, timeouts).
+    pub settings: PlanSettings,
+    /// ICMP echo targets.
+    pub icmp: Vec<IcmpTarget>,
+    /// DNS targets.
+    pub dns: Vec<DnsTarget>,
+    /// HTTP targets.
+    pub http: Vec<HttpTarget>,
+    /// Cells this agent owns but cannot probe, with why (they become `unknown`).
+    pub unresolved: Vec<Unresolved>,
+}
+
+/// An ICMP echo target.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IcmpTarget {
+    /// The layer the result lands in.
+    pub layer: Layer,
+    /// The column (destination node or target name).
+    pub column: String,
+    /// Address to ping.
+    pub ip: Ipv4Addr,
+    /// Total IP packet size in bytes (header included).
+    pub size: u16,
+}
+
+/// A DNS target: a server and the names to ask it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DnsTarget {
+    /// The layer the result lands in.
+    pub layer: Layer,
+    /// The column.
+    pub column: String,
+    /// The DNS server (service IP or pod IP), port 53.
+    pub server: Ipv4Addr,
+    /// Fully qualified names that must resolve to an A record.
+    pub names: Vec<String>,
+}
+
+/// What makes an HTTP answer good.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HttpCheck {
+    /// Status 2xx and the body parses as Prometheus text exposition.
+    PrometheusText,
+    /// Status 2xx.
+    Success,
+}
+
+/// An HTTP GET target.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpTarget {
+    /// The layer the result lands in.
+    pub layer: Layer,
+    /// The column.
+    pub column: String,
+    /// Full URL (with an IP literal: agents never need DNS to probe).
+    pub url: String,
+    /// Host header to send instead of the URL's, for ingresses.
+    pub host: Option<String>,
+    /// What counts as success.
+    pub check: HttpCheck,
+    /// Attempts this round.
+    pub attempts: u8,
+}
+
+/// A cell an agent owns but cannot probe this round.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Unresolved {
+    /// Layer of the cell.
+    pub layer: Layer,
+    /// Column of the cell.
+    pub column: String,
+    /// Why it cannot be probed.
+    pub reason: String,
+}
+
+/// The outcome of one target's probes in one round.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProbeResult {
+    /// Layer of the cell.
+    pub layer: Layer,
+    /// Column of the cell.
+    pub column: String,
+    /// Probes sent.
+    pub sent: u32,
+    /// Probes that succeeded.
+    pub ok: u32,
+    /// Mean round-trip time of the successful probes, in milliseconds.
+    pub rtt_ms: Option<f64>,
+    /// The last failure, in words ("timeout", "rcode NXDOMAIN", "HTTP 503", ...).
+    pub detail: Option<String>,
+}
+
+/// Everything one agent reports for one round.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentReport {
+    /// The round.
+    pub round: u64,
+    /// The agent's node.
+    pub node: NodeName,
+    /// The agent's vantage point.
+    pub kind: AgentKind,
+    /// One result per planned target.
+    pub results: Vec<ProbeResult>,
+    /// Problems the agent had that are not probe results (no ICMP socket, ...).
+    #[serde(default)]
+    pub warnings: Vec<String>,
+}
+
+/// Builds the plan of the `kind` agent on `node`. `pod_ips` holds the probe-pod IP of
+/// every node whose pod agent has registered.
+pub fn make_plan(
+    topology: &Topology,
+    pod_ips: &BTreeMap<NodeName, Ipv4Addr>,
+    node: &NodeName,
+    kind: AgentKind,
+    round: u64,
+    settings: &PlanSettings,
+) -> Plan {
+    let mut plan = Plan {
+        round,
+        node: node.clone(),
+        kind,
+        budget_ms: settings.budget_ms(),
+        settings: settings.clone(),
+        icmp: Vec::new(),
+        dns: Vec::new(),
+        http: Vec::new(),
+        unresolved: Vec::new(),
+    };
+    let overlay = &topology.cluster.overlay;
+    let cluster_names = || {
+        let d = topology.cluster.cluster_domain.trim_end_matches('.');
+        vec![
+            format!("kubernetes.default.svc.{d}."),
+            format!("kube-dns.kube-system.svc.{d}."),
+        ]
+    };
+    let icmp = |plan: &mut Plan, layer, column: &NodeName, ip, size| {
+        plan.icmp.push(IcmpTarget {
+            layer,
+            column: column.to_string(),
+            ip,
+            size,
+        });
+    };
+
+    match kind {
+        AgentKind::Host => {
+            for peer in &topology.nodes {
+                if &peer.name != node {
+                    icmp(
+                        &mut plan,
+                        Layer::Underlay,
+                        &peer.name,
+                        peer.internal_ip,
+                        SMALL_PACKET,
+                    );
+                    icmp(
+                        &mut plan,
+                        Layer::UnderlayFullSize,
+                        &peer.name,
+                        peer.internal_ip,
+                        overlay.assumed_underlay_mtu(),
+                    );
+                }
+                icmp(
+                    &mut plan,
+                    Layer::GatewayFromHost,
+                    &peer.name,
+                    peer.gateway,
+                    SMALL_PACKET,
+                );
+            }
+            for dns in &topology.core_dns {
+                plan.http.push(HttpTarget {
+                    layer: Layer::CorednsMetrics,
+                    column: dns.name.clone(),
+                    url: format!("http://{}:9153/metrics", dns.ip),
+                    host: None,
+                    check: HttpCheck::PrometheusText,
+                    attempts: 1,
+                });
+            }
+            for svc in &topology.node_ports {
+                for peer in &topology.nodes {
+                    plan.http.push(HttpTarget {
+                        layer: Layer::Nodeport,
+                        // One column per node; with several NodePorts, per service too.
+                        column: if topology.node_ports.len() == 1 {
+                            peer.name.to_string()
+                        } else {
+                            format!("{}/{}", peer.name, svc.name)
+                        },
+                        url: format!("http://{}:{}{}", peer.internal_ip, svc.port, svc.path),
+                        host: None,
+                        check: HttpCheck::Success,
+                        attempts: settings.http_attempts,
+                    });
+                }
+            }
+            for ing in &topology.ingresses {
+                plan.http.push(HttpTarget {
+                    layer: Layer::Ingress,
+                    column: format!(
+                        "{}{}",
+                        ing.host,
+                        if ing.path == "/" { "" } else { &ing.path }
+                    ),
+                    url: format!("http://{}:{}{}", ing.address, ing.port, ing.path),
+                    host: Some(ing.host.clone()),
+                    check: HttpCheck::Success,
+                    attempts: settings.http_attempts,
+                });
+            }
+        }
+        AgentKind::Pod => {
+            for peer in &topology.nodes {
+                icmp(
+                    &mut plan,
+                    Layer::GatewayFromPod,
+                    &peer.name,
+                    peer.gateway,
+                    SMALL_PACKET,
+                );
+                if &peer.name == node {
+                    continue;
+                }
+                match pod_ips.get(&peer.name) {
+                    Some(&ip) => {
+                        icmp(&mut plan, Layer::PodToPod, &peer.name, ip, SMALL_PACKET);
+                        icmp(
+                            &mut plan,
+                            Layer::PodToPodFullSize,
+                            &peer.name,
+                            ip,
+                            overlay.mtu,
+                        );
+                    }
+                    None => {
+                        for layer in [Layer::PodToPod, Layer::PodToPodFullSize] {
+                            plan.unresolved.push(Unresolved {
+                                layer,
+                                column: peer.name.to_string(),
+                                reason: format!("no probe pod has registered on {}", peer.name),
+                            });
+                        }
+                    }
+                }
+            }
+            if let Some(svc) = topology.cluster.dns_service_ip {
+                plan.dns.push(DnsTarget {
+                    layer: Layer::DnsService,
+                    column: "kube-dns".to_owned(),
+                    server: svc,
+                    names: cluster_names(),
+                });
+            }
+            for dns in &topology.core_dns {
+                plan.dns.push(DnsTarget {
+                    layer: Layer::DnsPod,
+                    column: dns.name.clone(),
+                    server: dns.ip,
+                    names: cluster_names(),
+                });
+            }
+        }
+    }
+    plan
+}
+
+impl Plan {
+    /// Every (layer, column) cell this plan owns, probed or not.
+    pub fn cells(&self) -> impl Iterator<Item = (Layer, &str)> {
+        self.icmp
+            .iter()
+            .map(|t| (t.layer, t.column.as_str()))
+            .chain(self.dns.iter().map(|t| (t.layer, t.column.as_str())))
+            .chain(self.http.iter().map(|t| (t.layer, t.column.as_str())))
+            .chain(self.unresolved.iter().map(|t| (t.layer, t.column.as_str())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pretty_assertions::assert_eq;
+
+    fn topo() -> Topology {
+        Topology::from_inventory(
+            r#"
+cluster: {name: t, dnsServiceIP: 10.43.0.10}
+nodes:
+  - {name: n1, internalIP: 192.168.77.11, podCIDR: 10.42.1.0/24}
+  - {name: n2, internalIP: 192.168.77.12, podCIDR: 10.42.2.0/24}
+  - {name: n3, internalIP: 192.168.77.13, podCIDR: 10.42.3.0/24}
+coreDNS:
+  - {name: coredns-a, node: n1, ip: 10.42.1.53}
+nodePorts: [{name: web, port: 30080}]
+ingresses: [{host: web.lab.local, address: 192.168.77.13}]
+"#,
+        )
+        .expect("valid")
+    }
+
+    fn n(s: &str) -> NodeName {
+        NodeName::new(s).expect("valid")
+    }
+
+    #[test]
+    fn host_plan_covers_underlay_gateways_metrics_nodeports_ingress() {
+        let plan = make_plan(
+            &topo(),
+            &BTreeMap::new(),
+            &n("n2"),
+            AgentKind::Host,
+            7,
+            &PlanSettings::default(),
+        );
+        let cells: Vec<String> = plan.cells().map(|(l, c)| format!("{l} {c}")).collect();
+        assert_eq!(
+            cells,
+            [
+                "underlay n1",
+                "underlay-full-size n1",
+                "gateway-from-host n1",
+                "gateway-from-host n2",
+                "underlay n3",
+                "underlay-full-size n3",
+                "gateway-from-host n3",
+                "coredns-metrics coredns-a",
+                "nodeport n1",
+                "nodeport n2",
+                "nodeport n3",
+                "ingress web.lab.local",
+            ]
+        );
+        let full = plan
+            .icmp
+            .iter()
+            .find(|t| t.layer == Layer::UnderlayFullSize)
+            .expect("full-size");
+        assert_eq!(full.size, 1500, "overlay MTU 1450 + 50 bytes of VXLAN");
+        assert_eq!(plan.http[1].url, "http://192.168.77.11:30080/");
+        assert_eq!(plan.http[4].host.as_deref(), Some("web.lab.local"));
+    }
+
+    #[test]
+    fn pod_plan_marks_peers_without_probe_pods_unresolved() {
+        let pods = BTreeMap::from([(n("n3"), Ipv4Addr::new(10, 42, 3, 10))]);
+        let plan = make_plan(
+            &topo(),
+            &pods,
+            &n("n1"),
+            AgentKind::Pod,
+            1,
+            &PlanSettings::default(),
+        );
+        let pod_targets: Vec<_> = plan
+            .icmp
+            .iter()
+            .filter(|t| t.layer != Layer::GatewayFromPod)
+            .map(|t| (t.layer, t.column.as_str(), t.ip, t.size))
+            .collect();
+        assert_eq!(
+            pod_targets,
+            [
+                (Layer::PodToPod, "n3", Ipv4Addr::new(10, 42, 3, 10), 84),
+                (
+                    Layer::PodToPodFullSize,
+                    "n3",
+                    Ipv4Addr::new(10, 42, 3, 10),
+                    1450
+                ),
+            ]
+        );
+        assert_eq!(plan.unresolved.len(), 2);
+        assert!(plan.unresolved[0].reason.contains("n2"));
+        assert_eq!(
+            plan.icmp
+                .iter()
+                .filter(|t| t.layer == Layer::GatewayFromPod)
+                .count(),
+            3
+        );
+        assert_eq!(
+            plan.dns[0].names[0],
+            "kubernetes.default.svc.cluster.local."
+        );
+        assert_eq!(
+            plan.dns
+                .iter()
+                .map(|d| d.column.as_str())
+                .collect::<Vec<_>>(),
+            ["kube-dns", "coredns-a"]
+        );
+    }
+
+    #[test]
+    fn budget_is_the_slowest_family() {
+        let s = PlanSettings::default();
+        assert_eq!(
+            s.budget_ms(),
+            (20 * 20 + 1000).max(3 * 20 + 1000).max(3 * 20 + 1500)
+        );
+    }
+}
+
+/// The coordinator's answer to an agent's "next round" poll.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Assignment {
+    /// Changes whenever the coordinator restarts; agents send it back so that round
+    /// numbers from before a restart are not mistaken for new ones.
+    pub epoch: u64,
+    /// The plan to run now.
+    pub plan: Plan,
+}

@@ -1,0 +1,271 @@
+//! The agent loop: poll for a plan, run it, report, repeat.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use meshprobe_core::plan::{AgentReport, Assignment, Plan, ProbeResult};
+use meshprobe_core::{AgentKind, Layer, NodeName};
+use tokio::time::sleep;
+
+use crate::client::CoordinatorClient;
+use crate::dns::{DnsOutcome, query_a};
+use crate::icmp::{Pinger, Schedule, Target};
+
+/// Everything an agent needs to run.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// The node this agent runs on.
+    pub node: NodeName,
+    /// Host-network or pod-network agent.
+    pub kind: AgentKind,
+    /// Coordinator base URL (for a pod agent: its host agent's relay).
+    pub coordinator: String,
+    /// The pod agent's own IP; detected from the route to the coordinator when absent.
+    pub pod_ip: Option<Ipv4Addr>,
+    /// Where the host agent serves the relay for its pod agent; `None` turns it off.
+    pub relay_listen: Option<SocketAddr>,
+    /// How long one poll for the next round may wait (default 25 s).
+    pub poll_wait: Duration,
+}
+
+/// The agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The relay's address could not be bound.
+    #[error("cannot listen for the relay on {addr}: {source}")]
+    Relay {
+        /// Address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Runs the agent until the process ends. Transient failures (coordinator down, a probe
+/// failing) are logged and retried; only a failure to start returns.
+pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
+    let mut warnings = Vec::new();
+    let pinger = match Pinger::open() {
+        Ok(p) => {
+            tracing::info!(node = %cfg.node, kind = %cfg.kind, socket = ?p.kind(), "ICMP socket open");
+            Some(p)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "ICMP probes disabled");
+            warnings.push(e.to_string());
+            None
+        }
+    };
+    if cfg.kind == AgentKind::Host {
+        if let Some(addr) = cfg.relay_listen {
+            let listener = crate::relay::bind(addr)
+                .await
+                .map_err(|source| AgentError::Relay { addr, source })?;
+            let upstream = cfg.coordinator.clone();
+            tokio::spawn(async move {
+                if let Err(e) = crate::relay::serve(listener, upstream).await {
+                    tracing::error!(error = %e, "relay stopped");
+                }
+            });
+            tracing::info!(%addr, "relay for the pod agent listening");
+        }
+    }
+    let pod_ip = match (cfg.kind, cfg.pod_ip) {
+        (AgentKind::Pod, None) => detect_source_ip(&cfg.coordinator),
+        (_, ip) => ip,
+    };
+    let client = CoordinatorClient::new(&cfg.coordinator);
+    let http = crate::http::client(Duration::from_millis(1500));
+    let (mut after, mut epoch) = (0u64, 0u64);
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        match client
+            .next(&cfg.node, cfg.kind, after, epoch, pod_ip, cfg.poll_wait)
+            .await
+        {
+            Ok(Some(Assignment { epoch: e, plan })) => {
+                backoff = Duration::from_millis(500);
+                (after, epoch) = (plan.round, e);
+                let report = run_plan(&plan, pinger.as_ref(), &http, &warnings).await;
+                for attempt in 0..3u32 {
+                    match client.report(&report).await {
+                        Ok(()) => break,
+                        Err(e) => {
+                            tracing::warn!(round = plan.round, attempt, error = %e, "report failed");
+                            sleep(Duration::from_millis(300)).await;
+                        }
+                    }
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "cannot poll the coordinator");
+                sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// The local address the kernel picks to reach the coordinator's host.
+fn detect_source_ip(url: &str) -> Option<Ipv4Addr> {
+    let host = url.split("://").nth(1)?.split(['/', ':']).next()?;
+    let ip: Ipv4Addr = host.parse().ok()?;
+    let sock = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    sock.connect((ip, 9)).ok()?;
+    match sock.local_addr().ok()? {
+        SocketAddr::V4(a) => Some(*a.ip()),
+        SocketAddr::V6(_) => None,
+    }
+}
+
+/// Runs every probe of `plan` concurrently and collects the report.
+pub async fn run_plan(
+    plan: &Plan,
+    pinger: Option<&Pinger>,
+    http: &reqwest::Client,
+    warnings: &[String],
+) -> AgentReport {
+    let s = &plan.settings;
+    let interval = Duration::from_millis(u64::from(s.icmp_interval_ms));
+
+    let icmp = async {
+        let targets: Vec<Target> = plan
+            .icmp
+            .iter()
+            .map(|t| Target {
+                ip: t.ip,
+                size: t.size,
+            })
+            .collect();
+        let outcomes = match pinger {
+            Some(p) => {
+                let schedule = Schedule {
+                    count: s.icmp_count,
+                    interval,
+                    timeout: Duration::from_millis(u64::from(s.icmp_timeout_ms)),
+                };
+                p.run(plan.round, &targets, schedule).await
+            }
+            None => Vec::new(),
+        };
+        plan.icmp
+            .iter()
+            .enumerate()
+            .map(|(i, t)| match outcomes.get(i) {
+                Some(o) => ProbeResult {
+                    layer: t.layer,
+                    column: t.column.clone(),
+                    sent: o.sent,
+                    ok: o.received,
+                    rtt_ms: o.mean_rtt_ms(),
+                    detail: o.detail.clone(),
+                },
+                None => not_probed(t.layer, &t.column, "no ICMP socket (see warnings)"),
+            })
+            .collect::<Vec<_>>()
+    };
+
+    let dns = async {
+        let limit = Duration::from_millis(u64::from(s.dns_timeout_ms));
+        let per_target = plan.dns.iter().map(|t| async move {
+            let queries = (0..s.dns_repeats).flat_map(|r| t.names.iter().map(move |n| (r, n)));
+            let outcomes = join_all(queries.map(|(r, name)| async move {
+                sleep(interval * u32::from(r)).await;
+                query_a(t.server, name, limit).await
+            }))
+            .await;
+            let mut acc = Acc::default();
+            for o in outcomes {
+                match o {
+                    DnsOutcome::Answer { rtt, .. } => acc.ok(rtt),
+                    DnsOutcome::Failed(why) => acc.fail(why),
+                }
+            }
+            acc.result(t.layer, &t.column)
+        });
+        join_all(per_target).await
+    };
+
+    let web = async {
+        let per_target = plan.http.iter().map(|t| async move {
+            let outcomes = join_all((0..t.attempts).map(|a| async move {
+                sleep(interval * u32::from(a)).await;
+                crate::http::probe(http, &t.url, t.host.as_deref(), t.check).await
+            }))
+            .await;
+            let mut acc = Acc::default();
+            for o in outcomes {
+                match o {
+                    Ok(rtt) => acc.ok(rtt),
+                    Err(why) => acc.fail(why),
+                }
+            }
+            acc.result(t.layer, &t.column)
+        });
+        join_all(per_target).await
+    };
+
+    let (icmp, dns, web) = tokio::join!(icmp, dns, web);
+    let mut results = icmp;
+    results.extend(dns);
+    results.extend(web);
+    // Sort for stable reports; cells are keyed by (layer, column) anyway.
+    let order: BTreeMap<Layer, usize> = Layer::ALL
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (*l, i))
+        .collect();
+    results.sort_by_key(|r| order.get(&r.layer).copied().unwrap_or(usize::MAX));
+    AgentReport {
+        round: plan.round,
+        node: plan.node.clone(),
+        kind: plan.kind,
+        results,
+        warnings: warnings.to_vec(),
+    }
+}
+
+fn not_probed(layer: Layer, column: &str, why: &str) -> ProbeResult {
+    ProbeResult {
+        layer,
+        column: column.to_owned(),
+        sent: 0,
+        ok: 0,
+        rtt_ms: None,
+        detail: Some(why.to_owned()),
+    }
+}
+
+/// Accumulates attempts at one target.
+#[derive(Default)]
+struct Acc {
+    sent: u32,
+    ok: u32,
+    rtt: Duration,
+    last_error: Option<String>,
+}
+
+impl Acc {
+    fn ok(&mut self, rtt: Duration) {
+        self.sent += 1;
+        self.ok += 1;
+        self.rtt += rtt;
+    }
+    fn fail(&mut self, why: String) {
+        self.sent += 1;
+        self.last_error = Some(why);
+    }
+    fn result(self, layer: Layer, column: &str) -> ProbeResult {
+        ProbeResult {
+            layer,
+            column: column.to_owned(),
+            sent: self.sent,
+            ok: self.ok,
+            rtt_ms: (self.ok > 0).then(|| self.rtt.as_secs_f64() * 1000.0 / f64::from(self.ok)),
+            detail: self.last_error,
+        }
+    }
+}

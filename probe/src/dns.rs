@@ -1,0 +1,163 @@
+//! DNS probes: one A query per probe, each from its own UDP socket (a fresh source port,
+//! so kube-proxy balances each one independently, as it does a real resolver's), with one
+//! timeout and no cache, retry or search list to hide a failure.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::{Name, RData, RecordType};
+use tokio::net::UdpSocket;
+use tokio::time::{Instant, timeout};
+
+/// The answer to one query.
+#[derive(Clone, Debug, PartialEq)]
+pub enum DnsOutcome {
+    /// NOERROR with at least one A record.
+    Answer {
+        /// The addresses.
+        addrs: Vec<Ipv4Addr>,
+        /// Round-trip time.
+        rtt: Duration,
+    },
+    /// Anything else, in words.
+    Failed(String),
+}
+
+/// Asks `server:53` for the A record of `name` (fully qualified) once.
+pub async fn query_a(server: Ipv4Addr, name: &str, limit: Duration) -> DnsOutcome {
+    match timeout(limit, exchange(SocketAddr::from((server, 53)), name)).await {
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(e)) => DnsOutcome::Failed(e),
+        Err(_) => DnsOutcome::Failed("timeout".to_owned()),
+    }
+}
+
+async fn exchange(server: SocketAddr, name: &str) -> Result<DnsOutcome, String> {
+    let qname = Name::from_ascii(name).map_err(|e| format!("bad name {name:?}: {e}"))?;
+    let id = fastrand::u16(..);
+    let mut msg = Message::new(id, MessageType::Query, OpCode::Query);
+    msg.metadata.recursion_desired = true;
+    msg.add_query(Query::query(qname.clone(), RecordType::A));
+    let bytes = msg.to_vec().map_err(|e| format!("encode: {e}"))?;
+
+    let sock = UdpSocket::bind(("0.0.0.0", 0))
+        .await
+        .map_err(|e| format!("bind: {e}"))?;
+    sock.connect(server)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let start = Instant::now();
+    sock.send(&bytes).await.map_err(|e| format!("send: {e}"))?;
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = sock.recv(&mut buf).await.map_err(|e| match e.kind() {
+            std::io::ErrorKind::ConnectionRefused => {
+                "ICMP port unreachable (nothing listens on :53)".to_owned()
+            }
+            _ => format!("receive: {e}"),
+        })?;
+        let rtt = start.elapsed();
+        let Ok(resp) = Message::from_vec(&buf[..n]) else {
+            continue;
+        };
+        if resp.metadata.id != id || resp.metadata.message_type != MessageType::Response {
+            continue; // not ours; keep waiting within the timeout
+        }
+        let rcode = resp.metadata.response_code;
+        if rcode != ResponseCode::NoError {
+            return Ok(DnsOutcome::Failed(format!("rcode {rcode}")));
+        }
+        let addrs: Vec<Ipv4Addr> = resp
+            .answers
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::A(a) => Some(a.0),
+                _ => None,
+            })
+            .collect();
+        return Ok(if addrs.is_empty() {
+            DnsOutcome::Failed("NOERROR without an A record".to_owned())
+        } else {
+            DnsOutcome::Answer { addrs, rtt }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_proto::rr::Record;
+    use hickory_proto::rr::rdata::A;
+
+    /// A one-shot fake server on 127.0.0.1 that answers with `rcode` and an A record.
+    async fn fake_server(rcode: ResponseCode) -> (u16, tokio::task::JoinHandle<()>) {
+        let sock = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        let port = sock.local_addr().expect("addr").port();
+        let h = tokio::spawn(async move {
+            let mut buf = [0u8; 512];
+            let (n, peer) = sock.recv_from(&mut buf).await.expect("recv");
+            let q = Message::from_vec(&buf[..n]).expect("query");
+            let mut r = Message::response(q.metadata.id, OpCode::Query);
+            r.metadata.response_code = rcode;
+            r.add_queries(q.queries.clone());
+            if rcode == ResponseCode::NoError {
+                r.add_answer(Record::from_rdata(
+                    q.queries[0].name().clone(),
+                    5,
+                    RData::A(A::new(10, 43, 0, 1)),
+                ));
+            }
+            sock.send_to(&r.to_vec().expect("encode"), peer)
+                .await
+                .expect("send");
+        });
+        (port, h)
+    }
+
+    #[tokio::test]
+    async fn answer_and_rcode_are_reported() {
+        let (port, h) = fake_server(ResponseCode::NoError).await;
+        let out = timeout(
+            Duration::from_secs(2),
+            exchange(
+                SocketAddr::from(([127, 0, 0, 1], port)),
+                "kubernetes.default.svc.cluster.local.",
+            ),
+        )
+        .await
+        .expect("in time")
+        .expect("exchange");
+        h.await.expect("server");
+        assert!(
+            matches!(out, DnsOutcome::Answer { ref addrs, .. } if addrs == &[Ipv4Addr::new(10, 43, 0, 1)]),
+            "{out:?}"
+        );
+
+        let (port, h) = fake_server(ResponseCode::NXDomain).await;
+        let out = exchange(
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            "nope.cluster.local.",
+        )
+        .await
+        .expect("exchange");
+        h.await.expect("server");
+        assert_eq!(
+            out,
+            DnsOutcome::Failed("rcode Non-Existent Domain".to_owned())
+        );
+    }
+
+    #[tokio::test]
+    async fn silence_is_a_timeout() {
+        let sock = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        let addr = sock.local_addr().expect("addr");
+        let Ipv4Addr { .. } = Ipv4Addr::LOCALHOST;
+        let out = timeout(Duration::from_millis(200), exchange(addr, "a.b.")).await;
+        assert!(
+            out.is_err(),
+            "a server that never answers must hit the timeout"
+        );
+        drop(sock);
+    }
+}

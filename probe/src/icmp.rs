@@ -1,0 +1,427 @@
+//! ICMP echo probing: every target in flight at once, from one socket and one task.
+//!
+//! The socket is an unprivileged ICMP datagram socket where `net.ipv4.ping_group_range`
+//! allows it (the pod agent needs no capability), and a raw socket otherwise (the host
+//! agent has CAP_NET_RAW). On a datagram socket the kernel rewrites the echo id to the
+//! socket's port and delivers only our replies; on a raw socket we see every ICMP packet
+//! of the namespace. So replies are matched on a signature in the payload, which both
+//! kinds echo back untouched: `MSHP`, a per-process nonce, the round, the target index and
+//! the probe number. The same signature lets a packet capture follow one probe.
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::UdpSocket;
+use tokio::time::{Instant, sleep_until};
+
+/// The first bytes of every probe payload.
+pub const MAGIC: [u8; 4] = *b"MSHP";
+const SIGNATURE_LEN: usize = 16;
+const IPV4_HEADER: usize = 20;
+const ICMP_HEADER: usize = 8;
+
+/// Which kind of ICMP socket the pinger got.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SocketKind {
+    /// `SOCK_DGRAM`/`IPPROTO_ICMP`, allowed by `net.ipv4.ping_group_range`.
+    Unprivileged,
+    /// `SOCK_RAW`, needs CAP_NET_RAW.
+    Raw,
+}
+
+/// Opening the ICMP socket failed.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "cannot open an ICMP socket: unprivileged ({unprivileged}) and raw ({raw}); \
+     allow ping with the sysctl net.ipv4.ping_group_range=\"0 2147483647\" or grant CAP_NET_RAW"
+)]
+pub struct OpenError {
+    unprivileged: io::Error,
+    raw: io::Error,
+}
+
+/// One echo target of a run.
+#[derive(Clone, Copy, Debug)]
+pub struct Target {
+    /// Address to ping.
+    pub ip: Ipv4Addr,
+    /// Total IP packet size, header included.
+    pub size: u16,
+}
+
+/// The outcome for one target.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Outcome {
+    /// Echo requests sent (or attempted).
+    pub sent: u32,
+    /// Echo replies received in time.
+    pub received: u32,
+    /// Sum of the RTTs of the replies, for the mean.
+    pub rtt_total: Duration,
+    /// The last error seen: a send error or an ICMP error from the path.
+    pub detail: Option<String>,
+}
+
+impl Outcome {
+    /// Mean RTT in milliseconds, if any reply came.
+    pub fn mean_rtt_ms(&self) -> Option<f64> {
+        (self.received > 0)
+            .then(|| self.rtt_total.as_secs_f64() * 1000.0 / f64::from(self.received))
+    }
+}
+
+/// How a run paces its probes.
+#[derive(Clone, Copy, Debug)]
+pub struct Schedule {
+    /// Echoes per target.
+    pub count: u16,
+    /// Gap between two waves of sends.
+    pub interval: Duration,
+    /// How long to wait for replies after the last wave.
+    pub timeout: Duration,
+}
+
+/// An ICMP echo socket, reused across rounds.
+pub struct Pinger {
+    socket: UdpSocket,
+    kind: SocketKind,
+    nonce: u32,
+    raw_id: u16,
+}
+
+impl Pinger {
+    /// Opens the socket: unprivileged first, raw as the fallback. Must be called inside a
+    /// Tokio runtime.
+    pub fn open() -> Result<Self, OpenError> {
+        let (socket, kind) = match open_socket(Type::DGRAM) {
+            Ok(s) => (s, SocketKind::Unprivileged),
+            Err(unprivileged) => match open_socket(Type::RAW) {
+                Ok(s) => (s, SocketKind::Raw),
+                Err(raw) => return Err(OpenError { unprivileged, raw }),
+            },
+        };
+        let socket =
+            UdpSocket::from_std(std::net::UdpSocket::from(socket)).map_err(|e| OpenError {
+                unprivileged: io::Error::other("not attempted"),
+                raw: e,
+            })?;
+        Ok(Self {
+            socket,
+            kind,
+            nonce: fastrand::u32(..),
+            raw_id: fastrand::u16(..),
+        })
+    }
+
+    /// The kind of socket in use.
+    pub fn kind(&self) -> SocketKind {
+        self.kind
+    }
+
+    /// Pings every target `schedule.count` times, all at once, and returns one outcome per
+    /// target (same order). Never takes longer than
+    /// `count * interval + timeout`.
+    pub async fn run(&self, round: u64, targets: &[Target], schedule: Schedule) -> Vec<Outcome> {
+        let mut outcomes = vec![Outcome::default(); targets.len()];
+        if targets.is_empty() || schedule.count == 0 {
+            return outcomes;
+        }
+        // sent_at[target][probe] is Some(instant) while a reply is awaited.
+        let mut sent_at: Vec<Vec<Option<Instant>>> =
+            vec![vec![None; usize::from(schedule.count)]; targets.len()];
+        let mut outstanding = 0usize;
+        let round32 = round as u32;
+        self.drain_stale();
+
+        let start = Instant::now();
+        let mut wave: u16 = 0;
+        let mut next_wave = start;
+        let mut buf = vec![0u8; 65_536];
+        loop {
+            let sending = wave < schedule.count;
+            if !sending && outstanding == 0 {
+                break;
+            }
+            let wake = if sending {
+                next_wave
+            } else {
+                next_wave - schedule.interval + schedule.timeout
+            };
+            tokio::select! {
+                () = sleep_until(wake) => {
+                    if !sending {
+                        break; // timeout after the last wave
+                    }
+                    for (t, target) in targets.iter().enumerate() {
+                        let seq = wave;
+                        let packet = self.echo_request(round32, t as u32, seq, target.size);
+                        let dest = SocketAddr::V4(SocketAddrV4::new(target.ip, 0));
+                        outcomes[t].sent += 1;
+                        match self.socket.send_to(&packet, dest).await {
+                            Ok(_) => {
+                                sent_at[t][usize::from(seq)] = Some(Instant::now());
+                                outstanding += 1;
+                            }
+                            Err(e) => outcomes[t].detail = Some(describe_send_error(&e, target.size)),
+                        }
+                    }
+                    wave += 1;
+                    next_wave += schedule.interval;
+                }
+                res = self.socket.recv_from(&mut buf) => {
+                    let Ok((len, from)) = res else { continue };
+                    let now = Instant::now();
+                    match self.parse(&buf[..len], round32) {
+                        Some(Parsed::Reply { target, seq }) => {
+                            if let Some(slot) = sent_at.get_mut(target).and_then(|v| v.get_mut(usize::from(seq))) {
+                                if let Some(at) = slot.take() {
+                                    outstanding -= 1;
+                                    outcomes[target].received += 1;
+                                    outcomes[target].rtt_total += now - at;
+                                }
+                            }
+                        }
+                        Some(Parsed::Error { target, seq, message }) => {
+                            if let Some(slot) = sent_at.get_mut(target).and_then(|v| v.get_mut(usize::from(seq))) {
+                                if slot.take().is_some() {
+                                    outstanding -= 1;
+                                }
+                            }
+                            if let Some(o) = outcomes.get_mut(target) {
+                                o.detail = Some(format!("{message} from {}", from.ip()));
+                            }
+                        }
+                        None => {}
+                    }
+                }
+            }
+        }
+        for (o, pending) in outcomes.iter_mut().zip(&sent_at) {
+            if pending.iter().any(Option::is_some) && o.detail.is_none() {
+                o.detail = Some("timeout".to_owned());
+            }
+        }
+        outcomes
+    }
+
+    /// Drops replies that arrived after the previous run's timeout.
+    fn drain_stale(&self) {
+        let mut buf = [0u8; 2048];
+        while self.socket.try_recv_from(&mut buf).is_ok() {}
+    }
+
+    fn echo_request(&self, round: u32, target: u32, seq: u16, size: u16) -> Vec<u8> {
+        let total = usize::from(size).max(IPV4_HEADER + ICMP_HEADER + SIGNATURE_LEN);
+        let mut p = vec![0u8; total - IPV4_HEADER];
+        p[0] = 8; // echo request
+        p[4..6].copy_from_slice(&self.raw_id.to_be_bytes()); // the kernel replaces it on DGRAM
+        p[6..8].copy_from_slice(&seq.to_be_bytes());
+        let sig = &mut p[ICMP_HEADER..ICMP_HEADER + SIGNATURE_LEN];
+        sig[0..4].copy_from_slice(&MAGIC);
+        sig[4..8].copy_from_slice(&self.nonce.to_be_bytes());
+        sig[8..12].copy_from_slice(&round.to_be_bytes());
+        sig[12..16].copy_from_slice(&target.to_be_bytes());
+        for (i, b) in p[ICMP_HEADER + SIGNATURE_LEN..].iter_mut().enumerate() {
+            *b = (i % 251) as u8;
+        }
+        let sum = checksum(&p);
+        p[2..4].copy_from_slice(&sum.to_be_bytes());
+        p
+    }
+
+    fn parse(&self, packet: &[u8], round: u32) -> Option<Parsed> {
+        let icmp = match self.kind {
+            SocketKind::Unprivileged => packet,
+            SocketKind::Raw => skip_ipv4_header(packet)?,
+        };
+        match *icmp.first()? {
+            0 => {
+                let (target, seq) = self.match_echo(icmp, round)?;
+                Some(Parsed::Reply { target, seq })
+            }
+            3 | 11 | 12 => {
+                // An ICMP error quotes our IP header and the start of our echo request.
+                let quoted = skip_ipv4_header(icmp.get(ICMP_HEADER..)?)?;
+                let (target, seq) = self.match_echo(quoted, round)?;
+                Some(Parsed::Error {
+                    target,
+                    seq,
+                    message: describe_icmp_error(icmp[0], icmp[1]),
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// Checks the echo's signature; returns (target index, probe number).
+    fn match_echo(&self, icmp: &[u8], round: u32) -> Option<(usize, u16)> {
+        let sig = icmp.get(ICMP_HEADER..ICMP_HEADER + SIGNATURE_LEN)?;
+        if sig[0..4] != MAGIC
+            || sig[4..8] != self.nonce.to_be_bytes()
+            || sig[8..12] != round.to_be_bytes()
+        {
+            return None;
+        }
+        if self.kind == SocketKind::Raw && icmp[0] == 0 && icmp[4..6] != self.raw_id.to_be_bytes() {
+            return None;
+        }
+        let target = u32::from_be_bytes([sig[12], sig[13], sig[14], sig[15]]) as usize;
+        let seq = u16::from_be_bytes([icmp[6], icmp[7]]);
+        Some((target, seq))
+    }
+}
+
+enum Parsed {
+    Reply {
+        target: usize,
+        seq: u16,
+    },
+    Error {
+        target: usize,
+        seq: u16,
+        message: String,
+    },
+}
+
+fn open_socket(ty: Type) -> io::Result<Socket> {
+    let s = Socket::new(Domain::IPV4, ty, Some(Protocol::ICMPV4))?;
+    s.set_nonblocking(true)?;
+    // Full-size probes must not be fragmented: DF on, and EMSGSIZE when a known path MTU
+    // is smaller, which is itself the evidence we want.
+    rustix::net::sockopt::set_ip_mtu_discover(&s, rustix::net::sockopt::Ipv4PathMtuDiscovery::DO)?;
+    // Many targets reply at once; keep them all.
+    let _ = s.set_recv_buffer_size(1 << 20);
+    Ok(s)
+}
+
+fn skip_ipv4_header(packet: &[u8]) -> Option<&[u8]> {
+    let first = *packet.first()?;
+    if first >> 4 != 4 {
+        return None;
+    }
+    let ihl = usize::from(first & 0x0f) * 4;
+    if ihl < IPV4_HEADER {
+        return None;
+    }
+    packet.get(ihl..)
+}
+
+/// The Internet checksum (RFC 1071).
+pub fn checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = data
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+fn describe_send_error(e: &io::Error, size: u16) -> String {
+    match e.raw_os_error() {
+        Some(code) if code == rustix::io::Errno::MSGSIZE.raw_os_error() => {
+            format!("{size}-byte packet refused locally: larger than the path MTU (EMSGSIZE)")
+        }
+        Some(code) if code == rustix::io::Errno::PERM.raw_os_error() => {
+            "send refused by a local firewall rule (EPERM)".to_owned()
+        }
+        _ => format!("send failed: {e}"),
+    }
+}
+
+fn describe_icmp_error(ty: u8, code: u8) -> String {
+    match (ty, code) {
+        (3, 0) => "ICMP net unreachable".to_owned(),
+        (3, 1) => "ICMP host unreachable".to_owned(),
+        (3, 3) => "ICMP port unreachable".to_owned(),
+        (3, 4) => "ICMP fragmentation needed".to_owned(),
+        (3, 9 | 10) => "ICMP host administratively prohibited".to_owned(),
+        (3, 13) => "ICMP communication administratively prohibited".to_owned(),
+        (3, c) => format!("ICMP destination unreachable (code {c})"),
+        (11, _) => "ICMP time exceeded (routing loop?)".to_owned(),
+        (t, c) => format!("ICMP type {t} code {c}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checksum_of_a_known_packet() {
+        // Echo request, id 1, seq 1, payload "abcd": checksum computed by hand.
+        let mut p = vec![8, 0, 0, 0, 0, 1, 0, 1, b'a', b'b', b'c', b'd'];
+        let sum = checksum(&p);
+        p[2..4].copy_from_slice(&sum.to_be_bytes());
+        assert_eq!(checksum(&p), 0, "a packet with its checksum sums to zero");
+        assert_eq!(sum, 0x3337); // !(0x0800 + 0x0001 + 0x0001 + 0x6162 + 0x6364)
+    }
+
+    #[test]
+    fn parses_only_replies_carrying_our_signature() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let _guard = rt.enter();
+        // Opening may fail without privileges; build the pinger by hand to test parsing.
+        let std_sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        std_sock.set_nonblocking(true).expect("nonblocking");
+        let p = Pinger {
+            socket: UdpSocket::from_std(std_sock).expect("tokio socket"),
+            kind: SocketKind::Unprivileged,
+            nonce: 0xdead_beef,
+            raw_id: 7,
+        };
+        let mut req = p.echo_request(5, 3, 9, 84);
+        assert_eq!(req.len(), 64);
+        req[0] = 0; // turn it into the reply the kernel would deliver
+        assert!(matches!(
+            p.parse(&req, 5),
+            Some(Parsed::Reply { target: 3, seq: 9 })
+        ));
+        assert!(
+            p.parse(&req, 6).is_none(),
+            "another round's reply is ignored"
+        );
+        req[9] ^= 1; // someone else's ping
+        assert!(p.parse(&req, 5).is_none());
+        assert!(p.parse(&[], 5).is_none() && p.parse(&[0; 10], 5).is_none());
+    }
+
+    #[test]
+    fn icmp_errors_quoting_our_probe_are_matched() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let _guard = rt.enter();
+        let std_sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        std_sock.set_nonblocking(true).expect("nonblocking");
+        let p = Pinger {
+            socket: UdpSocket::from_std(std_sock).expect("tokio socket"),
+            kind: SocketKind::Raw,
+            nonce: 1,
+            raw_id: 7,
+        };
+        let req = p.echo_request(2, 1, 4, 84);
+        let mut ip = vec![
+            0x45u8, 0, 0, 0, 0, 0, 0x40, 0, 64, 1, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2,
+        ];
+        let mut err = vec![3u8, 10, 0, 0, 0, 0, 0, 0];
+        err.extend_from_slice(&ip);
+        err.extend_from_slice(&req);
+        ip.extend_from_slice(&err);
+        match p.parse(&ip, 2) {
+            Some(Parsed::Error {
+                target: 1,
+                seq: 4,
+                message,
+            }) => assert!(message.contains("prohibited"), "{message}"),
+            _ => panic!("ICMP error not matched"),
+        }
+    }
+}

@@ -1,0 +1,493 @@
+//! The fault catalogue: each fault imitates a real cause from the operators' field notes,
+//! and knows how to undo itself.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::addr::{LabPlan, NODE_PORT, PodKind, VXLAN_PORT};
+use crate::script::{Step, fdb_line, neigh_line, nodeport_rule, route_line};
+
+/// A fault the lab can inject.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Fault {
+    /// A security group or host firewall drops VXLAN (UDP 8472) arriving at the node.
+    VxlanDropIn {
+        /// Node.
+        node: String,
+    },
+    /// VXLAN leaving the node is dropped.
+    VxlanDropOut {
+        /// Node.
+        node: String,
+    },
+    /// A reboot reset `net.ipv4.ip_forward` to 0.
+    IpForwardOff {
+        /// Node.
+        node: String,
+    },
+    /// firewalld left `-A FORWARD -j REJECT --reject-with icmp-host-prohibited` above the
+    /// CNI's accept rules, with its zone chains.
+    ForwardReject {
+        /// Node.
+        node: String,
+    },
+    /// The node's `flannel.1` lacks the fdb entry for a peer's VTEP.
+    FdbMissing {
+        /// Node whose state is damaged.
+        node: String,
+        /// The peer it can no longer reach.
+        peer: String,
+    },
+    /// The node lacks the route to a peer's pod CIDR.
+    RouteMissing {
+        /// Node.
+        node: String,
+        /// Peer.
+        peer: String,
+    },
+    /// The node lacks the neighbour entry for a peer's VTEP.
+    NeighMissing {
+        /// Node.
+        node: String,
+        /// Peer.
+        peer: String,
+    },
+    /// The node's switch port carries less than the overlay assumes (default 1400 < 1500):
+    /// full-size encapsulated packets vanish, small ones pass.
+    UnderlayMtu {
+        /// Node.
+        node: String,
+        /// The port's MTU.
+        mtu: u16,
+    },
+    /// A CoreDNS pod's process stopped.
+    DnsDown {
+        /// CoreDNS pod name (`coredns-a`, `coredns-b`).
+        pod: String,
+    },
+    /// `:9153` blocked in front of a CoreDNS pod.
+    MetricsBlocked {
+        /// CoreDNS pod name.
+        pod: String,
+    },
+    /// kube-proxy's NodePort rules are gone on a node.
+    NodeportRemoved {
+        /// Node.
+        node: String,
+    },
+    /// The ingress controller stopped.
+    IngressDown,
+    /// The node's underlay link is down (switch port down).
+    LinkDown {
+        /// Node.
+        node: String,
+    },
+    /// The node's underlay drops a random share of packets each way.
+    Loss {
+        /// Node.
+        node: String,
+        /// Percent dropped in each direction.
+        percent: u8,
+    },
+}
+
+/// What injecting or healing a fault does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Kernel commands.
+    Steps(Vec<Step>),
+    /// Stop the named lab process.
+    Stop(String),
+    /// Start the named lab process again.
+    Start(String),
+}
+
+/// The names of every fault kind, as the CLI takes them.
+pub const KINDS: [&str; 14] = [
+    "vxlan-drop-in",
+    "vxlan-drop-out",
+    "ip-forward-off",
+    "forward-reject",
+    "fdb-missing",
+    "route-missing",
+    "neigh-missing",
+    "underlay-mtu",
+    "dns-down",
+    "metrics-blocked",
+    "nodeport-removed",
+    "ingress-down",
+    "link-down",
+    "loss",
+];
+
+const TAG: &str = "-m comment --comment meshprobe-fault";
+
+impl Fault {
+    /// Builds a fault from the CLI's words. `pod` defaults to `coredns-b`, `mtu` to
+    /// 1400, `percent` to 50.
+    pub fn parse(
+        kind: &str,
+        node: Option<&str>,
+        peer: Option<&str>,
+        pod: Option<&str>,
+        mtu: Option<u16>,
+        percent: Option<u8>,
+    ) -> Result<Self, String> {
+        let need_node = || {
+            node.map(str::to_owned)
+                .ok_or_else(|| format!("fault {kind} needs --node"))
+        };
+        let need_peer = || {
+            peer.map(str::to_owned)
+                .ok_or_else(|| format!("fault {kind} needs --peer"))
+        };
+        let pod = pod.unwrap_or("coredns-b").to_owned();
+        Ok(match kind {
+            "vxlan-drop-in" => Fault::VxlanDropIn { node: need_node()? },
+            "vxlan-drop-out" => Fault::VxlanDropOut { node: need_node()? },
+            "ip-forward-off" => Fault::IpForwardOff { node: need_node()? },
+            "forward-reject" => Fault::ForwardReject { node: need_node()? },
+            "fdb-missing" => Fault::FdbMissing {
+                node: need_node()?,
+                peer: need_peer()?,
+            },
+            "route-missing" => Fault::RouteMissing {
+                node: need_node()?,
+                peer: need_peer()?,
+            },
+            "neigh-missing" => Fault::NeighMissing {
+                node: need_node()?,
+                peer: need_peer()?,
+            },
+            "underlay-mtu" => Fault::UnderlayMtu {
+                node: need_node()?,
+                mtu: mtu.unwrap_or(1400),
+            },
+            "dns-down" => Fault::DnsDown { pod },
+            "metrics-blocked" => Fault::MetricsBlocked { pod },
+            "nodeport-removed" => Fault::NodeportRemoved { node: need_node()? },
+            "ingress-down" => Fault::IngressDown,
+            "link-down" => Fault::LinkDown { node: need_node()? },
+            "loss" => {
+                let percent = percent.unwrap_or(50);
+                if !(1..=100).contains(&percent) {
+                    return Err(format!("--percent must be 1-100, not {percent}"));
+                }
+                Fault::Loss {
+                    node: need_node()?,
+                    percent,
+                }
+            }
+            other => {
+                return Err(format!(
+                    "unknown fault {other:?}; known: {}",
+                    KINDS.join(", ")
+                ));
+            }
+        })
+    }
+
+    /// The node this fault is on, if it is on one.
+    pub fn node(&self) -> Option<&str> {
+        match self {
+            Fault::VxlanDropIn { node }
+            | Fault::VxlanDropOut { node }
+            | Fault::IpForwardOff { node }
+            | Fault::ForwardReject { node }
+            | Fault::FdbMissing { node, .. }
+            | Fault::RouteMissing { node, .. }
+            | Fault::NeighMissing { node, .. }
+            | Fault::UnderlayMtu { node, .. }
+            | Fault::NodeportRemoved { node }
+            | Fault::LinkDown { node }
+            | Fault::Loss { node, .. } => Some(node),
+            Fault::DnsDown { .. } | Fault::MetricsBlocked { .. } | Fault::IngressDown => None,
+        }
+    }
+
+    /// Checks the fault's names against the lab.
+    pub fn validate(&self, plan: &LabPlan) -> Result<(), String> {
+        if let Some(n) = self.node() {
+            plan.node(n)
+                .ok_or_else(|| format!("no node {n:?} in this lab (n1..n{})", plan.nodes.len()))?;
+        }
+        match self {
+            Fault::FdbMissing { node, peer }
+            | Fault::RouteMissing { node, peer }
+            | Fault::NeighMissing { node, peer } => {
+                plan.node(peer)
+                    .ok_or_else(|| format!("no peer node {peer:?} in this lab"))?;
+                if node == peer {
+                    return Err("--peer must differ from --node".to_owned());
+                }
+            }
+            Fault::DnsDown { pod } | Fault::MetricsBlocked { pod } => {
+                plan.coredns_node(pod)
+                    .ok_or_else(|| format!("no CoreDNS pod {pod:?} (coredns-a, coredns-b)"))?;
+            }
+            Fault::UnderlayMtu { mtu, .. } if !(576..=1500).contains(mtu) => {
+                return Err(format!("--mtu must be 576-1500, not {mtu}"));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// What injecting it does. Call [`Fault::validate`] first.
+    pub fn inject(&self, plan: &LabPlan) -> Action {
+        self.actions(plan, true)
+    }
+
+    /// What healing it does.
+    pub fn heal(&self, plan: &LabPlan) -> Action {
+        self.actions(plan, false)
+    }
+
+    fn actions(&self, plan: &LabPlan, inject: bool) -> Action {
+        let op = if inject { "-I" } else { "-D" };
+        let node = |n: &str| plan.node(n).cloned();
+        let steps = match self {
+            Fault::VxlanDropIn { node: n } => {
+                let ns = node(n).map(|n| n.ns).unwrap_or_default();
+                vec![Step::iptables(
+                    &ns,
+                    &format!("{op} INPUT -p udp --dport {VXLAN_PORT} {TAG} -j DROP"),
+                )]
+            }
+            Fault::VxlanDropOut { node: n } => {
+                let ns = node(n).map(|n| n.ns).unwrap_or_default();
+                vec![Step::iptables(
+                    &ns,
+                    &format!("{op} OUTPUT -p udp --dport {VXLAN_PORT} {TAG} -j DROP"),
+                )]
+            }
+            Fault::IpForwardOff { node: n } => {
+                let ns = node(n).map(|n| n.ns).unwrap_or_default();
+                vec![Step::sysctl(
+                    &ns,
+                    "net.ipv4.ip_forward",
+                    if inject { "0" } else { "1" },
+                )]
+            }
+            Fault::ForwardReject { node: n } => {
+                let ns = node(n).map(|n| n.ns).unwrap_or_default();
+                let zones = ["FORWARD_IN_ZONES", "FORWARD_OUT_ZONES"];
+                if inject {
+                    let mut v: Vec<Step> = zones
+                        .iter()
+                        .map(|z| Step::iptables(&ns, &format!("-N {z}")))
+                        .collect();
+                    v.push(Step::iptables(
+                        &ns,
+                        "-I FORWARD 1 -j REJECT --reject-with icmp-host-prohibited",
+                    ));
+                    v
+                } else {
+                    let mut v = vec![Step::iptables(
+                        &ns,
+                        "-D FORWARD -j REJECT --reject-with icmp-host-prohibited",
+                    )];
+                    v.extend(
+                        zones
+                            .iter()
+                            .map(|z| Step::iptables(&ns, &format!("-X {z}"))),
+                    );
+                    v
+                }
+            }
+            Fault::FdbMissing { node: n, peer } => {
+                let (Some(n), Some(p)) = (node(n), node(peer)) else {
+                    return Action::Steps(vec![]);
+                };
+                let line = if inject {
+                    format!("fdb del {} dev flannel.1 dst {} self", p.vtep_mac, p.ip)
+                } else {
+                    fdb_line(&p)
+                };
+                vec![Step::bridge_batch(&n.ns, line + "\n")]
+            }
+            Fault::RouteMissing { node: n, peer } => {
+                let (Some(n), Some(p)) = (node(n), node(peer)) else {
+                    return Action::Steps(vec![]);
+                };
+                let line = if inject {
+                    format!("route del {}", p.pod_cidr())
+                } else {
+                    route_line(&p)
+                };
+                vec![Step::ip_batch(&n.ns, line + "\n")]
+            }
+            Fault::NeighMissing { node: n, peer } => {
+                let (Some(n), Some(p)) = (node(n), node(peer)) else {
+                    return Action::Steps(vec![]);
+                };
+                let line = if inject {
+                    format!("neigh del {} dev flannel.1", p.vtep_ip())
+                } else {
+                    neigh_line(&p)
+                };
+                vec![Step::ip_batch(&n.ns, line + "\n")]
+            }
+            Fault::UnderlayMtu { node: n, mtu } => {
+                let port = node(n).map(|n| n.switch_port()).unwrap_or_default();
+                let mtu = if inject { *mtu } else { 1500 };
+                vec![Step::ip_batch(
+                    &plan.switch_ns(),
+                    format!("link set {port} mtu {mtu}\n"),
+                )]
+            }
+            Fault::DnsDown { pod } => {
+                let name = format!("pod/{pod}");
+                return if inject {
+                    Action::Stop(name)
+                } else {
+                    Action::Start(name)
+                };
+            }
+            Fault::MetricsBlocked { pod } => {
+                let ns = plan
+                    .coredns_node(pod)
+                    .map(|n| n.pod_ns(PodKind::Dns))
+                    .unwrap_or_default();
+                vec![Step::iptables(
+                    &ns,
+                    &format!("{op} INPUT -p tcp --dport 9153 {TAG} -j DROP"),
+                )]
+            }
+            Fault::NodeportRemoved { node: n } => {
+                let ns = node(n).map(|n| n.ns).unwrap_or_default();
+                if inject {
+                    vec![Step::iptables(&ns, "-t nat -F KUBE-NODEPORTS")]
+                } else {
+                    vec![Step::iptables(
+                        &ns,
+                        &format!("-t nat -A KUBE-NODEPORTS {}", nodeport_rule()),
+                    )]
+                }
+            }
+            Fault::IngressDown => {
+                return if inject {
+                    Action::Stop("ingress".into())
+                } else {
+                    Action::Start("ingress".into())
+                };
+            }
+            Fault::LinkDown { node: n } => {
+                let port = node(n).map(|n| n.switch_port()).unwrap_or_default();
+                let state = if inject { "down" } else { "up" };
+                vec![Step::ip_batch(
+                    &plan.switch_ns(),
+                    format!("link set {port} {state}\n"),
+                )]
+            }
+            Fault::Loss { node: n, percent } => {
+                let ns = node(n).map(|n| n.ns).unwrap_or_default();
+                let p = format!("{:.2}", f64::from(*percent) / 100.0);
+                vec![
+                    Step::iptables(
+                        &ns,
+                        &format!(
+                            "{op} INPUT -i eth0 -m statistic --mode random --probability {p} {TAG} -j DROP"
+                        ),
+                    ),
+                    Step::iptables(
+                        &ns,
+                        &format!(
+                            "{op} OUTPUT -o eth0 -m statistic --mode random --probability {p} {TAG} -j DROP"
+                        ),
+                    ),
+                ]
+            }
+        };
+        Action::Steps(steps)
+    }
+}
+
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Fault::VxlanDropIn { node } => write!(f, "vxlan-drop-in on {node}"),
+            Fault::VxlanDropOut { node } => write!(f, "vxlan-drop-out on {node}"),
+            Fault::IpForwardOff { node } => write!(f, "ip-forward-off on {node}"),
+            Fault::ForwardReject { node } => write!(f, "forward-reject on {node}"),
+            Fault::FdbMissing { node, peer } => write!(f, "fdb-missing on {node} for {peer}"),
+            Fault::RouteMissing { node, peer } => write!(f, "route-missing on {node} for {peer}"),
+            Fault::NeighMissing { node, peer } => write!(f, "neigh-missing on {node} for {peer}"),
+            Fault::UnderlayMtu { node, mtu } => {
+                write!(f, "underlay-mtu {mtu} on {node}'s switch port")
+            }
+            Fault::DnsDown { pod } => write!(f, "dns-down on {pod}"),
+            Fault::MetricsBlocked { pod } => write!(f, "metrics-blocked on {pod}"),
+            Fault::NodeportRemoved { node } => {
+                write!(f, "nodeport-removed on {node} (port {NODE_PORT})")
+            }
+            Fault::IngressDown => write!(f, "ingress-down"),
+            Fault::LinkDown { node } => write!(f, "link-down on {node}"),
+            Fault::Loss { node, percent } => write!(f, "loss {percent}% each way on {node}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_parses_validates_and_heals_what_it_injects() {
+        let plan = LabPlan::new("t", 3).expect("valid");
+        for kind in KINDS {
+            let f = Fault::parse(kind, Some("n3"), Some("n1"), None, None, None).expect(kind);
+            f.validate(&plan).expect(kind);
+            let (inj, heal) = (f.inject(&plan), f.heal(&plan));
+            assert_ne!(inj, heal, "{kind}: heal must differ from inject");
+            match (&inj, &heal) {
+                (Action::Steps(a), Action::Steps(b)) => {
+                    assert!(!a.is_empty() && !b.is_empty(), "{kind}")
+                }
+                (Action::Stop(a), Action::Start(b)) => assert_eq!(a, b),
+                other => panic!("{kind}: mismatched actions {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn bad_fault_words_are_named() {
+        let plan = LabPlan::new("t", 3).expect("valid");
+        assert!(
+            Fault::parse("vxlan-drop-in", None, None, None, None, None)
+                .expect_err("no node")
+                .contains("--node")
+        );
+        assert!(
+            Fault::parse("nope", None, None, None, None, None)
+                .expect_err("kind")
+                .contains("unknown fault")
+        );
+        let f =
+            Fault::parse("fdb-missing", Some("n1"), Some("n9"), None, None, None).expect("parses");
+        assert!(f.validate(&plan).expect_err("peer").contains("n9"));
+        let f =
+            Fault::parse("dns-down", None, None, Some("coredns-z"), None, None).expect("parses");
+        assert!(f.validate(&plan).is_err());
+    }
+
+    #[test]
+    fn loss_rule_is_deleted_with_the_same_spec() {
+        let plan = LabPlan::new("t", 2).expect("valid");
+        let f = Fault::Loss {
+            node: "n1".into(),
+            percent: 30,
+        };
+        let (Action::Steps(i), Action::Steps(h)) = (f.inject(&plan), f.heal(&plan)) else {
+            panic!()
+        };
+        let args = |s: &Step| match s {
+            Step::Run { args, .. } => args.join(" "),
+            Step::Sysctl { .. } => String::new(),
+        };
+        assert_eq!(args(&i[0]).replace("-I", "-D"), args(&h[0]));
+        assert!(args(&i[0]).contains("--probability 0.30"));
+    }
+}

@@ -1,0 +1,589 @@
+//! The [`Lab`]: builds the sandbox, runs its processes, injects and heals faults, and
+//! removes everything it created when dropped (also when a test panics).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::addr::{
+    COORDINATOR_PORT, INGRESS_HOST, KUBE_DNS_SVC, KUBERNETES_SVC, LabPlan, PodKind, RELAY_PORT,
+    WEB_PORT, WEB_SVC,
+};
+use crate::exec::{self, ExecError};
+use crate::fault::{Action, Fault};
+use crate::procs::{self, ProcRecord, ProcSpec};
+use crate::script;
+
+/// What went wrong with a lab.
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    /// The spec is invalid.
+    #[error("{0}")]
+    Spec(String),
+    /// The lab needs root (network namespaces, iptables).
+    #[error(
+        "the sandbox needs root (CAP_SYS_ADMIN and CAP_NET_ADMIN) to create network namespaces; run it with sudo"
+    )]
+    NotRoot,
+    /// A kernel command failed.
+    #[error(transparent)]
+    Exec(#[from] ExecError),
+    /// A file in the lab's state directory.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A lab with this name exists already.
+    #[error("a lab named {0} exists already (meshprobe lab down --name {0})")]
+    Exists(String),
+    /// No lab with this name.
+    #[error("no lab named {0:?} (meshprobe lab status lists them)")]
+    NotFound(String),
+    /// Something did not come up in time.
+    #[error("{0}")]
+    NotReady(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> LabError + '_ {
+    move |source| LabError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// How to build a lab.
+#[derive(Clone, Debug)]
+pub struct LabSpec {
+    /// The lab's name, the prefix of every namespace. Unique per run by default.
+    pub name: String,
+    /// Number of nodes (default 3).
+    pub nodes: usize,
+    /// The meshprobe binary the lab's processes run.
+    pub exe: PathBuf,
+    /// Where lab state lives (default `/run/meshprobe/labs`, env `MESHPROBE_LAB_DIR`).
+    pub state_root: PathBuf,
+}
+
+impl LabSpec {
+    /// A spec with a fresh unique name (`mp-` and six hex digits).
+    pub fn new(nodes: usize, exe: PathBuf) -> Self {
+        Self {
+            name: unique_name(),
+            nodes,
+            exe,
+            state_root: default_state_root(),
+        }
+    }
+}
+
+/// A fresh lab name: `mp-` and six random hex digits.
+pub fn unique_name() -> String {
+    format!("mp-{:06x}", fastrand::u32(..0x0100_0000))
+}
+
+/// `MESHPROBE_LAB_DIR`, or `/run/meshprobe/labs`.
+pub fn default_state_root() -> PathBuf {
+    std::env::var_os("MESHPROBE_LAB_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/run/meshprobe/labs"))
+}
+
+/// What is saved in `<state_root>/<name>/state.json`, so that another invocation
+/// (`lab fault`, `lab down`) can act on a lab.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct State {
+    name: String,
+    nodes: usize,
+    exe: PathBuf,
+    namespaces: Vec<String>,
+    processes: BTreeMap<String, ProcRecord>,
+    faults: Vec<Fault>,
+}
+
+/// A running lab. Dropping it tears it down unless [`Lab::keep`] was called.
+pub struct Lab {
+    plan: LabPlan,
+    dir: PathBuf,
+    state: State,
+    children: BTreeMap<String, Child>,
+    keep: bool,
+}
+
+impl Lab {
+    /// Builds the datapath and starts the cluster's servers (CoreDNS, web, ingress).
+    pub fn up(spec: LabSpec) -> Result<Lab, LabError> {
+        if !rustix::process::geteuid().is_root() {
+            return Err(LabError::NotRoot);
+        }
+        let plan = LabPlan::new(&spec.name, spec.nodes).map_err(LabError::Spec)?;
+        let dir = spec.state_root.join(&spec.name);
+        if dir.join("state.json").exists() {
+            return Err(LabError::Exists(spec.name));
+        }
+        for ns in plan.namespaces() {
+            if Path::new("/run/netns").join(&ns).exists() {
+                return Err(LabError::Exists(spec.name));
+            }
+        }
+        std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        let mut lab = Lab {
+            state: State {
+                name: spec.name.clone(),
+                nodes: spec.nodes,
+                exe: spec.exe,
+                namespaces: Vec::new(),
+                processes: BTreeMap::new(),
+                faults: Vec::new(),
+            },
+            plan,
+            dir,
+            children: BTreeMap::new(),
+            keep: false,
+        };
+        // From here on, a failure drops `lab`, which removes what was created.
+        lab.save()?;
+        for step in script::setup(&lab.plan) {
+            if let script::Step::Run { ns: None, args, .. } = &step {
+                if let Some(ns) = args.get(2) {
+                    lab.state.namespaces.push(ns.clone());
+                    lab.save()?;
+                }
+            }
+            exec::run(&step)?;
+        }
+        let inventory = lab.dir.join("inventory.yaml");
+        std::fs::write(&inventory, lab.plan.topology().to_inventory_yaml())
+            .map_err(io_err(&inventory))?;
+        lab.start_servers()?;
+        Ok(lab)
+    }
+
+    /// Opens a lab that another process created (for `lab fault/heal/down/status`).
+    pub fn open(name: &str, state_root: &Path) -> Result<Lab, LabError> {
+        let dir = state_root.join(name);
+        let path = dir.join("state.json");
+        let text =
+            std::fs::read_to_string(&path).map_err(|_| LabError::NotFound(name.to_owned()))?;
+        let state: State = serde_json::from_str(&text).map_err(|e| LabError::Io {
+            path: path.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        let plan = LabPlan::new(&state.name, state.nodes).map_err(LabError::Spec)?;
+        Ok(Lab {
+            plan,
+            dir,
+            state,
+            children: BTreeMap::new(),
+            keep: true,
+        })
+    }
+
+    /// Names of the labs under `state_root`.
+    pub fn list(state_root: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(state_root)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().join("state.json").exists())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn save(&self) -> Result<(), LabError> {
+        let path = self.dir.join("state.json");
+        let tmp = self.dir.join("state.json.tmp");
+        let text = serde_json::to_string_pretty(&self.state).unwrap_or_default();
+        std::fs::write(&tmp, text).map_err(io_err(&tmp))?;
+        std::fs::rename(&tmp, &path).map_err(io_err(&path))
+    }
+
+    /// The lab's names and addresses.
+    pub fn plan(&self) -> &LabPlan {
+        &self.plan
+    }
+
+    /// The lab's name.
+    pub fn name(&self) -> &str {
+        &self.state.name
+    }
+
+    /// The inventory file the lab wrote.
+    pub fn inventory_path(&self) -> PathBuf {
+        self.dir.join("inventory.yaml")
+    }
+
+    /// The faults in force.
+    pub fn faults(&self) -> &[Fault] {
+        &self.state.faults
+    }
+
+    /// The lab's processes, with whether each is alive.
+    pub fn processes(&self) -> Vec<(String, i32, bool)> {
+        self.state
+            .processes
+            .values()
+            .map(|r| (r.spec.name.clone(), r.pid, procs::alive(r)))
+            .collect()
+    }
+
+    /// PIDs of processes whose name starts with `prefix` (e.g. `agent/`).
+    pub fn pids(&self, prefix: &str) -> Vec<(String, i32)> {
+        self.state
+            .processes
+            .values()
+            .filter(|r| r.spec.name.starts_with(prefix))
+            .map(|r| (r.spec.name.clone(), r.pid))
+            .collect()
+    }
+
+    /// Keep the lab after this handle is dropped (`lab up` from the command line).
+    pub fn keep(mut self) {
+        self.keep = true;
+        // Children are detached: their own process group, reaped by init once we exit.
+        self.children.clear();
+    }
+
+    fn start(&mut self, spec: ProcSpec) -> Result<(), LabError> {
+        let log = self.log_path(&spec.name);
+        let (child, rec) = procs::spawn(&self.state.exe, &spec, &log).map_err(io_err(&log))?;
+        self.children.insert(spec.name.clone(), child);
+        self.state.processes.insert(spec.name.clone(), rec);
+        self.save()
+    }
+
+    fn log_path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{}.log", name.replace('/', "_")))
+    }
+
+    /// The last `lines` lines of a process's log.
+    pub fn log_tail(&self, name: &str, lines: usize) -> String {
+        let text = std::fs::read_to_string(self.log_path(name)).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    fn stop(&mut self, name: &str) {
+        if let Some(rec) = self.state.processes.remove(name) {
+            procs::stop(&rec, self.children.get_mut(name), Duration::from_secs(2));
+            self.children.remove(name);
+        }
+    }
+
+    fn server_specs(&self) -> Vec<ProcSpec> {
+        let p = &self.plan;
+        let mut v = Vec::new();
+        for n in &p.nodes {
+            v.push(ProcSpec {
+                name: format!("pod/web-{}", n.name),
+                ns: n.pod_ns(PodKind::Web),
+                args: vec![
+                    "lab".into(),
+                    "serve".into(),
+                    "web".into(),
+                    "--name".into(),
+                    format!("web-{}", n.name),
+                    "--listen".into(),
+                    format!("{}:{WEB_PORT}", n.pod_ip(PodKind::Web)),
+                ],
+            });
+            if let Some(c) = &n.coredns {
+                let mut args: Vec<String> = ["lab", "serve", "coredns", "--name", c, "--listen"]
+                    .map(String::from)
+                    .to_vec();
+                args.push(n.pod_ip(PodKind::Dns).to_string());
+                for (name, ip) in [
+                    ("kubernetes.default.svc.cluster.local", KUBERNETES_SVC),
+                    ("kube-dns.kube-system.svc.cluster.local", KUBE_DNS_SVC),
+                    ("web.default.svc.cluster.local", WEB_SVC),
+                ] {
+                    args.push("--record".into());
+                    args.push(format!("{name}={ip}"));
+                }
+                v.push(ProcSpec {
+                    name: format!("pod/{c}"),
+                    ns: n.pod_ns(PodKind::Dns),
+                    args,
+                });
+            }
+        }
+        let ing = p.ingress();
+        let mut args: Vec<String> = vec![
+            "lab".into(),
+            "serve".into(),
+            "ingress".into(),
+            "--listen".into(),
+        ];
+        args.push(format!("{}:80", ing.ip));
+        args.push("--host".into());
+        args.push(INGRESS_HOST.into());
+        for n in &p.nodes {
+            args.push("--backend".into());
+            args.push(format!("{}:{WEB_PORT}", n.pod_ip(PodKind::Web)));
+        }
+        v.push(ProcSpec {
+            name: "ingress".into(),
+            ns: ing.ns.clone(),
+            args,
+        });
+        v
+    }
+
+    fn readiness(&self, name: &str) -> Option<(String, SocketAddr, &'static str)> {
+        let p = &self.plan;
+        if let Some(node) = name.strip_prefix("pod/web-") {
+            let n = p.node(node)?;
+            return Some((
+                n.pod_ns(PodKind::Web),
+                SocketAddr::from((n.pod_ip(PodKind::Web), WEB_PORT)),
+                "/",
+            ));
+        }
+        if let Some(pod) = name.strip_prefix("pod/") {
+            let n = p.coredns_node(pod)?;
+            return Some((
+                n.pod_ns(PodKind::Dns),
+                SocketAddr::from((n.pod_ip(PodKind::Dns), 9153)),
+                "/metrics",
+            ));
+        }
+        match name {
+            "ingress" => Some((
+                p.ingress().ns.clone(),
+                SocketAddr::from((p.ingress().ip, 80)),
+                "/healthz",
+            )),
+            "coordinator" => Some((
+                p.ctl_ns(),
+                SocketAddr::from((p.ctl_ip(), COORDINATOR_PORT)),
+                "/healthz",
+            )),
+            _ => None,
+        }
+    }
+
+    fn wait_ready(&self, names: &[String], timeout: Duration) -> Result<(), LabError> {
+        let until = Instant::now() + timeout;
+        for name in names {
+            let Some((ns, addr, path)) = self.readiness(name) else {
+                continue;
+            };
+            loop {
+                if matches!(exec::http_get(&ns, addr, path, Duration::from_millis(300)), Ok((s, _)) if s < 500)
+                {
+                    break;
+                }
+                if Instant::now() > until {
+                    return Err(LabError::NotReady(format!(
+                        "{name} did not answer on {addr} within {timeout:?}; its log:\n{}",
+                        self.log_tail(name, 20)
+                    )));
+                }
+                std::thread::sleep(Duration::from_millis(30));
+            }
+        }
+        Ok(())
+    }
+
+    fn start_servers(&mut self) -> Result<(), LabError> {
+        let specs = self.server_specs();
+        let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
+        for s in specs {
+            self.start(s)?;
+        }
+        self.wait_ready(&names, Duration::from_secs(10))
+    }
+
+    /// Starts the coordinator (in the control namespace, from the lab's inventory) and a
+    /// host agent and a pod agent on every node, and waits until every agent has polled.
+    pub fn start_mesh(&mut self) -> Result<(), LabError> {
+        let p = self.plan.clone();
+        self.start(ProcSpec {
+            name: "coordinator".into(),
+            ns: p.ctl_ns(),
+            args: vec![
+                "coordinator".into(),
+                "--inventory".into(),
+                self.inventory_path().display().to_string(),
+                "--listen".into(),
+                format!("{}:{COORDINATOR_PORT}", p.ctl_ip()),
+            ],
+        })?;
+        self.wait_ready(&["coordinator".to_owned()], Duration::from_secs(10))?;
+        for n in &p.nodes {
+            self.start(ProcSpec {
+                name: format!("agent/{}/host", n.name),
+                ns: n.ns.clone(),
+                args: vec![
+                    "probe".into(),
+                    "--node".into(),
+                    n.name.clone(),
+                    "--coordinator".into(),
+                    p.coordinator_url(),
+                    "--relay-listen".into(),
+                    format!("{}:{RELAY_PORT}", n.ip),
+                ],
+            })?;
+            self.start(ProcSpec {
+                name: format!("agent/{}/pod", n.name),
+                ns: n.pod_ns(PodKind::Probe),
+                args: vec![
+                    "probe".into(),
+                    "--pod".into(),
+                    "--node".into(),
+                    n.name.clone(),
+                    "--coordinator".into(),
+                    format!("http://{}:{RELAY_PORT}", n.ip),
+                ],
+            })?;
+        }
+        self.wait_agents(Duration::from_secs(15))
+    }
+
+    /// Waits until every agent has polled the coordinator.
+    pub fn wait_agents(&self, timeout: Duration) -> Result<(), LabError> {
+        let p = &self.plan;
+        let want = p.nodes.len() * 2;
+        let addr = SocketAddr::from((p.ctl_ip(), COORDINATOR_PORT));
+        let until = Instant::now() + timeout;
+        loop {
+            let seen = exec::http_get(&p.ctl_ns(), addr, "/v1/agents", Duration::from_secs(1))
+                .ok()
+                .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
+                .and_then(|v| {
+                    v["agents"].as_array().map(|a| {
+                        a.iter()
+                            .filter(|x| !x["podIP"].is_null() || x["kind"] == "host")
+                            .count()
+                    })
+                })
+                .unwrap_or(0);
+            if seen >= want {
+                return Ok(());
+            }
+            if Instant::now() > until {
+                let logs: Vec<String> = self
+                    .pids("agent/")
+                    .iter()
+                    .map(|(n, _)| format!("--- {n}\n{}", self.log_tail(n, 5)))
+                    .collect();
+                return Err(LabError::NotReady(format!(
+                    "only {seen} of {want} agents reached the coordinator within {timeout:?}\n{}",
+                    logs.join("\n")
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The namespace for a user's target name (`n1`, `n1-probe`, `ctl`, `sw`).
+    pub fn namespace(&self, target: &str) -> Option<String> {
+        self.plan.resolve_ns(target)
+    }
+
+    fn act(&mut self, action: Action) -> Result<(), LabError> {
+        match action {
+            Action::Steps(steps) => steps.iter().try_for_each(exec::run).map_err(LabError::from),
+            Action::Stop(name) => {
+                self.stop(&name);
+                self.save()
+            }
+            Action::Start(name) => {
+                if self.state.processes.get(&name).is_some_and(procs::alive) {
+                    return Ok(());
+                }
+                let spec = self
+                    .server_specs()
+                    .into_iter()
+                    .find(|s| s.name == name)
+                    .ok_or_else(|| LabError::Spec(format!("no lab process {name}")))?;
+                self.start(spec)?;
+                self.wait_ready(&[name], Duration::from_secs(10))
+            }
+        }
+    }
+
+    /// Injects a fault and records it.
+    pub fn inject(&mut self, fault: Fault) -> Result<(), LabError> {
+        fault.validate(&self.plan).map_err(LabError::Spec)?;
+        if self.state.faults.contains(&fault) {
+            return Err(LabError::Spec(format!("{fault} is already in force")));
+        }
+        self.act(fault.inject(&self.plan))?;
+        self.state.faults.push(fault);
+        self.save()
+    }
+
+    /// Heals one fault in force.
+    pub fn heal(&mut self, fault: &Fault) -> Result<(), LabError> {
+        let Some(i) = self.state.faults.iter().position(|f| f == fault) else {
+            return Err(LabError::Spec(format!("{fault} is not in force")));
+        };
+        self.act(fault.heal(&self.plan))?;
+        self.state.faults.remove(i);
+        self.save()
+    }
+
+    /// Heals every fault in force, newest first.
+    pub fn heal_all(&mut self) -> Result<Vec<Fault>, LabError> {
+        let mut healed = Vec::new();
+        while let Some(f) = self.state.faults.last().cloned() {
+            self.heal(&f)?;
+            healed.push(f);
+        }
+        Ok(healed)
+    }
+
+    /// Stops every process and deletes every namespace and the state directory. Safe to
+    /// call more than once; carries on past errors and reports the first.
+    pub fn down(&mut self) -> Result<(), LabError> {
+        let mut first_err = None;
+        // Agents first, then the coordinator, then the cluster's servers.
+        let mut names: Vec<String> = self.state.processes.keys().cloned().collect();
+        names.sort_by_key(|n| (!n.starts_with("agent/"), n != "coordinator", n.clone()));
+        for n in names {
+            self.stop(&n);
+        }
+        for ns in std::mem::take(&mut self.state.namespaces).into_iter().rev() {
+            if let Err(e) = exec::run(&script::Step::Run {
+                ns: None,
+                program: "ip",
+                args: vec!["netns".into(), "del".into(), ns.clone()],
+                stdin: None,
+            }) {
+                if Path::new("/run/netns").join(&ns).exists() {
+                    first_err.get_or_insert(LabError::from(e));
+                }
+            }
+        }
+        self.state.faults.clear();
+        if self.dir.exists() {
+            if let Err(source) = std::fs::remove_dir_all(&self.dir) {
+                first_err.get_or_insert(LabError::Io {
+                    path: self.dir.clone(),
+                    source,
+                });
+            }
+        }
+        self.keep = true; // nothing left to drop
+        first_err.map_or(Ok(()), Err)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if !self.keep {
+            if let Err(e) = self.down() {
+                eprintln!("meshprobe lab {}: cleanup incomplete: {e}", self.state.name);
+            }
+        }
+    }
+}

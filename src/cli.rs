@@ -1,0 +1,237 @@
+//! The command line (CONTRACT §1, plus `lab`).
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use meshprobe_core::{AgentKind, NodeName, Topology};
+
+use crate::check::{CheckArgs, Output};
+use crate::lab_cmd::LabCommand;
+
+/// meshprobe: a network probe mesh for Kubernetes that pinpoints the broken hop.
+#[derive(Parser, Debug)]
+#[command(name = "meshprobe", version, about, long_about = None)]
+pub struct Cli {
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the coordinator.
+    Coordinator {
+        /// Static mode: take the cluster from this inventory file (YAML or JSON).
+        #[arg(long)]
+        inventory: Option<PathBuf>,
+        /// Address to listen on.
+        #[arg(long, default_value = "0.0.0.0:7070")]
+        listen: SocketAddr,
+        /// Run a round this often even when nobody asks (continuous mode).
+        #[arg(long, default_value = "30s", value_parser = crate::duration::parse)]
+        interval: Duration,
+    },
+    /// Run one probe agent.
+    Probe {
+        /// This node's name.
+        #[arg(long, env = "NODE_NAME")]
+        node: String,
+        /// Coordinator URL. A pod agent points at its host agent's relay
+        /// (http://$HOST_IP:7071), so its reports travel over the node's underlay.
+        #[arg(long, env = "MESHPROBE_COORDINATOR")]
+        coordinator: String,
+        /// Run as the pod-network agent (default: host-network agent).
+        #[arg(long)]
+        pod: bool,
+        /// The pod agent's IP (default: env POD_IP, else the source address toward the coordinator).
+        #[arg(long, env = "POD_IP")]
+        pod_ip: Option<Ipv4Addr>,
+        /// Where the host agent serves the relay for its pod agent, or "off".
+        #[arg(long, default_value = "0.0.0.0:7071")]
+        relay_listen: String,
+    },
+    /// Ask the coordinator for a fresh round and print matrices and findings.
+    Check {
+        /// Coordinator URL.
+        #[arg(long, env = "MESHPROBE_COORDINATOR")]
+        coordinator: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+        /// Give up (exit 2) after this long.
+        #[arg(long, default_value = "30s", value_parser = crate::duration::parse)]
+        timeout: Duration,
+    },
+    /// Build a sandbox cluster on this machine, run the mesh and a check, clean up.
+    Demo {
+        /// Number of nodes.
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+    },
+    /// The sandbox cluster: build, break, heal and remove it.
+    Lab {
+        /// What to do.
+        #[command(subcommand)]
+        command: LabCommand,
+    },
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn runtime(multi: bool) -> std::io::Result<tokio::runtime::Runtime> {
+    if multi {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    }
+}
+
+/// Entry point: parse, dispatch, map errors to exit codes (2: could not run).
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let code = match cli.command {
+        Command::Coordinator {
+            inventory,
+            listen,
+            interval,
+        } => report(run_coordinator(inventory, listen, interval)),
+        Command::Probe {
+            node,
+            coordinator,
+            pod,
+            pod_ip,
+            relay_listen,
+        } => report(run_probe(node, coordinator, pod, pod_ip, relay_listen)),
+        Command::Check {
+            coordinator,
+            output,
+            timeout,
+        } => match runtime(false) {
+            Ok(rt) => rt.block_on(crate::check::run(CheckArgs {
+                coordinator,
+                output,
+                timeout,
+            })),
+            Err(e) => {
+                eprintln!("meshprobe: error: cannot start the runtime: {e}");
+                2
+            }
+        },
+        Command::Demo { nodes } => crate::demo::run(nodes),
+        Command::Lab { command } => crate::lab_cmd::run(command),
+    };
+    ExitCode::from(code)
+}
+
+fn report(r: Result<(), String>) -> u8 {
+    match r {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("meshprobe: error: {e}");
+            2
+        }
+    }
+}
+
+/// Loads and validates an inventory file; the error names the file, and the line or field.
+pub fn load_inventory(path: &PathBuf) -> Result<Topology, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read inventory {}: {e}", path.display()))?;
+    Topology::from_inventory(&text).map_err(|e| format!("inventory {}: {e}", path.display()))
+}
+
+fn run_coordinator(
+    inventory: Option<PathBuf>,
+    listen: SocketAddr,
+    interval: Duration,
+) -> Result<(), String> {
+    let Some(path) = inventory else {
+        return Err(
+            "Kubernetes discovery is not available in this build yet; pass --inventory FILE (static mode)".to_owned()
+        );
+    };
+    let topology = load_inventory(&path)?;
+    let rt = runtime(true).map_err(|e| format!("cannot start the runtime: {e}"))?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+        tracing::info!(%listen, nodes = topology.nodes.len(), "coordinator listening");
+        let c = meshprobe_coordinator::Coordinator::new(
+            Box::new(meshprobe_coordinator::StaticTopology::new(topology)),
+            meshprobe_coordinator::Settings::default(),
+        );
+        tokio::spawn(Arc::clone(&c).schedule(interval));
+        axum::serve(listener, meshprobe_coordinator::router(c))
+            .with_graceful_shutdown(shutdown())
+            .await
+            .map_err(|e| format!("server: {e}"))
+    })
+}
+
+async fn shutdown() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn run_probe(
+    node: String,
+    coordinator: String,
+    pod: bool,
+    pod_ip: Option<Ipv4Addr>,
+    relay_listen: String,
+) -> Result<(), String> {
+    let node = NodeName::new(node).map_err(|e| format!("--node: {e}"))?;
+    if !(coordinator.starts_with("http://") || coordinator.starts_with("https://")) {
+        return Err(format!(
+            "--coordinator {coordinator:?} must be an http:// or https:// URL"
+        ));
+    }
+    let relay_listen = match relay_listen.as_str() {
+        "off" | "" => None,
+        s => Some(
+            s.parse::<SocketAddr>()
+                .map_err(|_| format!("--relay-listen {s:?} is not ADDR:PORT or off"))?,
+        ),
+    };
+    let cfg = meshprobe_probe::AgentConfig {
+        node,
+        kind: if pod { AgentKind::Pod } else { AgentKind::Host },
+        coordinator,
+        pod_ip,
+        relay_listen,
+        poll_wait: Duration::from_secs(25),
+    };
+    // One thread is plenty for an IO-bound agent and keeps its footprint small.
+    let rt = runtime(false).map_err(|e| format!("cannot start the runtime: {e}"))?;
+    rt.block_on(async move {
+        tokio::select! {
+            r = meshprobe_probe::run(cfg) => r.map_err(|e| e.to_string()),
+            () = shutdown() => Ok(()),
+        }
+    })
+}
