@@ -1,1 +1,120 @@
-fn main() {}
+//! Benchmark: wall time of `meshprobe check` on an 8-node sandbox, and the agents' peak
+//! RSS. Needs root. Run with `cargo bench --bench check` (release build); set
+//! MESHPROBE_BENCH_NODES / MESHPROBE_BENCH_RUNS to change the size and the repetitions.
+//!
+//! Aim (issue 2): a result in under 3 s; every agent under 20 MB RSS.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use meshprobe_sandbox::lab::{Lab, LabSpec};
+
+const BIN: &str = env!("CARGO_BIN_EXE_meshprobe");
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// VmHWM (peak resident set) of a process, in KiB.
+fn peak_rss_kib(pid: i32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn main() {
+    // `cargo bench` passes --bench; a plain `cargo test --benches` passes nothing. Either way
+    // this is a measurement, not a test: it never runs under `cargo test`.
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let nodes = env_or("MESHPROBE_BENCH_NODES", 8);
+    let runs = env_or("MESHPROBE_BENCH_RUNS", 10);
+    let mut spec = LabSpec::new(nodes, BIN.into());
+    spec.state_root = std::env::temp_dir().join("meshprobe-bench-labs");
+    let t = Instant::now();
+    let mut lab = match Lab::up(spec) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("bench check: cannot build the lab: {e}");
+            std::process::exit(2);
+        }
+    };
+    let built = t.elapsed();
+    if let Err(e) = lab.start_mesh() {
+        eprintln!("bench check: mesh did not start: {e}");
+        std::process::exit(2);
+    }
+    let meshed = t.elapsed() - built;
+    let url = lab.plan().coordinator_url();
+    let ctl = lab.plan().ctl_ns();
+    let mut times: Vec<Duration> = Vec::with_capacity(runs);
+    let mut unhealthy = 0;
+    for _ in 0..runs {
+        let start = Instant::now();
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &ctl,
+                BIN,
+                "check",
+                "--output",
+                "json",
+                "--coordinator",
+                &url,
+            ])
+            .output()
+            .expect("run check");
+        times.push(start.elapsed());
+        if out.status.code() != Some(0) {
+            unhealthy += 1;
+        }
+    }
+    times.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "meshprobe check on a {nodes}-node sandbox, {runs} runs (lab up {:.2} s, mesh up {:.2} s)",
+        built.as_secs_f64(),
+        meshed.as_secs_f64()
+    );
+    println!(
+        "  check wall time: min {:.0} ms, median {:.0} ms, max {:.0} ms{}",
+        ms(times[0]),
+        ms(times[times.len() / 2]),
+        ms(times[times.len() - 1]),
+        if unhealthy > 0 {
+            format!("  ({unhealthy} runs not healthy!)")
+        } else {
+            String::new()
+        }
+    );
+    for kind in ["host", "pod"] {
+        let rss: Vec<u64> = lab
+            .pids("agent/")
+            .into_iter()
+            .filter(|(name, _)| name.ends_with(kind))
+            .filter_map(|(_, pid)| peak_rss_kib(pid))
+            .collect();
+        let max = rss.iter().max().copied().unwrap_or(0);
+        let mean = rss.iter().sum::<u64>() / rss.len().max(1) as u64;
+        println!(
+            "  {kind} agents' peak RSS: max {:.1} MB, mean {:.1} MB ({} agents)",
+            max as f64 / 1024.0,
+            mean as f64 / 1024.0,
+            rss.len()
+        );
+    }
+    if let Some((_, pid)) = lab.pids("coordinator").first() {
+        println!(
+            "  coordinator peak RSS: {:.1} MB",
+            peak_rss_kib(*pid).unwrap_or(0) as f64 / 1024.0
+        );
+    }
+    if let Err(e) = lab.down() {
+        eprintln!("bench check: cleanup: {e}");
+    }
+}

@@ -174,7 +174,14 @@ fn run_coordinator(
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-        tracing::info!(%listen, nodes = topology.nodes.len(), "coordinator listening");
+        let bound = listener
+            .local_addr()
+            .map_err(|e| format!("cannot read the bound address: {e}"))?;
+        // Printed (not logged) so that scripts and tests binding port 0 learn the port.
+        eprintln!(
+            "meshprobe coordinator listening on {bound} ({} nodes, static inventory)",
+            topology.nodes.len()
+        );
         let c = meshprobe_coordinator::Coordinator::new(
             Box::new(meshprobe_coordinator::StaticTopology::new(topology)),
             meshprobe_coordinator::Settings::default(),
@@ -224,7 +231,7 @@ fn run_probe(
         coordinator,
         pod_ip,
         relay_listen,
-        poll_wait: Duration::from_secs(25),
+        poll_wait: Duration::from_secs(10),
     };
     // One thread is plenty for an IO-bound agent and keeps its footprint small.
     let rt = runtime(false).map_err(|e| format!("cannot start the runtime: {e}"))?;

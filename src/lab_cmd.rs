@@ -202,10 +202,9 @@ fn run_inner(cmd: LabCommand) -> Result<(), String> {
             }
             let p = lab.plan();
             println!(
-                "lab {} is up: {} nodes on {}.0/24",
+                "lab {} is up: {} nodes on 192.168.77.0/24",
                 lab.name(),
-                p.nodes.len(),
-                "192.168.77"
+                p.nodes.len()
             );
             for n in &p.nodes {
                 println!(

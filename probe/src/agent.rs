@@ -26,7 +26,7 @@ pub struct AgentConfig {
     pub pod_ip: Option<Ipv4Addr>,
     /// Where the host agent serves the relay for its pod agent; `None` turns it off.
     pub relay_listen: Option<SocketAddr>,
-    /// How long one poll for the next round may wait (default 25 s).
+    /// How long one poll for the next round may wait (default 10 s).
     pub poll_wait: Duration,
 }
 
@@ -58,19 +58,19 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
             None
         }
     };
-    if cfg.kind == AgentKind::Host {
-        if let Some(addr) = cfg.relay_listen {
-            let listener = crate::relay::bind(addr)
-                .await
-                .map_err(|source| AgentError::Relay { addr, source })?;
-            let upstream = cfg.coordinator.clone();
-            tokio::spawn(async move {
-                if let Err(e) = crate::relay::serve(listener, upstream).await {
-                    tracing::error!(error = %e, "relay stopped");
-                }
-            });
-            tracing::info!(%addr, "relay for the pod agent listening");
-        }
+    if cfg.kind == AgentKind::Host
+        && let Some(addr) = cfg.relay_listen
+    {
+        let listener = crate::relay::bind(addr)
+            .await
+            .map_err(|source| AgentError::Relay { addr, source })?;
+        let upstream = cfg.coordinator.clone();
+        tokio::spawn(async move {
+            if let Err(e) = crate::relay::serve(listener, upstream).await {
+                tracing::error!(error = %e, "relay stopped");
+            }
+        });
+        tracing::info!(%addr, "relay for the pod agent listening");
     }
     let pod_ip = match (cfg.kind, cfg.pod_ip) {
         (AgentKind::Pod, None) => detect_source_ip(&cfg.coordinator),

@@ -3,8 +3,12 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
+use hyper::body::Bytes;
+use hyper::{Method, StatusCode};
 use meshprobe_core::plan::{AgentReport, Assignment};
 use meshprobe_core::{AgentKind, NodeName};
+
+use crate::transport::{self, TransportError};
 
 /// Talking to the coordinator failed.
 #[derive(Debug, thiserror::Error)]
@@ -15,9 +19,9 @@ pub enum ClientError {
         /// The URL.
         url: String,
         /// Why.
-        source: reqwest::Error,
+        source: TransportError,
     },
-    /// An HTTP answer that is not a success.
+    /// An HTTP answer that is not a success, or that does not parse.
     #[error("coordinator {url} answered HTTP {status}: {body}")]
     Status {
         /// The URL.
@@ -33,20 +37,13 @@ pub enum ClientError {
 #[derive(Clone)]
 pub struct CoordinatorClient {
     base: String,
-    http: reqwest::Client,
 }
 
 impl CoordinatorClient {
     /// `base` is like `http://10.0.0.1:7070`.
     pub fn new(base: &str) -> Self {
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .connect_timeout(Duration::from_secs(3))
-            .build()
-            .unwrap_or_else(|_| reqwest::Client::new());
         Self {
             base: base.trim_end_matches('/').to_owned(),
-            http,
         }
     }
 
@@ -61,44 +58,41 @@ impl CoordinatorClient {
         pod_ip: Option<Ipv4Addr>,
         wait: Duration,
     ) -> Result<Option<Assignment>, ClientError> {
-        let url = format!("{}/v1/agents/{node}/{kind}/next", self.base);
-        let mut query = vec![
-            ("after", after.to_string()),
-            ("epoch", epoch.to_string()),
-            ("wait", wait.as_secs().to_string()),
-        ];
-        if let Some(ip) = pod_ip {
-            query.push(("podIP", ip.to_string()));
-        }
-        let full = format!(
-            "{url}?{}",
-            query
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join("&")
+        let mut path = format!(
+            "/v1/agents/{node}/{kind}/next?after={after}&epoch={epoch}&wait={}",
+            wait.as_secs()
         );
-        let resp = self
-            .http
-            .get(&full)
-            .timeout(wait + Duration::from_secs(10))
-            .send()
-            .await
-            .map_err(|source| ClientError::Unreachable {
-                url: url.clone(),
-                source,
-            })?;
-        match resp.status().as_u16() {
-            204 => Ok(None),
-            200 => resp
-                .json()
-                .await
-                .map(Some)
-                .map_err(|source| ClientError::Unreachable { url, source }),
-            status => Err(ClientError::Status {
+        if let Some(ip) = pod_ip {
+            path += &format!("&podIP={ip}");
+        }
+        let url = format!("{}{path}", self.base);
+        let a = transport::send(
+            &self.base,
+            Method::GET,
+            &path,
+            None,
+            wait + Duration::from_secs(5),
+        )
+        .await
+        .map_err(|source| ClientError::Unreachable {
+            url: url.clone(),
+            source,
+        })?;
+        match a.status {
+            StatusCode::NO_CONTENT => Ok(None),
+            StatusCode::OK => {
+                serde_json::from_slice(&a.body)
+                    .map(Some)
+                    .map_err(|e| ClientError::Status {
+                        url,
+                        status: 200,
+                        body: format!("unreadable assignment: {e}"),
+                    })
+            }
+            s => Err(ClientError::Status {
                 url,
-                status,
-                body: body_start(resp).await,
+                status: s.as_u16(),
+                body: body_start(&a.body),
             }),
         }
     }
@@ -106,31 +100,31 @@ impl CoordinatorClient {
     /// Posts a report.
     pub async fn report(&self, report: &AgentReport) -> Result<(), ClientError> {
         let url = format!("{}/v1/reports", self.base);
-        let resp = self
-            .http
-            .post(&url)
-            .json(report)
-            .timeout(Duration::from_secs(10))
-            .send()
-            .await
-            .map_err(|source| ClientError::Unreachable {
-                url: url.clone(),
-                source,
-            })?;
-        if resp.status().is_success() {
+        let body = Bytes::from(serde_json::to_vec(report).unwrap_or_default());
+        let a = transport::send(
+            &self.base,
+            Method::POST,
+            "/v1/reports",
+            Some(("application/json".to_owned(), body)),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|source| ClientError::Unreachable {
+            url: url.clone(),
+            source,
+        })?;
+        if a.status.is_success() {
             Ok(())
         } else {
-            let status = resp.status().as_u16();
             Err(ClientError::Status {
                 url,
-                status,
-                body: body_start(resp).await,
+                status: a.status.as_u16(),
+                body: body_start(&a.body),
             })
         }
     }
 }
 
-async fn body_start(resp: reqwest::Response) -> String {
-    let text = resp.text().await.unwrap_or_default();
-    text.chars().take(200).collect()
+fn body_start(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).chars().take(200).collect()
 }

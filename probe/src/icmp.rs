@@ -175,19 +175,15 @@ impl Pinger {
                     let now = Instant::now();
                     match self.parse(&buf[..len], round32) {
                         Some(Parsed::Reply { target, seq }) => {
-                            if let Some(slot) = sent_at.get_mut(target).and_then(|v| v.get_mut(usize::from(seq))) {
-                                if let Some(at) = slot.take() {
-                                    outstanding -= 1;
-                                    outcomes[target].received += 1;
-                                    outcomes[target].rtt_total += now - at;
-                                }
+                            if let Some(at) = take_slot(&mut sent_at, target, seq) {
+                                outstanding -= 1;
+                                outcomes[target].received += 1;
+                                outcomes[target].rtt_total += now - at;
                             }
                         }
                         Some(Parsed::Error { target, seq, message }) => {
-                            if let Some(slot) = sent_at.get_mut(target).and_then(|v| v.get_mut(usize::from(seq))) {
-                                if slot.take().is_some() {
-                                    outstanding -= 1;
-                                }
+                            if take_slot(&mut sent_at, target, seq).is_some() {
+                                outstanding -= 1;
                             }
                             if let Some(o) = outcomes.get_mut(target) {
                                 o.detail = Some(format!("{message} from {}", from.ip()));
@@ -273,6 +269,12 @@ impl Pinger {
     }
 }
 
+/// Marks probe `seq` of `target` answered; its send time if it was still awaited.
+/// Indices come from the wire, so anything out of range is ignored.
+fn take_slot(sent_at: &mut [Vec<Option<Instant>>], target: usize, seq: u16) -> Option<Instant> {
+    sent_at.get_mut(target)?.get_mut(usize::from(seq))?.take()
+}
+
 enum Parsed {
     Reply {
         target: usize,
@@ -288,12 +290,51 @@ enum Parsed {
 fn open_socket(ty: Type) -> io::Result<Socket> {
     let s = Socket::new(Domain::IPV4, ty, Some(Protocol::ICMPV4))?;
     s.set_nonblocking(true)?;
+    if ty == Type::RAW {
+        set_icmp_filter(&s)?;
+    }
     // Full-size probes must not be fragmented: DF on, and EMSGSIZE when a known path MTU
     // is smaller, which is itself the evidence we want.
     rustix::net::sockopt::set_ip_mtu_discover(&s, rustix::net::sockopt::Ipv4PathMtuDiscovery::DO)?;
-    // Many targets reply at once; keep them all.
-    let _ = s.set_recv_buffer_size(1 << 20);
+    // Many targets reply at once; keep them all. Forcing past rmem_max needs
+    // CAP_NET_ADMIN; without it, take what the limit allows.
+    if rustix::net::sockopt::set_socket_recv_buffer_size_force(&s, 4 << 20).is_err() {
+        let _ = s.set_recv_buffer_size(4 << 20);
+    }
     Ok(s)
+}
+
+/// A raw ICMP socket gets a copy of every ICMP packet the namespace receives, including
+/// every other node's echo requests to this one: on a busy node they would crowd our
+/// replies out of the receive queue. ICMP_FILTER (raw(7)) drops, in the kernel, every type
+/// but echo reply and the errors that quote our probes.
+#[expect(
+    unsafe_code,
+    reason = "ICMP_FILTER has no safe wrapper in rustix, socket2 or nix"
+)]
+fn set_icmp_filter(s: &Socket) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    const SOL_RAW: libc::c_int = 255;
+    const ICMP_FILTER: libc::c_int = 1;
+    // A set bit filters the type out.
+    let keep: u32 = (1 << 0) | (1 << 3) | (1 << 11) | (1 << 12);
+    let mask: u32 = !keep;
+    // SAFETY: the fd belongs to `s`, which outlives the call; the option value points to
+    // a u32 on this stack frame and its exact size is passed, as raw(7) specifies.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            SOL_RAW,
+            ICMP_FILTER,
+            (&raw const mask).cast(),
+            std::mem::size_of::<u32>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 fn skip_ipv4_header(packet: &[u8]) -> Option<&[u8]> {

@@ -10,6 +10,8 @@
 //! - [`http`]: GETs for CoreDNS metrics, NodePorts and ingresses.
 //! - [`relay`]: the host agent forwards its pod agent's traffic to the coordinator, so pod
 //!   reports travel over the node's underlay even when pod forwarding is broken.
+//! - [`transport`]: HTTP to the coordinator with a clamped TCP MSS, so reports cross an
+//!   underlay that black-holes full-size frames.
 //! - [`agent`]: the loop that ties them together.
 
 pub mod agent;
@@ -18,6 +20,7 @@ pub mod dns;
 pub mod http;
 pub mod icmp;
 pub mod relay;
+pub mod transport;
 
 pub use agent::{AgentConfig, run};
 pub use meshprobe_core::AgentKind;

@@ -19,20 +19,12 @@ pub const MAX_BODY: usize = 8 << 20;
 #[derive(Clone)]
 struct Relay {
     upstream: String,
-    http: reqwest::Client,
 }
 
 /// The relay's routes: only what a pod agent needs, nothing else of the coordinator API.
 pub fn router(upstream: &str) -> Router {
-    let http = reqwest::Client::builder()
-        .no_proxy()
-        .connect_timeout(Duration::from_secs(3))
-        .timeout(Duration::from_secs(90))
-        .build()
-        .unwrap_or_else(|_| reqwest::Client::new());
     let relay = Relay {
         upstream: upstream.trim_end_matches('/').to_owned(),
-        http,
     };
     Router::new()
         .route("/v1/agents/{node}/pod/next", get(forward))
@@ -59,19 +51,27 @@ async fn forward(
     body: Bytes,
 ) -> Response {
     let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let url = format!("{}{path}", relay.upstream);
-    let mut req = relay.http.request(method, &url).body(body);
-    if let Some(ct) = headers.get(header::CONTENT_TYPE) {
-        req = req.header(header::CONTENT_TYPE, ct);
-    }
-    match req.send().await {
-        Ok(resp) => {
-            let status =
-                StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-            let ct = resp.headers().get(header::CONTENT_TYPE).cloned();
-            let bytes = resp.bytes().await.unwrap_or_default();
-            let mut out = (status, bytes).into_response();
-            if let Some(ct) = ct {
+    // Pass the content type through as the client sent it: the coordinator judges it.
+    let payload = (!body.is_empty()).then(|| {
+        let ct = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/octet-stream");
+        (ct.to_owned(), body)
+    });
+    // Long polls wait up to a minute upstream; give them that and a margin.
+    match crate::transport::send(
+        &relay.upstream,
+        method,
+        path,
+        payload,
+        Duration::from_secs(75),
+    )
+    .await
+    {
+        Ok(a) => {
+            let mut out = (a.status, a.body).into_response();
+            if let Some(ct) = a.content_type {
                 out.headers_mut().insert(header::CONTENT_TYPE, ct);
             }
             out

@@ -150,11 +150,11 @@ impl Lab {
         // From here on, a failure drops `lab`, which removes what was created.
         lab.save()?;
         for step in script::setup(&lab.plan) {
-            if let script::Step::Run { ns: None, args, .. } = &step {
-                if let Some(ns) = args.get(2) {
-                    lab.state.namespaces.push(ns.clone());
-                    lab.save()?;
-                }
+            if let script::Step::Run { ns: None, args, .. } = &step
+                && let Some(ns) = args.get(2)
+            {
+                lab.state.namespaces.push(ns.clone());
+                lab.save()?;
             }
             exec::run(&step)?;
         }
@@ -558,20 +558,19 @@ impl Lab {
                 program: "ip",
                 args: vec!["netns".into(), "del".into(), ns.clone()],
                 stdin: None,
-            }) {
-                if Path::new("/run/netns").join(&ns).exists() {
-                    first_err.get_or_insert(LabError::from(e));
-                }
+            }) && Path::new("/run/netns").join(&ns).exists()
+            {
+                first_err.get_or_insert(LabError::from(e));
             }
         }
         self.state.faults.clear();
-        if self.dir.exists() {
-            if let Err(source) = std::fs::remove_dir_all(&self.dir) {
-                first_err.get_or_insert(LabError::Io {
-                    path: self.dir.clone(),
-                    source,
-                });
-            }
+        if self.dir.exists()
+            && let Err(source) = std::fs::remove_dir_all(&self.dir)
+        {
+            first_err.get_or_insert(LabError::Io {
+                path: self.dir.clone(),
+                source,
+            });
         }
         self.keep = true; // nothing left to drop
         first_err.map_or(Ok(()), Err)
@@ -580,10 +579,10 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        if !self.keep {
-            if let Err(e) = self.down() {
-                eprintln!("meshprobe lab {}: cleanup incomplete: {e}", self.state.name);
-            }
+        if !self.keep
+            && let Err(e) = self.down()
+        {
+            eprintln!("meshprobe lab {}: cleanup incomplete: {e}", self.state.name);
         }
     }
 }

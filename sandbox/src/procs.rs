@@ -89,21 +89,21 @@ pub fn alive(rec: &ProcRecord) -> bool {
 /// Stops the recorded process: SIGTERM, then SIGKILL after `grace`. Does nothing if the
 /// PID now belongs to another process. Reaps it when `child` is ours.
 pub fn stop(rec: &ProcRecord, mut child: Option<&mut Child>, grace: Duration) {
-    if alive(rec) {
-        if let Some(pid) = Pid::from_raw(rec.pid) {
-            let _ = kill_process(pid, Signal::TERM);
-            let until = Instant::now() + grace;
-            while alive(rec) && Instant::now() < until {
-                if let Some(c) = child.as_deref_mut() {
-                    if matches!(c.try_wait(), Ok(Some(_))) {
-                        break;
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(20));
+    if alive(rec)
+        && let Some(pid) = Pid::from_raw(rec.pid)
+    {
+        let _ = kill_process(pid, Signal::TERM);
+        let until = Instant::now() + grace;
+        while alive(rec) && Instant::now() < until {
+            if let Some(c) = child.as_deref_mut()
+                && matches!(c.try_wait(), Ok(Some(_)))
+            {
+                break;
             }
-            if alive(rec) {
-                let _ = kill_process(pid, Signal::KILL);
-            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if alive(rec) {
+            let _ = kill_process(pid, Signal::KILL);
         }
     }
     if let Some(c) = child {

@@ -160,10 +160,11 @@ pub fn node(plan: &LabPlan, n: &LabNode) -> Step {
     Step::ip_batch(&n.ns, b)
 }
 
-/// flanneld's route to a peer's pod CIDR.
+/// flanneld's route to a peer's pod CIDR (`replace`, as flanneld's netlink calls do, so the
+/// same line restores it over whatever the kernel left behind).
 pub fn route_line(peer: &LabNode) -> String {
     format!(
-        "route add {} via {} dev flannel.1 onlink",
+        "route replace {} via {} dev flannel.1 onlink",
         peer.pod_cidr(),
         peer.vtep_ip()
     )
@@ -172,7 +173,7 @@ pub fn route_line(peer: &LabNode) -> String {
 /// flanneld's permanent neighbour entry for a peer's VTEP.
 pub fn neigh_line(peer: &LabNode) -> String {
     format!(
-        "neigh add {} lladdr {} dev flannel.1 nud permanent",
+        "neigh replace {} lladdr {} dev flannel.1 nud permanent",
         peer.vtep_ip(),
         peer.vtep_mac
     )
@@ -181,7 +182,7 @@ pub fn neigh_line(peer: &LabNode) -> String {
 /// flanneld's fdb entry: the peer's VTEP MAC lives behind the peer's node IP.
 pub fn fdb_line(peer: &LabNode) -> String {
     format!(
-        "fdb add {} dev flannel.1 dst {} self permanent",
+        "fdb replace {} dev flannel.1 dst {} self permanent",
         peer.vtep_mac, peer.ip
     )
 }
@@ -388,12 +389,10 @@ mod tests {
         let lines: Vec<&str> = batch.lines().collect();
         assert!(lines.contains(&"link add flannel.1 type vxlan id 1 local 192.168.77.12 dev eth0 dstport 8472 nolearning"));
         assert!(lines.contains(&"link set flannel.1 mtu 1450 address 0e:6d:70:00:00:02"));
-        assert!(lines.contains(&"route add 10.42.1.0/24 via 10.42.1.0 dev flannel.1 onlink"));
-        assert!(
-            lines.contains(
-                &"neigh add 10.42.3.0 lladdr 0e:6d:70:00:00:03 dev flannel.1 nud permanent"
-            )
-        );
+        assert!(lines.contains(&"route replace 10.42.1.0/24 via 10.42.1.0 dev flannel.1 onlink"));
+        assert!(lines.contains(
+            &"neigh replace 10.42.3.0 lladdr 0e:6d:70:00:00:03 dev flannel.1 nud permanent"
+        ));
         assert!(
             !batch.contains("10.42.2.0/24 via"),
             "no route to its own CIDR"
@@ -410,7 +409,7 @@ mod tests {
         };
         assert_eq!(
             fdb,
-            "fdb add 0e:6d:70:00:00:01 dev flannel.1 dst 192.168.77.11 self permanent\nfdb add 0e:6d:70:00:00:03 dev flannel.1 dst 192.168.77.13 self permanent\n"
+            "fdb replace 0e:6d:70:00:00:01 dev flannel.1 dst 192.168.77.11 self permanent\nfdb replace 0e:6d:70:00:00:03 dev flannel.1 dst 192.168.77.13 self permanent\n"
         );
     }
 

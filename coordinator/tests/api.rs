@@ -1,0 +1,261 @@
+//! The coordinator's HTTP API, in process, with fake agents on 127.0.0.1.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use meshprobe_coordinator::{Coordinator, Settings, StaticTopology, router};
+use meshprobe_core::plan::{AgentReport, Assignment, ProbeResult};
+use meshprobe_core::{CellState, CheckReport, Layer, Topology};
+use pretty_assertions::assert_eq;
+
+const INVENTORY: &str = "
+cluster: {name: t, dnsServiceIP: 10.43.0.10}
+nodes:
+  - {name: n1, internalIP: 192.168.77.11, podCIDR: 10.42.1.0/24}
+  - {name: n2, internalIP: 192.168.77.12, podCIDR: 10.42.2.0/24}
+  - {name: n3, internalIP: 192.168.77.13, podCIDR: 10.42.3.0/24}
+coreDNS: [{name: coredns-a, node: n1, ip: 10.42.1.53}]
+";
+
+async fn start() -> (String, Arc<Coordinator>) {
+    let topo = Topology::from_inventory(INVENTORY).expect("valid inventory");
+    let c = Coordinator::new(Box::new(StaticTopology::new(topo)), Settings::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let app = router(Arc::clone(&c));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}"), c)
+}
+
+/// A fake agent: polls once, answers every planned cell with `ok` successes out of 20.
+async fn fake_agent(
+    base: String,
+    node: &'static str,
+    kind: &'static str,
+    pod_ip: &'static str,
+    fail: Option<(Layer, &'static str)>,
+) {
+    let http = reqwest::Client::new();
+    let resp = http
+        .get(format!(
+            "{base}/v1/agents/{node}/{kind}/next?after=0&epoch=0&wait=10&podIP={pod_ip}"
+        ))
+        .send()
+        .await
+        .expect("poll");
+    assert_eq!(resp.status(), 200, "{node}/{kind} got no plan");
+    let a: Assignment = resp.json().await.expect("assignment");
+    let results = a
+        .plan
+        .cells()
+        .map(|(layer, column)| {
+            let bad = fail == Some((layer, column));
+            ProbeResult {
+                layer,
+                column: column.to_owned(),
+                sent: 20,
+                ok: if bad { 0 } else { 20 },
+                rtt_ms: (!bad).then_some(0.3),
+                detail: bad.then(|| "timeout".to_owned()),
+            }
+        })
+        .collect();
+    let report = AgentReport {
+        round: a.plan.round,
+        node: a.plan.node.clone(),
+        kind: a.plan.kind,
+        results,
+        warnings: vec![],
+    };
+    let resp = http
+        .post(format!("{base}/v1/reports"))
+        .json(&report)
+        .send()
+        .await
+        .expect("report");
+    assert_eq!(
+        resp.status(),
+        202,
+        "{}",
+        resp.text().await.unwrap_or_default()
+    );
+}
+
+#[tokio::test]
+async fn round_with_fake_agents_builds_matrices_and_silent_node_is_unknown() {
+    let (base, c) = start().await;
+    // Pod agents register their IPs first (an empty poll), so the round plans pod-to-pod.
+    let http = reqwest::Client::new();
+    for (node, ip) in [("n1", "10.42.1.10"), ("n2", "10.42.2.10")] {
+        let r = http
+            .get(format!(
+                "{base}/v1/agents/{node}/pod/next?after=0&epoch=0&wait=0&podIP={ip}"
+            ))
+            .send()
+            .await
+            .expect("register");
+        assert_eq!(r.status(), 204);
+    }
+    // Host agents too, so they count as live.
+    for node in ["n1", "n2"] {
+        let r = http
+            .get(format!("{base}/v1/agents/{node}/host/next?wait=0"))
+            .send()
+            .await
+            .expect("register");
+        assert_eq!(r.status(), 204);
+    }
+    let agents = [
+        tokio::spawn(fake_agent(
+            base.clone(),
+            "n1",
+            "host",
+            "0.0.0.0",
+            Some((Layer::Underlay, "n2")),
+        )),
+        tokio::spawn(fake_agent(base.clone(), "n2", "host", "0.0.0.0", None)),
+        tokio::spawn(fake_agent(base.clone(), "n1", "pod", "10.42.1.10", None)),
+        tokio::spawn(fake_agent(base.clone(), "n2", "pod", "10.42.2.10", None)),
+    ];
+    let r: serde_json::Value = http
+        .post(format!("{base}/v1/rounds"))
+        .send()
+        .await
+        .expect("trigger")
+        .json()
+        .await
+        .expect("json");
+    let round = r["round"].as_u64().expect("round id");
+    for a in agents {
+        a.await.expect("fake agent");
+    }
+    let resp = http
+        .get(format!("{base}/v1/rounds/{round}?wait=10"))
+        .send()
+        .await
+        .expect("wait");
+    assert_eq!(resp.status(), 200);
+    let report: CheckReport = resp.json().await.expect("report");
+    assert!(!report.healthy);
+    let state = |l, s: &str, d: &str| report.cell(l, s, d).map(|c| c.state);
+    assert_eq!(state(Layer::Underlay, "n1", "n2"), Some(CellState::Fail));
+    assert_eq!(state(Layer::Underlay, "n2", "n1"), Some(CellState::Ok));
+    assert_eq!(state(Layer::PodToPod, "n1", "n2"), Some(CellState::Ok));
+    // n3 has no agents: its rows are unknown, never fail; others' cells toward it are
+    // measured (ok here), and its pod cells are unknown for want of a probe pod IP.
+    assert_eq!(state(Layer::Underlay, "n3", "n1"), Some(CellState::Unknown));
+    assert_eq!(state(Layer::Underlay, "n1", "n3"), Some(CellState::Ok));
+    assert_eq!(state(Layer::PodToPod, "n1", "n3"), Some(CellState::Unknown));
+    assert_eq!(state(Layer::DnsPod, "n2", "coredns-a"), Some(CellState::Ok));
+    assert!(c.latest().is_some());
+    // A round finishes early once every live agent reported: far under its deadline.
+    assert!(
+        report.duration_ms < 2000,
+        "round took {} ms",
+        report.duration_ms
+    );
+}
+
+#[tokio::test]
+async fn hostile_requests_get_4xx_and_the_server_keeps_serving() {
+    let (base, _c) = start().await;
+    let http = reqwest::Client::new();
+    let post = |body: Vec<u8>, ct: &'static str| {
+        let http = http.clone();
+        let url = format!("{base}/v1/reports");
+        async move {
+            http.post(url)
+                .header("content-type", ct)
+                .body(body)
+                .send()
+                .await
+                .expect("post")
+                .status()
+                .as_u16()
+        }
+    };
+    let garbage = post(b"\x00\xffnot json at all".to_vec(), "application/json").await;
+    assert!((400..500).contains(&garbage), "garbage -> {garbage}");
+    let wrong_shape = post(br#"{"round": "seven"}"#.to_vec(), "application/json").await;
+    assert!(
+        (400..500).contains(&wrong_shape),
+        "wrong shape -> {wrong_shape}"
+    );
+    let no_ct = post(b"{}".to_vec(), "text/plain").await;
+    assert!((400..500).contains(&no_ct), "wrong content type -> {no_ct}");
+    let huge = post(vec![b'['; 9 << 20], "application/json").await;
+    assert_eq!(huge, 413, "oversized body");
+    let stale = AgentReport {
+        round: 99,
+        node: "n1".parse().expect("name"),
+        kind: meshprobe_core::AgentKind::Host,
+        results: vec![],
+        warnings: vec![],
+    };
+    let s = http
+        .post(format!("{base}/v1/reports"))
+        .json(&stale)
+        .send()
+        .await
+        .expect("post")
+        .status();
+    assert_eq!(s, 409, "a report for a round that is not running");
+    for (path, want) in [
+        ("/v1/rounds/abc", 400),
+        ("/v1/rounds/12345", 404),
+        ("/v1/agents/N_1/host/next?wait=0", 400),
+        ("/v1/agents/n1/sidecar/next?wait=0", 400),
+        ("/v1/agents/n9/host/next?wait=0", 404),
+        ("/v1/agents/n1/host/next?after=x", 400),
+        ("/v1/agents/n1/host/next?bogus=1", 400),
+    ] {
+        let got = http
+            .get(format!("{base}{path}"))
+            .send()
+            .await
+            .expect("get")
+            .status()
+            .as_u16();
+        assert_eq!(got, want, "{path}");
+    }
+    let ok = http
+        .get(format!("{base}/healthz"))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .expect("still serving");
+    assert_eq!(ok.status(), 200);
+}
+
+#[tokio::test]
+async fn round_with_no_live_agent_finishes_at_once_all_unknown() {
+    let (base, _c) = start().await;
+    let http = reqwest::Client::new();
+    let r: serde_json::Value = http
+        .post(format!("{base}/v1/rounds"))
+        .send()
+        .await
+        .expect("trigger")
+        .json()
+        .await
+        .expect("json");
+    let round = r["round"].as_u64().expect("round");
+    let report: CheckReport = http
+        .get(format!("{base}/v1/rounds/{round}?wait=5"))
+        .send()
+        .await
+        .expect("wait")
+        .json()
+        .await
+        .expect("report");
+    let (ok, fail, unknown) = report.counts();
+    assert_eq!((ok, fail), (0, 0));
+    assert!(unknown > 0 && !report.healthy);
+    assert!(
+        report.duration_ms < 500,
+        "waited {} ms for nobody",
+        report.duration_ms
+    );
+}

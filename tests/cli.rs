@@ -1,0 +1,212 @@
+//! Black-box tests of the `meshprobe` binary that need no privileges: bad input, an
+//! unreachable coordinator, and `check` against a real coordinator process on port 0.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_meshprobe");
+
+fn write_tmp(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("meshprobe-cli-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let p = dir.join("inventory.yaml");
+    std::fs::write(&p, text).expect("write inventory");
+    p
+}
+
+const GOOD: &str = "cluster:\n  name: t\n  dnsServiceIP: 10.43.0.10\nnodes:\n  - name: n1\n    internalIP: 127.0.0.11\n    podCIDR: 10.42.1.0/24\n  - name: n2\n    internalIP: 127.0.0.12\n    podCIDR: 10.42.2.0/24\n";
+
+#[test]
+fn inventory_syntax_error_names_the_line_and_exits_2() {
+    let p = write_tmp(
+        "syntax",
+        "cluster:\n  name: t\nnodes:\n  - name: n1\n    internalIP: [unclosed\n",
+    );
+    let out = Command::new(BIN)
+        .args(["coordinator", "--listen", "127.0.0.1:0", "--inventory"])
+        .arg(&p)
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("line"), "error must name the line: {err}");
+    assert!(
+        err.contains(&p.display().to_string()),
+        "error must name the file: {err}"
+    );
+}
+
+#[test]
+fn inventory_unknown_field_is_named_and_exits_2() {
+    let p = write_tmp(
+        "unknown",
+        &GOOD.replace(
+            "    podCIDR: 10.42.2.0/24",
+            "    podCIDR: 10.42.2.0/24\n    hostname: n2.example",
+        ),
+    );
+    let out = Command::new(BIN)
+        .args(["coordinator", "--listen", "127.0.0.1:0", "--inventory"])
+        .arg(&p)
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("unknown field `hostname`"), "{err}");
+    assert!(err.contains("line 11"), "{err}");
+}
+
+#[test]
+fn inventory_semantic_error_names_the_field() {
+    let p = write_tmp("overlap", &GOOD.replace("10.42.2.0/24", "10.42.1.128/25"));
+    let out = Command::new(BIN)
+        .args(["coordinator", "--listen", "127.0.0.1:0", "--inventory"])
+        .arg(&p)
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("nodes[1].podCIDR") && err.contains("overlaps"),
+        "{err}"
+    );
+}
+
+#[test]
+fn unreachable_coordinator_is_a_clear_error_and_exit_2() {
+    // Port 1 on loopback: nothing listens there, the connection is refused at once.
+    let out = Command::new(BIN)
+        .args([
+            "check",
+            "--coordinator",
+            "http://127.0.0.1:1",
+            "--timeout",
+            "5s",
+        ])
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("cannot reach the coordinator at http://127.0.0.1:1"),
+        "{err}"
+    );
+    assert!(err.to_lowercase().contains("refused"), "{err}");
+    let bad = Command::new(BIN)
+        .args(["check", "--coordinator", "localhost:7070"])
+        .output()
+        .expect("run");
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("http://"));
+}
+
+#[test]
+fn bad_probe_arguments_exit_2_with_the_argument_named() {
+    let out = Command::new(BIN)
+        .args([
+            "probe",
+            "--node",
+            "Bad_Name",
+            "--coordinator",
+            "http://127.0.0.1:1",
+        ])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--node"));
+    let out = Command::new(BIN)
+        .args([
+            "probe",
+            "--node",
+            "n1",
+            "--coordinator",
+            "http://127.0.0.1:1",
+            "--relay-listen",
+            "nowhere",
+        ])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--relay-listen"));
+}
+
+/// A coordinator process on 127.0.0.1:0, killed on drop.
+struct Coord(std::process::Child, String);
+
+impl Drop for Coord {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn coordinator(inventory: &std::path::Path) -> Coord {
+    let mut child = Command::new(BIN)
+        .args(["coordinator", "--listen", "127.0.0.1:0", "--inventory"])
+        .arg(inventory)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn coordinator");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let line = lines.next().expect("a first line").expect("readable");
+    let addr = line
+        .split("listening on ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_owned();
+    // Keep draining stderr so the coordinator never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Coord(child, format!("http://{addr}"))
+}
+
+#[test]
+fn check_with_no_agents_reports_unknown_exits_1_and_speaks_json() {
+    let p = write_tmp("check", GOOD);
+    let c = coordinator(&p);
+    let out = Command::new(BIN)
+        .args([
+            "check",
+            "--coordinator",
+            &c.1,
+            "--output",
+            "json",
+            "--timeout",
+            "10s",
+        ])
+        .output()
+        .expect("run check");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("check --output json prints JSON");
+    assert_eq!(v["healthy"], false);
+    assert_eq!(v["nodes"], serde_json::json!(["n1", "n2"]));
+    assert_eq!(v["findings"], serde_json::json!([]));
+    assert_eq!(v["layers"]["underlay"]["n1"]["n2"]["state"], "unknown");
+    assert_eq!(v["agents"]["n2"]["host"], "absent");
+    // The table says the same in words.
+    let out = Command::new(BIN)
+        .args(["check", "--coordinator", &c.1])
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run check");
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("NOT HEALTHY") && text.contains("agents not reporting: n1/host absent"),
+        "{text}"
+    );
+    assert!(
+        !text.contains('\x1b'),
+        "no colour when stdout is not a terminal"
+    );
+    std::thread::sleep(Duration::from_millis(10));
+}

@@ -1,0 +1,405 @@
+//! End-to-end tests on the sandbox: real namespaces, the real kernel datapath, the real
+//! binary for coordinator, agents and `check`. Each test builds its own lab (unique
+//! names) and the `Lab` guard removes it, also when the test fails.
+//!
+//! These need root. Without root they fail, unless MESHPROBE_SKIP_LAB_TESTS=1 says to skip.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use meshprobe_core::{CellState, CheckReport, Layer};
+use meshprobe_sandbox::lab::{Lab, LabSpec};
+use meshprobe_sandbox::{Fault, LabPlan};
+
+const BIN: &str = env!("CARGO_BIN_EXE_meshprobe");
+
+fn lab_or_skip(nodes: usize) -> Option<Lab> {
+    if !rustix_is_root() {
+        if std::env::var_os("MESHPROBE_SKIP_LAB_TESTS").is_some() {
+            eprintln!("skipped: lab tests need root");
+            return None;
+        }
+        panic!(
+            "lab tests need root (network namespaces); set MESHPROBE_SKIP_LAB_TESTS=1 to skip them"
+        );
+    }
+    let mut spec = LabSpec::new(nodes, BIN.into());
+    spec.state_root = std::env::temp_dir().join("meshprobe-test-labs");
+    let mut lab = Lab::up(spec).unwrap_or_else(|e| panic!("lab up: {e}"));
+    lab.start_mesh().unwrap_or_else(|e| panic!("mesh: {e}"));
+    Some(lab)
+}
+
+fn rustix_is_root() -> bool {
+    // SAFETY-free check: /proc/self/status's Uid line.
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+/// Runs `meshprobe check --output json` from the control namespace.
+fn check(lab: &Lab) -> (i32, CheckReport) {
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.plan().ctl_ns(),
+            BIN,
+            "check",
+            "--output",
+            "json",
+            "--timeout",
+            "30s",
+        ])
+        .args(["--coordinator", &lab.plan().coordinator_url()])
+        .output()
+        .expect("run check");
+    let code = out.status.code().unwrap_or(-1);
+    let report: CheckReport = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "check exited {code} without a JSON report ({e}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (code, report)
+}
+
+/// Checks until healthy (agents may need a moment to reconnect after a heal).
+fn check_until_healthy(lab: &Lab, within: Duration) -> CheckReport {
+    let until = Instant::now() + within;
+    loop {
+        let (code, r) = check(lab);
+        if code == 0 && r.healthy {
+            return r;
+        }
+        if Instant::now() > until {
+            panic!("not healthy after {within:?}:\n{}", not_ok(&r).join("\n"));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn not_ok(r: &CheckReport) -> Vec<String> {
+    let mut v = Vec::new();
+    for (layer, m) in &r.layers {
+        for (src, row) in m {
+            for (dst, c) in row {
+                if c.state != CellState::Ok {
+                    v.push(format!(
+                        "{layer} {src}->{dst}: {:?} {:?} {:?}",
+                        c.state, c.loss_pct, c.detail
+                    ));
+                }
+            }
+        }
+    }
+    v
+}
+
+/// What a cell must say under a fault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Exp {
+    Ok,
+    Fail,
+    Unknown,
+    /// Rides kube-proxy's random choice of backend, or a statistically lossy path.
+    Any,
+}
+
+/// The expectation for one cell, derived from the path its packets take.
+fn expect(p: &LabPlan, f: &Fault, layer: Layer, s: &str, d: &str) -> Exp {
+    use Layer::*;
+    // The node the destination lives on ("" for the load-balanced service IP).
+    let dn: String = match layer {
+        DnsPod | CorednsMetrics => p
+            .coredns_node(d)
+            .map(|n| n.name.clone())
+            .unwrap_or_default(),
+        Ingress => p.ingress().name.clone(),
+        DnsService => String::new(),
+        _ => d.to_owned(),
+    };
+    let dn = dn.as_str();
+    let cross = !dn.is_empty() && s != dn;
+    let overlay = matches!(
+        layer,
+        GatewayFromHost | GatewayFromPod | PodToPod | PodToPodFullSize | DnsPod | CorednsMetrics
+    );
+    let yes = |b: bool| if b { Exp::Fail } else { Exp::Ok };
+    match f {
+        Fault::VxlanDropIn { node: x } | Fault::VxlanDropOut { node: x } => match layer {
+            Underlay | UnderlayFullSize => Exp::Ok,
+            _ if overlay => yes(cross && (s == x || dn == x)),
+            _ => Exp::Any,
+        },
+        Fault::IpForwardOff { node: x } | Fault::ForwardReject { node: x } => match layer {
+            Underlay | UnderlayFullSize | GatewayFromHost => Exp::Ok,
+            GatewayFromPod => yes(s == x && dn != x),
+            PodToPod | PodToPodFullSize => yes(s == x || dn == x),
+            // Same-node pod traffic is bridged: br_netfilter may or may not show it FORWARD.
+            DnsPod if !cross => {
+                if s == x {
+                    Exp::Any
+                } else {
+                    Exp::Ok
+                }
+            }
+            DnsPod => yes(s == x || dn == x),
+            CorednsMetrics => yes(cross && dn == x),
+            _ => Exp::Any,
+        },
+        Fault::FdbMissing { node, peer }
+        | Fault::RouteMissing { node, peer }
+        | Fault::NeighMissing { node, peer } => {
+            let pair = cross && ((s == node && dn == peer) || (s == peer && dn == node));
+            match layer {
+                Underlay | UnderlayFullSize => Exp::Ok,
+                _ if overlay => yes(pair),
+                _ => Exp::Any,
+            }
+        }
+        Fault::UnderlayMtu { node: x, .. } => match layer {
+            UnderlayFullSize | PodToPodFullSize => yes(s == x || dn == x),
+            // Metrics pages are several full-size TCP segments.
+            CorednsMetrics if cross && (s == x || dn == x) => Exp::Any,
+            Nodeport | Ingress => Exp::Any,
+            _ => Exp::Ok,
+        },
+        Fault::DnsDown { pod } => match layer {
+            DnsPod | CorednsMetrics => yes(d == pod),
+            DnsService => Exp::Any,
+            _ => Exp::Ok,
+        },
+        Fault::MetricsBlocked { pod } => yes(layer == CorednsMetrics && d == pod),
+        Fault::NodeportRemoved { node: x } => yes(layer == Nodeport && d == x),
+        Fault::IngressDown => yes(layer == Ingress),
+        Fault::LinkDown { node: x } => {
+            if s == x {
+                return Exp::Unknown; // its agents cannot report
+            }
+            match layer {
+                Nodeport if d == x => Exp::Fail,
+                Ingress if dn == x => Exp::Fail,
+                Nodeport | Ingress | DnsService => Exp::Any,
+                _ => yes(cross && dn == x),
+            }
+        }
+        Fault::Loss { node: x, .. } => {
+            if s == x {
+                return Exp::Any;
+            }
+            match layer {
+                Underlay | UnderlayFullSize => yes(dn == x),
+                Nodeport | Ingress | DnsService => Exp::Any,
+                _ if cross && dn == x => Exp::Any,
+                _ => Exp::Ok,
+            }
+        }
+    }
+}
+
+/// Injects `fault`, checks that every cell says what the path predicts, heals, and checks
+/// that the cluster is healthy again.
+fn fault_round_trip(fault: Fault) {
+    let Some(mut lab) = lab_or_skip(3) else {
+        return;
+    };
+    check_until_healthy(&lab, Duration::from_secs(10));
+    lab.inject(fault.clone())
+        .unwrap_or_else(|e| panic!("inject {fault}: {e}"));
+    let (code, r) = check(&lab);
+    assert_eq!(code, 1, "{fault}: check must exit 1");
+    assert!(!r.healthy);
+    let mut wrong = Vec::new();
+    let (mut fails, mut oks) = (0, 0);
+    for (layer, m) in &r.layers {
+        for (src, row) in m {
+            for (dst, c) in row {
+                let want = expect(lab.plan(), &fault, *layer, src, dst);
+                let ok = match (want, c.state) {
+                    (Exp::Any, _) => true,
+                    (Exp::Ok, CellState::Ok) => {
+                        oks += 1;
+                        true
+                    }
+                    (Exp::Fail, CellState::Fail) => {
+                        fails += 1;
+                        true
+                    }
+                    (Exp::Unknown, CellState::Unknown) => true,
+                    _ => false,
+                };
+                if !ok {
+                    wrong.push(format!(
+                        "{layer} {src}->{dst}: want {want:?}, got {:?} (loss {:?}, {:?})",
+                        c.state, c.loss_pct, c.detail
+                    ));
+                }
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{fault}: {} cells wrong:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
+    assert!(
+        fails > 0,
+        "{fault}: no cell was expected to fail; the test would prove nothing"
+    );
+    assert!(oks > 10, "{fault}: only {oks} cells were expected ok");
+    lab.heal(&fault)
+        .unwrap_or_else(|e| panic!("heal {fault}: {e}"));
+    check_until_healthy(&lab, Duration::from_secs(30));
+}
+
+fn on(node: &str) -> String {
+    node.to_owned()
+}
+
+#[test]
+fn healthy_lab_is_all_ok() {
+    let Some(lab) = lab_or_skip(3) else { return };
+    let r = check_until_healthy(&lab, Duration::from_secs(10));
+    let (ok, fail, unknown) = r.counts();
+    assert_eq!((fail, unknown), (0, 0));
+    // 3 nodes: 6+6+9 host ICMP, 9+6+6 pod ICMP, 1+2 DNS per node, 2 metrics, 3 NodePort, 1 ingress per node.
+    assert_eq!(
+        ok,
+        3 * (2 + 2 + 3) + 3 * (3 + 2 + 2) + 3 * 3 + 3 * (2 + 3 + 1),
+        "cells: {:?}",
+        r.layers.keys()
+    );
+    assert!(r.findings.is_empty());
+    assert_eq!(r.nodes.len(), 3);
+}
+
+#[test]
+fn sixteen_node_lab_is_healthy() {
+    let Some(lab) = lab_or_skip(16) else { return };
+    let r = check_until_healthy(&lab, Duration::from_secs(30));
+    assert_eq!(r.nodes.len(), 16);
+    assert_eq!(r.layers[&Layer::PodToPod]["n16"].len(), 15);
+}
+
+#[test]
+fn fault_vxlan_drop_in() {
+    fault_round_trip(Fault::VxlanDropIn { node: on("n3") });
+}
+
+#[test]
+fn fault_vxlan_drop_out() {
+    fault_round_trip(Fault::VxlanDropOut { node: on("n1") });
+}
+
+#[test]
+fn fault_ip_forward_off() {
+    fault_round_trip(Fault::IpForwardOff { node: on("n2") });
+}
+
+#[test]
+fn fault_forward_reject() {
+    fault_round_trip(Fault::ForwardReject { node: on("n1") });
+}
+
+#[test]
+fn fault_fdb_missing() {
+    fault_round_trip(Fault::FdbMissing {
+        node: on("n1"),
+        peer: on("n3"),
+    });
+}
+
+#[test]
+fn fault_route_missing() {
+    fault_round_trip(Fault::RouteMissing {
+        node: on("n2"),
+        peer: on("n1"),
+    });
+}
+
+#[test]
+fn fault_neigh_missing() {
+    fault_round_trip(Fault::NeighMissing {
+        node: on("n3"),
+        peer: on("n2"),
+    });
+}
+
+#[test]
+fn fault_underlay_mtu() {
+    fault_round_trip(Fault::UnderlayMtu {
+        node: on("n2"),
+        mtu: 1400,
+    });
+}
+
+#[test]
+fn fault_dns_down() {
+    fault_round_trip(Fault::DnsDown {
+        pod: "coredns-a".into(),
+    });
+}
+
+#[test]
+fn fault_metrics_blocked() {
+    fault_round_trip(Fault::MetricsBlocked {
+        pod: "coredns-b".into(),
+    });
+}
+
+#[test]
+fn fault_nodeport_removed() {
+    fault_round_trip(Fault::NodeportRemoved { node: on("n1") });
+}
+
+#[test]
+fn fault_ingress_down() {
+    fault_round_trip(Fault::IngressDown);
+}
+
+#[test]
+fn fault_link_down() {
+    fault_round_trip(Fault::LinkDown { node: on("n2") });
+}
+
+#[test]
+fn fault_loss() {
+    fault_round_trip(Fault::Loss {
+        node: on("n3"),
+        percent: 50,
+    });
+}
+
+#[test]
+fn lab_down_removes_every_namespace_and_process() {
+    let Some(mut lab) = lab_or_skip(2) else {
+        return;
+    };
+    let namespaces = lab.plan().namespaces();
+    let pids: Vec<i32> = lab.processes().iter().map(|p| p.1).collect();
+    assert!(
+        pids.len() > 4 + 2 + 2,
+        "agents, web pods, coredns, ingress, coordinator: {pids:?}"
+    );
+    lab.down().expect("down");
+    for ns in namespaces {
+        assert!(
+            !std::path::Path::new("/run/netns").join(&ns).exists(),
+            "{ns} left behind"
+        );
+    }
+    for pid in pids {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        assert!(
+            stat.is_empty() || stat.contains(") Z"),
+            "process {pid} still running"
+        );
+    }
+}
