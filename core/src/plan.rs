@@ -487,10 +487,13 @@ ingresses: [{host: web.lab.local, address: 192.168.77.13}]
     #[test]
     fn budget_is_the_slowest_family() {
         let s = PlanSettings::default();
-        assert_eq!(
-            s.budget_ms(),
-            (20 * 20 + 1000).max(3 * 20 + 1000).max(3 * 20 + 1500)
-        );
+        // HTTP is the slowest: 3 attempts 20 ms apart, then a 1.5 s timeout.
+        assert_eq!(s.budget_ms(), 3 * 20 + 1500);
+        let slow_icmp = PlanSettings {
+            icmp_count: 100,
+            ..PlanSettings::default()
+        };
+        assert_eq!(slow_icmp.budget_ms(), 100 * 20 + 1000);
     }
 }
 
