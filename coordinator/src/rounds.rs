@@ -27,7 +27,12 @@ pub struct Settings {
     pub stale_after: Duration,
     /// Rounds kept for clients to read (default 32).
     pub keep_rounds: usize,
+    /// Diagnosis thresholds.
+    pub diagnosis: meshprobe_diagnosis::Settings,
 }
+
+/// Rounds of finding history kept (for each finding's `rounds` count).
+const HISTORY: usize = 16;
 
 impl Default for Settings {
     fn default() -> Self {
@@ -36,6 +41,7 @@ impl Default for Settings {
             grace: Duration::from_millis(1500),
             stale_after: Duration::from_secs(40),
             keep_rounds: 32,
+            diagnosis: meshprobe_diagnosis::Settings::default(),
         }
     }
 }
@@ -63,6 +69,8 @@ struct Inner {
     running: Option<Running>,
     queued: bool,
     done: VecDeque<Arc<CheckReport>>,
+    /// Finding keys of recent rounds, oldest first: how long each finding has persisted.
+    history: VecDeque<Vec<meshprobe_core::matrix::FindingKey>>,
 }
 
 /// Why a report was refused.
@@ -230,12 +238,17 @@ impl Coordinator {
     }
 
     fn finish(self: &Arc<Self>, id: u64) {
-        let mut inner = self.lock();
-        let Some(r) = inner.running.take_if(|r| r.id == id) else {
-            return;
+        // Take the round out, then build and diagnose it without holding the lock: at
+        // thousands of nodes that takes a while, and agents and clients keep being served.
+        let (r, history) = {
+            let mut inner = self.lock();
+            let Some(r) = inner.running.take_if(|r| r.id == id) else {
+                return;
+            };
+            (r, inner.history.iter().cloned().collect::<Vec<_>>())
         };
         let live = r.live.clone();
-        let report = build_report(RoundInput {
+        let mut report = build_report(RoundInput {
             round: r.id,
             topology: &r.topology,
             plans: &r.plans,
@@ -244,13 +257,25 @@ impl Coordinator {
             duration_ms: r.started.elapsed().as_millis() as u64,
             findings: Vec::new(),
         });
+        let diagnosis =
+            meshprobe_diagnosis::diagnose(&r.topology, &report, &history, &self.settings.diagnosis);
+        let keys = diagnosis.findings.iter().map(|f| f.key()).collect();
+        report.findings = diagnosis.findings;
+        report.warnings.extend(diagnosis.warnings);
+        report.healthy = report.healthy && report.findings.is_empty();
         tracing::info!(
             round = id,
             healthy = report.healthy,
+            findings = report.findings.len(),
             reported = r.reports.len(),
             expected = r.live.len(),
             "round done"
         );
+        let mut inner = self.lock();
+        inner.history.push_back(keys);
+        while inner.history.len() > HISTORY {
+            inner.history.pop_front();
+        }
         inner.done.push_back(Arc::new(report));
         while inner.done.len() > self.settings.keep_rounds {
             inner.done.pop_front();

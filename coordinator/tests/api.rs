@@ -68,6 +68,7 @@ async fn fake_agent(
         kind: a.plan.kind,
         results,
         warnings: vec![],
+        evidence: None,
     };
     let resp = http
         .post(format!("{base}/v1/reports"))
@@ -193,6 +194,7 @@ async fn hostile_requests_get_4xx_and_the_server_keeps_serving() {
         kind: meshprobe_core::AgentKind::Host,
         results: vec![],
         warnings: vec![],
+        evidence: None,
     };
     let s = http
         .post(format!("{base}/v1/reports"))

@@ -106,6 +106,23 @@ pub struct Finding {
     pub evidence: Vec<String>,
     /// What to check or run next.
     pub fix: String,
+    /// Extension: consecutive rounds this finding has been made, this one included.
+    #[serde(default = "one")]
+    pub rounds: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// What identifies a finding from one round to the next.
+pub type FindingKey = (String, Vec<NodeName>, Vec<NodeName>);
+
+impl Finding {
+    /// Its identity across rounds: cause, nodes and peers.
+    pub fn key(&self) -> FindingKey {
+        (self.cause.clone(), self.nodes.clone(), self.peers.clone())
+    }
 }
 
 /// How an agent took part in a round (extension to CONTRACT §3).
@@ -152,6 +169,9 @@ pub struct CheckReport {
     pub warnings: Vec<String>,
     /// Extension: how long the round took, in milliseconds.
     pub duration_ms: u64,
+    /// Extension: node-local evidence from each host agent.
+    #[serde(default)]
+    pub evidence: BTreeMap<NodeName, crate::evidence::NodeEvidence>,
 }
 
 impl CheckReport {
@@ -202,6 +222,7 @@ pub fn build_report(input: RoundInput<'_>) -> CheckReport {
     let mut layers: BTreeMap<Layer, Matrix> = BTreeMap::new();
     let mut agents = BTreeMap::new();
     let mut warnings = Vec::new();
+    let mut evidence = BTreeMap::new();
     let fail_at = |plan: &Plan| plan.settings.fail_loss_pct;
 
     for node in &input.topology.nodes {
@@ -231,6 +252,9 @@ pub fn build_report(input: RoundInput<'_>) -> CheckReport {
                         .iter()
                         .map(|w| format!("{}/{}: {w}", node.name, kind)),
                 );
+                if let Some(ev) = &r.evidence {
+                    evidence.insert(node.name.clone(), ev.clone());
+                }
             }
             let unresolved: BTreeMap<(Layer, &str), &str> = plan
                 .unresolved
@@ -279,6 +303,7 @@ pub fn build_report(input: RoundInput<'_>) -> CheckReport {
         agents,
         warnings,
         duration_ms: input.duration_ms,
+        evidence,
     };
     let (_, fail, unknown) = report.counts();
     report.healthy = fail == 0 && unknown == 0 && report.findings.is_empty();
@@ -315,6 +340,7 @@ mod tests {
                 })
                 .collect(),
             warnings: vec![],
+            evidence: None,
         }
     }
 

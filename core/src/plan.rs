@@ -21,7 +21,7 @@ pub const SMALL_PACKET: u16 = 84;
 /// Knobs of a round. Defaults are tuned so a healthy round finishes in well under a second
 /// and a failing one within [`PlanSettings::budget_ms`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct PlanSettings {
     /// ICMP echoes per target per round (default 20). Loss is measured over these.
     pub icmp_count: u16,
@@ -29,7 +29,8 @@ pub struct PlanSettings {
     pub icmp_interval_ms: u32,
     /// How long to wait for the last echo reply (default 1000).
     pub icmp_timeout_ms: u32,
-    /// How many times each DNS name is asked per target per round (default 3).
+    /// How many times each DNS name is asked per target per round (default 5: ten
+    /// queries, so one lost datagram does not fail a cell).
     pub dns_repeats: u8,
     /// Timeout of one DNS query (default 1000).
     pub dns_timeout_ms: u32,
@@ -39,6 +40,13 @@ pub struct PlanSettings {
     pub http_timeout_ms: u32,
     /// A cell fails when at least this share of its probes failed (default 25%).
     pub fail_loss_pct: f64,
+    /// Up to this many nodes, every node probes every other one each round (default 100).
+    pub full_mesh_max: u32,
+    /// Above `full_mesh_max`, the peers each node probes per round (default 32): half are
+    /// its successors on a ring (so every node has at least that many observers every
+    /// round), half a sample that rotates with the round (so every pair is covered over
+    /// time). Cells grow as N x 32, not N x N.
+    pub peer_sample: u32,
 }
 
 impl Default for PlanSettings {
@@ -47,16 +55,40 @@ impl Default for PlanSettings {
             icmp_count: 20,
             icmp_interval_ms: 20,
             icmp_timeout_ms: 1000,
-            dns_repeats: 3,
+            dns_repeats: 5,
             dns_timeout_ms: 1000,
             http_attempts: 3,
             http_timeout_ms: 1500,
             fail_loss_pct: 25.0,
+            full_mesh_max: 100,
+            peer_sample: 32,
         }
     }
 }
 
 impl PlanSettings {
+    /// The peers (indices into `0..n`) that node `i` probes in `round`, in probing order.
+    pub fn peers_of(&self, n: usize, i: usize, round: u64) -> Vec<usize> {
+        if n <= self.full_mesh_max as usize {
+            return (0..n).filter(|&j| j != i).collect();
+        }
+        let want = (self.peer_sample as usize).min(n - 1);
+        let ring = want / 2;
+        let mut out: Vec<usize> = (1..=ring).map(|k| (i + k) % n).collect();
+        let mut seen: std::collections::HashSet<usize> = out.iter().copied().collect();
+        seen.insert(i);
+        let mut k = 0u64;
+        while out.len() < want {
+            let j = (splitmix64(round ^ (i as u64).rotate_left(32) ^ k.rotate_left(48)) % n as u64)
+                as usize;
+            k += 1;
+            if seen.insert(j) {
+                out.push(j);
+            }
+        }
+        out
+    }
+
     /// The longest a compliant agent can take to run a plan, in milliseconds.
     pub fn budget_ms(&self) -> u32 {
         // Everything runs concurrently: one dead target costs one timeout, not a sum.
@@ -90,6 +122,9 @@ pub struct Plan {
     pub http: Vec<HttpTarget>,
     /// Cells this agent owns but cannot probe, with why (they become `unknown`).
     pub unresolved: Vec<Unresolved>,
+    /// For host agents on a VXLAN overlay: the overlay state to check this node against.
+    #[serde(default)]
+    pub overlay: Option<crate::evidence::OverlayExpectation>,
 }
 
 /// An ICMP echo target.
@@ -193,6 +228,9 @@ pub struct AgentReport {
     /// Problems the agent had that are not probe results (no ICMP socket, ...).
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// Node-local evidence (host agents).
+    #[serde(default)]
+    pub evidence: Option<crate::evidence::NodeEvidence>,
 }
 
 /// Builds the plan of the `kind` agent on `node`. `pod_ips` holds the probe-pod IP of
@@ -215,6 +253,7 @@ pub fn make_plan(
         dns: Vec::new(),
         http: Vec::new(),
         unresolved: Vec::new(),
+        overlay: None,
     };
     let overlay = &topology.cluster.overlay;
     let cluster_names = || {
@@ -232,10 +271,42 @@ pub fn make_plan(
             size,
         });
     };
+    // This node itself first, then the peers it probes this round.
+    let sampled: Vec<&crate::inventory::Node> =
+        match topology.nodes.iter().position(|n| &n.name == node) {
+            Some(i) => std::iter::once(i)
+                .chain(settings.peers_of(topology.nodes.len(), i, round))
+                .map(|j| &topology.nodes[j])
+                .collect(),
+            None => Vec::new(),
+        };
 
     match kind {
         AgentKind::Host => {
-            for peer in &topology.nodes {
+            if overlay.kind == crate::inventory::OverlayKind::Vxlan
+                && let Some(me) = topology.node(node)
+            {
+                plan.overlay = Some(crate::evidence::OverlayExpectation {
+                    node_ip: me.internal_ip,
+                    interface: overlay.interface.clone(),
+                    port: overlay.port,
+                    mtu: overlay.mtu,
+                    overhead: overlay.kind.overhead(),
+                    pod_cidrs: topology.nodes.iter().map(|n| n.pod_cidr).collect(),
+                    peers: topology
+                        .nodes
+                        .iter()
+                        .filter(|p| &p.name != node)
+                        .map(|p| crate::evidence::OverlayPeer {
+                            node: p.name.clone(),
+                            ip: p.internal_ip,
+                            pod_cidr: p.pod_cidr,
+                            vtep_ip: p.pod_cidr.network(),
+                        })
+                        .collect(),
+                });
+            }
+            for peer in sampled.iter().copied() {
                 if &peer.name != node {
                     icmp(
                         &mut plan,
@@ -271,7 +342,7 @@ pub fn make_plan(
                 });
             }
             for svc in &topology.node_ports {
-                for peer in &topology.nodes {
+                for peer in sampled.iter().copied() {
                     plan.http.push(HttpTarget {
                         layer: Layer::Nodeport,
                         // One column per node; with several NodePorts, per service too.
@@ -303,7 +374,7 @@ pub fn make_plan(
             }
         }
         AgentKind::Pod => {
-            for peer in &topology.nodes {
+            for peer in sampled.iter().copied() {
                 icmp(
                     &mut plan,
                     Layer::GatewayFromPod,
@@ -409,16 +480,16 @@ ingresses: [{host: web.lab.local, address: 192.168.77.13}]
         assert_eq!(
             cells,
             [
+                "gateway-from-host n2",
                 "underlay n1",
                 "underlay-full-size n1",
                 "gateway-from-host n1",
-                "gateway-from-host n2",
                 "underlay n3",
                 "underlay-full-size n3",
                 "gateway-from-host n3",
                 "coredns-metrics coredns-a",
-                "nodeport n1",
                 "nodeport n2",
+                "nodeport n1",
                 "nodeport n3",
                 "ingress web.lab.local",
             ]
@@ -429,7 +500,7 @@ ingresses: [{host: web.lab.local, address: 192.168.77.13}]
             .find(|t| t.layer == Layer::UnderlayFullSize)
             .expect("full-size");
         assert_eq!(full.size, 1500, "overlay MTU 1450 + 50 bytes of VXLAN");
-        assert_eq!(plan.http[1].url, "http://192.168.77.11:30080/");
+        assert_eq!(plan.http[2].url, "http://192.168.77.11:30080/");
         assert_eq!(plan.http[4].host.as_deref(), Some("web.lab.local"));
     }
 
@@ -485,6 +556,39 @@ ingresses: [{host: web.lab.local, address: 192.168.77.13}]
     }
 
     #[test]
+    fn small_clusters_are_a_full_mesh() {
+        let s = PlanSettings::default();
+        assert_eq!(s.peers_of(4, 2, 9), [0, 1, 3]);
+    }
+
+    #[test]
+    fn large_clusters_sample_peers_and_every_node_keeps_observers() {
+        let s = PlanSettings::default();
+        let n = 5000;
+        let mut observers = vec![0usize; n];
+        for i in 0..n {
+            let peers = s.peers_of(n, i, 7);
+            assert_eq!(peers.len(), 32);
+            assert!(!peers.contains(&i));
+            let unique: std::collections::HashSet<_> = peers.iter().collect();
+            assert_eq!(unique.len(), 32, "node {i} probes a peer twice");
+            for p in peers {
+                observers[p] += 1;
+            }
+        }
+        assert!(
+            observers.iter().all(|&o| o >= 16),
+            "every node is watched by its 16 ring predecessors"
+        );
+        assert_eq!(s.peers_of(n, 10, 7), s.peers_of(n, 10, 7), "deterministic");
+        assert_ne!(
+            s.peers_of(n, 10, 7),
+            s.peers_of(n, 10, 8),
+            "the sample rotates with the round"
+        );
+    }
+
+    #[test]
     fn budget_is_the_slowest_family() {
         let s = PlanSettings::default();
         // HTTP is the slowest: 3 attempts 20 ms apart, then a 1.5 s timeout.
@@ -506,4 +610,12 @@ pub struct Assignment {
     pub epoch: u64,
     /// The plan to run now.
     pub plan: Plan,
+}
+
+/// A small, well-mixed hash (SplitMix64), for the rotating peer sample.
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }

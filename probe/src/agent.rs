@@ -208,7 +208,20 @@ pub async fn run_plan(
         join_all(per_target).await
     };
 
-    let (icmp, dns, web) = tokio::join!(icmp, dns, web);
+    // Node-local evidence: host agents only, read off the async threads (it runs commands).
+    let evidence = async {
+        if plan.kind != AgentKind::Host {
+            return None;
+        }
+        let expect = plan.overlay.clone();
+        tokio::task::spawn_blocking(move || {
+            crate::evidence::collect(&crate::evidence::RealHost, expect.as_ref())
+        })
+        .await
+        .ok()
+    };
+
+    let (icmp, dns, web, evidence) = tokio::join!(icmp, dns, web, evidence);
     let mut results = icmp;
     results.extend(dns);
     results.extend(web);
@@ -225,6 +238,7 @@ pub async fn run_plan(
         kind: plan.kind,
         results,
         warnings: warnings.to_vec(),
+        evidence,
     }
 }
 

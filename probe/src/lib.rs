@@ -17,6 +17,7 @@
 pub mod agent;
 pub mod client;
 pub mod dns;
+pub mod evidence;
 pub mod http;
 pub mod icmp;
 pub mod relay;

@@ -1,0 +1,138 @@
+//! Node-local evidence: facts a host agent reads on its node, cheaply, every round.
+//!
+//! Evidence names a cause; it never makes one up. The diagnosis uses it to confirm and name
+//! the cause of failing probes. Evidence with no failing probe behind it is at most a
+//! warning.
+
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{NodeName, PodCidr};
+
+/// What a host agent must check its overlay state against (sent in its plan).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OverlayExpectation {
+    /// This node's InternalIP (finds the underlay interface).
+    pub node_ip: Ipv4Addr,
+    /// The overlay device (`flannel.1`).
+    pub interface: String,
+    /// The overlay's UDP port (8472).
+    pub port: u16,
+    /// The overlay MTU the cluster expects.
+    pub mtu: u16,
+    /// Encapsulation overhead (50 for VXLAN).
+    pub overhead: u16,
+    /// Every node's pod CIDR (for overlap checks).
+    pub pod_cidrs: Vec<PodCidr>,
+    /// The peers whose route, neighbour and fdb entries this node must hold.
+    pub peers: Vec<OverlayPeer>,
+}
+
+/// One peer's expected overlay state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OverlayPeer {
+    /// Peer node.
+    pub node: NodeName,
+    /// Peer's InternalIP: the fdb entry's `dst`.
+    pub ip: Ipv4Addr,
+    /// Peer's pod CIDR: the route's destination.
+    pub pod_cidr: PodCidr,
+    /// Peer's VTEP address (the CIDR's network address): the route's gateway and the
+    /// neighbour entry's key.
+    pub vtep_ip: Ipv4Addr,
+}
+
+/// A network device's state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceState {
+    /// Interface name.
+    pub name: String,
+    /// MTU.
+    pub mtu: u32,
+    /// Administratively and operationally up.
+    pub up: bool,
+}
+
+/// The overlay state found, against the plan.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OverlayEvidence {
+    /// The overlay device, if it exists.
+    pub device: Option<DeviceState>,
+    /// The interface holding the node IP.
+    pub underlay: Option<DeviceState>,
+    /// Peers without the route to their pod CIDR via their VTEP on the overlay device.
+    pub missing_routes: Vec<NodeName>,
+    /// Peers without a usable (permanent or reachable) neighbour entry for their VTEP.
+    pub missing_neighbours: Vec<NodeName>,
+    /// Peers without the fdb entry sending their VTEP MAC to their node IP.
+    pub missing_fdb: Vec<NodeName>,
+}
+
+impl OverlayEvidence {
+    /// Peers lacking any of the three entries, in order, without repeats.
+    pub fn peers_missing(&self) -> Vec<NodeName> {
+        let mut v: Vec<NodeName> = Vec::new();
+        for n in self
+            .missing_routes
+            .iter()
+            .chain(&self.missing_neighbours)
+            .chain(&self.missing_fdb)
+        {
+            if !v.contains(n) {
+                v.push(n.clone());
+            }
+        }
+        v
+    }
+}
+
+/// A firewall rule that drops or rejects something, as iptables-save prints it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FirewallRule {
+    /// Table (`filter`, `raw`, `mangle`).
+    pub table: String,
+    /// Chain.
+    pub chain: String,
+    /// The rule, e.g. `-A FORWARD -j REJECT --reject-with icmp-host-prohibited`.
+    pub rule: String,
+}
+
+/// The FORWARD path's firewall state.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ForwardEvidence {
+    /// The FORWARD chain's policy (`ACCEPT`, `DROP`).
+    pub policy: Option<String>,
+    /// REJECT/DROP rules in FORWARD (or chains it jumps to) that are not Kubernetes' or the CNI's.
+    pub blocking_rules: Vec<FirewallRule>,
+    /// Chains that belong to neither Kubernetes nor the CNI (firewalld zones, ufw, ...).
+    pub foreign_chains: Vec<String>,
+}
+
+/// Everything a host agent read on its node this round.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeEvidence {
+    /// `net.ipv4.ip_forward`.
+    pub ip_forward: Option<bool>,
+    /// FORWARD chain findings.
+    pub forward: Option<ForwardEvidence>,
+    /// Rules that drop or reject the overlay's UDP port (INPUT, OUTPUT, PREROUTING, ...).
+    pub overlay_port_rules: Vec<FirewallRule>,
+    /// Overlay device, routes, neighbours, fdb.
+    pub overlay: Option<OverlayEvidence>,
+    /// `/run/flannel/subnet.env`, if present (key=value lines).
+    pub subnet_env: Vec<(String, String)>,
+    /// Host addresses or routes that overlap the cluster's pod CIDRs.
+    pub cidr_overlaps: Vec<String>,
+    /// Host security agents known to hook the network stack, found running.
+    pub security_agents: Vec<String>,
+    /// What could not be read, and why (a missing tool, no permission).
+    pub unavailable: Vec<String>,
+}

@@ -1,0 +1,311 @@
+//! Synthetic rounds for tests and benchmarks: a topology of any size, faults injected into
+//! a model of the packet paths, and the report the agents would send. It goes through the
+//! real planner ([`make_plan`]) and report builder ([`build_report`]), so it exercises the
+//! same cells a live round has.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use meshprobe_core::evidence::{FirewallRule, ForwardEvidence, NodeEvidence, OverlayEvidence};
+use meshprobe_core::matrix::{RoundInput, build_report};
+use meshprobe_core::plan::{AgentReport, PlanSettings, ProbeResult, make_plan};
+use meshprobe_core::{AgentKind, CheckReport, Layer, NodeName, Topology};
+
+/// A fault in the model. Node arguments are indices into the topology's nodes.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Fault {
+    /// The node's underlay link is down: nothing reaches it, its agents are silent.
+    LinkDown(usize),
+    /// VXLAN into the node is dropped (iptables INPUT).
+    VxlanIn(usize),
+    /// VXLAN out of the node is dropped (iptables OUTPUT).
+    VxlanOut(usize),
+    /// `net.ipv4.ip_forward = 0`.
+    ForwardOff(usize),
+    /// A FORWARD REJECT above the CNI's accepts.
+    ForwardReject(usize),
+    /// The first node lacks the overlay entries for the second.
+    PeerMissing(usize, usize),
+    /// The node's underlay path drops full-size frames.
+    Mtu(usize),
+    /// The node loses this percentage each way.
+    Loss(usize, u8),
+    /// This CoreDNS pod is down.
+    DnsDown(String),
+    /// This CoreDNS pod's :9153 is blocked.
+    MetricsBlocked(String),
+    /// The node's NodePort rules are gone.
+    NodeportRemoved(usize),
+    /// The ingress controller is down.
+    IngressDown,
+    /// The node's agents are silent, its network fine.
+    AgentsSilent(usize),
+    /// The node's host agent's prober is broken: it sees every peer fail.
+    SickProber(usize),
+}
+
+/// A topology of `n` nodes (n1..), two CoreDNS pods on the first two nodes, a NodePort and
+/// an ingress on the last node.
+pub fn topology(n: usize) -> Topology {
+    let ip = |i: usize| format!("10.{}.{}.{}", 1 + (i >> 16), (i >> 8) & 0xff, i & 0xff);
+    let mut t = String::from("cluster: {name: synth, dnsServiceIP: 10.96.0.10}\nnodes:\n");
+    for i in 0..n {
+        let _ = writeln!(
+            t,
+            "  - {{name: n{}, internalIP: {}, podCIDR: 172.{}.{}.0/24}}",
+            i + 1,
+            ip(i),
+            16 + (i >> 8),
+            i & 0xff
+        );
+    }
+    t += "coreDNS:\n  - {name: coredns-a, node: n1, ip: 172.16.0.53}\n";
+    if n > 1 {
+        t += "  - {name: coredns-b, node: n2, ip: 172.16.1.53}\n";
+    }
+    let _ = write!(
+        t,
+        "nodePorts: [{{name: web, port: 30080}}]\ningresses: [{{host: web.example, address: {}}}]\n",
+        ip(n - 1)
+    );
+    Topology::from_inventory(&t).unwrap_or_else(|e| panic!("synthetic topology: {e}"))
+}
+
+struct World<'a> {
+    faults: &'a [Fault],
+    dns_nodes: BTreeMap<String, usize>,
+    ingress_node: usize,
+}
+
+impl World<'_> {
+    fn has(&self, f: impl Fn(&Fault) -> bool) -> bool {
+        self.faults.iter().any(f)
+    }
+    fn down(&self, x: usize) -> bool {
+        self.has(|f| *f == Fault::LinkDown(x))
+    }
+    fn under(&self, s: usize, d: usize) -> bool {
+        !(self.down(s) || self.down(d))
+    }
+    fn tunnel(&self, s: usize, d: usize) -> bool {
+        s == d
+            || (self.under(s, d)
+                && !self.has(|f| {
+                    matches!(f, Fault::VxlanIn(x) | Fault::VxlanOut(x) if *x == s || *x == d)
+                        || matches!(f, Fault::PeerMissing(a, b) if (*a == s && *b == d) || (*a == d && *b == s))
+                }))
+    }
+    fn forwards(&self, x: usize) -> bool {
+        !self.has(|f| matches!(f, Fault::ForwardOff(n) | Fault::ForwardReject(n) if *n == x))
+    }
+    fn big(&self, s: usize, d: usize) -> bool {
+        !self.has(|f| matches!(f, Fault::Mtu(x) if *x == s || *x == d))
+    }
+    /// Loss each way on the path, in percent.
+    fn loss(&self, s: usize, d: usize) -> f64 {
+        let mut keep = 1.0;
+        for f in self.faults {
+            if let Fault::Loss(x, p) = f
+                && (*x == s || *x == d)
+            {
+                let k = 1.0 - f64::from(*p) / 100.0;
+                keep *= k * k;
+            }
+        }
+        1.0 - keep
+    }
+    fn sick(&self, s: usize) -> bool {
+        self.has(|f| *f == Fault::SickProber(s))
+    }
+
+    /// Whether one probe of `layer` from node s to column `col` works (ignoring loss).
+    fn works(&self, layer: Layer, s: usize, col: &str, d: Option<usize>) -> bool {
+        use Layer::*;
+        let d_node = match layer {
+            DnsPod | CorednsMetrics => self.dns_nodes.get(col).copied(),
+            Ingress => Some(self.ingress_node),
+            _ => d,
+        };
+        let Some(d) = d_node else {
+            // The DNS service: works while some CoreDNS pod works from s.
+            return self
+                .dns_nodes
+                .keys()
+                .any(|pod| self.works(DnsPod, s, pod, None));
+        };
+        match layer {
+            Underlay => !self.sick(s) && self.under(s, d),
+            UnderlayFullSize => !self.sick(s) && self.under(s, d) && self.big(s, d),
+            GatewayFromHost => self.tunnel(s, d),
+            GatewayFromPod => self.tunnel(s, d) && (s == d || self.forwards(s)),
+            PodToPod => self.tunnel(s, d) && self.forwards(s) && self.forwards(d),
+            PodToPodFullSize => {
+                self.tunnel(s, d) && self.forwards(s) && self.forwards(d) && self.big(s, d)
+            }
+            DnsPod => {
+                !self.has(|f| matches!(f, Fault::DnsDown(p) if p == col))
+                    && (s == d || (self.tunnel(s, d) && self.forwards(s) && self.forwards(d)))
+            }
+            CorednsMetrics => {
+                !self.has(|f| matches!(f, Fault::DnsDown(p) | Fault::MetricsBlocked(p) if p == col))
+                    && (s == d || (self.tunnel(s, d) && self.forwards(d) && self.big(s, d)))
+            }
+            Nodeport => self.under(s, d) && !self.has(|f| *f == Fault::NodeportRemoved(d)),
+            Ingress => self.under(s, d) && !self.has(|f| *f == Fault::IngressDown),
+            DnsService => unreachable!("handled above"),
+        }
+    }
+}
+
+/// A deterministic "random" count of lost probes out of `sent` at `loss` (0..1).
+fn lost(sent: u32, loss: f64, salt: u64) -> u32 {
+    let exact = f64::from(sent) * loss;
+    let base = exact.floor();
+    // Spread the fraction deterministically so that totals match the rate.
+    let frac = exact - base;
+    let r = (salt.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11) as f64 / (1u64 << 53) as f64;
+    (base as u32 + u32::from(r < frac)).min(sent)
+}
+
+/// The report of one round of a cluster with these faults.
+pub fn report(t: &Topology, faults: &[Fault], round: u64, settings: &PlanSettings) -> CheckReport {
+    let pos: BTreeMap<&str, usize> = t
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.name.as_str(), i))
+        .collect();
+    let world = World {
+        faults,
+        dns_nodes: t
+            .core_dns
+            .iter()
+            .map(|p| (p.name.clone(), pos[p.node.as_str()]))
+            .collect(),
+        ingress_node: t
+            .ingresses
+            .first()
+            .and_then(|g| t.nodes.iter().position(|n| n.internal_ip == g.address))
+            .unwrap_or(0),
+    };
+    let pod_ips = t
+        .nodes
+        .iter()
+        .map(|n| (n.name.clone(), n.pod_cidr.first_host()))
+        .collect();
+    let mut plans = BTreeMap::new();
+    let mut reports = BTreeMap::new();
+    let mut salt = round;
+    for (s, node) in t.nodes.iter().enumerate() {
+        let silent = world.down(s) || faults.contains(&Fault::AgentsSilent(s));
+        for kind in AgentKind::ALL {
+            let plan = make_plan(t, &pod_ips, &node.name, kind, round, settings);
+            if !silent {
+                let mut results = Vec::new();
+                for (layer, col) in plan.cells() {
+                    let d = pos.get(col).copied();
+                    let sent: u32 = match layer {
+                        Layer::DnsService | Layer::DnsPod => 10,
+                        Layer::CorednsMetrics => 1,
+                        Layer::Nodeport | Layer::Ingress => 3,
+                        _ => u32::from(settings.icmp_count),
+                    };
+                    let works = world.works(layer, s, col, d);
+                    let path_loss = match (layer, d) {
+                        (Layer::DnsPod | Layer::CorednsMetrics, _) => {
+                            world.dns_nodes.get(col).map_or(0.0, |&x| world.loss(s, x))
+                        }
+                        (_, Some(d)) => world.loss(s, d),
+                        _ => 0.0,
+                    };
+                    salt = salt.wrapping_add(1);
+                    let ok = if works {
+                        sent - lost(sent, path_loss, salt)
+                    } else {
+                        0
+                    };
+                    results.push(ProbeResult {
+                        layer,
+                        column: col.to_owned(),
+                        sent,
+                        ok,
+                        rtt_ms: (ok > 0).then_some(0.3),
+                        detail: (ok < sent).then(|| "timeout".to_owned()),
+                    });
+                }
+                let evidence = (kind == AgentKind::Host).then(|| evidence_of(t, faults, s));
+                reports.insert(
+                    (node.name.clone(), kind),
+                    AgentReport {
+                        round,
+                        node: node.name.clone(),
+                        kind,
+                        results,
+                        warnings: vec![],
+                        evidence,
+                    },
+                );
+            }
+            plans.insert((node.name.clone(), kind), plan);
+        }
+    }
+    build_report(RoundInput {
+        round,
+        topology: t,
+        plans: &plans,
+        reports: &reports,
+        live: &|_, _| true,
+        duration_ms: 400,
+        findings: vec![],
+    })
+}
+
+/// What node `x`'s host agent would read locally under these faults.
+fn evidence_of(t: &Topology, faults: &[Fault], x: usize) -> NodeEvidence {
+    let mut ev = NodeEvidence {
+        ip_forward: Some(true),
+        forward: Some(ForwardEvidence {
+            policy: Some("ACCEPT".into()),
+            ..ForwardEvidence::default()
+        }),
+        overlay: Some(OverlayEvidence::default()),
+        ..NodeEvidence::default()
+    };
+    let port = t.cluster.overlay.port;
+    let peer = |i: usize| -> NodeName { t.nodes[i].name.clone() };
+    for f in faults {
+        match f {
+            Fault::ForwardOff(n) if *n == x => ev.ip_forward = Some(false),
+            Fault::ForwardReject(n) if *n == x => {
+                if let Some(fwd) = ev.forward.as_mut() {
+                    fwd.blocking_rules.push(FirewallRule {
+                        table: "filter".into(),
+                        chain: "FORWARD".into(),
+                        rule: "-A FORWARD -j REJECT --reject-with icmp-host-prohibited".into(),
+                    });
+                    fwd.foreign_chains =
+                        vec!["FORWARD_IN_ZONES".into(), "FORWARD_OUT_ZONES".into()];
+                }
+            }
+            Fault::VxlanIn(n) | Fault::VxlanOut(n) if *n == x => {
+                let chain = if matches!(f, Fault::VxlanIn(_)) {
+                    "INPUT"
+                } else {
+                    "OUTPUT"
+                };
+                ev.overlay_port_rules.push(FirewallRule {
+                    table: "filter".into(),
+                    chain: chain.into(),
+                    rule: format!("-A {chain} -p udp -m udp --dport {port} -j DROP"),
+                });
+            }
+            Fault::PeerMissing(a, b) if *a == x => {
+                if let Some(o) = ev.overlay.as_mut() {
+                    o.missing_fdb.push(peer(*b));
+                }
+            }
+            _ => {}
+        }
+    }
+    ev
+}

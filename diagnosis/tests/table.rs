@@ -1,0 +1,250 @@
+//! Table-driven tests of the diagnosis on synthetic rounds: every cause id, at 3 and 6
+//! nodes, alone and in pairs, plus noise that must stay silent.
+
+use meshprobe_core::Finding;
+use meshprobe_core::plan::PlanSettings;
+use meshprobe_diagnosis::synth::{self, Fault};
+use meshprobe_diagnosis::{Settings, diagnose};
+use pretty_assertions::assert_eq;
+
+fn run(n: usize, faults: &[Fault]) -> (Vec<Finding>, Vec<String>) {
+    let t = synth::topology(n);
+    let r = synth::report(&t, faults, 1, &PlanSettings::default());
+    let d = diagnose(&t, &r, &[], &Settings::default());
+    (d.findings, d.warnings)
+}
+
+/// (cause, nodes, peers, direction) of a finding.
+type Shape = (String, Vec<String>, Vec<String>, String);
+
+/// The shape of each finding.
+fn shape(f: &[Finding]) -> Vec<Shape> {
+    f.iter()
+        .map(|f| {
+            (
+                f.cause.clone(),
+                f.nodes.iter().map(|n| n.to_string()).collect(),
+                f.peers.iter().map(|n| n.to_string()).collect(),
+                f.direction.clone(),
+            )
+        })
+        .collect()
+}
+
+fn one(
+    cause: &str,
+    nodes: &[&str],
+    peers: &[&str],
+    direction: &str,
+) -> Vec<(String, Vec<String>, Vec<String>, String)> {
+    vec![(
+        cause.to_owned(),
+        nodes.iter().map(|s| (*s).to_owned()).collect(),
+        peers.iter().map(|s| (*s).to_owned()).collect(),
+        direction.to_owned(),
+    )]
+}
+
+#[test]
+fn healthy_cluster_has_no_findings_and_no_warnings() {
+    for n in [1, 2, 3, 6] {
+        let (f, w) = run(n, &[]);
+        assert_eq!(shape(&f), vec![], "{n} nodes");
+        assert_eq!(w, Vec::<String>::new());
+    }
+}
+
+#[test]
+fn each_single_fault_gives_exactly_its_cause() {
+    // (fault, 0-based node indices are turned into names by the table)
+    for n in [3, 6] {
+        let last = format!("n{n}");
+        let cases: Vec<(Fault, Vec<Shape>)> = vec![
+            (
+                Fault::LinkDown(1),
+                one("node-unreachable", &["n2"], &[], "both"),
+            ),
+            (
+                Fault::VxlanIn(2),
+                one("vxlan-blocked", &["n3"], &[], "inbound"),
+            ),
+            (
+                Fault::VxlanOut(0),
+                one("vxlan-blocked", &["n1"], &[], "outbound"),
+            ),
+            (
+                Fault::ForwardOff(1),
+                one("ip-forward-disabled", &["n2"], &[], "both"),
+            ),
+            (
+                Fault::ForwardOff(0),
+                one("ip-forward-disabled", &["n1"], &[], "both"),
+            ),
+            (
+                Fault::ForwardReject(2),
+                one("forward-rejected", &["n3"], &[], "both"),
+            ),
+            (
+                Fault::PeerMissing(0, 2),
+                one("overlay-peer-missing", &["n1"], &["n3"], "outbound"),
+            ),
+            (
+                Fault::PeerMissing(2, 1),
+                one("overlay-peer-missing", &["n3"], &["n2"], "outbound"),
+            ),
+            (Fault::Mtu(1), one("mtu-mismatch", &["n2"], &[], "both")),
+            (Fault::Loss(2, 50), one("packet-loss", &["n3"], &[], "both")),
+            (
+                Fault::DnsDown("coredns-a".into()),
+                one("dns-pod-down", &["n1"], &[], "none"),
+            ),
+            (
+                Fault::MetricsBlocked("coredns-b".into()),
+                one("metrics-unreachable", &["n2"], &[], "none"),
+            ),
+            (
+                Fault::NodeportRemoved(1),
+                one("nodeport-broken", &["n2"], &[], "inbound"),
+            ),
+            (
+                Fault::IngressDown,
+                one("ingress-broken", &[last.as_str()], &[], "inbound"),
+            ),
+            (
+                Fault::AgentsSilent(1),
+                one("agent-missing", &["n2"], &[], "none"),
+            ),
+        ];
+        for (fault, want) in cases {
+            let (f, _) = run(n, std::slice::from_ref(&fault));
+            assert_eq!(shape(&f), want, "{n} nodes, {fault:?}:\n{:#?}", f);
+            assert!(
+                !f[0].evidence.is_empty() && !f[0].fix.is_empty() && !f[0].hop.is_empty(),
+                "{fault:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn two_faults_on_different_nodes_are_both_found() {
+    let pairs = [
+        (
+            Fault::VxlanIn(1),
+            Fault::ForwardOff(4),
+            ("vxlan-blocked", "n2"),
+            ("ip-forward-disabled", "n5"),
+        ),
+        (
+            Fault::LinkDown(5),
+            Fault::DnsDown("coredns-a".into()),
+            ("node-unreachable", "n6"),
+            ("dns-pod-down", "n1"),
+        ),
+        (
+            Fault::Mtu(2),
+            Fault::ForwardReject(3),
+            ("mtu-mismatch", "n3"),
+            ("forward-rejected", "n4"),
+        ),
+        (
+            Fault::PeerMissing(0, 3),
+            Fault::NodeportRemoved(5),
+            ("overlay-peer-missing", "n1"),
+            ("nodeport-broken", "n6"),
+        ),
+    ];
+    for (a, b, wa, wb) in pairs {
+        let (f, _) = run(6, &[a.clone(), b.clone()]);
+        let got: Vec<(String, String)> = f
+            .iter()
+            .map(|f| (f.cause.clone(), f.nodes[0].to_string()))
+            .collect();
+        for (cause, node) in [wa, wb] {
+            assert!(
+                got.contains(&(cause.to_owned(), node.to_owned())),
+                "{a:?} + {b:?}: missing {cause} on {node} in {got:?}"
+            );
+        }
+        assert_eq!(got.len(), 2, "{a:?} + {b:?}: extra findings {got:?}");
+    }
+}
+
+#[test]
+fn one_percent_loss_is_not_a_finding() {
+    for n in [3, 6] {
+        for x in 0..n {
+            let (f, _) = run(n, &[Fault::Loss(x, 1)]);
+            assert_eq!(shape(&f), vec![], "{n} nodes, 1% loss on n{}", x + 1);
+        }
+    }
+}
+
+#[test]
+fn a_sick_prober_never_gets_its_peers_blamed() {
+    let (f, _) = run(6, &[Fault::SickProber(2)]);
+    assert_eq!(shape(&f), one("agent-degraded", &["n3"], &[], "none"));
+}
+
+#[test]
+fn evidence_alone_is_a_warning_not_a_finding() {
+    let t = synth::topology(3);
+    let mut r = synth::report(&t, &[], 1, &PlanSettings::default());
+    let n2 = t.nodes[1].name.clone();
+    r.evidence.get_mut(&n2).expect("host evidence").ip_forward = Some(false);
+    let d = diagnose(&t, &r, &[], &Settings::default());
+    assert!(d.findings.is_empty());
+    assert_eq!(
+        d.warnings,
+        ["n2: net.ipv4.ip_forward = 0, though no probe fails yet"]
+    );
+}
+
+#[test]
+fn consecutive_rounds_are_counted() {
+    let t = synth::topology(3);
+    let r = synth::report(&t, &[Fault::VxlanIn(0)], 3, &PlanSettings::default());
+    let first = diagnose(&t, &r, &[], &Settings::default());
+    let key = first.findings[0].key();
+    let again = diagnose(
+        &t,
+        &r,
+        &[vec![], vec![key.clone()], vec![key]],
+        &Settings::default(),
+    );
+    assert_eq!((first.findings[0].rounds, again.findings[0].rounds), (1, 3));
+}
+
+#[test]
+fn findings_read_well() {
+    // A snapshot of what a person reads first. Set UPDATE_SNAPSHOTS=1 to rewrite it.
+    let (f, _) = run(3, &[Fault::ForwardReject(1)]);
+    let text: String = f
+        .iter()
+        .map(|f| {
+            format!(
+                "{} [{}] nodes={:?} dir={}\n  hop: {}\n{}  fix: {}\n",
+                f.summary,
+                f.cause,
+                f.nodes,
+                f.direction,
+                f.hop,
+                f.evidence
+                    .iter()
+                    .map(|e| format!("  - {e}\n"))
+                    .collect::<String>(),
+                f.fix
+            )
+        })
+        .collect();
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/snapshots/forward_reject_3_nodes.txt"
+    );
+    if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
+        std::fs::write(path, &text).expect("write snapshot");
+    }
+    let want =
+        std::fs::read_to_string(path).expect("snapshot exists (UPDATE_SNAPSHOTS=1 to create)");
+    assert_eq!(text, want);
+}

@@ -1,0 +1,605 @@
+//! Node-local evidence, read by the host agent each round.
+//!
+//! Sources: `/proc/sys` for sysctls, `iptables-save` for the firewall, iproute2's JSON
+//! (`ip -j addr|route|neigh`, `bridge -j fdb`) for the overlay's state, `/proc/*/comm` for
+//! host security agents, `/run/flannel/subnet.env`. All reads go through [`Host`], so the
+//! parsers are tested on fixtures; a missing tool becomes an `unavailable` note, never an
+//! error.
+
+use std::io;
+use std::net::Ipv4Addr;
+use std::process::Command;
+
+use meshprobe_core::evidence::{
+    DeviceState, FirewallRule, ForwardEvidence, NodeEvidence, OverlayEvidence, OverlayExpectation,
+};
+use serde_json::Value;
+
+/// Security agents that hook the host's network stack, as the field notes name them
+/// (process names, which the kernel truncates to 15 characters in `comm`).
+pub const SECURITY_AGENTS: [&str; 11] = [
+    "qaxsafed",
+    "sangfor_watchdog",
+    "YDservice",
+    "Symantec",
+    "start360su_safed",
+    "gov_defence_service",
+    "gov_defence_guard",
+    "wsssr_defence_daemon",
+    "wsssr_defence_service",
+    "wsssr_defence_agent",
+    "kesl",
+];
+
+/// Chains that belong to Kubernetes or a CNI (the field notes' `egrep -v "KUBE|CNI|DOCKER"`).
+fn is_cluster_chain(name: &str) -> bool {
+    const PREFIXES: [&str; 9] = [
+        "KUBE-", "CNI-", "FLANNEL", "DOCKER", "cali-", "CILIUM", "WEAVE", "ANTREA", "KUBE_",
+    ];
+    PREFIXES.iter().any(|p| name.starts_with(p))
+}
+
+fn is_builtin_chain(name: &str) -> bool {
+    matches!(
+        name,
+        "INPUT" | "FORWARD" | "OUTPUT" | "PREROUTING" | "POSTROUTING"
+    )
+}
+
+/// Where evidence is read from.
+pub trait Host {
+    /// Reads a file.
+    fn read(&self, path: &str) -> io::Result<String>;
+    /// Runs a program and returns its standard output (an error if it fails).
+    fn run(&self, program: &str, args: &[&str]) -> io::Result<String>;
+    /// The `comm` of every process visible.
+    fn process_names(&self) -> Vec<String>;
+}
+
+/// The real host.
+pub struct RealHost;
+
+impl Host for RealHost {
+    fn read(&self, path: &str) -> io::Result<String> {
+        std::fs::read_to_string(path)
+    }
+    fn run(&self, program: &str, args: &[&str]) -> io::Result<String> {
+        let out = Command::new(program).args(args).output()?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(io::Error::other(
+                String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            ))
+        }
+    }
+    fn process_names(&self) -> Vec<String> {
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        dir.flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .bytes()
+                    .all(|b| b.is_ascii_digit())
+            })
+            .filter_map(|e| std::fs::read_to_string(e.path().join("comm")).ok())
+            .map(|s| s.trim().to_owned())
+            .collect()
+    }
+}
+
+/// Reads everything. Cheap: a few files and five short commands.
+pub fn collect(host: &dyn Host, expect: Option<&OverlayExpectation>) -> NodeEvidence {
+    let mut ev = NodeEvidence::default();
+    match host.read("/proc/sys/net/ipv4/ip_forward") {
+        Ok(v) => ev.ip_forward = Some(v.trim() == "1"),
+        Err(e) => ev.unavailable.push(format!("net.ipv4.ip_forward: {e}")),
+    }
+    let port = expect.map_or(8472, |e| e.port);
+    match run_any(
+        host,
+        &["iptables-save", "iptables-nft-save", "iptables-legacy-save"],
+        &[],
+    ) {
+        Ok(text) => {
+            let (fwd, port_rules) = parse_iptables_save(&text, port);
+            ev.forward = Some(fwd);
+            ev.overlay_port_rules = port_rules;
+        }
+        Err(e) => ev.unavailable.push(format!("iptables-save: {e}")),
+    }
+    if let Some(exp) = expect {
+        let json = |args: &[&str]| {
+            host.run("ip", args)
+                .map_err(|e| format!("ip {}: {e}", args.join(" ")))
+        };
+        match (
+            json(&["-j", "addr", "show"]),
+            json(&["-j", "-4", "route", "show"]),
+        ) {
+            (Ok(addrs), Ok(routes)) => {
+                let neigh = json(&["-j", "-4", "neigh", "show", "dev", &exp.interface])
+                    .unwrap_or_else(|_| "[]".into());
+                let fdb = host.run("bridge", &["-j", "fdb", "show", "dev", &exp.interface]);
+                if let Err(e) = &fdb {
+                    ev.unavailable.push(format!("bridge fdb: {e}"));
+                }
+                ev.overlay = Some(check_overlay(
+                    exp,
+                    &addrs,
+                    &routes,
+                    &neigh,
+                    fdb.ok().as_deref(),
+                ));
+                ev.cidr_overlaps = cidr_overlaps(exp, &addrs, &routes);
+            }
+            (Err(e), _) | (_, Err(e)) => ev.unavailable.push(e),
+        }
+    }
+    if let Ok(text) = host.read("/run/flannel/subnet.env") {
+        ev.subnet_env = text
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+            .collect();
+    }
+    ev.security_agents = security_agents(&host.process_names());
+    ev
+}
+
+fn run_any(host: &dyn Host, programs: &[&str], args: &[&str]) -> io::Result<String> {
+    let mut last = io::Error::other("no program tried");
+    for p in programs {
+        match host.run(p, args) {
+            Ok(out) => return Ok(out),
+            Err(e) => last = io::Error::new(e.kind(), format!("{p}: {e}")),
+        }
+    }
+    Err(last)
+}
+
+/// What `iptables-save` says about the FORWARD path and the overlay port.
+pub fn parse_iptables_save(text: &str, overlay_port: u16) -> (ForwardEvidence, Vec<FirewallRule>) {
+    let mut fwd = ForwardEvidence::default();
+    let mut port_rules = Vec::new();
+    let mut table = String::new();
+    // filter table: chain -> its rules, in order.
+    let mut filter: Vec<(String, String)> = Vec::new();
+    let port = overlay_port.to_string();
+    for line in text.lines().map(str::trim) {
+        if let Some(t) = line.strip_prefix('*') {
+            table = t.to_owned();
+        } else if let Some(decl) = line.strip_prefix(':') {
+            let mut it = decl.split_whitespace();
+            let (Some(chain), Some(policy)) = (it.next(), it.next()) else {
+                continue;
+            };
+            if table == "filter" && chain == "FORWARD" {
+                fwd.policy = Some(policy.to_owned());
+            }
+            if !is_builtin_chain(chain)
+                && !is_cluster_chain(chain)
+                && !fwd.foreign_chains.iter().any(|c| c == chain)
+            {
+                fwd.foreign_chains.push(chain.to_owned());
+            }
+        } else if let Some(rest) = line.strip_prefix("-A ") {
+            let chain = rest.split_whitespace().next().unwrap_or("").to_owned();
+            let target = jump_target(line);
+            let blocks = matches!(target, Some("DROP" | "REJECT"));
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let on_port = words.windows(2).any(|w| {
+                matches!(w[0], "--dport" | "--sport" | "--dports" | "--sports")
+                    && w[1].split(',').any(|p| p == port)
+            }) && line.contains("-p udp");
+            if blocks && on_port {
+                port_rules.push(FirewallRule {
+                    table: table.clone(),
+                    chain: chain.clone(),
+                    rule: line.to_owned(),
+                });
+            }
+            if table == "filter" {
+                filter.push((chain, line.to_owned()));
+            }
+        }
+    }
+    // Walk FORWARD in order until it hands pod traffic to the cluster's chains: a REJECT or
+    // DROP before that point (directly, or in a foreign chain it jumps to) shadows the
+    // CNI's accept rules, as firewalld's `-A FORWARD -j REJECT` does.
+    fn rules_of<'a>(
+        filter: &'a [(String, String)],
+        c: &'a str,
+    ) -> impl Iterator<Item = &'a str> + 'a {
+        filter
+            .iter()
+            .filter(move |(ch, _)| ch == c)
+            .map(|(_, r)| r.as_str())
+    }
+    let mut cluster_accept_seen = false;
+    for rule in rules_of(&filter, "FORWARD") {
+        match jump_target(rule) {
+            Some(t) if is_cluster_chain(t) => {
+                cluster_accept_seen = true;
+                break;
+            }
+            Some("DROP" | "REJECT") if !is_conntrack_invalid(rule) => {
+                fwd.blocking_rules.push(FirewallRule {
+                    table: "filter".into(),
+                    chain: "FORWARD".into(),
+                    rule: rule.to_owned(),
+                });
+            }
+            Some(t) if !is_builtin_chain(t) && !matches!(t, "ACCEPT" | "RETURN" | "LOG") => {
+                for inner in rules_of(&filter, t) {
+                    if matches!(jump_target(inner), Some("DROP" | "REJECT"))
+                        && !is_conntrack_invalid(inner)
+                    {
+                        fwd.blocking_rules.push(FirewallRule {
+                            table: "filter".into(),
+                            chain: t.to_owned(),
+                            rule: inner.to_owned(),
+                        });
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    if !cluster_accept_seen && fwd.policy.as_deref() == Some("DROP") {
+        fwd.blocking_rules.push(FirewallRule {
+            table: "filter".into(),
+            chain: "FORWARD".into(),
+            rule: ":FORWARD DROP (policy) and no Kubernetes/CNI chain accepts pod traffic".into(),
+        });
+    }
+    (fwd, port_rules)
+}
+
+fn jump_target(rule: &str) -> Option<&str> {
+    let words: Vec<&str> = rule.split_whitespace().collect();
+    words
+        .windows(2)
+        .rev()
+        .find(|w| w[0] == "-j" || w[0] == "-g")
+        .map(|w| w[1])
+}
+
+/// `-m conntrack --ctstate INVALID -j DROP` is hygiene every distribution ships, not a block.
+fn is_conntrack_invalid(rule: &str) -> bool {
+    rule.contains("--ctstate INVALID")
+}
+
+fn arr(text: &str) -> Vec<Value> {
+    serde_json::from_str::<Value>(text)
+        .ok()
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default()
+}
+
+fn device(link: &Value) -> Option<DeviceState> {
+    let flags = link["flags"].as_array()?;
+    Some(DeviceState {
+        name: link["ifname"].as_str()?.to_owned(),
+        mtu: link["mtu"].as_u64()? as u32,
+        up: flags.iter().any(|f| f == "UP") && link["operstate"] != "DOWN",
+    })
+}
+
+/// Checks the overlay device, routes, neighbours and fdb against the expectation.
+pub fn check_overlay(
+    exp: &OverlayExpectation,
+    addrs: &str,
+    routes: &str,
+    neigh: &str,
+    fdb: Option<&str>,
+) -> OverlayEvidence {
+    let links = arr(addrs);
+    let node_ip = exp.node_ip.to_string();
+    let mut ev = OverlayEvidence {
+        device: links
+            .iter()
+            .find(|l| l["ifname"] == exp.interface.as_str())
+            .and_then(device),
+        underlay: links
+            .iter()
+            .find(|l| {
+                l["addr_info"]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|x| x["local"] == node_ip.as_str()))
+            })
+            .and_then(device),
+        ..OverlayEvidence::default()
+    };
+    let routes = arr(routes);
+    let neigh = arr(neigh);
+    let fdb = fdb.map(arr);
+    for p in &exp.peers {
+        let cidr = p.pod_cidr.to_string();
+        let vtep = p.vtep_ip.to_string();
+        let has_route = routes.iter().any(|r| {
+            r["dst"] == cidr.as_str()
+                && r["dev"] == exp.interface.as_str()
+                && r["gateway"] == vtep.as_str()
+        });
+        if !has_route {
+            ev.missing_routes.push(p.node.clone());
+        }
+        let entry = neigh.iter().find(|n| n["dst"] == vtep.as_str());
+        let usable = entry.is_some_and(|n| {
+            n["lladdr"].is_string()
+                && n["state"].as_array().is_some_and(|s| {
+                    s.iter().any(|x| {
+                        matches!(
+                            x.as_str(),
+                            Some("PERMANENT" | "REACHABLE" | "STALE" | "DELAY" | "PROBE")
+                        )
+                    })
+                })
+        });
+        if !usable {
+            ev.missing_neighbours.push(p.node.clone());
+        }
+        if let Some(fdb) = &fdb {
+            let peer_ip = p.ip.to_string();
+            let mac = entry.and_then(|n| n["lladdr"].as_str());
+            let ok = fdb
+                .iter()
+                .any(|f| f["dst"] == peer_ip.as_str() && mac.is_none_or(|m| f["mac"] == m));
+            if !ok {
+                ev.missing_fdb.push(p.node.clone());
+            }
+        }
+    }
+    ev
+}
+
+fn parse_cidr(s: &str) -> Option<(Ipv4Addr, u8)> {
+    let (ip, len) = s.split_once('/').unwrap_or((s, "32"));
+    Some((ip.parse().ok()?, len.parse().ok()?))
+}
+
+fn contains(net: (Ipv4Addr, u8), ip: Ipv4Addr) -> bool {
+    let mask = if net.1 == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(net.1.min(32)))
+    };
+    u32::from(net.0) & mask == u32::from(ip) & mask
+}
+
+/// Host addresses and routes that overlap the pod CIDRs (outside the overlay and `cni0`).
+pub fn cidr_overlaps(exp: &OverlayExpectation, addrs: &str, routes: &str) -> Vec<String> {
+    let ours =
+        |dev: &str| dev == exp.interface || dev == "cni0" || dev.starts_with("veth") || dev == "lo";
+    let mut out = Vec::new();
+    for link in arr(addrs) {
+        let dev = link["ifname"].as_str().unwrap_or("");
+        if ours(dev) {
+            continue;
+        }
+        for a in link["addr_info"].as_array().into_iter().flatten() {
+            let Some(ip) = a["local"].as_str().and_then(|s| s.parse::<Ipv4Addr>().ok()) else {
+                continue;
+            };
+            for c in &exp.pod_cidrs {
+                if c.contains(ip) {
+                    out.push(format!("{dev} has address {ip}, inside pod CIDR {c}"));
+                }
+            }
+        }
+    }
+    for r in arr(routes) {
+        let dev = r["dev"].as_str().unwrap_or("");
+        if ours(dev) {
+            continue;
+        }
+        let Some(dst) = r["dst"].as_str().and_then(parse_cidr) else {
+            continue;
+        };
+        for c in &exp.pod_cidrs {
+            let net = c.net();
+            // Only routes at least as specific as the pod CIDR take its traffic away.
+            if dst.1 >= net.prefix_len() && contains((net.network(), net.prefix_len()), dst.0) {
+                out.push(format!(
+                    "route {}/{} via {dev} overlaps pod CIDR {c}",
+                    dst.0, dst.1
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// Known security agents among the running processes.
+pub fn security_agents(comms: &[String]) -> Vec<String> {
+    let mut found: Vec<String> = SECURITY_AGENTS
+        .iter()
+        .filter(|name| {
+            // comm holds at most 15 characters.
+            let short: String = name.chars().take(15).collect();
+            comms.iter().any(|c| c == &short || c.starts_with(*name))
+        })
+        .map(|s| (*s).to_owned())
+        .collect();
+    found.dedup();
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meshprobe_core::evidence::OverlayPeer;
+    use meshprobe_core::{NodeName, PodCidr};
+    use pretty_assertions::assert_eq;
+
+    fn n(s: &str) -> NodeName {
+        NodeName::new(s).expect("valid")
+    }
+
+    fn expectation() -> OverlayExpectation {
+        let peer = |name: &str, i: u8| OverlayPeer {
+            node: n(name),
+            ip: Ipv4Addr::new(192, 168, 77, 10 + i),
+            pod_cidr: PodCidr::parse(&format!("10.42.{i}.0/24")).expect("cidr"),
+            vtep_ip: Ipv4Addr::new(10, 42, i, 0),
+        };
+        OverlayExpectation {
+            node_ip: Ipv4Addr::new(192, 168, 77, 11),
+            interface: "flannel.1".into(),
+            port: 8472,
+            mtu: 1450,
+            overhead: 50,
+            pod_cidrs: (1..=3)
+                .map(|i| PodCidr::parse(&format!("10.42.{i}.0/24")).expect("cidr"))
+                .collect(),
+            peers: vec![peer("n2", 2), peer("n3", 3)],
+        }
+    }
+
+    // Captured from a sandbox node (n1 of 3) with `ip -j` and `bridge -j`.
+    const ADDRS: &str = r#"[{"ifname":"lo","mtu":65536,"operstate":"UNKNOWN","flags":["LOOPBACK","UP","LOWER_UP"],"addr_info":[{"local":"127.0.0.1","prefixlen":8}]},
+      {"ifname":"eth0","mtu":1500,"operstate":"UP","flags":["BROADCAST","MULTICAST","UP","LOWER_UP"],"addr_info":[{"local":"192.168.77.11","prefixlen":24}]},
+      {"ifname":"cni0","mtu":1450,"operstate":"UP","flags":["UP"],"addr_info":[{"local":"10.42.1.1","prefixlen":24}]},
+      {"ifname":"flannel.1","mtu":1450,"operstate":"UNKNOWN","flags":["BROADCAST","MULTICAST","UP","LOWER_UP"],"addr_info":[{"local":"10.42.1.0","prefixlen":32}]}]"#;
+    const ROUTES: &str = r#"[{"dst":"10.42.1.0/24","dev":"cni0","protocol":"kernel","scope":"link","prefsrc":"10.42.1.1","flags":[]},{"dst":"10.42.2.0/24","gateway":"10.42.2.0","dev":"flannel.1","flags":["onlink"]},{"dst":"10.42.3.0/24","gateway":"10.42.3.0","dev":"flannel.1","flags":["onlink"]},{"dst":"192.168.77.0/24","dev":"eth0","protocol":"kernel","scope":"link","prefsrc":"192.168.77.11","flags":[]}]"#;
+    const NEIGH: &str = r#"[{"dst":"10.42.2.0","lladdr":"0e:6d:70:00:00:02","state":["PERMANENT"]},{"dst":"10.42.3.0","lladdr":"0e:6d:70:00:00:03","state":["PERMANENT"]}]"#;
+    const FDB: &str = r#"[{"mac":"0e:6d:70:00:00:03","dst":"192.168.77.13","flags":["self"],"state":"permanent"},{"mac":"0e:6d:70:00:00:02","dst":"192.168.77.12","flags":["self"],"state":"permanent"}]"#;
+
+    #[test]
+    fn healthy_overlay_has_nothing_missing() {
+        let ev = check_overlay(&expectation(), ADDRS, ROUTES, NEIGH, Some(FDB));
+        assert_eq!(ev.peers_missing(), Vec::<NodeName>::new());
+        assert_eq!(
+            ev.device,
+            Some(DeviceState {
+                name: "flannel.1".into(),
+                mtu: 1450,
+                up: true
+            })
+        );
+        assert_eq!(
+            ev.underlay.map(|d| (d.name, d.mtu)),
+            Some(("eth0".to_owned(), 1500))
+        );
+        assert!(cidr_overlaps(&expectation(), ADDRS, ROUTES).is_empty());
+    }
+
+    #[test]
+    fn each_missing_entry_names_its_peer() {
+        let routes = ROUTES.replace(
+            r#"{"dst":"10.42.3.0/24","gateway":"10.42.3.0","dev":"flannel.1","flags":["onlink"]},"#,
+            "",
+        );
+        let ev = check_overlay(&expectation(), ADDRS, &routes, NEIGH, Some(FDB));
+        assert_eq!(ev.missing_routes, [n("n3")]);
+        let neigh = NEIGH.replace(
+            r#""lladdr":"0e:6d:70:00:00:02","state":["PERMANENT"]"#,
+            r#""state":["FAILED"]"#,
+        );
+        let ev = check_overlay(&expectation(), ADDRS, ROUTES, &neigh, Some(FDB));
+        assert_eq!(ev.missing_neighbours, [n("n2")]);
+        let fdb = FDB.replace("192.168.77.12", "192.168.77.99");
+        let ev = check_overlay(&expectation(), ADDRS, ROUTES, NEIGH, Some(&fdb));
+        assert_eq!(ev.missing_fdb, [n("n2")]);
+        let ev = check_overlay(
+            &expectation(),
+            &ADDRS.replace("flannel.1", "flannel.9"),
+            ROUTES,
+            NEIGH,
+            Some(FDB),
+        );
+        assert_eq!(ev.device, None);
+    }
+
+    #[test]
+    fn firewalld_reject_above_the_cni_accepts_is_blocking() {
+        let text = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:FLANNEL-FWD - [0:0]\n:FORWARD_IN_ZONES - [0:0]\n:FORWARD_OUT_ZONES - [0:0]\n-A FORWARD -j REJECT --reject-with icmp-host-prohibited\n-A FORWARD -m comment --comment \"flanneld forward\" -j FLANNEL-FWD\n-A FLANNEL-FWD -s 10.42.0.0/16 -j ACCEPT\n-A INPUT -p udp -m udp --dport 8472 -m comment --comment x -j DROP\nCOMMIT\n";
+        let (fwd, port) = parse_iptables_save(text, 8472);
+        assert_eq!(fwd.policy.as_deref(), Some("ACCEPT"));
+        assert_eq!(fwd.blocking_rules.len(), 1);
+        assert_eq!(
+            fwd.blocking_rules[0].rule,
+            "-A FORWARD -j REJECT --reject-with icmp-host-prohibited"
+        );
+        assert_eq!(
+            fwd.foreign_chains,
+            ["FORWARD_IN_ZONES", "FORWARD_OUT_ZONES"]
+        );
+        assert_eq!(port.len(), 1);
+        assert_eq!(port[0].chain, "INPUT");
+    }
+
+    #[test]
+    fn reject_after_the_cni_accepts_and_conntrack_hygiene_are_not_blocking() {
+        let text = "*filter\n:FORWARD DROP [0:0]\n-A FORWARD -m conntrack --ctstate INVALID -j DROP\n-A FORWARD -j KUBE-FORWARD\n-A FORWARD -j REJECT --reject-with icmp-host-prohibited\nCOMMIT\n";
+        let (fwd, port) = parse_iptables_save(text, 8472);
+        assert!(fwd.blocking_rules.is_empty(), "{:?}", fwd.blocking_rules);
+        assert!(port.is_empty());
+        let (fwd, _) = parse_iptables_save("*filter\n:FORWARD DROP [0:0]\nCOMMIT\n", 8472);
+        assert_eq!(
+            fwd.blocking_rules.len(),
+            1,
+            "policy DROP with nothing accepting pods blocks"
+        );
+    }
+
+    #[test]
+    fn overlaps_and_security_agents() {
+        let addrs = ADDRS.replace(
+            r#""local":"192.168.77.11","prefixlen":24"#,
+            r#""local":"192.168.77.11","prefixlen":24},{"local":"10.42.3.7","prefixlen":24"#,
+        );
+        let found = cidr_overlaps(&expectation(), &addrs, ROUTES);
+        assert_eq!(
+            found,
+            ["eth0 has address 10.42.3.7, inside pod CIDR 10.42.3.0/24"]
+        );
+        let comms = ["systemd", "kesl", "wsssr_defence_d", "sshd"].map(String::from);
+        assert_eq!(security_agents(&comms), ["wsssr_defence_daemon", "kesl"]);
+    }
+
+    struct Fake;
+    impl Host for Fake {
+        fn read(&self, path: &str) -> io::Result<String> {
+            match path {
+                "/proc/sys/net/ipv4/ip_forward" => Ok("0\n".into()),
+                _ => Err(io::Error::from(io::ErrorKind::NotFound)),
+            }
+        }
+        fn run(&self, program: &str, args: &[&str]) -> io::Result<String> {
+            match (program, args.get(1)) {
+                ("ip", Some(&"addr")) => Ok(ADDRS.into()),
+                ("ip", Some(&"-4")) if args.contains(&"route") => Ok(ROUTES.into()),
+                ("ip", Some(&"-4")) => Ok(NEIGH.into()),
+                _ => Err(io::Error::other(format!("{program}: not installed"))),
+            }
+        }
+        fn process_names(&self) -> Vec<String> {
+            vec!["init".into()]
+        }
+    }
+
+    #[test]
+    fn collect_reads_what_it_can_and_notes_the_rest() {
+        let ev = collect(&Fake, Some(&expectation()));
+        assert_eq!(ev.ip_forward, Some(false));
+        assert!(ev.forward.is_none());
+        assert!(
+            ev.unavailable
+                .iter()
+                .any(|u| u.starts_with("iptables-save")),
+            "{:?}",
+            ev.unavailable
+        );
+        assert!(
+            ev.unavailable.iter().any(|u| u.starts_with("bridge fdb")),
+            "{:?}",
+            ev.unavailable
+        );
+        let overlay = ev.overlay.expect("overlay read");
+        assert!(overlay.missing_routes.is_empty() && overlay.missing_fdb.is_empty());
+    }
+}
