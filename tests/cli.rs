@@ -189,7 +189,19 @@ fn check_with_no_agents_reports_unknown_exits_1_and_speaks_json() {
         serde_json::from_slice(&out.stdout).expect("check --output json prints JSON");
     assert_eq!(v["healthy"], false);
     assert_eq!(v["nodes"], serde_json::json!(["n1", "n2"]));
-    assert_eq!(v["findings"], serde_json::json!([]));
+    // The only findings: both nodes' agents are missing. No network verdict without observers.
+    let causes: Vec<(&str, &str)> = v["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .map(|f| {
+            (
+                f["cause"].as_str().unwrap_or(""),
+                f["nodes"][0].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(causes, [("agent-missing", "n1"), ("agent-missing", "n2")]);
     assert_eq!(v["layers"]["underlay"]["n1"]["n2"]["state"], "unknown");
     assert_eq!(v["agents"]["n2"]["host"], "absent");
     // The table says the same in words.

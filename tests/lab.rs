@@ -4,102 +4,13 @@
 //!
 //! These need root. Without root they fail, unless MESHPROBE_SKIP_LAB_TESTS=1 says to skip.
 
-use std::process::Command;
-use std::time::{Duration, Instant};
+mod common;
 
-use meshprobe_core::{CellState, CheckReport, Layer};
-use meshprobe_sandbox::lab::{Lab, LabSpec};
+use std::time::Duration;
+
+use common::{check, check_until_healthy, lab_or_skip};
+use meshprobe_core::{CellState, Layer};
 use meshprobe_sandbox::{Fault, LabPlan};
-
-const BIN: &str = env!("CARGO_BIN_EXE_meshprobe");
-
-fn lab_or_skip(nodes: usize) -> Option<Lab> {
-    if !rustix_is_root() {
-        if std::env::var_os("MESHPROBE_SKIP_LAB_TESTS").is_some() {
-            eprintln!("skipped: lab tests need root");
-            return None;
-        }
-        panic!(
-            "lab tests need root (network namespaces); set MESHPROBE_SKIP_LAB_TESTS=1 to skip them"
-        );
-    }
-    let mut spec = LabSpec::new(nodes, BIN.into());
-    spec.state_root = std::env::temp_dir().join("meshprobe-test-labs");
-    let mut lab = Lab::up(spec).unwrap_or_else(|e| panic!("lab up: {e}"));
-    lab.start_mesh().unwrap_or_else(|e| panic!("mesh: {e}"));
-    Some(lab)
-}
-
-fn rustix_is_root() -> bool {
-    // SAFETY-free check: /proc/self/status's Uid line.
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(2) == Some("0"))
-        })
-        .unwrap_or(false)
-}
-
-/// Runs `meshprobe check --output json` from the control namespace.
-fn check(lab: &Lab) -> (i32, CheckReport) {
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &lab.plan().ctl_ns(),
-            BIN,
-            "check",
-            "--output",
-            "json",
-            "--timeout",
-            "30s",
-        ])
-        .args(["--coordinator", &lab.plan().coordinator_url()])
-        .output()
-        .expect("run check");
-    let code = out.status.code().unwrap_or(-1);
-    let report: CheckReport = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "check exited {code} without a JSON report ({e}): {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    (code, report)
-}
-
-/// Checks until healthy (agents may need a moment to reconnect after a heal).
-fn check_until_healthy(lab: &Lab, within: Duration) -> CheckReport {
-    let until = Instant::now() + within;
-    loop {
-        let (code, r) = check(lab);
-        if code == 0 && r.healthy {
-            return r;
-        }
-        if Instant::now() > until {
-            panic!("not healthy after {within:?}:\n{}", not_ok(&r).join("\n"));
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-}
-
-fn not_ok(r: &CheckReport) -> Vec<String> {
-    let mut v = Vec::new();
-    for (layer, m) in &r.layers {
-        for (src, row) in m {
-            for (dst, c) in row {
-                if c.state != CellState::Ok {
-                    v.push(format!(
-                        "{layer} {src}->{dst}: {:?} {:?} {:?}",
-                        c.state, c.loss_pct, c.detail
-                    ));
-                }
-            }
-        }
-    }
-    v
-}
 
 /// What a cell must say under a fault.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -24,9 +24,10 @@ pub struct OverlayExpectation {
     pub mtu: u16,
     /// Encapsulation overhead (50 for VXLAN).
     pub overhead: u16,
-    /// Every node's pod CIDR (for overlap checks).
+    /// The cluster's pod networks: every node's pod CIDR, aggregated (for overlap checks).
     pub pod_cidrs: Vec<PodCidr>,
-    /// The peers whose route, neighbour and fdb entries this node must hold.
+    /// The peers whose route, neighbour and fdb entries this node is checked for this
+    /// round (those it probes).
     pub peers: Vec<OverlayPeer>,
 }
 

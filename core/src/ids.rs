@@ -93,6 +93,12 @@ impl PodCidr {
         Ok(Self(net))
     }
 
+    /// Wraps a network (for aggregates of pod CIDRs, which may be larger than /30 allows
+    /// for a node but are always in canonical form).
+    pub fn from_net(net: Ipv4Net) -> Self {
+        Self(net.trunc())
+    }
+
     /// The underlying network.
     pub fn net(&self) -> Ipv4Net {
         self.0

@@ -292,9 +292,16 @@ pub fn make_plan(
                     port: overlay.port,
                     mtu: overlay.mtu,
                     overhead: overlay.kind.overhead(),
-                    pod_cidrs: topology.nodes.iter().map(|n| n.pod_cidr).collect(),
-                    peers: topology
-                        .nodes
+                    // Aggregated: a handful of networks, not one CIDR per node.
+                    pod_cidrs: ipnet::Ipv4Net::aggregate(
+                        &topology.nodes.iter().map(|n| n.pod_cidr.net()).collect(),
+                    )
+                    .into_iter()
+                    .map(crate::ids::PodCidr::from_net)
+                    .collect(),
+                    // The peers probed this round: a failing pair's entries are always checked,
+                    // and with the rotating sample every peer is, over rounds.
+                    peers: sampled
                         .iter()
                         .filter(|p| &p.name != node)
                         .map(|p| crate::evidence::OverlayPeer {

@@ -118,63 +118,131 @@ const ICMP_LAYERS: [Layer; 6] = [
     Layer::PodToPodFullSize,
 ];
 
-/// The report's known cells, indexed for O(1) lookups and per-node rows and columns, so
+/// FxHash (rustc's hasher): the index's keys are small integers and our own strings, so a
+/// fast non-cryptographic hash is right; SipHash would double the diagnosis time.
+#[derive(Default, Clone, Copy)]
+struct Fx(u64);
+
+impl std::hash::Hasher for Fx {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(b));
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+    fn write_u8(&mut self, n: u8) {
+        self.write_u64(u64::from(n));
+    }
+}
+
+type FxBuild = std::hash::BuildHasherDefault<Fx>;
+type FxMap<K, V> = HashMap<K, V, FxBuild>;
+type FxSet<K> = HashSet<K, FxBuild>;
+
+/// The report's known cells, indexed for cheap lookups and per-node rows and columns, so
 /// that every detector walks the cells that exist (N x peers), never all N x N pairs.
+/// Node-column layers are held as sorted rows (at most a few dozen entries each, binary
+/// searched); target columns (DNS, metrics, NodePort, ingress) in a hash map.
 struct Index<'a> {
     names: Vec<&'a str>,
-    pos: HashMap<&'a str, usize>,
-    cells: HashMap<(Layer, usize, usize), &'a Cell>,
-    targets: HashMap<(Layer, usize, &'a str), &'a Cell>,
-    cols: HashMap<Layer, Vec<Vec<usize>>>,
-    rows: HashMap<Layer, Vec<Vec<usize>>>,
-    tcols: HashMap<(Layer, &'a str), Vec<usize>>,
+    pos: FxMap<&'a str, usize>,
+    /// [layer][src] -> (dst, cell), sorted by dst.
+    rows: Vec<Vec<Vec<(usize, &'a Cell)>>>,
+    /// [layer][dst] -> srcs.
+    cols: Vec<Vec<Vec<usize>>>,
+    targets: FxMap<(Layer, usize, &'a str), &'a Cell>,
+    tcols: FxMap<(Layer, &'a str), Vec<usize>>,
+}
+
+fn layer_ix(layer: Layer) -> usize {
+    Layer::ALL.iter().position(|l| *l == layer).unwrap_or(0)
 }
 
 impl<'a> Index<'a> {
     fn new(r: &'a CheckReport) -> Self {
         let names: Vec<&str> = r.nodes.iter().map(|n| n.as_str()).collect();
-        let pos: HashMap<&str, usize> = names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
+        let pos: FxMap<&str, usize> = names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
         let n = names.len();
-        let mut ix = Index {
-            names,
-            pos,
-            cells: HashMap::new(),
-            targets: HashMap::new(),
-            cols: HashMap::new(),
-            rows: HashMap::new(),
-            tcols: HashMap::new(),
-        };
+        let mut rows = vec![Vec::new(); Layer::ALL.len()];
+        let mut cols = vec![Vec::new(); Layer::ALL.len()];
+        let mut targets = FxMap::default();
+        let mut tcols: FxMap<(Layer, &str), Vec<usize>> = FxMap::default();
         for (layer, m) in &r.layers {
-            let node_cols = ICMP_LAYERS.contains(layer);
+            let li = layer_ix(*layer);
+            if ICMP_LAYERS.contains(layer) {
+                rows[li] = vec![Vec::new(); n];
+                cols[li] = vec![Vec::new(); n];
+            }
             for (src, row) in m {
-                let Some(&s) = ix.pos.get(src.as_str()) else {
+                let Some(&s) = pos.get(src.as_str()) else {
                     continue;
                 };
                 for (dst, cell) in row {
                     if cell.state == CellState::Unknown {
                         continue;
                     }
-                    match (node_cols, ix.pos.get(dst.as_str()).copied()) {
+                    match (ICMP_LAYERS.contains(layer), pos.get(dst.as_str()).copied()) {
                         (true, Some(d)) => {
-                            ix.cells.insert((*layer, s, d), cell);
-                            ix.cols.entry(*layer).or_insert_with(|| vec![Vec::new(); n])[d].push(s);
-                            ix.rows.entry(*layer).or_insert_with(|| vec![Vec::new(); n])[s].push(d);
+                            rows[li][s].push((d, cell));
+                            cols[li][d].push(s);
                         }
                         _ => {
-                            ix.targets.insert((*layer, s, dst.as_str()), cell);
-                            ix.tcols.entry((*layer, dst.as_str())).or_default().push(s);
+                            targets.insert((*layer, s, dst.as_str()), cell);
+                            tcols.entry((*layer, dst.as_str())).or_default().push(s);
                         }
                     }
                 }
             }
         }
-        ix
+        for layer_rows in &mut rows {
+            for row in layer_rows {
+                row.sort_unstable_by_key(|(d, _)| *d);
+            }
+        }
+        Index {
+            names,
+            pos,
+            rows,
+            cols,
+            targets,
+            tcols,
+        }
+    }
+    fn get(&self, layer: Layer, s: usize, d: usize) -> Option<&'a Cell> {
+        let row = self.rows[layer_ix(layer)].get(s)?;
+        row.binary_search_by_key(&d, |(x, _)| *x)
+            .ok()
+            .map(|i| row[i].1)
     }
     fn col(&self, layer: Layer, d: usize) -> &[usize] {
-        self.cols.get(&layer).map_or(&[], |c| c[d].as_slice())
+        self.cols[layer_ix(layer)].get(d).map_or(&[], Vec::as_slice)
     }
-    fn row(&self, layer: Layer, s: usize) -> &[usize] {
-        self.rows.get(&layer).map_or(&[], |r| r[s].as_slice())
+    fn row_targets(&self, layer: Layer, s: usize) -> impl Iterator<Item = usize> + '_ {
+        self.rows[layer_ix(layer)]
+            .get(s)
+            .into_iter()
+            .flatten()
+            .map(|(d, _)| *d)
+    }
+    fn row(&self, layer: Layer, s: usize) -> Vec<usize> {
+        self.row_targets(layer, s).collect()
+    }
+    /// Every known cell of a node-column layer: (src, dst, cell).
+    fn all(&self, layer: Layer) -> impl Iterator<Item = (usize, usize, &'a Cell)> + '_ {
+        self.rows[layer_ix(layer)]
+            .iter()
+            .enumerate()
+            .flat_map(|(s, row)| row.iter().map(move |(d, c)| (s, *d, *c)))
     }
     fn tcol<'s>(&'s self, layer: Layer, col: &'s str) -> &'s [usize] {
         self.tcols.get(&(layer, col)).map_or(&[], Vec::as_slice)
@@ -187,11 +255,11 @@ struct Cx<'a> {
     s: &'a Settings,
     ix: Index<'a>,
     /// Pairs explained by a pair-level finding.
-    explained: HashSet<(Part, usize, usize)>,
+    explained: FxSet<(Part, usize, usize)>,
     /// Nodes whose every pair a node-level finding explains, per part.
-    explained_nodes: HashSet<(Part, usize)>,
+    explained_nodes: FxSet<(Part, usize)>,
     /// Nodes with a node-level network finding, and its cause.
-    broken: HashMap<usize, &'static str>,
+    broken: FxMap<usize, &'static str>,
     /// CoreDNS pods found down (their metrics failures need no finding of their own).
     dns_down: BTreeSet<String>,
     found: Vec<Ranked>,
@@ -222,9 +290,9 @@ impl<'a> Cx<'a> {
             r,
             s,
             ix: Index::new(r),
-            explained: HashSet::new(),
-            explained_nodes: HashSet::new(),
-            broken: HashMap::new(),
+            explained: FxSet::default(),
+            explained_nodes: FxSet::default(),
+            broken: FxMap::default(),
             dns_down: BTreeSet::new(),
             found: Vec::new(),
         }
@@ -237,7 +305,7 @@ impl<'a> Cx<'a> {
         self.ix.names[i].to_owned()
     }
     fn cell(&self, layer: Layer, s: usize, d: usize) -> Option<&'a Cell> {
-        self.ix.cells.get(&(layer, s, d)).copied()
+        self.ix.get(layer, s, d)
     }
     fn tcell(&self, layer: Layer, s: usize, col: &str) -> Option<&'a Cell> {
         self.ix.targets.get(&(layer, s, col)).copied()
@@ -423,10 +491,9 @@ impl<'a> Cx<'a> {
         // Single links: one pair's underlay is cut while both nodes reach everyone else.
         let mut dead_links: Vec<(usize, usize)> = self
             .ix
-            .cells
-            .iter()
-            .filter(|((l, _, _), c)| *l == Layer::Underlay && self.is_dead(Some(c)))
-            .map(|((_, s, d), _)| (*s, *d))
+            .all(Layer::Underlay)
+            .filter(|(_, _, c)| self.is_dead(Some(c)))
+            .map(|(s, d, _)| (s, d))
             .collect();
         dead_links.sort_unstable();
         for (s, d) in dead_links {
@@ -658,10 +725,9 @@ impl<'a> Cx<'a> {
     fn tunnel_pairs(&mut self) {
         let mut cuts: Vec<(usize, usize)> = self
             .ix
-            .cells
-            .keys()
-            .filter(|(l, s, d)| *l == Layer::GatewayFromHost && self.tunnel_cut(*s, *d))
-            .map(|(_, s, d)| (*s.min(d), *s.max(d)))
+            .all(Layer::GatewayFromHost)
+            .filter(|(s, d, _)| self.tunnel_cut(*s, *d))
+            .map(|(s, d, _)| (s.min(d), s.max(d)))
             .collect();
         cuts.sort_unstable();
         cuts.dedup();
@@ -734,7 +800,7 @@ impl<'a> Cx<'a> {
             // reaches its own gateway (so the pod itself is fine).
             let (mut out, mut out_looked) = (Vec::new(), 0);
             if self.ok(Layer::GatewayFromPod, x, x) {
-                for &d in self.ix.row(Layer::GatewayFromPod, x) {
+                for d in self.ix.row(Layer::GatewayFromPod, x) {
                     if d != x
                         && self.ok(Layer::GatewayFromHost, x, d)
                         && !self.is_explained(Part::Pods, x, d)
@@ -945,10 +1011,10 @@ impl<'a> Cx<'a> {
         // Pair-level leftovers.
         let mut pairs: Vec<(usize, usize)> = self
             .ix
-            .cells
-            .keys()
-            .filter(|(l, _, _)| matches!(l, Layer::UnderlayFullSize | Layer::PodToPodFullSize))
-            .map(|(_, s, d)| (*s, *d))
+            .all(Layer::UnderlayFullSize)
+            .chain(self.ix.all(Layer::PodToPodFullSize))
+            .filter(|(_, _, c)| c.state == CellState::Fail)
+            .map(|(s, d, _)| (s, d))
             .collect();
         pairs.sort_unstable();
         pairs.dedup();
@@ -987,8 +1053,8 @@ impl<'a> Cx<'a> {
         let mut from = vec![(0u64, 0u64); n];
         let mut who: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); n];
         let mut total = (0u64, 0u64);
-        for (&(layer, s, d), c) in &self.ix.cells {
-            if !ICMP_LAYERS.contains(&layer) || s == d || c.loss_pct.unwrap_or(0.0) >= dead {
+        for (s, d, c) in ICMP_LAYERS.iter().flat_map(|l| self.ix.all(*l)) {
+            if s == d || c.loss_pct.unwrap_or(0.0) >= dead {
                 continue;
             }
             let (l, t) = (u64::from(lost_of(c)), u64::from(c.sent));
@@ -1302,10 +1368,8 @@ impl<'a> Cx<'a> {
             }
             let pod_paths_ok = self
                 .ix
-                .cells
-                .iter()
-                .filter(|((l, _, _), _)| *l == Layer::PodToPod)
-                .all(|(_, c)| c.state == CellState::Ok);
+                .all(Layer::PodToPod)
+                .all(|(_, _, c)| c.state == CellState::Ok);
             evidence.push(if pod_paths_ok {
                 "pods are reachable across the cluster: the ingress controller itself is what fails"
                     .to_owned()
@@ -1396,7 +1460,11 @@ impl<'a> Cx<'a> {
                 vec![],
                 "none",
                 format!("meshprobe {} agent on {xn}", kinds.join(" and ")),
-                format!("{xn}'s {} agent does not report", kinds.join(" and ")),
+                if kinds.len() == 2 {
+                    format!("{xn}'s host and pod agents do not report")
+                } else {
+                    format!("{xn}'s {} agent does not report", kinds[0])
+                },
                 evidence,
                 format!("`kubectl -n meshprobe get pods -o wide --field-selector spec.nodeName={xn}` and the agents' logs"),
             );

@@ -1,0 +1,123 @@
+//! Helpers shared by the sandbox tests.
+
+#![allow(
+    dead_code,
+    unreachable_pub,
+    reason = "each test binary uses a different subset"
+)]
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use meshprobe_core::{CellState, CheckReport};
+use meshprobe_sandbox::lab::{Lab, LabSpec};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_meshprobe");
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+/// A lab of `nodes` with the mesh running, or `None` when lab tests are skipped.
+/// Without root this fails, unless MESHPROBE_SKIP_LAB_TESTS=1 says to skip.
+pub fn lab_or_skip(nodes: usize) -> Option<Lab> {
+    if !is_root() {
+        if std::env::var_os("MESHPROBE_SKIP_LAB_TESTS").is_some() {
+            eprintln!("skipped: lab tests need root");
+            return None;
+        }
+        panic!(
+            "lab tests need root (network namespaces); set MESHPROBE_SKIP_LAB_TESTS=1 to skip them"
+        );
+    }
+    let mut spec = LabSpec::new(nodes, BIN.into());
+    spec.state_root = std::env::temp_dir().join("meshprobe-test-labs");
+    let mut lab = Lab::up(spec).unwrap_or_else(|e| panic!("lab up: {e}"));
+    lab.start_mesh().unwrap_or_else(|e| panic!("mesh: {e}"));
+    Some(lab)
+}
+
+/// Runs `meshprobe check --output json` from the control namespace.
+pub fn check(lab: &Lab) -> (i32, CheckReport) {
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.plan().ctl_ns(),
+            BIN,
+            "check",
+            "--output",
+            "json",
+            "--timeout",
+            "30s",
+        ])
+        .args(["--coordinator", &lab.plan().coordinator_url()])
+        .output()
+        .expect("run check");
+    let code = out.status.code().unwrap_or(-1);
+    let report: CheckReport = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "check exited {code} without a JSON report ({e}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (code, report)
+}
+
+/// Checks until healthy (agents may need a moment to reconnect after a heal).
+pub fn check_until_healthy(lab: &Lab, within: Duration) -> CheckReport {
+    let until = Instant::now() + within;
+    loop {
+        let (code, r) = check(lab);
+        if code == 0 && r.healthy {
+            return r;
+        }
+        if Instant::now() > until {
+            panic!(
+                "not healthy after {within:?}:\n{}\nfindings: {:#?}",
+                not_ok(&r).join("\n"),
+                r.findings
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Every cell that is not ok, in words.
+pub fn not_ok(r: &CheckReport) -> Vec<String> {
+    let mut v = Vec::new();
+    for (layer, m) in &r.layers {
+        for (src, row) in m {
+            for (dst, c) in row {
+                if c.state != CellState::Ok {
+                    v.push(format!(
+                        "{layer} {src}->{dst}: {:?} {:?} {:?}",
+                        c.state, c.loss_pct, c.detail
+                    ));
+                }
+            }
+        }
+    }
+    v
+}
+
+/// A seed for random choices: MESHPROBE_TEST_SEED, or the clock (printed, to reproduce).
+pub fn seed(test: &str) -> u64 {
+    let seed = std::env::var("MESHPROBE_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+        });
+    eprintln!("{test}: MESHPROBE_TEST_SEED={seed}");
+    seed
+}

@@ -1,0 +1,245 @@
+//! The diagnosis on the sandbox: every fault kind injected on a randomly chosen node, at 3
+//! and at 6 nodes; `check` must exit 1 and its top finding must name the cause, the node
+//! and (for pair faults) the peer. Two faults at once are both found; a healthy lab and a
+//! lab with 1% loss on a node give no finding. Needs root, like `tests/lab.rs`.
+//!
+//! The choice of nodes is random; the seed is printed, and MESHPROBE_TEST_SEED replays it.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{check, check_until_healthy, lab_or_skip, seed};
+use meshprobe_core::CheckReport;
+use meshprobe_sandbox::{Fault, LabPlan};
+
+/// What the top finding must say: cause, node, peer.
+fn expected(plan: &LabPlan, f: &Fault) -> (&'static str, String, Option<String>) {
+    let node = f.node().map(str::to_owned);
+    let on = |n: Option<String>| n.unwrap_or_default();
+    match f {
+        Fault::VxlanDropIn { .. } | Fault::VxlanDropOut { .. } => ("vxlan-blocked", on(node), None),
+        Fault::IpForwardOff { .. } => ("ip-forward-disabled", on(node), None),
+        Fault::ForwardReject { .. } => ("forward-rejected", on(node), None),
+        Fault::FdbMissing { peer, .. }
+        | Fault::RouteMissing { peer, .. }
+        | Fault::NeighMissing { peer, .. } => {
+            ("overlay-peer-missing", on(node), Some(peer.clone()))
+        }
+        Fault::UnderlayMtu { .. } => ("mtu-mismatch", on(node), None),
+        Fault::DnsDown { pod } => (
+            "dns-pod-down",
+            plan.coredns_node(pod)
+                .map(|n| n.name.clone())
+                .unwrap_or_default(),
+            None,
+        ),
+        Fault::MetricsBlocked { pod } => (
+            "metrics-unreachable",
+            plan.coredns_node(pod)
+                .map(|n| n.name.clone())
+                .unwrap_or_default(),
+            None,
+        ),
+        Fault::NodeportRemoved { .. } => ("nodeport-broken", on(node), None),
+        Fault::IngressDown => ("ingress-broken", plan.ingress().name.clone(), None),
+        Fault::LinkDown { .. } => ("node-unreachable", on(node), None),
+        Fault::Loss { .. } => ("packet-loss", on(node), None),
+    }
+}
+
+/// One fault of every kind, on nodes drawn from `rng`.
+fn every_kind(plan: &LabPlan, rng: &mut fastrand::Rng) -> Vec<Fault> {
+    let n = plan.nodes.len();
+    let node = |rng: &mut fastrand::Rng| format!("n{}", rng.usize(1..=n));
+    let pair = |rng: &mut fastrand::Rng| {
+        let a = rng.usize(1..=n);
+        let b = (a + rng.usize(1..n) - 1) % n + 1;
+        (format!("n{a}"), format!("n{b}"))
+    };
+    let pod = |rng: &mut fastrand::Rng| {
+        if rng.bool() {
+            "coredns-a".to_owned()
+        } else {
+            "coredns-b".to_owned()
+        }
+    };
+    let (a, b) = pair(rng);
+    let (c, d) = pair(rng);
+    let (e, f) = pair(rng);
+    vec![
+        Fault::VxlanDropIn { node: node(rng) },
+        Fault::VxlanDropOut { node: node(rng) },
+        Fault::IpForwardOff { node: node(rng) },
+        Fault::ForwardReject { node: node(rng) },
+        Fault::FdbMissing { node: a, peer: b },
+        Fault::RouteMissing { node: c, peer: d },
+        Fault::NeighMissing { node: e, peer: f },
+        Fault::UnderlayMtu {
+            node: node(rng),
+            mtu: 1400,
+        },
+        Fault::DnsDown { pod: pod(rng) },
+        Fault::MetricsBlocked { pod: pod(rng) },
+        Fault::NodeportRemoved { node: node(rng) },
+        Fault::IngressDown,
+        Fault::LinkDown { node: node(rng) },
+        Fault::Loss {
+            node: node(rng),
+            percent: 50,
+        },
+    ]
+}
+
+fn summary(r: &CheckReport) -> String {
+    r.findings
+        .iter()
+        .map(|f| {
+            format!(
+                "  {} nodes={:?} peers={:?} dir={}: {}",
+                f.cause, f.nodes, f.peers, f.direction, f.summary
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Injects every kind in turn on one lab; collects every miss before failing.
+fn suite(nodes: usize, test: &str) {
+    let Some(mut lab) = lab_or_skip(nodes) else {
+        return;
+    };
+    let mut rng = fastrand::Rng::with_seed(seed(test));
+    check_until_healthy(&lab, Duration::from_secs(10));
+    let mut misses = Vec::new();
+    for fault in every_kind(lab.plan(), &mut rng) {
+        let (cause, node, peer) = expected(lab.plan(), &fault);
+        lab.inject(fault.clone())
+            .unwrap_or_else(|e| panic!("inject {fault}: {e}"));
+        let (code, r) = check(&lab);
+        let top = r.findings.first();
+        let got = top.map(|f| {
+            (
+                f.cause.as_str(),
+                f.nodes.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+                f.peers.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+            )
+        });
+        let ok = code == 1
+            && got.as_ref().is_some_and(|(c, ns, ps)| {
+                *c == cause && ns.contains(&node) && peer.as_ref().is_none_or(|p| ps.contains(p))
+            });
+        if !ok {
+            misses.push(format!(
+                "{fault}: want {cause} on {node}{} (exit 1), got exit {code}:\n{}",
+                peer.map(|p| format!(" peer {p}")).unwrap_or_default(),
+                summary(&r)
+            ));
+        }
+        lab.heal(&fault)
+            .unwrap_or_else(|e| panic!("heal {fault}: {e}"));
+        check_until_healthy(&lab, Duration::from_secs(30));
+    }
+    assert!(
+        misses.is_empty(),
+        "{nodes} nodes: {} of 14 faults misdiagnosed:\n{}",
+        misses.len(),
+        misses.join("\n")
+    );
+}
+
+#[test]
+fn every_fault_is_diagnosed_at_3_nodes() {
+    suite(3, "every_fault_is_diagnosed_at_3_nodes");
+}
+
+#[test]
+fn every_fault_is_diagnosed_at_6_nodes() {
+    suite(6, "every_fault_is_diagnosed_at_6_nodes");
+}
+
+#[test]
+fn two_faults_on_different_nodes_are_both_found() {
+    let Some(mut lab) = lab_or_skip(6) else {
+        return;
+    };
+    let mut rng = fastrand::Rng::with_seed(seed("two_faults_on_different_nodes_are_both_found"));
+    let mut nodes: Vec<usize> = (1..=6).collect();
+    rng.shuffle(&mut nodes);
+    let combos = [
+        (
+            Fault::VxlanDropIn {
+                node: format!("n{}", nodes[0]),
+            },
+            Fault::IpForwardOff {
+                node: format!("n{}", nodes[1]),
+            },
+        ),
+        (
+            Fault::UnderlayMtu {
+                node: format!("n{}", nodes[2]),
+                mtu: 1400,
+            },
+            Fault::ForwardReject {
+                node: format!("n{}", nodes[3]),
+            },
+        ),
+        (
+            Fault::LinkDown {
+                node: format!("n{}", nodes[4]),
+            },
+            Fault::NodeportRemoved {
+                node: format!("n{}", nodes[5]),
+            },
+        ),
+    ];
+    check_until_healthy(&lab, Duration::from_secs(10));
+    let mut misses = Vec::new();
+    for (a, b) in combos {
+        lab.inject(a.clone()).expect("inject");
+        lab.inject(b.clone()).expect("inject");
+        let (code, r) = check(&lab);
+        for f in [&a, &b] {
+            let (cause, node, _) = expected(lab.plan(), f);
+            let found = r
+                .findings
+                .iter()
+                .any(|x| x.cause == cause && x.nodes.iter().any(|n| n.as_str() == node));
+            if code != 1 || !found {
+                misses.push(format!(
+                    "{a} + {b}: {f} not found as {cause} on {node} (exit {code}):\n{}",
+                    summary(&r)
+                ));
+            }
+        }
+        lab.heal_all().expect("heal");
+        check_until_healthy(&lab, Duration::from_secs(30));
+    }
+    assert!(misses.is_empty(), "{}", misses.join("\n"));
+}
+
+#[test]
+fn healthy_and_one_percent_loss_give_no_finding() {
+    let Some(mut lab) = lab_or_skip(3) else {
+        return;
+    };
+    let r = check_until_healthy(&lab, Duration::from_secs(10));
+    assert!(r.findings.is_empty());
+    let mut rng = fastrand::Rng::with_seed(seed("healthy_and_one_percent_loss_give_no_finding"));
+    let node = format!("n{}", rng.usize(1..=3));
+    lab.inject(Fault::Loss {
+        node: node.clone(),
+        percent: 1,
+    })
+    .expect("inject");
+    // Several rounds: none may produce a finding or a failing cell.
+    for _ in 0..3 {
+        let (code, r) = check(&lab);
+        assert!(
+            r.findings.is_empty(),
+            "1% loss on {node} gave findings:\n{}",
+            summary(&r)
+        );
+        assert_eq!(code, 0, "1% loss on {node}: {:?}", common::not_ok(&r));
+    }
+}
