@@ -25,6 +25,8 @@ pub struct CheckArgs {
     pub output: Output,
     /// Give up after this long (exit 2).
     pub timeout: Duration,
+    /// Write the failing pairs' captured packets as pcap files here.
+    pub pcap: Option<std::path::PathBuf>,
 }
 
 /// `check` could not produce a result (exit 2).
@@ -99,8 +101,15 @@ pub async fn fetch(args: &CheckArgs) -> Result<CheckReport, CheckError> {
         })?;
     let deadline = Instant::now() + args.timeout;
     let url = format!("{base}/v1/rounds");
+    let body = if args.pcap.is_some() {
+        r#"{"capture":true}"#
+    } else {
+        ""
+    };
     let resp = http
         .post(&url)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(body)
         .timeout(args.timeout)
         .send()
         .await
@@ -182,6 +191,94 @@ pub async fn fetch(args: &CheckArgs) -> Result<CheckReport, CheckError> {
     }
 }
 
+/// The overlay pairs that failed this round (unordered, at most 16).
+pub fn failing_pairs(report: &CheckReport) -> Vec<(String, String)> {
+    use meshprobe_core::{CellState, Layer};
+    let mut pairs = std::collections::BTreeSet::new();
+    for layer in [
+        Layer::GatewayFromHost,
+        Layer::GatewayFromPod,
+        Layer::PodToPod,
+        Layer::PodToPodFullSize,
+    ] {
+        for (s, row) in report.layers.get(&layer).into_iter().flatten() {
+            for (d, c) in row {
+                if s != d && c.state == CellState::Fail {
+                    pairs.insert(if s < d {
+                        (s.clone(), d.clone())
+                    } else {
+                        (d.clone(), s.clone())
+                    });
+                }
+            }
+        }
+    }
+    pairs.into_iter().take(16).collect()
+}
+
+/// Fetches the packets both ends of every failing pair captured and writes them as pcap
+/// files (`round-R-A-B.at-A.pcap`): what tcpdump would have shown on each end.
+pub async fn write_pcaps(
+    args: &CheckArgs,
+    report: &CheckReport,
+    dir: &std::path::Path,
+) -> Result<Vec<std::path::PathBuf>, CheckError> {
+    let base = args.coordinator.trim_end_matches('/');
+    let io = |e: std::io::Error, p: &std::path::Path| CheckError::Garbled {
+        url: p.display().to_string(),
+        reason: format!("cannot write: {e}"),
+    };
+    std::fs::create_dir_all(dir).map_err(|e| io(e, dir))?;
+    let http =
+        reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .map_err(|e| CheckError::Unreachable {
+                url: base.to_owned(),
+                reason: e.to_string(),
+            })?;
+    let mut written = Vec::new();
+    for (a, b) in failing_pairs(report) {
+        for (at, peer) in [(&a, &b), (&b, &a)] {
+            let url = format!(
+                "{base}/v1/rounds/{}/packets?node={at}&peer={peer}",
+                report.round
+            );
+            let resp = http
+                .get(&url)
+                .timeout(args.timeout)
+                .send()
+                .await
+                .map_err(|e| CheckError::Unreachable {
+                    url: base.to_owned(),
+                    reason: innermost(&e),
+                })?;
+            if !resp.status().is_success() {
+                let status = resp.status().as_u16();
+                return Err(CheckError::Http {
+                    url,
+                    status,
+                    body: resp.text().await.unwrap_or_default(),
+                });
+            }
+            let v: serde_json::Value = resp.json().await.map_err(|e| CheckError::Garbled {
+                url: url.clone(),
+                reason: e.to_string(),
+            })?;
+            let packets: Vec<meshprobe_core::capture::CapturedPacket> =
+                serde_json::from_value(v["packets"].clone()).map_err(|e| CheckError::Garbled {
+                    url: url.clone(),
+                    reason: e.to_string(),
+                })?;
+            let path = dir.join(format!("round-{}-{a}-{b}.at-{at}.pcap", report.round));
+            std::fs::write(&path, meshprobe_core::capture::pcap(&packets, 65_535))
+                .map_err(|e| io(e, &path))?;
+            written.push(path);
+        }
+    }
+    Ok(written)
+}
+
 /// Runs `check` and prints the result; returns the exit code (0 healthy, 1 findings or
 /// failing cells, 2 could not check).
 pub async fn run(args: CheckArgs) -> u8 {
@@ -197,6 +294,26 @@ pub async fn run(args: CheckArgs) -> u8 {
                     let color =
                         std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
                     let _ = write!(out, "{}", render(&report, Style { color }));
+                }
+            }
+            if let Some(dir) = &args.pcap {
+                match write_pcaps(&args, &report, dir).await {
+                    Ok(files) if files.is_empty() => {
+                        eprintln!("pcap: no failing overlay pair, nothing written")
+                    }
+                    Ok(files) => {
+                        eprintln!(
+                            "pcap: wrote {} files (read them with `tcpdump -nr FILE`):",
+                            files.len()
+                        );
+                        for f in files {
+                            eprintln!("  {}", f.display());
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("meshprobe check: error: pcap: {e}");
+                        return 2;
+                    }
                 }
             }
             if report.healthy { 0 } else { 1 }

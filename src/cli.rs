@@ -66,6 +66,10 @@ pub enum Command {
         /// Give up (exit 2) after this long.
         #[arg(long, default_value = "30s", value_parser = crate::duration::parse)]
         timeout: Duration,
+        /// Capture this round and write the failing pairs' overlay packets, as each end saw
+        /// them, as pcap files into DIR.
+        #[arg(long, value_name = "DIR")]
+        pcap: Option<PathBuf>,
     },
     /// Build a sandbox cluster on this machine, run the mesh and a check, clean up.
     Demo {
@@ -124,11 +128,13 @@ pub fn main() -> ExitCode {
             coordinator,
             output,
             timeout,
+            pcap,
         } => match runtime(false) {
             Ok(rt) => rt.block_on(crate::check::run(CheckArgs {
                 coordinator,
                 output,
                 timeout,
+                pcap,
             })),
             Err(e) => {
                 eprintln!("meshprobe: error: cannot start the runtime: {e}");

@@ -45,6 +45,7 @@ pub fn router(state: Arc<Coordinator>) -> Router {
         .route("/v1/rounds", post(trigger))
         .route("/v1/rounds/latest", get(latest))
         .route("/v1/rounds/{id}", get(round))
+        .route("/v1/rounds/{id}/packets", get(packets))
         .route("/v1/topology", get(topology))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
@@ -114,8 +115,24 @@ async fn report(
     }
 }
 
-async fn trigger(State(c): State<Arc<Coordinator>>) -> Response {
-    let id = c.trigger();
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct TriggerRequest {
+    /// Ask host agents for the round's captured packets.
+    #[serde(default)]
+    capture: bool,
+}
+
+async fn trigger(State(c): State<Arc<Coordinator>>, body: axum::body::Bytes) -> Response {
+    let req: TriggerRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        TriggerRequest::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(r) => r,
+            Err(e) => return error(StatusCode::BAD_REQUEST, format!("round request: {e}")),
+        }
+    };
+    let id = c.trigger_with(req.capture);
     (StatusCode::ACCEPTED, Json(json!({ "round": id }))).into_response()
 }
 
@@ -150,6 +167,48 @@ async fn round(
             .into_response(),
         RoundStatus::Evicted => error(StatusCode::GONE, format!("round {id} is no longer kept")),
         RoundStatus::Unknown => error(StatusCode::NOT_FOUND, format!("round {id} does not exist")),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PacketsQuery {
+    node: String,
+    peer: String,
+}
+
+async fn packets(
+    State(c): State<Arc<Coordinator>>,
+    Path(id): Path<String>,
+    query: Result<Query<PacketsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(id) = id.parse::<u64>() else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("round id {id:?} is not a number"),
+        );
+    };
+    let Query(q) = match query {
+        Ok(q) => q,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    let (Ok(node), Ok(peer)) = (NodeName::new(q.node), NodeName::new(q.peer)) else {
+        return error(StatusCode::BAD_REQUEST, "node and peer must be node names");
+    };
+    let Some(peer_ip) = c.topology().node(&peer).map(|n| n.internal_ip) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no node {peer} in the topology"),
+        );
+    };
+    match c.packets(id, &node, peer_ip) {
+        Some(p) => {
+            Json(json!({ "round": id, "node": node, "peer": peer, "packets": p })).into_response()
+        }
+        None => error(
+            StatusCode::NOT_FOUND,
+            format!("round {id} captured no packets (`check --pcap` asks for a capture round)"),
+        ),
     }
 }
 

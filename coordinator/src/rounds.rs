@@ -71,7 +71,19 @@ struct Inner {
     done: VecDeque<Arc<CheckReport>>,
     /// Finding keys of recent rounds, oldest first: how long each finding has persisted.
     history: VecDeque<Vec<meshprobe_core::matrix::FindingKey>>,
+    /// A round taken out of `running` whose report is being built (outside the lock).
+    finishing: Option<u64>,
+    /// The next round captures packets (for `check --pcap`).
+    capture_next: bool,
+    /// Packets of recent capture rounds: round -> node -> packets.
+    packets: VecDeque<(
+        u64,
+        BTreeMap<NodeName, Vec<meshprobe_core::capture::CapturedPacket>>,
+    )>,
 }
+
+/// Capture rounds whose packets are kept.
+const PACKET_ROUNDS: usize = 4;
 
 /// Why a report was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -157,7 +169,13 @@ impl Coordinator {
     /// Starts a round now, or queues one to start when the running one ends. Returns the
     /// id of the round that will hold fresh results.
     pub fn trigger(self: &Arc<Self>) -> u64 {
+        self.trigger_with(false)
+    }
+
+    /// [`Coordinator::trigger`], asking host agents to send the round's captured packets.
+    pub fn trigger_with(self: &Arc<Self>, capture: bool) -> u64 {
         let mut inner = self.lock();
+        inner.capture_next |= capture;
         if let Some(r) = &inner.running {
             let next = r.id + 1;
             inner.queued = true;
@@ -188,7 +206,7 @@ impl Coordinator {
         let mut plans = BTreeMap::new();
         for node in &topology.nodes {
             for kind in AgentKind::ALL {
-                let plan = make_plan(
+                let mut plan = make_plan(
                     &topology,
                     &pod_ips,
                     &node.name,
@@ -196,9 +214,11 @@ impl Coordinator {
                     id,
                     &self.settings.plan,
                 );
+                plan.capture_packets = inner.capture_next && kind == AgentKind::Host;
                 plans.insert((node.name.clone(), kind), plan);
             }
         }
+        inner.capture_next = false;
         let live: BTreeSet<Key> = inner
             .agents
             .iter()
@@ -245,9 +265,16 @@ impl Coordinator {
             let Some(r) = inner.running.take_if(|r| r.id == id) else {
                 return;
             };
+            inner.finishing = Some(id);
             (r, inner.history.iter().cloned().collect::<Vec<_>>())
         };
         let live = r.live.clone();
+        let captured: BTreeMap<NodeName, Vec<meshprobe_core::capture::CapturedPacket>> = r
+            .reports
+            .iter()
+            .filter(|(_, rep)| !rep.packets.is_empty())
+            .map(|((n, _), rep)| (n.clone(), rep.packets.clone()))
+            .collect();
         let mut report = build_report(RoundInput {
             round: r.id,
             topology: &r.topology,
@@ -272,9 +299,16 @@ impl Coordinator {
             "round done"
         );
         let mut inner = self.lock();
+        inner.finishing = None;
         inner.history.push_back(keys);
         while inner.history.len() > HISTORY {
             inner.history.pop_front();
+        }
+        if r.plans.values().any(|p| p.capture_packets) {
+            inner.packets.push_back((id, captured));
+            while inner.packets.len() > PACKET_ROUNDS {
+                inner.packets.pop_front();
+            }
         }
         inner.done.push_back(Arc::new(report));
         while inner.done.len() > self.settings.keep_rounds {
@@ -375,6 +409,13 @@ impl Coordinator {
         if let Some(rep) = inner.done.iter().find(|r| r.round == id) {
             return RoundStatus::Done(Arc::clone(rep));
         }
+        if inner.finishing == Some(id) {
+            // Its report is being built: a moment more, never "gone".
+            return RoundStatus::Pending {
+                reported: 0,
+                expected: 0,
+            };
+        }
         match &inner.running {
             Some(r) if r.id == id => {
                 return RoundStatus::Pending {
@@ -416,6 +457,24 @@ impl Coordinator {
         }
     }
 
+    /// Packets captured at `node` in round `id` to or from `peer_ip`; `None` when the
+    /// round captured no packets (or is no longer kept).
+    pub fn packets(
+        &self,
+        id: u64,
+        node: &NodeName,
+        peer_ip: Ipv4Addr,
+    ) -> Option<Vec<meshprobe_core::capture::CapturedPacket>> {
+        let inner = self.lock();
+        let (_, by_node) = inner.packets.iter().find(|(r, _)| *r == id)?;
+        Some(
+            by_node
+                .get(node)
+                .map(|v| v.iter().filter(|p| p.peer_ip == peer_ip).cloned().collect())
+                .unwrap_or_default(),
+        )
+    }
+
     /// The latest finished round.
     pub fn latest(&self) -> Option<Arc<CheckReport>> {
         self.lock().done.back().cloned()
@@ -446,5 +505,41 @@ impl Coordinator {
             t.tick().await;
             self.tick();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn coordinator() -> Arc<Coordinator> {
+        let t = meshprobe_core::Topology::from_inventory(
+            "cluster: {name: t}\nnodes: [{name: a, internalIP: 10.0.0.1, podCIDR: 10.42.1.0/24}]\n",
+        )
+        .expect("valid");
+        Coordinator::new(
+            Box::new(crate::source::StaticTopology::new(t)),
+            Settings::default(),
+        )
+    }
+
+    /// Regression: a round whose report was being built outside the lock read as "evicted"
+    /// (410) for a moment, and `check` gave up with exit 2.
+    #[test]
+    fn a_finishing_round_reads_as_pending_not_gone() {
+        let c = coordinator();
+        {
+            let mut inner = c.lock();
+            inner.last_id = 3;
+            inner.finishing = Some(3);
+        }
+        assert!(
+            matches!(c.status(3), RoundStatus::Pending { .. }),
+            "{:?}",
+            c.status(3)
+        );
+        c.lock().finishing = None;
+        assert!(matches!(c.status(3), RoundStatus::Evicted));
+        assert!(matches!(c.status(4), RoundStatus::Unknown));
     }
 }

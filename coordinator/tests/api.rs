@@ -69,6 +69,8 @@ async fn fake_agent(
         results,
         warnings: vec![],
         evidence: None,
+        capture: None,
+        packets: vec![],
     };
     let resp = http
         .post(format!("{base}/v1/reports"))
@@ -195,6 +197,8 @@ async fn hostile_requests_get_4xx_and_the_server_keeps_serving() {
         results: vec![],
         warnings: vec![],
         evidence: None,
+        capture: None,
+        packets: vec![],
     };
     let s = http
         .post(format!("{base}/v1/reports"))

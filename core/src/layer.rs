@@ -37,11 +37,16 @@ pub enum Layer {
     Nodeport,
     /// Host agent → each ingress (address, port, Host header, path).
     Ingress,
+    /// Pod agent → every node's InternalIP on each NodePort (the source node forwards and
+    /// masquerades).
+    NodeportFromPod,
+    /// Pod agent → each ingress.
+    IngressFromPod,
 }
 
 impl Layer {
     /// Every layer, in the order people read them: from the wire up.
-    pub const ALL: [Layer; 11] = [
+    pub const ALL: [Layer; 13] = [
         Layer::Underlay,
         Layer::UnderlayFullSize,
         Layer::GatewayFromHost,
@@ -53,6 +58,8 @@ impl Layer {
         Layer::CorednsMetrics,
         Layer::Nodeport,
         Layer::Ingress,
+        Layer::NodeportFromPod,
+        Layer::IngressFromPod,
     ];
 
     /// The name used in JSON and on the command line.
@@ -69,6 +76,8 @@ impl Layer {
             Layer::CorednsMetrics => "coredns-metrics",
             Layer::Nodeport => "nodeport",
             Layer::Ingress => "ingress",
+            Layer::NodeportFromPod => "nodeport-from-pod",
+            Layer::IngressFromPod => "ingress-from-pod",
         }
     }
 
@@ -85,7 +94,9 @@ impl Layer {
             | Layer::PodToPod
             | Layer::PodToPodFullSize
             | Layer::DnsService
-            | Layer::DnsPod => AgentKind::Pod,
+            | Layer::DnsPod
+            | Layer::NodeportFromPod
+            | Layer::IngressFromPod => AgentKind::Pod,
         }
     }
 
@@ -93,7 +104,11 @@ impl Layer {
     pub fn columns_are_nodes(self) -> bool {
         !matches!(
             self,
-            Layer::DnsService | Layer::DnsPod | Layer::CorednsMetrics | Layer::Ingress
+            Layer::DnsService
+                | Layer::DnsPod
+                | Layer::CorednsMetrics
+                | Layer::Ingress
+                | Layer::IngressFromPod
         )
     }
 
@@ -111,6 +126,8 @@ impl Layer {
             Layer::CorednsMetrics => "host -> CoreDNS :9153/metrics (HTTP)",
             Layer::Nodeport => "host -> NodePort on every node IP (HTTP)",
             Layer::Ingress => "host -> ingress (HTTP with Host header)",
+            Layer::NodeportFromPod => "pod -> NodePort on every node IP (HTTP)",
+            Layer::IngressFromPod => "pod -> ingress (HTTP with Host header)",
         }
     }
 }

@@ -10,6 +10,7 @@
 //! - [`promtext`] checks that a body is Prometheus text exposition format.
 //! - [`render`] draws a report as text tables for people.
 
+pub mod capture;
 pub mod evidence;
 pub mod ids;
 pub mod inventory;

@@ -172,6 +172,9 @@ pub struct CheckReport {
     /// Extension: node-local evidence from each host agent.
     #[serde(default)]
     pub evidence: BTreeMap<NodeName, crate::evidence::NodeEvidence>,
+    /// Extension: each host agent's overlay capture of the round.
+    #[serde(default)]
+    pub capture: BTreeMap<NodeName, crate::capture::CaptureSummary>,
 }
 
 impl CheckReport {
@@ -223,6 +226,7 @@ pub fn build_report(input: RoundInput<'_>) -> CheckReport {
     let mut agents = BTreeMap::new();
     let mut warnings = Vec::new();
     let mut evidence = BTreeMap::new();
+    let mut capture = BTreeMap::new();
     let fail_at = |plan: &Plan| plan.settings.fail_loss_pct;
 
     for node in &input.topology.nodes {
@@ -254,6 +258,9 @@ pub fn build_report(input: RoundInput<'_>) -> CheckReport {
                 );
                 if let Some(ev) = &r.evidence {
                     evidence.insert(node.name.clone(), ev.clone());
+                }
+                if let Some(c) = &r.capture {
+                    capture.insert(node.name.clone(), c.clone());
                 }
             }
             let unresolved: BTreeMap<(Layer, &str), &str> = plan
@@ -304,6 +311,7 @@ pub fn build_report(input: RoundInput<'_>) -> CheckReport {
         warnings,
         duration_ms: input.duration_ms,
         evidence,
+        capture,
     };
     let (_, fail, unknown) = report.counts();
     report.healthy = fail == 0 && unknown == 0 && report.findings.is_empty();
@@ -341,6 +349,8 @@ mod tests {
                 .collect(),
             warnings: vec![],
             evidence: None,
+            capture: None,
+            packets: vec![],
         }
     }
 

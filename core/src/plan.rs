@@ -125,6 +125,10 @@ pub struct Plan {
     /// For host agents on a VXLAN overlay: the overlay state to check this node against.
     #[serde(default)]
     pub overlay: Option<crate::evidence::OverlayExpectation>,
+    /// Host agents: include this round's captured overlay packets in the report (for
+    /// `check --pcap`).
+    #[serde(default)]
+    pub capture_packets: bool,
 }
 
 /// An ICMP echo target.
@@ -231,6 +235,12 @@ pub struct AgentReport {
     /// Node-local evidence (host agents).
     #[serde(default)]
     pub evidence: Option<crate::evidence::NodeEvidence>,
+    /// The overlay capture's view of the round (host agents with CAP_NET_RAW).
+    #[serde(default)]
+    pub capture: Option<crate::capture::CaptureSummary>,
+    /// Captured packets of the round, when the plan asked for them.
+    #[serde(default)]
+    pub packets: Vec<crate::capture::CapturedPacket>,
 }
 
 /// Builds the plan of the `kind` agent on `node`. `pod_ips` holds the probe-pod IP of
@@ -254,6 +264,7 @@ pub fn make_plan(
         http: Vec::new(),
         unresolved: Vec::new(),
         overlay: None,
+        capture_packets: false,
     };
     let overlay = &topology.cluster.overlay;
     let cluster_names = || {
@@ -348,37 +359,14 @@ pub fn make_plan(
                     attempts: 1,
                 });
             }
-            for svc in &topology.node_ports {
-                for peer in sampled.iter().copied() {
-                    plan.http.push(HttpTarget {
-                        layer: Layer::Nodeport,
-                        // One column per node; with several NodePorts, per service too.
-                        column: if topology.node_ports.len() == 1 {
-                            peer.name.to_string()
-                        } else {
-                            format!("{}/{}", peer.name, svc.name)
-                        },
-                        url: format!("http://{}:{}{}", peer.internal_ip, svc.port, svc.path),
-                        host: None,
-                        check: HttpCheck::Success,
-                        attempts: settings.http_attempts,
-                    });
-                }
-            }
-            for ing in &topology.ingresses {
-                plan.http.push(HttpTarget {
-                    layer: Layer::Ingress,
-                    column: format!(
-                        "{}{}",
-                        ing.host,
-                        if ing.path == "/" { "" } else { &ing.path }
-                    ),
-                    url: format!("http://{}:{}{}", ing.address, ing.port, ing.path),
-                    host: Some(ing.host.clone()),
-                    check: HttpCheck::Success,
-                    attempts: settings.http_attempts,
-                });
-            }
+            web_targets(
+                &mut plan,
+                topology,
+                &sampled,
+                settings,
+                Layer::Nodeport,
+                Layer::Ingress,
+            );
         }
         AgentKind::Pod => {
             for peer in sampled.iter().copied() {
@@ -430,9 +418,59 @@ pub fn make_plan(
                     names: cluster_names(),
                 });
             }
+            web_targets(
+                &mut plan,
+                topology,
+                &sampled,
+                settings,
+                Layer::NodeportFromPod,
+                Layer::IngressFromPod,
+            );
         }
     }
     plan
+}
+
+/// NodePort targets on this node and the sampled peers, and every ingress.
+fn web_targets(
+    plan: &mut Plan,
+    topology: &Topology,
+    sampled: &[&crate::inventory::Node],
+    settings: &PlanSettings,
+    nodeport: Layer,
+    ingress: Layer,
+) {
+    for svc in &topology.node_ports {
+        for peer in sampled {
+            plan.http.push(HttpTarget {
+                layer: nodeport,
+                // One column per node; with several NodePorts, per service too.
+                column: if topology.node_ports.len() == 1 {
+                    peer.name.to_string()
+                } else {
+                    format!("{}/{}", peer.name, svc.name)
+                },
+                url: format!("http://{}:{}{}", peer.internal_ip, svc.port, svc.path),
+                host: None,
+                check: HttpCheck::Success,
+                attempts: settings.http_attempts,
+            });
+        }
+    }
+    for ing in &topology.ingresses {
+        plan.http.push(HttpTarget {
+            layer: ingress,
+            column: format!(
+                "{}{}",
+                ing.host,
+                if ing.path == "/" { "" } else { &ing.path }
+            ),
+            url: format!("http://{}:{}{}", ing.address, ing.port, ing.path),
+            host: Some(ing.host.clone()),
+            check: HttpCheck::Success,
+            attempts: settings.http_attempts,
+        });
+    }
 }
 
 impl Plan {

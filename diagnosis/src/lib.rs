@@ -591,6 +591,15 @@ impl<'a> Cx<'a> {
                 "the underlay to {xn} works: {underlay_ok} nodes reach {} by ICMP",
                 self.node_ip(x)
             ));
+            let observers: Vec<usize> = cut_in.iter().map(|p| p.0).collect();
+            let captured = self.capture_direction(x, &observers);
+            for &s in observers.iter().take(2) {
+                evidence.extend(self.chain_line(s, x));
+                evidence.extend(self.chain_line(x, s));
+            }
+            if let Some((_, why)) = &captured {
+                evidence.push(why.clone());
+            }
             let ev = self.evidence(x);
             let port_rules = ev.map(|e| e.overlay_port_rules.clone()).unwrap_or_default();
             let missing = ev
@@ -608,9 +617,11 @@ impl<'a> Cx<'a> {
                 let outbound = port_rules
                     .iter()
                     .any(|r| matches!(r.chain.as_str(), "OUTPUT" | "POSTROUTING"));
-                direction = match (inbound, outbound) {
-                    (true, true) => "both",
-                    (false, true) => "outbound",
+                // What the wire shows wins over what the rules suggest.
+                direction = match (&captured, inbound, outbound) {
+                    (Some((d, _)), _, _) => d,
+                    (None, true, true) => "both",
+                    (None, false, true) => "outbound",
                     _ => "inbound",
                 };
                 for r in &port_rules {
@@ -645,7 +656,7 @@ impl<'a> Cx<'a> {
                     "on {xn}: `ip route | grep {iface}; ip neigh show dev {iface}; bridge fdb show dev {iface}`; restart flannel on {xn}"
                 );
             } else {
-                direction = "unknown";
+                direction = captured.as_ref().map_or("unknown", |c| c.0);
                 cause = "vxlan-blocked";
                 if let Some(ev) = ev {
                     evidence.push(format!("{xn}: no iptables rule drops UDP {port} and its overlay entries are complete: the drop is outside the node's firewall (security group, switch ACL) or in a host security agent"));
@@ -678,6 +689,84 @@ impl<'a> Cx<'a> {
                 fix,
             );
         }
+    }
+
+    /// The capture's view of probes from `s` to `d`, from both ends: (left s's NIC, arrived
+    /// at d's NIC, replies left d's NIC, replies arrived at s's NIC). `None` without a
+    /// capture on both ends.
+    fn chain(&self, s: usize, d: usize) -> Option<[meshprobe_core::capture::Sizes; 4]> {
+        let (sn, dn) = (self.ix.names[s], self.ix.names[d]);
+        let at_s = self.r.capture.get(&name(sn))?.peer(dn)?;
+        let at_d = self.r.capture.get(&name(dn))?.peer(sn)?;
+        Some([
+            at_s.requests_out,
+            at_d.requests_in,
+            at_d.replies_out,
+            at_s.replies_in,
+        ])
+    }
+
+    /// Capture evidence for probes s -> d, in words, from both ends.
+    fn chain_line(&self, s: usize, d: usize) -> Option<String> {
+        let c = self.chain(s, d)?;
+        let (sn, dn) = (self.nm(s), self.nm(d));
+        let (si, di) = (self.capture_iface(s), self.capture_iface(d));
+        Some(format!(
+            "capture: {} probes left {sn}'s {si} toward {dn}; {dn}'s {di} saw {} arrive and {} replies leave; {sn} saw {} replies come back",
+            c[0].total(),
+            c[1].total(),
+            c[2].total(),
+            c[3].total()
+        ))
+    }
+
+    fn capture_iface(&self, x: usize) -> String {
+        self.r
+            .capture
+            .get(&name(self.ix.names[x]))
+            .map(|c| c.interface.clone())
+            .unwrap_or_else(|| "NIC".into())
+    }
+
+    /// Where the capture says encapsulated traffic to and from `x` dies, given peers `obs`
+    /// whose tunnel to `x` is cut: `Some((direction, explanation))`.
+    fn capture_direction(&self, x: usize, obs: &[usize]) -> Option<(&'static str, String)> {
+        let xn = self.nm(x);
+        let (mut leave_x, mut at_x_nic, mut looked) = (0, 0, false);
+        for &s in obs {
+            let (Some(into), Some(from)) = (self.chain(s, x), self.chain(x, s)) else {
+                continue;
+            };
+            looked = true;
+            leave_x += from[0].total() + into[2].total();
+            at_x_nic += into[1].total() + from[3].total();
+        }
+        if !looked {
+            return None;
+        }
+        let iface = self.capture_iface(x);
+        Some(if leave_x == 0 {
+            (
+                "outbound",
+                format!(
+                    "capture: nothing encapsulated leaves {xn}'s {iface} toward those peers, though its agents probe them: the drop is inside {xn}, before its NIC"
+                ),
+            )
+        } else if at_x_nic > 0 {
+            (
+                "inbound",
+                format!(
+                    "capture: {at_x_nic} encapsulated probes and replies reach {xn}'s {iface} and are never answered or delivered: they die inside {xn}, after its NIC"
+                ),
+            )
+        } else {
+            (
+                "inbound",
+                format!(
+                    "capture: {xn}'s own probes leave its {iface}, but nothing from its peers arrives there: the drop is on the path into {xn} (security group, switch ACL)"
+                ),
+            )
+        })
     }
 
     /// Whether `me`'s evidence shows overlay entries missing for `peer`.
@@ -739,6 +828,8 @@ impl<'a> Cx<'a> {
             }
             let mut cited = self.cite(Layer::GatewayFromHost, &[(a, b), (b, a)]);
             cited.extend(self.cite(Layer::PodToPod, &[(a, b), (b, a)]));
+            cited.extend(self.chain_line(a, b));
+            cited.extend(self.chain_line(b, a));
             let (lacks_ab, lacks_ba) = (self.lacks(a, b), self.lacks(b, a));
             for (me, peer, lacking) in [(a, b, lacks_ab), (b, a, lacks_ba)] {
                 if !lacking {
@@ -840,6 +931,9 @@ impl<'a> Cx<'a> {
             }
             if in_hit {
                 evidence.extend(self.cite(Layer::PodToPod, &inbound));
+                if let Some(&(s, _)) = inbound.first() {
+                    evidence.extend(self.chain_line(s, x));
+                }
                 evidence.push(format!(
                     "those pods reach {xn}'s gateway: {xn} does not forward traffic into its pods"
                 ));
@@ -968,6 +1062,20 @@ impl<'a> Cx<'a> {
                     .map(|h| (h.0, x))
                     .collect();
                 evidence.extend(self.cite(layer, &pairs));
+            }
+            for &(s, _) in hit.iter().take(2) {
+                if let Some(c) = self.chain(s, x) {
+                    evidence.push(format!(
+                        "capture: {} full-size encapsulated probes left {}'s {} toward {xn}; {xn}'s {} saw {} of them arrive (and {} of {} small ones)",
+                        c[0].big,
+                        self.nm(s),
+                        self.capture_iface(s),
+                        self.capture_iface(x),
+                        c[1].big,
+                        c[1].small,
+                        c[0].small
+                    ));
+                }
             }
             evidence.push(format!(
                 "84-byte probes on the same paths pass; {big}-byte underlay frames (overlay MTU {} + {} of encapsulation) do not",

@@ -123,7 +123,7 @@ impl World<'_> {
         use Layer::*;
         let d_node = match layer {
             DnsPod | CorednsMetrics => self.dns_nodes.get(col).copied(),
-            Ingress => Some(self.ingress_node),
+            Ingress | IngressFromPod => Some(self.ingress_node),
             _ => d,
         };
         let Some(d) = d_node else {
@@ -152,6 +152,15 @@ impl World<'_> {
             }
             Nodeport => self.under(s, d) && !self.has(|f| *f == Fault::NodeportRemoved(d)),
             Ingress => self.under(s, d) && !self.has(|f| *f == Fault::IngressDown),
+            // From a pod, the source node also forwards (and masquerades) the request.
+            NodeportFromPod => {
+                self.forwards(s)
+                    && self.under(s, d)
+                    && !self.has(|f| *f == Fault::NodeportRemoved(d))
+            }
+            IngressFromPod => {
+                self.forwards(s) && self.under(s, d) && !self.has(|f| *f == Fault::IngressDown)
+            }
             DnsService => unreachable!("handled above"),
         }
     }
@@ -207,7 +216,10 @@ pub fn report(t: &Topology, faults: &[Fault], round: u64, settings: &PlanSetting
                     let sent: u32 = match layer {
                         Layer::DnsService | Layer::DnsPod => 10,
                         Layer::CorednsMetrics => 1,
-                        Layer::Nodeport | Layer::Ingress => 3,
+                        Layer::Nodeport
+                        | Layer::Ingress
+                        | Layer::NodeportFromPod
+                        | Layer::IngressFromPod => 3,
                         _ => u32::from(settings.icmp_count),
                     };
                     let works = world.works(layer, s, col, d);
@@ -243,6 +255,8 @@ pub fn report(t: &Topology, faults: &[Fault], round: u64, settings: &PlanSetting
                         results,
                         warnings: vec![],
                         evidence,
+                        capture: None,
+                        packets: vec![],
                     },
                 );
             }

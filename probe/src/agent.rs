@@ -79,6 +79,9 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     let client = CoordinatorClient::new(&cfg.coordinator);
     let http = crate::http::client(Duration::from_millis(1500));
     let (mut after, mut epoch) = (0u64, 0u64);
+    // Host agents capture the overlay once they know their node IP (from the first plan).
+    let mut capture: Option<crate::capture::Capture> = None;
+    let mut capture_tried = false;
     let mut backoff = Duration::from_millis(500);
     loop {
         match client
@@ -88,7 +91,18 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
             Ok(Some(Assignment { epoch: e, plan })) => {
                 backoff = Duration::from_millis(500);
                 (after, epoch) = (plan.round, e);
-                let report = run_plan(&plan, pinger.as_ref(), &http, &warnings).await;
+                if !capture_tried && let Some(o) = &plan.overlay {
+                    capture_tried = true;
+                    match start_capture(o.node_ip, o.port).await {
+                        Ok(c) => capture = Some(c),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "no packet capture");
+                            warnings.push(e);
+                        }
+                    }
+                }
+                let report =
+                    run_plan(&plan, pinger.as_ref(), &http, &warnings, capture.as_ref()).await;
                 for attempt in 0..3u32 {
                     match client.report(&report).await {
                         Ok(()) => break,
@@ -109,6 +123,23 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     }
 }
 
+async fn start_capture(node_ip: Ipv4Addr, port: u16) -> Result<crate::capture::Capture, String> {
+    tokio::task::spawn_blocking(move || {
+        use crate::evidence::Host;
+        let json = crate::evidence::RealHost
+            .run("ip", &["-j", "-4", "addr", "show"])
+            .map_err(|e| format!("packet capture: cannot list interfaces (ip -j addr): {e}"))?;
+        crate::capture::Capture::start(
+            node_ip,
+            port,
+            &crate::capture::interfaces_from_ip_json(&json),
+        )
+        .map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
 /// The local address the kernel picks to reach the coordinator's host.
 fn detect_source_ip(url: &str) -> Option<Ipv4Addr> {
     let host = url.split("://").nth(1)?.split(['/', ':']).next()?;
@@ -127,8 +158,13 @@ pub async fn run_plan(
     pinger: Option<&Pinger>,
     http: &reqwest::Client,
     warnings: &[String],
+    capture: Option<&crate::capture::Capture>,
 ) -> AgentReport {
     let s = &plan.settings;
+    let started_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64);
+    let started = tokio::time::Instant::now();
     let interval = Duration::from_millis(u64::from(s.icmp_interval_ms));
 
     let icmp = async {
@@ -232,14 +268,30 @@ pub async fn run_plan(
         .map(|(i, l)| (*l, i))
         .collect();
     results.sort_by_key(|r| order.get(&r.layer).copied().unwrap_or(usize::MAX));
-    AgentReport {
+    let mut report = AgentReport {
         round: plan.round,
         node: plan.node.clone(),
         kind: plan.kind,
         results,
         warnings: warnings.to_vec(),
         evidence,
+        capture: None,
+        packets: Vec::new(),
+    };
+    if let (Some(c), Some(o)) = (capture, &plan.overlay) {
+        // Every agent got its plan at about the same moment; the capture must include the
+        // last waves of every agent's probes (the pod agent beside us, peers toward us).
+        let all_sent = started
+            + Duration::from_millis(u64::from(s.icmp_count) * u64::from(s.icmp_interval_ms) + 300);
+        tokio::time::sleep_until(all_sent).await;
+        let peers: Vec<(NodeName, Ipv4Addr)> =
+            o.peers.iter().map(|p| (p.node.clone(), p.ip)).collect();
+        report.capture = Some(c.summary(plan.round, &peers));
+        if plan.capture_packets {
+            report.packets = c.packets(plan.round, started_us, 4000);
+        }
     }
+    report
 }
 
 fn not_probed(layer: Layer, column: &str, why: &str) -> ProbeResult {

@@ -15,6 +15,7 @@
 //! - [`agent`]: the loop that ties them together.
 
 pub mod agent;
+pub mod capture;
 pub mod client;
 pub mod dns;
 pub mod evidence;
