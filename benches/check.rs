@@ -25,6 +25,73 @@ fn peak_rss_kib(pid: i32) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// CPU seconds (user + system) a process has used.
+fn cpu_seconds(pid: i32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let Some(close) = stat.rfind(')') else {
+        return 0.0;
+    };
+    let f: Vec<u64> = stat[close + 2..]
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    // Fields 14 and 15 of the whole line: utime, stime, in USER_HZ (100 on Linux).
+    (f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)) as f64 / 100.0
+}
+
+/// Back-to-back rounds for 10 s (a busy overlay: every node pings every node's gateway and
+/// pod, full-size too, 20 times a round): the agents' CPU while their capture sees it all.
+fn busy_overlay(lab: &Lab, ctl: &str, url: &str) {
+    let agents = lab.pids("agent/");
+    let before: Vec<f64> = agents.iter().map(|(_, p)| cpu_seconds(*p)).collect();
+    let start = Instant::now();
+    let (mut rounds, mut captured) = (0u64, 0u64);
+    while start.elapsed() < Duration::from_secs(10) {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                ctl,
+                BIN,
+                "check",
+                "--output",
+                "json",
+                "--coordinator",
+                url,
+            ])
+            .output()
+            .expect("run check");
+        rounds += 1;
+        if let Ok(r) = serde_json::from_slice::<meshprobe_core::CheckReport>(&out.stdout) {
+            captured += r
+                .capture
+                .values()
+                .flat_map(|c| &c.peers)
+                .map(|p| u64::from(p.packets_in + p.packets_out))
+                .sum::<u64>();
+        }
+    }
+    let wall = start.elapsed().as_secs_f64();
+    for kind in ["host", "pod"] {
+        let pct: Vec<f64> = agents
+            .iter()
+            .zip(&before)
+            .filter(|((n, _), _)| n.ends_with(kind))
+            .map(|((_, p), b)| (cpu_seconds(*p) - b) * 100.0 / wall)
+            .collect();
+        let max = pct.iter().copied().fold(0.0, f64::max);
+        let mean = pct.iter().sum::<f64>() / pct.len().max(1) as f64;
+        println!(
+            "  busy overlay ({rounds} rounds in {wall:.0} s): {kind} agents' CPU mean {mean:.1}%, max {max:.1}% of one core"
+        );
+    }
+    let nodes = lab.plan().nodes.len().max(1) as f64;
+    println!(
+        "  encapsulated packets each host agent's capture saw: {:.0}/s on average",
+        captured as f64 / wall / nodes
+    );
+}
+
 fn main() {
     // `cargo bench` passes --bench; a plain `cargo test --benches` passes nothing. Either way
     // this is a measurement, not a test: it never runs under `cargo test`.
@@ -108,6 +175,7 @@ fn main() {
             rss.len()
         );
     }
+    busy_overlay(&lab, &ctl, &url);
     if let Some((_, pid)) = lab.pids("coordinator").first() {
         println!(
             "  coordinator peak RSS: {:.1} MB",

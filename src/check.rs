@@ -82,6 +82,30 @@ fn innermost(e: &reqwest::Error) -> String {
     }
 }
 
+/// Sends a request to the coordinator; a success's JSON body, or the error that says why not.
+async fn send_json(
+    req: reqwest::RequestBuilder,
+    base: &str,
+    url: &str,
+) -> Result<serde_json::Value, CheckError> {
+    let resp = req.send().await.map_err(|e| CheckError::Unreachable {
+        url: base.to_owned(),
+        reason: innermost(&e),
+    })?;
+    if !resp.status().is_success() {
+        let status = resp.status().as_u16();
+        return Err(CheckError::Http {
+            url: url.to_owned(),
+            status,
+            body: resp.text().await.unwrap_or_default(),
+        });
+    }
+    resp.json().await.map_err(|e| CheckError::Garbled {
+        url: url.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
 /// Triggers a round and waits for its report.
 pub async fn fetch(args: &CheckArgs) -> Result<CheckReport, CheckError> {
     let base = args.coordinator.trim_end_matches('/');
@@ -106,29 +130,12 @@ pub async fn fetch(args: &CheckArgs) -> Result<CheckReport, CheckError> {
     } else {
         ""
     };
-    let resp = http
+    let req = http
         .post(&url)
         .header(reqwest::header::CONTENT_TYPE, "application/json")
         .body(body)
-        .timeout(args.timeout)
-        .send()
-        .await
-        .map_err(|e| CheckError::Unreachable {
-            url: base.to_owned(),
-            reason: innermost(&e),
-        })?;
-    if !resp.status().is_success() {
-        let status = resp.status().as_u16();
-        return Err(CheckError::Http {
-            url,
-            status,
-            body: resp.text().await.unwrap_or_default(),
-        });
-    }
-    let v: serde_json::Value = resp.json().await.map_err(|e| CheckError::Garbled {
-        url: url.clone(),
-        reason: e.to_string(),
-    })?;
+        .timeout(args.timeout);
+    let v = send_json(req, base, &url).await?;
     let round = v["round"].as_u64().ok_or_else(|| CheckError::Garbled {
         url: url.clone(),
         reason: format!("no round id in {v}"),
@@ -244,27 +251,7 @@ pub async fn write_pcaps(
                 "{base}/v1/rounds/{}/packets?node={at}&peer={peer}",
                 report.round
             );
-            let resp = http
-                .get(&url)
-                .timeout(args.timeout)
-                .send()
-                .await
-                .map_err(|e| CheckError::Unreachable {
-                    url: base.to_owned(),
-                    reason: innermost(&e),
-                })?;
-            if !resp.status().is_success() {
-                let status = resp.status().as_u16();
-                return Err(CheckError::Http {
-                    url,
-                    status,
-                    body: resp.text().await.unwrap_or_default(),
-                });
-            }
-            let v: serde_json::Value = resp.json().await.map_err(|e| CheckError::Garbled {
-                url: url.clone(),
-                reason: e.to_string(),
-            })?;
+            let v = send_json(http.get(&url).timeout(args.timeout), base, &url).await?;
             let packets: Vec<meshprobe_core::capture::CapturedPacket> =
                 serde_json::from_value(v["packets"].clone()).map_err(|e| CheckError::Garbled {
                     url: url.clone(),

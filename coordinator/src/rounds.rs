@@ -218,7 +218,7 @@ impl Coordinator {
                 plans.insert((node.name.clone(), kind), plan);
             }
         }
-        inner.capture_next = false;
+        let capture = std::mem::take(&mut inner.capture_next);
         let live: BTreeSet<Key> = inner
             .agents
             .iter()
@@ -241,9 +241,16 @@ impl Coordinator {
             reports: BTreeMap::new(),
             all_in: Arc::clone(&all_in),
         });
+        // Capture rounds carry up to thousands of frames per host agent: more time to send.
+        let capture_grace = if capture {
+            Duration::from_secs(3)
+        } else {
+            Duration::ZERO
+        };
         let deadline = now
             + Duration::from_millis(u64::from(self.settings.plan.budget_ms()))
-            + self.settings.grace;
+            + self.settings.grace
+            + capture_grace;
         let me = Arc::clone(self);
         tokio::spawn(async move {
             tokio::select! {

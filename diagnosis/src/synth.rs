@@ -6,7 +6,10 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use meshprobe_core::evidence::{FirewallRule, ForwardEvidence, NodeEvidence, OverlayEvidence};
+use meshprobe_core::capture::{CaptureSummary, PeerFlow, Sizes};
+use meshprobe_core::evidence::{
+    DeviceState, FirewallRule, ForwardEvidence, NodeEvidence, OverlayEvidence,
+};
 use meshprobe_core::matrix::{RoundInput, build_report};
 use meshprobe_core::plan::{AgentReport, PlanSettings, ProbeResult, make_plan};
 use meshprobe_core::{AgentKind, CheckReport, Layer, NodeName, Topology};
@@ -42,6 +45,8 @@ pub enum Fault {
     AgentsSilent(usize),
     /// The node's host agent's prober is broken: it sees every peer fail.
     SickProber(usize),
+    /// A security group drops VXLAN on the path into the node (nothing on the node shows it).
+    PathBlockedIn(usize),
 }
 
 /// A topology of `n` nodes (n1..), two CoreDNS pods on the first two nodes, a NodePort and
@@ -91,9 +96,33 @@ impl World<'_> {
         s == d
             || (self.under(s, d)
                 && !self.has(|f| {
-                    matches!(f, Fault::VxlanIn(x) | Fault::VxlanOut(x) if *x == s || *x == d)
+                    matches!(f, Fault::VxlanIn(x) | Fault::VxlanOut(x) | Fault::PathBlockedIn(x) if *x == s || *x == d)
                         || matches!(f, Fault::PeerMissing(a, b) if (*a == s && *b == d) || (*a == d && *b == s))
                 }))
+    }
+
+    /// One probe of `kind` from s to d, through each point a capture sees:
+    /// [left s's NIC, arrived at d's NIC, reply left d's NIC, reply arrived at s's NIC].
+    fn wire(&self, s: usize, d: usize, kind: ProbeKind) -> [bool; 4] {
+        let big = kind == ProbeKind::PodPodBig;
+        let pod = kind != ProbeKind::HostGw;
+        let can_send = |from: usize, to: usize| {
+            !self.down(from)
+                && !self.has(|f| *f == Fault::VxlanOut(from) || *f == Fault::PeerMissing(from, to))
+        };
+        let path = |from: usize, to: usize| {
+            self.under(from, to)
+                && (!big || self.big(from, to))
+                && !self.has(|f| *f == Fault::PathBlockedIn(to))
+        };
+        let left = can_send(s, d) && (!pod || self.forwards(s));
+        let arrived = left && path(s, d);
+        let answered = arrived
+            && !self.has(|f| *f == Fault::VxlanIn(d))
+            && (!matches!(kind, ProbeKind::PodPod | ProbeKind::PodPodBig) || self.forwards(d));
+        let reply_left = answered && can_send(d, s);
+        let back = reply_left && path(d, s);
+        [left, arrived, reply_left, back]
     }
     fn forwards(&self, x: usize) -> bool {
         !self.has(|f| matches!(f, Fault::ForwardOff(n) | Fault::ForwardReject(n) if *n == x))
@@ -163,6 +192,62 @@ impl World<'_> {
             }
             DnsService => unreachable!("handled above"),
         }
+    }
+}
+
+/// The encapsulated probe kinds a round sends between two nodes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ProbeKind {
+    HostGw,
+    PodGw,
+    PodPod,
+    PodPodBig,
+}
+
+const KINDS: [ProbeKind; 4] = [
+    ProbeKind::HostGw,
+    ProbeKind::PodGw,
+    ProbeKind::PodPod,
+    ProbeKind::PodPodBig,
+];
+
+/// What node `s`'s capture shows of its peers' probes and its own, `count` per probe kind.
+fn capture_of(
+    t: &Topology,
+    world: &World<'_>,
+    s: usize,
+    peers: &[usize],
+    count: u32,
+) -> CaptureSummary {
+    let mut flows = Vec::new();
+    for &d in peers {
+        let node = &t.nodes[d];
+        let mut f = PeerFlow::new(node.name.clone(), node.internal_ip);
+        for kind in KINDS {
+            let add = |sizes: &mut Sizes, yes: bool| {
+                if yes {
+                    if kind == ProbeKind::PodPodBig {
+                        sizes.big += count;
+                    } else {
+                        sizes.small += count;
+                    }
+                }
+            };
+            let ours = world.wire(s, d, kind);
+            let theirs = world.wire(d, s, kind);
+            add(&mut f.requests_out, ours[0]);
+            add(&mut f.replies_in, ours[3]);
+            add(&mut f.requests_in, theirs[1]);
+            add(&mut f.replies_out, theirs[2]);
+        }
+        f.packets_out = f.requests_out.total() + f.replies_out.total();
+        f.packets_in = f.requests_in.total() + f.replies_in.total();
+        flows.push(f);
+    }
+    CaptureSummary {
+        interface: "eth0".into(),
+        port: t.cluster.overlay.port,
+        peers: flows,
     }
 }
 
@@ -246,6 +331,14 @@ pub fn report(t: &Topology, faults: &[Fault], round: u64, settings: &PlanSetting
                     });
                 }
                 let evidence = (kind == AgentKind::Host).then(|| evidence_of(t, faults, s));
+                let capture = plan.overlay.as_ref().map(|o| {
+                    let peers: Vec<usize> = o
+                        .peers
+                        .iter()
+                        .filter_map(|p| pos.get(p.node.as_str()).copied())
+                        .collect();
+                    capture_of(t, &world, s, &peers, u32::from(settings.icmp_count))
+                });
                 reports.insert(
                     (node.name.clone(), kind),
                     AgentReport {
@@ -255,7 +348,7 @@ pub fn report(t: &Topology, faults: &[Fault], round: u64, settings: &PlanSetting
                         results,
                         warnings: vec![],
                         evidence,
-                        capture: None,
+                        capture,
                         packets: vec![],
                     },
                 );
@@ -282,7 +375,19 @@ fn evidence_of(t: &Topology, faults: &[Fault], x: usize) -> NodeEvidence {
             policy: Some("ACCEPT".into()),
             ..ForwardEvidence::default()
         }),
-        overlay: Some(OverlayEvidence::default()),
+        overlay: Some(OverlayEvidence {
+            device: Some(DeviceState {
+                name: t.cluster.overlay.interface.clone(),
+                mtu: u32::from(t.cluster.overlay.mtu),
+                up: true,
+            }),
+            underlay: Some(DeviceState {
+                name: "eth0".into(),
+                mtu: 1500,
+                up: true,
+            }),
+            ..OverlayEvidence::default()
+        }),
         ..NodeEvidence::default()
     };
     let port = t.cluster.overlay.port;

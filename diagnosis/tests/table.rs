@@ -127,6 +127,63 @@ fn each_single_fault_gives_exactly_its_cause() {
 }
 
 #[test]
+fn capture_on_both_ends_names_the_direction() {
+    // (fault, node, direction, a phrase the capture evidence must hold)
+    let cases = [
+        (
+            Fault::VxlanIn(2),
+            "n3",
+            "inbound",
+            "die inside n3, after its NIC",
+        ),
+        (
+            Fault::VxlanOut(1),
+            "n2",
+            "outbound",
+            "nothing encapsulated leaves n2's eth0",
+        ),
+        (
+            Fault::PathBlockedIn(0),
+            "n1",
+            "inbound",
+            "on the path into n1",
+        ),
+    ];
+    for n in [3, 6] {
+        for (fault, node, direction, phrase) in &cases {
+            let (f, _) = run(n, std::slice::from_ref(fault));
+            assert_eq!(
+                (
+                    f[0].cause.as_str(),
+                    f[0].nodes[0].as_str(),
+                    f[0].direction.as_str()
+                ),
+                ("vxlan-blocked", *node, *direction),
+                "{fault:?}"
+            );
+            let ev = f[0].evidence.join("\n");
+            assert!(
+                ev.contains(phrase),
+                "{fault:?}: evidence lacks {phrase:?}:\n{ev}"
+            );
+            // Both ends of a pair are cited: probes leaving a peer, and what arrived at the node.
+            assert!(
+                ev.contains(&format!("toward {node}; {node}'s eth0 saw")),
+                "{fault:?}:\n{ev}"
+            );
+        }
+    }
+    let (f, _) = run(3, &[Fault::Mtu(1)]);
+    let ev = f[0].evidence.join("\n");
+    assert!(
+        ev.contains(
+            "full-size encapsulated probes left n1's eth0 toward n2; n2's eth0 saw 0 of them arrive"
+        ),
+        "{ev}"
+    );
+}
+
+#[test]
 fn two_faults_on_different_nodes_are_both_found() {
     let pairs = [
         (

@@ -138,59 +138,57 @@ impl Pinger {
         let start = Instant::now();
         let mut wave: u16 = 0;
         let mut next_wave = start;
+        // The reply window runs from when the last wave actually left: on a starved CPU
+        // the waves slip, and a window counted from their schedule would close early.
+        let mut last_sent = start;
         let mut buf = vec![0u8; 65_536];
+        let mut tally = Tally {
+            sent_at: &mut sent_at,
+            outcomes: &mut outcomes,
+            outstanding: &mut outstanding,
+        };
         loop {
             let sending = wave < schedule.count;
-            if !sending && outstanding == 0 {
+            if !sending && *tally.outstanding == 0 {
                 break;
             }
             let wake = if sending {
                 next_wave
             } else {
-                next_wave - schedule.interval + schedule.timeout
+                last_sent + schedule.timeout
             };
             tokio::select! {
+                // Replies first: a reply already queued must not lose to a due timer.
+                biased;
+                res = self.socket.recv_from(&mut buf) => {
+                    if let Ok((len, from)) = res {
+                        self.account(&buf[..len], from, round32, &mut tally);
+                    }
+                }
                 () = sleep_until(wake) => {
                     if !sending {
-                        break; // timeout after the last wave
+                        // Count what is queued already, then stop waiting.
+                        while let Ok((len, from)) = self.socket.try_recv_from(&mut buf) {
+                            self.account(&buf[..len], from, round32, &mut tally);
+                        }
+                        break;
                     }
                     for (t, target) in targets.iter().enumerate() {
                         let seq = wave;
                         let packet = self.echo_request(round32, t as u32, seq, target.size);
                         let dest = SocketAddr::V4(SocketAddrV4::new(target.ip, 0));
-                        outcomes[t].sent += 1;
+                        tally.outcomes[t].sent += 1;
                         match self.socket.send_to(&packet, dest).await {
                             Ok(_) => {
-                                sent_at[t][usize::from(seq)] = Some(Instant::now());
-                                outstanding += 1;
+                                tally.sent_at[t][usize::from(seq)] = Some(Instant::now());
+                                *tally.outstanding += 1;
                             }
-                            Err(e) => outcomes[t].detail = Some(describe_send_error(&e, target.size)),
+                            Err(e) => tally.outcomes[t].detail = Some(describe_send_error(&e, target.size)),
                         }
                     }
                     wave += 1;
                     next_wave += schedule.interval;
-                }
-                res = self.socket.recv_from(&mut buf) => {
-                    let Ok((len, from)) = res else { continue };
-                    let now = Instant::now();
-                    match self.parse(&buf[..len], round32) {
-                        Some(Parsed::Reply { target, seq }) => {
-                            if let Some(at) = take_slot(&mut sent_at, target, seq) {
-                                outstanding -= 1;
-                                outcomes[target].received += 1;
-                                outcomes[target].rtt_total += now - at;
-                            }
-                        }
-                        Some(Parsed::Error { target, seq, message }) => {
-                            if take_slot(&mut sent_at, target, seq).is_some() {
-                                outstanding -= 1;
-                            }
-                            if let Some(o) = outcomes.get_mut(target) {
-                                o.detail = Some(format!("{message} from {}", from.ip()));
-                            }
-                        }
-                        None => {}
-                    }
+                    last_sent = Instant::now();
                 }
             }
         }
@@ -200,6 +198,33 @@ impl Pinger {
             }
         }
         outcomes
+    }
+
+    /// Accounts one received ICMP packet against the probes in flight.
+    fn account(&self, packet: &[u8], from: SocketAddr, round: u32, t: &mut Tally<'_>) {
+        let now = Instant::now();
+        match self.parse(packet, round) {
+            Some(Parsed::Reply { target, seq }) => {
+                if let Some(at) = take_slot(t.sent_at, target, seq) {
+                    *t.outstanding -= 1;
+                    t.outcomes[target].received += 1;
+                    t.outcomes[target].rtt_total += now - at;
+                }
+            }
+            Some(Parsed::Error {
+                target,
+                seq,
+                message,
+            }) => {
+                if take_slot(t.sent_at, target, seq).is_some() {
+                    *t.outstanding -= 1;
+                }
+                if let Some(o) = t.outcomes.get_mut(target) {
+                    o.detail = Some(format!("{message} from {}", from.ip()));
+                }
+            }
+            None => {}
+        }
     }
 
     /// Drops replies that arrived after the previous run's timeout.
@@ -267,6 +292,13 @@ impl Pinger {
         let seq = u16::from_be_bytes([icmp[6], icmp[7]]);
         Some((target, seq))
     }
+}
+
+/// A run's bookkeeping: when each probe left, the outcomes, how many are awaited.
+struct Tally<'a> {
+    sent_at: &'a mut [Vec<Option<Instant>>],
+    outcomes: &'a mut [Outcome],
+    outstanding: &'a mut usize,
 }
 
 /// Marks probe `seq` of `target` answered; its send time if it was still awaited.
@@ -401,22 +433,30 @@ mod tests {
         assert_eq!(sum, 0x3337); // !(0x0800 + 0x0001 + 0x0001 + 0x6162 + 0x6364)
     }
 
-    #[test]
-    fn parses_only_replies_carrying_our_signature() {
+    /// A pinger over a plain UDP socket: opening an ICMP socket may need privileges, and
+    /// these tests only exercise building and parsing packets. Keep the runtime alive.
+    fn pinger(kind: SocketKind, nonce: u32) -> (tokio::runtime::Runtime, Pinger) {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("runtime");
-        let _guard = rt.enter();
-        // Opening may fail without privileges; build the pinger by hand to test parsing.
-        let std_sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
-        std_sock.set_nonblocking(true).expect("nonblocking");
-        let p = Pinger {
-            socket: UdpSocket::from_std(std_sock).expect("tokio socket"),
-            kind: SocketKind::Unprivileged,
-            nonce: 0xdead_beef,
-            raw_id: 7,
+        let p = {
+            let _guard = rt.enter();
+            let std_sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+            std_sock.set_nonblocking(true).expect("nonblocking");
+            Pinger {
+                socket: UdpSocket::from_std(std_sock).expect("tokio socket"),
+                kind,
+                nonce,
+                raw_id: 7,
+            }
         };
+        (rt, p)
+    }
+
+    #[test]
+    fn parses_only_replies_carrying_our_signature() {
+        let (_rt, p) = pinger(SocketKind::Unprivileged, 0xdead_beef);
         let mut req = p.echo_request(5, 3, 9, 84);
         assert_eq!(req.len(), 64);
         req[0] = 0; // turn it into the reply the kernel would deliver
@@ -435,19 +475,7 @@ mod tests {
 
     #[test]
     fn icmp_errors_quoting_our_probe_are_matched() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let _guard = rt.enter();
-        let std_sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
-        std_sock.set_nonblocking(true).expect("nonblocking");
-        let p = Pinger {
-            socket: UdpSocket::from_std(std_sock).expect("tokio socket"),
-            kind: SocketKind::Raw,
-            nonce: 1,
-            raw_id: 7,
-        };
+        let (_rt, p) = pinger(SocketKind::Raw, 1);
         let req = p.echo_request(2, 1, 4, 84);
         let mut ip = vec![
             0x45u8, 0, 0, 0, 0, 0, 0x40, 0, 64, 1, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2,

@@ -44,9 +44,9 @@ pub fn lab_or_skip(nodes: usize) -> Option<Lab> {
     Some(lab)
 }
 
-/// Runs `meshprobe check --output json` from the control namespace.
-pub fn check(lab: &Lab) -> (i32, CheckReport) {
-    let out = Command::new("ip")
+/// Runs `meshprobe check --output json [extra...]` from the control namespace.
+pub fn run_check(lab: &Lab, extra: &[&str]) -> std::process::Output {
+    Command::new("ip")
         .args([
             "netns",
             "exec",
@@ -59,8 +59,14 @@ pub fn check(lab: &Lab) -> (i32, CheckReport) {
             "30s",
         ])
         .args(["--coordinator", &lab.plan().coordinator_url()])
+        .args(extra)
         .output()
-        .expect("run check");
+        .expect("run check")
+}
+
+/// Runs `meshprobe check --output json` from the control namespace.
+pub fn check(lab: &Lab) -> (i32, CheckReport) {
+    let out = run_check(lab, &[]);
     let code = out.status.code().unwrap_or(-1);
     let report: CheckReport = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
