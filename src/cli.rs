@@ -54,6 +54,13 @@ pub enum Command {
         /// Where the host agent serves the relay for its pod agent, or "off".
         #[arg(long, default_value = "0.0.0.0:7071")]
         relay_listen: String,
+        /// Keep the last plan here (a volume), to keep probing after a restart while the
+        /// coordinator is unreachable.
+        #[arg(long, env = "MESHPROBE_STATE_DIR")]
+        state_dir: Option<PathBuf>,
+        /// While the coordinator is unreachable, probe with the last plan this often.
+        #[arg(long, default_value = "30s", value_parser = crate::duration::parse)]
+        offline_interval: Duration,
     },
     /// Ask the coordinator for a fresh round and print matrices and findings.
     Check {
@@ -123,7 +130,17 @@ pub fn main() -> ExitCode {
             pod,
             pod_ip,
             relay_listen,
-        } => report(run_probe(node, coordinator, pod, pod_ip, relay_listen)),
+            state_dir,
+            offline_interval,
+        } => report(run_probe(
+            node,
+            coordinator,
+            pod,
+            pod_ip,
+            relay_listen,
+            state_dir,
+            offline_interval,
+        )),
         Command::Check {
             coordinator,
             output,
@@ -217,6 +234,8 @@ fn run_probe(
     pod: bool,
     pod_ip: Option<Ipv4Addr>,
     relay_listen: String,
+    state_dir: Option<PathBuf>,
+    offline_interval: Duration,
 ) -> Result<(), String> {
     let node = NodeName::new(node).map_err(|e| format!("--node: {e}"))?;
     if !(coordinator.starts_with("http://") || coordinator.starts_with("https://")) {
@@ -238,6 +257,8 @@ fn run_probe(
         pod_ip,
         relay_listen,
         poll_wait: Duration::from_secs(10),
+        state_dir,
+        offline_interval,
     };
     // One thread is plenty for an IO-bound agent and keeps its footprint small.
     let rt = runtime(false).map_err(|e| format!("cannot start the runtime: {e}"))?;

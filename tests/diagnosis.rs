@@ -45,6 +45,7 @@ fn expected(plan: &LabPlan, f: &Fault) -> (&'static str, String, Option<String>)
         Fault::IngressDown => ("ingress-broken", plan.ingress().name.clone(), None),
         Fault::LinkDown { .. } => ("node-unreachable", on(node), None),
         Fault::Loss { .. } => ("packet-loss", on(node), None),
+        Fault::CoordinatorDown => ("", String::new(), None),
     }
 }
 

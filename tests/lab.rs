@@ -102,6 +102,7 @@ fn expect(p: &LabPlan, f: &Fault, layer: Layer, s: &str, d: &str) -> Exp {
         Fault::MetricsBlocked { pod } => yes(layer == CorednsMetrics && d == pod),
         Fault::NodeportRemoved { node: x } => yes(layer == Nodeport && d == x),
         Fault::IngressDown => yes(layer == Ingress),
+        Fault::CoordinatorDown => Exp::Any,
         Fault::LinkDown { node: x } => {
             if s == x {
                 return Exp::Unknown; // its agents cannot report

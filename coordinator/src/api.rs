@@ -42,6 +42,7 @@ pub fn router(state: Arc<Coordinator>) -> Router {
         .route("/v1/agents", get(agents))
         .route("/v1/agents/{node}/{kind}/next", get(next))
         .route("/v1/reports", post(report))
+        .route("/v1/reports/offline", post(offline).get(offline_list))
         .route("/v1/rounds", post(trigger))
         .route("/v1/rounds/latest", get(latest))
         .route("/v1/rounds/{id}", get(round))
@@ -121,6 +122,39 @@ struct TriggerRequest {
     /// Ask host agents for the round's captured packets.
     #[serde(default)]
     capture: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OfflineBatch {
+    reports: Vec<AgentReport>,
+}
+
+async fn offline(
+    State(c): State<Arc<Coordinator>>,
+    body: Result<Json<OfflineBatch>, JsonRejection>,
+) -> Response {
+    let Json(batch) = match body {
+        Ok(b) => b,
+        Err(e) => return error(e.status(), e.body_text()),
+    };
+    let topology = c.topology();
+    if let Some(r) = batch
+        .reports
+        .iter()
+        .find(|r| topology.node(&r.node).is_none())
+    {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("node {} is not in the topology", r.node),
+        );
+    }
+    let n = c.offline(batch.reports);
+    (StatusCode::ACCEPTED, Json(json!({ "accepted": n }))).into_response()
+}
+
+async fn offline_list(State(c): State<Arc<Coordinator>>) -> Response {
+    Json(json!({ "reports": c.offline_reports() })).into_response()
 }
 
 async fn trigger(State(c): State<Arc<Coordinator>>, body: axum::body::Bytes) -> Response {

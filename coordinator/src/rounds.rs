@@ -75,12 +75,17 @@ struct Inner {
     finishing: Option<u64>,
     /// The next round captures packets (for `check --pcap`).
     capture_next: bool,
+    /// Reports agents made while they could not reach the coordinator, newest last.
+    offline: VecDeque<AgentReport>,
     /// Packets of recent capture rounds: round -> node -> packets.
     packets: VecDeque<(
         u64,
         BTreeMap<NodeName, Vec<meshprobe_core::capture::CapturedPacket>>,
     )>,
 }
+
+/// Offline reports kept (from all agents together).
+pub const OFFLINE_KEPT: usize = 4096;
 
 /// Capture rounds whose packets are kept.
 const PACKET_ROUNDS: usize = 4;
@@ -480,6 +485,27 @@ impl Coordinator {
                 .map(|v| v.iter().filter(|p| p.peer_ip == peer_ip).cloned().collect())
                 .unwrap_or_default(),
         )
+    }
+
+    /// Stores reports an agent made while it could not reach the coordinator (at most
+    /// [`OFFLINE_KEPT`]; the oldest go first). Returns how many were taken.
+    pub fn offline(&self, reports: Vec<AgentReport>) -> usize {
+        let mut inner = self.lock();
+        let n = reports.len();
+        for r in reports {
+            let key = (r.node.clone(), r.kind);
+            self.touch(&mut inner, &key, None);
+            if inner.offline.len() == OFFLINE_KEPT {
+                inner.offline.pop_front();
+            }
+            inner.offline.push_back(r);
+        }
+        n
+    }
+
+    /// The reports agents delivered after an outage, oldest first.
+    pub fn offline_reports(&self) -> Vec<AgentReport> {
+        self.lock().offline.iter().cloned().collect()
     }
 
     /// The latest finished round.

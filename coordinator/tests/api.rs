@@ -71,6 +71,7 @@ async fn fake_agent(
         evidence: None,
         capture: None,
         packets: vec![],
+        offline_at_ms: None,
     };
     let resp = http
         .post(format!("{base}/v1/reports"))
@@ -199,6 +200,7 @@ async fn hostile_requests_get_4xx_and_the_server_keeps_serving() {
         evidence: None,
         capture: None,
         packets: vec![],
+        offline_at_ms: None,
     };
     let s = http
         .post(format!("{base}/v1/reports"))

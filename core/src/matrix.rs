@@ -57,7 +57,9 @@ impl Cell {
         }
     }
 
-    /// The cell a probe result gives, failing at `fail_loss_pct` percent loss.
+    /// The cell a probe result gives: failing at `fail_loss_pct` percent loss and at least
+    /// two failed probes (one, when only one was sent), so that a single lost attempt of
+    /// three (a SYN and its retry both lost to 1% loss) is a lossy cell, not a failing one.
     pub fn from_result(r: &ProbeResult, fail_loss_pct: f64) -> Self {
         if r.sent == 0 {
             return Self::unknown(r.detail.clone().unwrap_or_else(|| "not probed".to_owned()));
@@ -65,7 +67,7 @@ impl Cell {
         let lost = r.sent.saturating_sub(r.ok);
         let loss = round2(f64::from(lost) * 100.0 / f64::from(r.sent));
         Self {
-            state: if loss >= fail_loss_pct {
+            state: if loss >= fail_loss_pct && lost >= r.sent.min(2) {
                 CellState::Fail
             } else {
                 CellState::Ok
@@ -351,6 +353,7 @@ mod tests {
             evidence: None,
             capture: None,
             packets: vec![],
+            offline_at_ms: None,
         }
     }
 
@@ -455,6 +458,26 @@ mod tests {
                 pod: AgentState::Reported
             }
         );
+    }
+
+    #[test]
+    fn one_failed_attempt_of_three_is_lossy_not_failing() {
+        let r = |sent, ok| ProbeResult {
+            layer: Layer::Nodeport,
+            column: "b".into(),
+            sent,
+            ok,
+            rtt_ms: None,
+            detail: None,
+        };
+        assert_eq!(Cell::from_result(&r(3, 2), 25.0).state, CellState::Ok);
+        assert_eq!(Cell::from_result(&r(3, 1), 25.0).state, CellState::Fail);
+        assert_eq!(
+            Cell::from_result(&r(1, 0), 25.0).state,
+            CellState::Fail,
+            "one attempt, failed"
+        );
+        assert_eq!(Cell::from_result(&r(20, 15), 25.0).state, CellState::Fail);
     }
 
     #[test]

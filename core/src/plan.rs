@@ -241,6 +241,10 @@ pub struct AgentReport {
     /// Captured packets of the round, when the plan asked for them.
     #[serde(default)]
     pub packets: Vec<crate::capture::CapturedPacket>,
+    /// For reports made while the coordinator was unreachable (from the last plan): when,
+    /// in milliseconds since the Unix epoch.
+    #[serde(default)]
+    pub offline_at_ms: Option<u64>,
 }
 
 /// Builds the plan of the `kind` agent on `node`. `pod_ips` holds the probe-pod IP of

@@ -350,6 +350,7 @@ pub fn report(t: &Topology, faults: &[Fault], round: u64, settings: &PlanSetting
                         evidence,
                         capture,
                         packets: vec![],
+                        offline_at_ms: None,
                     },
                 );
             }

@@ -28,6 +28,39 @@ pub struct AgentConfig {
     pub relay_listen: Option<SocketAddr>,
     /// How long one poll for the next round may wait (default 10 s).
     pub poll_wait: Duration,
+    /// Where the last plan is kept across restarts (a volume in the pod); `None` keeps it
+    /// in memory only.
+    pub state_dir: Option<std::path::PathBuf>,
+    /// While the coordinator is unreachable, run the last plan this often (default 30 s).
+    pub offline_interval: Duration,
+}
+
+/// Reports kept while the coordinator is unreachable; the oldest go first.
+pub const OFFLINE_BUFFER: usize = 64;
+
+fn plan_path(dir: &std::path::Path, kind: AgentKind) -> std::path::PathBuf {
+    dir.join(format!("plan-{kind}.json"))
+}
+
+/// The plan saved by an earlier run, if any (an unreadable file is ignored, with a warning).
+fn load_plan(dir: &std::path::Path, kind: AgentKind) -> Option<Plan> {
+    let path = plan_path(dir, kind);
+    let text = std::fs::read_to_string(&path).ok()?;
+    match serde_json::from_str(&text) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "ignoring an unreadable saved plan");
+            None
+        }
+    }
+}
+
+/// Saves the plan atomically (write, then rename), so a crash never leaves half a file.
+fn save_plan(dir: &std::path::Path, plan: &Plan) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(".plan-{}.json.tmp", plan.kind));
+    std::fs::write(&tmp, serde_json::to_vec(plan).unwrap_or_default())?;
+    std::fs::rename(tmp, plan_path(dir, plan.kind))
 }
 
 /// The agent could not start.
@@ -83,14 +116,41 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     let mut capture: Option<crate::capture::Capture> = None;
     let mut capture_tried = false;
     let mut backoff = Duration::from_millis(500);
+    // The last plan, from the coordinator or from disk: what the agent keeps probing with
+    // while the coordinator (or the API server behind it) is unreachable.
+    let mut last_plan: Option<Plan> = cfg
+        .state_dir
+        .as_deref()
+        .and_then(|d| load_plan(d, cfg.kind));
+    let mut offline: std::collections::VecDeque<AgentReport> = std::collections::VecDeque::new();
+    let mut next_offline = tokio::time::Instant::now() + cfg.offline_interval;
     loop {
-        match client
+        let polled = client
             .next(&cfg.node, cfg.kind, after, epoch, pod_ip, cfg.poll_wait)
-            .await
-        {
+            .await;
+        if polled.is_ok() && !offline.is_empty() {
+            let batch: Vec<AgentReport> = offline.iter().cloned().collect();
+            match client.deliver_offline(&batch).await {
+                Ok(()) => {
+                    tracing::info!(
+                        reports = batch.len(),
+                        "delivered the reports made while the coordinator was away"
+                    );
+                    offline.clear();
+                }
+                Err(e) => tracing::warn!(error = %e, "could not deliver buffered reports yet"),
+            }
+        }
+        match polled {
             Ok(Some(Assignment { epoch: e, plan })) => {
                 backoff = Duration::from_millis(500);
                 (after, epoch) = (plan.round, e);
+                if let Some(dir) = &cfg.state_dir
+                    && let Err(err) = save_plan(dir, &plan)
+                {
+                    tracing::warn!(dir = %dir.display(), error = %err, "cannot save the plan");
+                }
+                last_plan = Some(plan.clone());
                 if !capture_tried && let Some(o) = &plan.overlay {
                     capture_tried = true;
                     match start_capture(o.node_ip, o.port).await {
@@ -116,7 +176,40 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
             Ok(None) => {}
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?backoff, "cannot poll the coordinator");
-                sleep(backoff).await;
+                if let Some(plan) = &last_plan
+                    && tokio::time::Instant::now() >= next_offline
+                {
+                    next_offline = tokio::time::Instant::now() + cfg.offline_interval;
+                    let plan = Plan {
+                        capture_packets: false,
+                        ..plan.clone()
+                    };
+                    let mut report =
+                        run_plan(&plan, pinger.as_ref(), &http, &warnings, capture.as_ref()).await;
+                    report.offline_at_ms = Some(
+                        std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_millis() as u64),
+                    );
+                    report.packets.clear();
+                    if offline.len() == OFFLINE_BUFFER {
+                        offline.pop_front();
+                    }
+                    offline.push_back(report);
+                    tracing::info!(
+                        buffered = offline.len(),
+                        "probed with the last plan while the coordinator is unreachable"
+                    );
+                }
+                // Back off from the coordinator, but not past the next offline round.
+                let until_offline =
+                    next_offline.saturating_duration_since(tokio::time::Instant::now());
+                sleep(if last_plan.is_some() {
+                    backoff.min(until_offline.max(Duration::from_millis(100)))
+                } else {
+                    backoff
+                })
+                .await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
@@ -277,6 +370,7 @@ pub async fn run_plan(
         evidence,
         capture: None,
         packets: Vec::new(),
+        offline_at_ms: None,
     };
     if let (Some(c), Some(o)) = (capture, &plan.overlay) {
         // Every agent got its plan at about the same moment; the capture must include the

@@ -29,6 +29,7 @@ pub fn router(upstream: &str) -> Router {
     Router::new()
         .route("/v1/agents/{node}/pod/next", get(forward))
         .route("/v1/reports", post(forward))
+        .route("/v1/reports/offline", post(forward))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(relay)
 }

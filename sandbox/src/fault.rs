@@ -84,6 +84,9 @@ pub enum Fault {
         /// Node.
         node: String,
     },
+    /// The coordinator is down (a control-plane outage): agents keep probing with their
+    /// last plan and deliver the results when it is back.
+    CoordinatorDown,
     /// The node's underlay drops a random share of packets each way.
     Loss {
         /// Node.
@@ -105,7 +108,7 @@ pub enum Action {
 }
 
 /// The names of every fault kind, as the CLI takes them.
-pub const KINDS: [&str; 14] = [
+pub const KINDS: [&str; 15] = [
     "vxlan-drop-in",
     "vxlan-drop-out",
     "ip-forward-off",
@@ -120,6 +123,7 @@ pub const KINDS: [&str; 14] = [
     "ingress-down",
     "link-down",
     "loss",
+    "coordinator-down",
 ];
 
 const TAG: &str = "-m comment --comment meshprobe-fault";
@@ -169,6 +173,7 @@ impl Fault {
             "metrics-blocked" => Fault::MetricsBlocked { pod },
             "nodeport-removed" => Fault::NodeportRemoved { node: need_node()? },
             "ingress-down" => Fault::IngressDown,
+            "coordinator-down" => Fault::CoordinatorDown,
             "link-down" => Fault::LinkDown { node: need_node()? },
             "loss" => {
                 let percent = percent.unwrap_or(50);
@@ -203,7 +208,10 @@ impl Fault {
             | Fault::NodeportRemoved { node }
             | Fault::LinkDown { node }
             | Fault::Loss { node, .. } => Some(node),
-            Fault::DnsDown { .. } | Fault::MetricsBlocked { .. } | Fault::IngressDown => None,
+            Fault::DnsDown { .. }
+            | Fault::MetricsBlocked { .. }
+            | Fault::IngressDown
+            | Fault::CoordinatorDown => None,
         }
     }
 
@@ -374,6 +382,13 @@ impl Fault {
                     Action::Start("ingress".into())
                 };
             }
+            Fault::CoordinatorDown => {
+                return if inject {
+                    Action::Stop("coordinator".into())
+                } else {
+                    Action::Start("coordinator".into())
+                };
+            }
             Fault::LinkDown { node: n } => {
                 let port = node(n).map(|n| n.switch_port()).unwrap_or_default();
                 let state = if inject { "down" } else { "up" };
@@ -424,6 +439,7 @@ impl fmt::Display for Fault {
                 write!(f, "nodeport-removed on {node} (port {NODE_PORT})")
             }
             Fault::IngressDown => write!(f, "ingress-down"),
+            Fault::CoordinatorDown => write!(f, "coordinator-down"),
             Fault::LinkDown { node } => write!(f, "link-down on {node}"),
             Fault::Loss { node, percent } => write!(f, "loss {percent}% each way on {node}"),
         }

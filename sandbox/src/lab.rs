@@ -406,17 +406,7 @@ impl Lab {
     /// host agent and a pod agent on every node, and waits until every agent has polled.
     pub fn start_mesh(&mut self) -> Result<(), LabError> {
         let p = self.plan.clone();
-        self.start(ProcSpec {
-            name: "coordinator".into(),
-            ns: p.ctl_ns(),
-            args: vec![
-                "coordinator".into(),
-                "--inventory".into(),
-                self.inventory_path().display().to_string(),
-                "--listen".into(),
-                format!("{}:{COORDINATOR_PORT}", p.ctl_ip()),
-            ],
-        })?;
+        self.start(self.coordinator_spec())?;
         self.wait_ready(&["coordinator".to_owned()], Duration::from_secs(10))?;
         for n in &p.nodes {
             self.start(ProcSpec {
@@ -430,6 +420,10 @@ impl Lab {
                     p.coordinator_url(),
                     "--relay-listen".into(),
                     format!("{}:{RELAY_PORT}", n.ip),
+                    "--state-dir".into(),
+                    self.agent_state_dir(&n.name, "host").display().to_string(),
+                    "--offline-interval".into(),
+                    "1s".into(),
                 ],
             })?;
             self.start(ProcSpec {
@@ -442,10 +436,34 @@ impl Lab {
                     n.name.clone(),
                     "--coordinator".into(),
                     format!("http://{}:{RELAY_PORT}", n.ip),
+                    "--state-dir".into(),
+                    self.agent_state_dir(&n.name, "pod").display().to_string(),
+                    "--offline-interval".into(),
+                    "1s".into(),
                 ],
             })?;
         }
         self.wait_agents(Duration::from_secs(15))
+    }
+
+    fn coordinator_spec(&self) -> ProcSpec {
+        let p = &self.plan;
+        ProcSpec {
+            name: "coordinator".into(),
+            ns: p.ctl_ns(),
+            args: vec![
+                "coordinator".into(),
+                "--inventory".into(),
+                self.inventory_path().display().to_string(),
+                "--listen".into(),
+                format!("{}:{COORDINATOR_PORT}", p.ctl_ip()),
+            ],
+        }
+    }
+
+    /// Where an agent keeps its last plan (the lab's stand-in for the pod's volume).
+    pub fn agent_state_dir(&self, node: &str, kind: &str) -> PathBuf {
+        self.dir.join(format!("state-{node}-{kind}"))
     }
 
     /// Waits until every agent has polled the coordinator.
@@ -503,6 +521,7 @@ impl Lab {
                 let spec = self
                     .server_specs()
                     .into_iter()
+                    .chain(std::iter::once(self.coordinator_spec()))
                     .find(|s| s.name == name)
                     .ok_or_else(|| LabError::Spec(format!("no lab process {name}")))?;
                 self.start(spec)?;
