@@ -39,6 +39,9 @@ pub const MAX_WAIT: Duration = Duration::from_secs(60);
 pub fn router(state: Arc<Coordinator>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        // Ready = serving as the active coordinator (always, until leader election lands).
+        .route("/readyz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
         .route("/v1/agents", get(agents))
         .route("/v1/agents/{node}/{kind}/next", get(next))
         .route("/v1/reports", post(report))
@@ -251,6 +254,17 @@ async fn latest(State(c): State<Arc<Coordinator>>) -> Response {
         Some(r) => Json(&*r).into_response(),
         None => error(StatusCode::NOT_FOUND, "no round has finished yet"),
     }
+}
+
+async fn metrics(State(c): State<Arc<Coordinator>>) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        c.metrics_text(),
+    )
+        .into_response()
 }
 
 async fn agents(State(c): State<Arc<Coordinator>>) -> Response {

@@ -134,6 +134,7 @@ pub enum RoundStatus {
 /// The coordinator's shared state.
 pub struct Coordinator {
     inner: Mutex<Inner>,
+    metrics: crate::metrics::Metrics,
     source: Box<dyn TopologySource>,
     settings: Settings,
     epoch: u64,
@@ -146,6 +147,7 @@ impl Coordinator {
     pub fn new(source: Box<dyn TopologySource>, settings: Settings) -> Arc<Self> {
         Arc::new(Self {
             inner: Mutex::new(Inner::default()),
+            metrics: crate::metrics::Metrics::default(),
             source,
             settings,
             // Never zero, so an agent that has never seen an epoch always differs.
@@ -310,6 +312,7 @@ impl Coordinator {
             expected = r.live.len(),
             "round done"
         );
+        self.metrics.observe(&report, self.source.fresh());
         let mut inner = self.lock();
         inner.finishing = None;
         inner.history.push_back(keys);
@@ -506,6 +509,11 @@ impl Coordinator {
     /// The reports agents delivered after an outage, oldest first.
     pub fn offline_reports(&self) -> Vec<AgentReport> {
         self.lock().offline.iter().cloned().collect()
+    }
+
+    /// The Prometheus text exposition of the last round.
+    pub fn metrics_text(&self) -> String {
+        self.metrics.encode()
     }
 
     /// The latest finished round.

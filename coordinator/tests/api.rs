@@ -154,6 +154,35 @@ async fn round_with_fake_agents_builds_matrices_and_silent_node_is_unknown() {
     assert_eq!(state(Layer::PodToPod, "n1", "n3"), Some(CellState::Unknown));
     assert_eq!(state(Layer::DnsPod, "n2", "coredns-a"), Some(CellState::Ok));
     assert!(c.latest().is_some());
+    // The SLO metrics, by their exported names, per layer and per node (never per pair).
+    let text = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    meshprobe_core::promtext::validate(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    use meshprobe_coordinator::metrics::*;
+    assert!(text.contains(&format!("{ROUNDS}_total 1")), "{text}");
+    assert!(text.contains(&format!("{HEALTHY} 0")));
+    assert!(
+        text.contains(&format!("{CELLS}{{layer=\"underlay\",state=\"fail\"}} 1")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("{NODE_FAILING_CELLS}{{node=\"n2\"}} 1")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("{AGENTS}{{kind=\"host\",state=\"absent\"}} 1")),
+        "{text}"
+    );
+    assert!(
+        !text.contains("n1->n2") && !text.contains("dst="),
+        "no per-pair series"
+    );
     // A round finishes early once every live agent reported: far under its deadline.
     assert!(
         report.duration_ms < 2000,

@@ -1,0 +1,234 @@
+//! deploy/ is valid Kubernetes: every object of the kustomize base deserialises into its
+//! k8s-openapi type and serialises back to exactly what the file says (so a misspelt or
+//! misplaced field, which a lenient parser would drop, fails here), and the security
+//! posture the README promises holds. When `kubectl` is installed (CI installs Debian's
+//! kubernetes-client), `kubectl kustomize deploy/` is rendered and checked the same way.
+
+use std::path::Path;
+use std::process::Command;
+
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::core::v1::{Namespace, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use serde::Deserialize;
+use serde_json::Value;
+
+const DEPLOY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy");
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Kustomization {
+    #[allow(dead_code, reason = "checked by serde's shape only")]
+    api_version: String,
+    #[allow(dead_code, reason = "checked by serde's shape only")]
+    kind: String,
+    namespace: Option<String>,
+    resources: Vec<String>,
+    #[serde(default)]
+    #[allow(dead_code, reason = "checked by serde's shape only")]
+    images: Vec<Value>,
+}
+
+fn docs(text: &str, origin: &str) -> Vec<Value> {
+    serde_yaml_ng::Deserializer::from_str(text)
+        .map(|d| Value::deserialize(d).unwrap_or_else(|e| panic!("{origin}: not YAML: {e}")))
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+/// Round-trips `v` through the k8s-openapi type `T`; the difference, if any, in words.
+fn round_trip<T: serde::de::DeserializeOwned + serde::Serialize>(v: &Value) -> Result<(), String> {
+    let typed: T =
+        serde_json::from_value(v.clone()).map_err(|e| format!("does not deserialise: {e}"))?;
+    let back = serde_json::to_value(&typed).map_err(|e| e.to_string())?;
+    diff("", v, &back).map_or(Ok(()), Err)
+}
+
+/// The first place where `a` (the file) has something `b` (the typed object) lost or changed.
+fn diff(path: &str, a: &Value, b: &Value) -> Option<String> {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => x.iter().find_map(|(k, va)| match y.get(k) {
+            Some(vb) => diff(&format!("{path}.{k}"), va, vb),
+            None => Some(format!(
+                "{path}.{k} is not a field of this kind (misspelt or misplaced?)"
+            )),
+        }),
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => x
+            .iter()
+            .zip(y)
+            .enumerate()
+            .find_map(|(i, (va, vb))| diff(&format!("{path}[{i}]"), va, vb)),
+        _ if a == b => None,
+        _ => Some(format!("{path}: {a} became {b}")),
+    }
+}
+
+fn validate(v: &Value) -> Result<(), String> {
+    let kind = v["kind"].as_str().unwrap_or_default();
+    match kind {
+        "Namespace" => round_trip::<Namespace>(v),
+        "ServiceAccount" => round_trip::<ServiceAccount>(v),
+        "ClusterRole" => round_trip::<ClusterRole>(v),
+        "ClusterRoleBinding" => round_trip::<ClusterRoleBinding>(v),
+        "Role" => round_trip::<Role>(v),
+        "RoleBinding" => round_trip::<RoleBinding>(v),
+        "Deployment" => round_trip::<Deployment>(v),
+        "DaemonSet" => round_trip::<DaemonSet>(v),
+        "Service" => round_trip::<Service>(v),
+        other => Err(format!("unexpected kind {other:?}")),
+    }
+}
+
+fn base() -> (Kustomization, Vec<Value>) {
+    let k: Kustomization = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(Path::new(DEPLOY).join("kustomization.yaml"))
+            .expect("kustomization"),
+    )
+    .expect("kustomization.yaml has only known fields");
+    let mut all = Vec::new();
+    for r in &k.resources {
+        let text = std::fs::read_to_string(Path::new(DEPLOY).join(r))
+            .unwrap_or_else(|e| panic!("{r}: {e}"));
+        all.extend(docs(&text, r));
+    }
+    (k, all)
+}
+
+fn find<'a>(all: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    all.iter()
+        .find(|v| v["kind"] == kind && v["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name}"))
+}
+
+#[test]
+fn every_object_is_a_valid_kubernetes_object() {
+    let (_, all) = base();
+    assert!(all.len() >= 10, "{} objects", all.len());
+    let errors: Vec<String> = all
+        .iter()
+        .filter_map(|v| {
+            validate(v)
+                .err()
+                .map(|e| format!("{} {}: {e}", v["kind"], v["metadata"]["name"]))
+        })
+        .collect();
+    assert!(errors.is_empty(), "{}", errors.join("\n"));
+}
+
+#[test]
+fn the_diff_catches_a_misspelt_field() {
+    let (_, all) = base();
+    let mut ds = find(&all, "DaemonSet", "meshprobe-agent-host").clone();
+    ds["spec"]["template"]["spec"]["hostNetwrok"] = Value::Bool(true);
+    let err = validate(&ds).expect_err("a typo must not pass");
+    assert!(err.contains("hostNetwrok"), "{err}");
+}
+
+#[test]
+fn security_posture_is_what_the_readme_promises() {
+    let (k, all) = base();
+    assert_eq!(k.namespace.as_deref(), Some("meshprobe"));
+    let host = &find(&all, "DaemonSet", "meshprobe-agent-host")["spec"]["template"]["spec"];
+    assert_eq!(host["hostNetwork"], true);
+    assert_eq!(
+        host["automountServiceAccountToken"], false,
+        "agents never talk to the API"
+    );
+    assert_eq!(
+        host["tolerations"],
+        serde_json::json!([{ "operator": "Exists" }]),
+        "tolerates every taint"
+    );
+    let c = &host["containers"][0];
+    assert_eq!(
+        c["securityContext"]["capabilities"],
+        serde_json::json!({ "drop": ["ALL"], "add": ["NET_RAW", "NET_ADMIN"] })
+    );
+    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+    assert!(c["resources"]["requests"].is_object() && c["resources"]["limits"].is_object());
+
+    let pod = &find(&all, "DaemonSet", "meshprobe-agent-pod")["spec"]["template"]["spec"];
+    assert_eq!(
+        pod["hostNetwork"],
+        Value::Null,
+        "the pod agent lives in the pod network"
+    );
+    assert_eq!(
+        pod["securityContext"]["sysctls"][0]["name"],
+        "net.ipv4.ping_group_range"
+    );
+    let pc = &pod["containers"][0];
+    assert_eq!(
+        pc["securityContext"]["capabilities"],
+        serde_json::json!({ "drop": ["ALL"] }),
+        "no capability at all"
+    );
+    assert!(
+        pc["args"]
+            .as_array()
+            .expect("args")
+            .iter()
+            .any(|a| a == "http://$(HOST_IP):7071"),
+        "reports via the host agent's relay"
+    );
+
+    let coord = &find(&all, "Deployment", "meshprobe-coordinator")["spec"]["template"]["spec"];
+    assert_eq!(
+        coord["hostNetwork"], true,
+        "reports reach it over the underlay"
+    );
+
+    // RBAC: read-only everywhere, but for its own Lease.
+    let cr = find(&all, "ClusterRole", "meshprobe-coordinator");
+    for rule in cr["rules"].as_array().expect("rules") {
+        for verb in rule["verbs"].as_array().expect("verbs") {
+            assert!(
+                ["get", "list", "watch"].contains(&verb.as_str().unwrap_or("")),
+                "ClusterRole verb {verb}"
+            );
+        }
+    }
+    let lease = find(&all, "Role", "meshprobe-coordinator-lease");
+    assert_eq!(
+        lease["rules"][0]["resourceNames"],
+        serde_json::json!(["meshprobe-coordinator"])
+    );
+}
+
+#[test]
+fn kustomize_renders_the_base() {
+    let out = match Command::new("kubectl").args(["kustomize", DEPLOY]).output() {
+        Ok(o) => o,
+        Err(_) if std::env::var_os("CI").is_none() => {
+            eprintln!("skipped: kubectl is not installed (CI installs kubernetes-client)");
+            return;
+        }
+        Err(e) => panic!("CI must install kubectl (Debian's kubernetes-client): {e}"),
+    };
+    assert!(
+        out.status.success(),
+        "kubectl kustomize: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rendered = docs(&String::from_utf8_lossy(&out.stdout), "kubectl kustomize");
+    let (_, files) = base();
+    assert_eq!(rendered.len(), files.len(), "every object is rendered");
+    for v in &rendered {
+        let kind = v["kind"].as_str().unwrap_or_default();
+        if !matches!(kind, "Namespace" | "ClusterRole" | "ClusterRoleBinding") {
+            assert_eq!(
+                v["metadata"]["namespace"], "meshprobe",
+                "{kind} {}",
+                v["metadata"]["name"]
+            );
+        }
+        // kubectl 1.20's kustomize orders keys its own way; the typed round trip still holds.
+        validate(v).unwrap_or_else(|e| panic!("rendered {kind} {}: {e}", v["metadata"]["name"]));
+        if kind == "DaemonSet" || kind == "Deployment" {
+            assert_eq!(
+                v["spec"]["template"]["spec"]["containers"][0]["image"],
+                "ghcr.io/meshprobe/meshprobe:0.1.0"
+            );
+        }
+    }
+}
