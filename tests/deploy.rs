@@ -1,8 +1,8 @@
 //! deploy/ is valid Kubernetes: every object of the kustomize base deserialises into its
 //! k8s-openapi type and serialises back to exactly what the file says (so a misspelt or
 //! misplaced field, which a lenient parser would drop, fails here), and the security
-//! posture the README promises holds. When `kubectl` is installed (CI installs Debian's
-//! kubernetes-client), `kubectl kustomize deploy/` is rendered and checked the same way.
+//! posture the README promises holds. When `kubectl` is installed (CI makes sure it is),
+//! `kubectl kustomize deploy/` is rendered and checked the same way.
 
 use std::path::Path;
 use std::process::Command;
@@ -222,7 +222,6 @@ fn kustomize_renders_the_base() {
                 v["metadata"]["name"]
             );
         }
-        // kubectl 1.20's kustomize orders keys its own way; the typed round trip still holds.
         validate(v).unwrap_or_else(|e| panic!("rendered {kind} {}: {e}", v["metadata"]["name"]));
         if kind == "DaemonSet" || kind == "Deployment" {
             assert_eq!(

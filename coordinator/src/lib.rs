@@ -10,6 +10,7 @@
 //! an agent's cells are `unknown`, never `fail`.
 
 pub mod api;
+pub mod discovery;
 pub mod metrics;
 pub mod rounds;
 pub mod source;

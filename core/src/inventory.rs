@@ -253,6 +253,42 @@ pub struct Node {
     pub pod_cidr: PodCidr,
     /// The pod-CIDR gateway (`cni0`), the CIDR's first address unless overridden.
     pub gateway: Ipv4Addr,
+    /// Where the node is in its lifecycle (discovery sets it; inventory nodes are ready).
+    #[serde(default, skip_serializing_if = "NodeState::is_ready")]
+    pub state: NodeState,
+}
+
+/// A node's lifecycle, as Kubernetes reports it. Only ready nodes are probed: the others
+/// appear in every matrix as `unknown`, with the reason, and never in a network finding.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NodeState {
+    /// Ready and schedulable.
+    #[default]
+    Ready,
+    /// The Ready condition is not True.
+    NotReady,
+    /// `spec.unschedulable` (kubectl cordon / drain).
+    Cordoned,
+    /// Has a deletion timestamp.
+    Deleting,
+}
+
+impl NodeState {
+    /// Whether the node is probed.
+    pub fn is_ready(&self) -> bool {
+        *self == NodeState::Ready
+    }
+
+    /// `ready`, `not-ready`, `cordoned`, `deleting`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeState::Ready => "ready",
+            NodeState::NotReady => "not-ready",
+            NodeState::Cordoned => "cordoned",
+            NodeState::Deleting => "deleting",
+        }
+    }
 }
 
 /// One CoreDNS pod.
@@ -416,6 +452,7 @@ fn validate(raw: RawInventory) -> Result<Topology, InventoryError> {
             ));
         }
         nodes.push(Node {
+            state: NodeState::Ready,
             name,
             internal_ip,
             pod_cidr,

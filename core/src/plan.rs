@@ -432,7 +432,83 @@ pub fn make_plan(
             );
         }
     }
+    park_unready(&mut plan, topology, node);
     plan
+}
+
+/// Moves every target on a node that is not ready (and, when this node itself is not
+/// ready, every target) to `unresolved`, with the reason: such cells are `unknown`, never
+/// `fail`, and never feed a finding.
+fn park_unready(plan: &mut Plan, topology: &Topology, node: &NodeName) {
+    let state_of = |name: &str| {
+        topology
+            .nodes
+            .iter()
+            .find(|n| n.name.as_str() == name)
+            .map(|n| n.state)
+    };
+    let own = state_of(node.as_str()).unwrap_or_default();
+    // The node a column's target lives on.
+    let node_of = |layer: Layer, column: &str| -> Option<String> {
+        match layer {
+            Layer::DnsPod | Layer::CorednsMetrics => topology
+                .core_dns
+                .iter()
+                .find(|p| p.name == column)
+                .map(|p| p.node.to_string()),
+            Layer::Ingress | Layer::IngressFromPod => topology
+                .ingresses
+                .iter()
+                .find(|g| column.starts_with(&g.host))
+                .and_then(|g| topology.nodes.iter().find(|n| n.internal_ip == g.address))
+                .map(|n| n.name.to_string()),
+            Layer::DnsService => None,
+            _ => Some(column.split('/').next().unwrap_or(column).to_owned()),
+        }
+    };
+    let reason = |layer: Layer, column: &str| -> Option<String> {
+        if !own.is_ready() {
+            return Some(format!("{node} is {}: not probed", own.as_str()));
+        }
+        let target = node_of(layer, column)?;
+        let state = state_of(&target)?;
+        (!state.is_ready()).then(|| format!("{target} is {}: not probed", state.as_str()))
+    };
+    let mut parked = Vec::new();
+    plan.icmp.retain(|t| {
+        reason(t.layer, &t.column)
+            .map(|r| {
+                parked.push(Unresolved {
+                    layer: t.layer,
+                    column: t.column.clone(),
+                    reason: r,
+                })
+            })
+            .is_none()
+    });
+    plan.dns.retain(|t| {
+        reason(t.layer, &t.column)
+            .map(|r| {
+                parked.push(Unresolved {
+                    layer: t.layer,
+                    column: t.column.clone(),
+                    reason: r,
+                })
+            })
+            .is_none()
+    });
+    plan.http.retain(|t| {
+        reason(t.layer, &t.column)
+            .map(|r| {
+                parked.push(Unresolved {
+                    layer: t.layer,
+                    column: t.column.clone(),
+                    reason: r,
+                })
+            })
+            .is_none()
+    });
+    plan.unresolved.extend(parked);
 }
 
 /// NodePort targets on this node and the sampled peers, and every ingress.
@@ -602,6 +678,56 @@ ingresses: [{host: web.lab.local, address: 192.168.77.13}]
                 .collect::<Vec<_>>(),
             ["kube-dns", "coredns-a"]
         );
+    }
+
+    #[test]
+    fn unready_nodes_are_planned_unknown_with_the_reason() {
+        let mut t = topo();
+        t.nodes[2].state = crate::inventory::NodeState::Cordoned;
+        let plan = make_plan(
+            &t,
+            &BTreeMap::new(),
+            &n("n1"),
+            AgentKind::Host,
+            1,
+            &PlanSettings::default(),
+        );
+        assert!(
+            plan.icmp.iter().all(|x| x.column != "n3"),
+            "nothing sent to a cordoned node"
+        );
+        let parked: Vec<_> = plan
+            .unresolved
+            .iter()
+            .filter(|u| u.column == "n3")
+            .map(|u| u.layer)
+            .collect();
+        assert_eq!(
+            parked,
+            [
+                Layer::Underlay,
+                Layer::UnderlayFullSize,
+                Layer::GatewayFromHost,
+                Layer::Nodeport
+            ]
+        );
+        assert!(
+            plan.unresolved
+                .iter()
+                .all(|u| u.reason == "n3 is cordoned: not probed")
+        );
+        // The ingress lives on n3 too.
+        assert!(plan.http.iter().all(|h| h.layer != Layer::Ingress));
+        // A node that is not ready probes nothing.
+        let own = make_plan(
+            &t,
+            &BTreeMap::new(),
+            &n("n3"),
+            AgentKind::Host,
+            1,
+            &PlanSettings::default(),
+        );
+        assert!(own.icmp.is_empty() && own.http.is_empty() && !own.unresolved.is_empty());
     }
 
     #[test]

@@ -1541,7 +1541,12 @@ impl<'a> Cx<'a> {
             let Some((h, p)) = self.agent_state(x) else {
                 continue;
             };
-            if self.broken.get(&x) == Some(&"node-unreachable") {
+            // A node that is not ready (cordoned, going away) may well have no agents.
+            let unready = self
+                .t
+                .node(&name(self.ix.names[x]))
+                .is_some_and(|n| !n.state.is_ready());
+            if unready || self.broken.get(&x) == Some(&"node-unreachable") {
                 continue;
             }
             let missing: Vec<(&str, AgentState)> = [("host", h), ("pod", p)]

@@ -305,3 +305,18 @@ fn findings_read_well() {
         std::fs::read_to_string(path).expect("snapshot exists (UPDATE_SNAPSHOTS=1 to create)");
     assert_eq!(text, want);
 }
+
+#[test]
+fn a_cordoned_node_with_silent_agents_gives_no_finding() {
+    let mut t = synth::topology(6);
+    t.nodes[3].state = meshprobe_core::inventory::NodeState::Cordoned;
+    // Its agents are gone (drained), and nobody probes it: no finding about anyone.
+    let r = synth::report(&t, &[Fault::AgentsSilent(3)], 1, &PlanSettings::default());
+    let d = diagnose(&t, &r, &[], &Settings::default());
+    assert_eq!(shape(&d.findings), vec![]);
+    let cell = r
+        .cell(meshprobe_core::Layer::Underlay, "n1", "n4")
+        .expect("planned");
+    assert_eq!(cell.state, meshprobe_core::CellState::Unknown);
+    assert_eq!(cell.detail.as_deref(), Some("n4 is cordoned: not probed"));
+}
