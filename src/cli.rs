@@ -35,6 +35,12 @@ pub enum Command {
         /// Run a round this often even when nobody asks (continuous mode).
         #[arg(long, default_value = "30s", value_parser = crate::duration::parse)]
         interval: Duration,
+        /// Discovery: the cluster's DNS domain (kubelet's clusterDomain).
+        #[arg(long, default_value = "cluster.local")]
+        cluster_domain: String,
+        /// Discovery: a name for the cluster, for people.
+        #[arg(long, default_value = "kubernetes")]
+        cluster_name: String,
     },
     /// Run one probe agent.
     Probe {
@@ -123,7 +129,16 @@ pub fn main() -> ExitCode {
             inventory,
             listen,
             interval,
-        } => report(run_coordinator(inventory, listen, interval)),
+            cluster_domain,
+            cluster_name,
+        } => {
+            let discovery = meshprobe_coordinator::discovery::DiscoverySettings {
+                cluster_name,
+                cluster_domain,
+                ..Default::default()
+            };
+            report(run_coordinator(inventory, listen, interval, discovery))
+        }
         Command::Probe {
             node,
             coordinator,
@@ -185,30 +200,31 @@ fn run_coordinator(
     inventory: Option<PathBuf>,
     listen: SocketAddr,
     interval: Duration,
+    discovery: meshprobe_coordinator::discovery::DiscoverySettings,
 ) -> Result<(), String> {
-    let Some(path) = inventory else {
-        return Err(
-            "Kubernetes discovery is not available in this build yet; pass --inventory FILE (static mode)".to_owned()
-        );
-    };
-    let topology = load_inventory(&path)?;
+    let topology = inventory.as_ref().map(load_inventory).transpose()?;
     let rt = runtime(true).map_err(|e| format!("cannot start the runtime: {e}"))?;
     rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-        let bound = listener
-            .local_addr()
-            .map_err(|e| format!("cannot read the bound address: {e}"))?;
+        let (source, what): (Box<dyn meshprobe_coordinator::TopologySource>, String) = match topology {
+            Some(t) => {
+                let what = format!("{} nodes, static inventory", t.nodes.len());
+                (Box::new(meshprobe_coordinator::StaticTopology::new(t)), what)
+            }
+            None => {
+                // In-cluster config, else the kubeconfig.
+                let client = kube::Client::try_default().await.map_err(|e| {
+                    format!("Kubernetes discovery: no API access ({e}); run in a cluster, set KUBECONFIG, or pass --inventory FILE")
+                })?;
+                let source = meshprobe_coordinator::kube_source::KubeTopology::start(client, discovery);
+                (Box::new(source), "Kubernetes discovery".to_owned())
+            }
+        };
+        let listener =
+            tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+        let bound = listener.local_addr().map_err(|e| format!("cannot read the bound address: {e}"))?;
         // Printed (not logged) so that scripts and tests binding port 0 learn the port.
-        eprintln!(
-            "meshprobe coordinator listening on {bound} ({} nodes, static inventory)",
-            topology.nodes.len()
-        );
-        let c = meshprobe_coordinator::Coordinator::new(
-            Box::new(meshprobe_coordinator::StaticTopology::new(topology)),
-            meshprobe_coordinator::Settings::default(),
-        );
+        eprintln!("meshprobe coordinator listening on {bound} ({what})");
+        let c = meshprobe_coordinator::Coordinator::new(source, meshprobe_coordinator::Settings::default());
         tokio::spawn(Arc::clone(&c).schedule(interval));
         axum::serve(listener, meshprobe_coordinator::router(c))
             .with_graceful_shutdown(shutdown())

@@ -222,3 +222,19 @@ fn check_with_no_agents_reports_unknown_exits_1_and_speaks_json() {
     );
     std::thread::sleep(Duration::from_millis(10));
 }
+
+#[test]
+fn coordinator_without_inventory_or_api_access_says_so_and_exits_2() {
+    let out = Command::new(BIN)
+        .args(["coordinator", "--listen", "127.0.0.1:0"])
+        .env("KUBECONFIG", "/nonexistent/kubeconfig")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("Kubernetes discovery: no API access") && err.contains("--inventory"),
+        "{err}"
+    );
+}

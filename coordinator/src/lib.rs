@@ -11,6 +11,7 @@
 
 pub mod api;
 pub mod discovery;
+pub mod kube_source;
 pub mod metrics;
 pub mod rounds;
 pub mod source;

@@ -298,6 +298,11 @@ impl Coordinator {
             duration_ms: r.started.elapsed().as_millis() as u64,
             findings: Vec::new(),
         });
+        if !self.source.fresh() {
+            report.warnings.push(
+                "topology: the Kubernetes API server is unreachable; planning from the last known topology".to_owned(),
+            );
+        }
         let diagnosis =
             meshprobe_diagnosis::diagnose(&r.topology, &report, &history, &self.settings.diagnosis);
         let keys = diagnosis.findings.iter().map(|f| f.key()).collect();

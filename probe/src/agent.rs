@@ -375,9 +375,20 @@ pub async fn run_plan(
     if let (Some(c), Some(o)) = (capture, &plan.overlay) {
         // Every agent got its plan at about the same moment; the capture must include the
         // last waves of every agent's probes (the pod agent beside us, peers toward us).
-        let all_sent = started
-            + Duration::from_millis(u64::from(s.icmp_count) * u64::from(s.icmp_interval_ms) + 300);
-        tokio::time::sleep_until(all_sent).await;
+        let wait =
+            Duration::from_millis(u64::from(s.icmp_count) * u64::from(s.icmp_interval_ms) + 300);
+        tokio::time::sleep_until(started + wait).await;
+        // ...and the capture thread must have caught up with them (up to a second more).
+        let all_sent_us = started_us + wait.as_micros() as u64;
+        let give_up = tokio::time::Instant::now() + Duration::from_secs(1);
+        while !c.drained_since(all_sent_us) && tokio::time::Instant::now() < give_up {
+            sleep(Duration::from_millis(20)).await;
+        }
+        if let Some(why) = c.stopped() {
+            report
+                .warnings
+                .push(format!("packet capture stopped: {why}"));
+        }
         let peers: Vec<(NodeName, Ipv4Addr)> =
             o.peers.iter().map(|p| (p.node.clone(), p.ip)).collect();
         report.capture = Some(c.summary(plan.round, &peers));

@@ -235,6 +235,11 @@ struct Frame {
 
 #[derive(Default)]
 struct State {
+    /// When the capture thread last found its socket empty (µs since the epoch): every
+    /// frame that arrived before that has been recorded.
+    drained_at_us: u64,
+    /// Why the capture thread stopped, if it did.
+    stopped: Option<String>,
     totals: BTreeMap<Ipv4Addr, Totals>,
     reported: BTreeMap<Ipv4Addr, Totals>,
     probes: BTreeMap<u32, BTreeMap<Ipv4Addr, ProbeCounts>>,
@@ -360,7 +365,8 @@ impl Capture {
             source,
         };
         sock.attach_filter(&filter(ifindex, port)).map_err(err)?;
-        sock.set_read_timeout(Some(Duration::from_millis(200)))
+        // Short, so the thread notices an empty socket soon (see `drained_since`).
+        sock.set_read_timeout(Some(Duration::from_millis(50)))
             .map_err(err)?;
         let _ = sock.set_recv_buffer_size(2 << 20);
         // Frames queued before the filter was attached may be anything: drop them.
@@ -377,12 +383,17 @@ impl Capture {
             .name("capture".into())
             .spawn(move || {
                 let mut buf = [0u8; SNAPLEN as usize];
+                let now_us = || {
+                    SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .map_or(0, |d| d.as_micros() as u64)
+                };
+                let mut errors = 0u32;
                 while !sp.load(Ordering::Relaxed) {
                     match std_sock.recv(&mut buf) {
                         Ok(n) => {
-                            let at = SystemTime::now()
-                                .duration_since(UNIX_EPOCH)
-                                .map_or(0, |d| d.as_micros() as u64);
+                            errors = 0;
+                            let at = now_us();
                             let mut s = st.lock().unwrap_or_else(|p| p.into_inner());
                             s.record(node_ip, &buf[..n], port, at);
                         }
@@ -390,10 +401,21 @@ impl Capture {
                             if matches!(
                                 e.kind(),
                                 io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                            ) => {}
+                            ) =>
+                        {
+                            st.lock().unwrap_or_else(|p| p.into_inner()).drained_at_us = now_us();
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                         Err(e) => {
-                            tracing::warn!(error = %e, "capture stopped");
-                            return;
+                            // Transient (the interface bouncing): retry a while before giving up.
+                            errors += 1;
+                            if errors > 50 {
+                                tracing::warn!(error = %e, "capture stopped");
+                                st.lock().unwrap_or_else(|p| p.into_inner()).stopped =
+                                    Some(e.to_string());
+                                return;
+                            }
+                            std::thread::sleep(Duration::from_millis(100));
                         }
                     }
                 }
@@ -411,6 +433,26 @@ impl Capture {
     /// The interface captured on.
     pub fn interface(&self) -> &str {
         &self.interface
+    }
+
+    /// Whether every frame that reached the socket up to `at_us` has been recorded (the
+    /// thread found the socket empty after it). On a busy or starved node the thread can
+    /// lag behind the kernel; a round's summary must wait for it.
+    pub fn drained_since(&self, at_us: u64) -> bool {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drained_at_us
+            >= at_us
+    }
+
+    /// Why the capture stopped, if it did.
+    pub fn stopped(&self) -> Option<String> {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .stopped
+            .clone()
     }
 
     /// This round's view: all encapsulated traffic per peer since the previous summary,
