@@ -475,39 +475,20 @@ fn park_unready(plan: &mut Plan, topology: &Topology, node: &NodeName) {
         (!state.is_ready()).then(|| format!("{target} is {}: not probed", state.as_str()))
     };
     let mut parked = Vec::new();
-    plan.icmp.retain(|t| {
-        reason(t.layer, &t.column)
-            .map(|r| {
-                parked.push(Unresolved {
-                    layer: t.layer,
-                    column: t.column.clone(),
-                    reason: r,
-                })
-            })
-            .is_none()
-    });
-    plan.dns.retain(|t| {
-        reason(t.layer, &t.column)
-            .map(|r| {
-                parked.push(Unresolved {
-                    layer: t.layer,
-                    column: t.column.clone(),
-                    reason: r,
-                })
-            })
-            .is_none()
-    });
-    plan.http.retain(|t| {
-        reason(t.layer, &t.column)
-            .map(|r| {
-                parked.push(Unresolved {
-                    layer: t.layer,
-                    column: t.column.clone(),
-                    reason: r,
-                })
-            })
-            .is_none()
-    });
+    let mut park = |layer: Layer, column: &str| match reason(layer, column) {
+        Some(reason) => {
+            parked.push(Unresolved {
+                layer,
+                column: column.to_owned(),
+                reason,
+            });
+            false
+        }
+        None => true,
+    };
+    plan.icmp.retain(|t| park(t.layer, &t.column));
+    plan.dns.retain(|t| park(t.layer, &t.column));
+    plan.http.retain(|t| park(t.layer, &t.column));
     plan.unresolved.extend(parked);
 }
 

@@ -99,43 +99,32 @@ impl CoordinatorClient {
 
     /// Delivers reports made while the coordinator was unreachable.
     pub async fn deliver_offline(&self, reports: &[AgentReport]) -> Result<(), ClientError> {
-        let url = format!("{}/v1/reports/offline", self.base);
-        let body = Bytes::from(
-            serde_json::to_vec(&serde_json::json!({ "reports": reports })).unwrap_or_default(),
-        );
-        let a = transport::send(
-            &self.base,
-            Method::POST,
-            "/v1/reports/offline",
-            Some(("application/json".to_owned(), body)),
-            Duration::from_secs(20),
-        )
-        .await
-        .map_err(|source| ClientError::Unreachable {
-            url: url.clone(),
-            source,
-        })?;
-        if a.status.is_success() {
-            Ok(())
-        } else {
-            Err(ClientError::Status {
-                url,
-                status: a.status.as_u16(),
-                body: body_start(&a.body),
-            })
-        }
+        let body = serde_json::json!({ "reports": reports });
+        self.post_json("/v1/reports/offline", &body, Duration::from_secs(20))
+            .await
     }
 
     /// Posts a report.
     pub async fn report(&self, report: &AgentReport) -> Result<(), ClientError> {
-        let url = format!("{}/v1/reports", self.base);
-        let body = Bytes::from(serde_json::to_vec(report).unwrap_or_default());
+        self.post_json("/v1/reports", report, Duration::from_secs(10))
+            .await
+    }
+
+    /// POSTs `body` as JSON to `path`; any non-2xx answer is an error.
+    async fn post_json(
+        &self,
+        path: &str,
+        body: &impl serde::Serialize,
+        timeout: Duration,
+    ) -> Result<(), ClientError> {
+        let url = format!("{}{path}", self.base);
+        let bytes = Bytes::from(serde_json::to_vec(body).unwrap_or_default());
         let a = transport::send(
             &self.base,
             Method::POST,
-            "/v1/reports",
-            Some(("application/json".to_owned(), body)),
-            Duration::from_secs(10),
+            path,
+            Some(("application/json".to_owned(), bytes)),
+            timeout,
         )
         .await
         .map_err(|source| ClientError::Unreachable {
