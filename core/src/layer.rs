@@ -62,6 +62,16 @@ impl Layer {
         Layer::IngressFromPod,
     ];
 
+    /// The ICMP echo layers: node to node, where loss is measured over many probes.
+    pub const ICMP: [Layer; 6] = [
+        Layer::Underlay,
+        Layer::UnderlayFullSize,
+        Layer::GatewayFromHost,
+        Layer::GatewayFromPod,
+        Layer::PodToPod,
+        Layer::PodToPodFullSize,
+    ];
+
     /// The name used in JSON and on the command line.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -151,6 +161,18 @@ impl FromStr for Layer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn icmp_layers_are_the_node_to_node_echo_layers() {
+        assert!(Layer::ICMP.iter().all(
+            |l| l.columns_are_nodes() && !matches!(l, Layer::Nodeport | Layer::NodeportFromPod)
+        ));
+        assert_eq!(
+            Layer::ICMP[..],
+            Layer::ALL[..6],
+            "from the wire up, as ALL lists them"
+        );
+    }
 
     #[test]
     fn names_round_trip_through_serde_and_from_str() {

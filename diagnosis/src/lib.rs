@@ -109,15 +109,6 @@ enum Part {
     Big,
 }
 
-const ICMP_LAYERS: [Layer; 6] = [
-    Layer::Underlay,
-    Layer::UnderlayFullSize,
-    Layer::GatewayFromHost,
-    Layer::GatewayFromPod,
-    Layer::PodToPod,
-    Layer::PodToPodFullSize,
-];
-
 /// FxHash (rustc's hasher): the index's keys are small integers and our own strings, so a
 /// fast non-cryptographic hash is right; SipHash would double the diagnosis time.
 #[derive(Default, Clone, Copy)]
@@ -179,7 +170,7 @@ impl<'a> Index<'a> {
         let mut tcols: FxMap<(Layer, &str), Vec<usize>> = FxMap::default();
         for (layer, m) in &r.layers {
             let li = layer_ix(*layer);
-            if ICMP_LAYERS.contains(layer) {
+            if Layer::ICMP.contains(layer) {
                 rows[li] = vec![Vec::new(); n];
                 cols[li] = vec![Vec::new(); n];
             }
@@ -191,7 +182,7 @@ impl<'a> Index<'a> {
                     if cell.state == CellState::Unknown {
                         continue;
                     }
-                    match (ICMP_LAYERS.contains(layer), pos.get(dst.as_str()).copied()) {
+                    match (Layer::ICMP.contains(layer), pos.get(dst.as_str()).copied()) {
                         (true, Some(d)) => {
                             rows[li][s].push((d, cell));
                             cols[li][d].push(s);
@@ -1161,7 +1152,7 @@ impl<'a> Cx<'a> {
         let mut from = vec![(0u64, 0u64); n];
         let mut who: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); n];
         let mut total = (0u64, 0u64);
-        for (s, d, c) in ICMP_LAYERS.iter().flat_map(|l| self.ix.all(*l)) {
+        for (s, d, c) in Layer::ICMP.iter().flat_map(|l| self.ix.all(*l)) {
             if s == d || c.loss_pct.unwrap_or(0.0) >= dead {
                 continue;
             }
