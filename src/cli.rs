@@ -21,27 +21,49 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// The coordinator's options.
+#[derive(clap::Args, Debug)]
+pub struct CoordinatorArgs {
+    /// Static mode: take the cluster from this inventory file (YAML or JSON). Without it,
+    /// discover the cluster from the Kubernetes API.
+    #[arg(long)]
+    inventory: Option<PathBuf>,
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0:7070")]
+    listen: SocketAddr,
+    /// Run a round this often even when nobody asks (continuous mode).
+    #[arg(long, default_value = "30s", value_parser = crate::duration::parse)]
+    interval: Duration,
+    /// Discovery: the cluster's DNS domain (kubelet's clusterDomain).
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
+    /// Discovery: a name for the cluster, for people.
+    #[arg(long, default_value = "kubernetes")]
+    cluster_name: String,
+    /// The kubeconfig to reach the API with (default: in-cluster config, else KUBECONFIG
+    /// or ~/.kube/config).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Leader election: run as one of several replicas, the one holding this Lease being
+    /// active (the others are standby: not ready, no rounds).
+    #[arg(long)]
+    lease: Option<String>,
+    /// The Lease's namespace (the coordinator's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "meshprobe")]
+    lease_namespace: String,
+    /// This replica's identity in the Lease (default: its pod name, else the host name).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// How long the Lease stays valid after the leader's last renewal (whole seconds).
+    #[arg(long, default_value = "8s", value_parser = crate::duration::parse)]
+    lease_duration: Duration,
+}
+
 /// The subcommands.
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the coordinator.
-    Coordinator {
-        /// Static mode: take the cluster from this inventory file (YAML or JSON).
-        #[arg(long)]
-        inventory: Option<PathBuf>,
-        /// Address to listen on.
-        #[arg(long, default_value = "0.0.0.0:7070")]
-        listen: SocketAddr,
-        /// Run a round this often even when nobody asks (continuous mode).
-        #[arg(long, default_value = "30s", value_parser = crate::duration::parse)]
-        interval: Duration,
-        /// Discovery: the cluster's DNS domain (kubelet's clusterDomain).
-        #[arg(long, default_value = "cluster.local")]
-        cluster_domain: String,
-        /// Discovery: a name for the cluster, for people.
-        #[arg(long, default_value = "kubernetes")]
-        cluster_name: String,
-    },
+    Coordinator(CoordinatorArgs),
     /// Run one probe agent.
     Probe {
         /// This node's name.
@@ -104,6 +126,8 @@ fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // No colour codes in files and `kubectl logs`.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }
 
@@ -125,20 +149,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
     let code = match cli.command {
-        Command::Coordinator {
-            inventory,
-            listen,
-            interval,
-            cluster_domain,
-            cluster_name,
-        } => {
-            let discovery = meshprobe_coordinator::discovery::DiscoverySettings {
-                cluster_name,
-                cluster_domain,
-                ..Default::default()
-            };
-            report(run_coordinator(inventory, listen, interval, discovery))
-        }
+        Command::Coordinator(args) => report(run_coordinator(args)),
         Command::Probe {
             node,
             coordinator,
@@ -196,40 +207,115 @@ pub fn load_inventory(path: &PathBuf) -> Result<Topology, String> {
     Topology::from_inventory(&text).map_err(|e| format!("inventory {}: {e}", path.display()))
 }
 
-fn run_coordinator(
-    inventory: Option<PathBuf>,
-    listen: SocketAddr,
-    interval: Duration,
-    discovery: meshprobe_coordinator::discovery::DiscoverySettings,
-) -> Result<(), String> {
-    let topology = inventory.as_ref().map(load_inventory).transpose()?;
+/// A Kubernetes client: from `--kubeconfig`, else in-cluster, else the kubeconfig.
+async fn kube_client(kubeconfig: Option<&PathBuf>) -> Result<kube::Client, String> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| format!("--kubeconfig {}: {e}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(|e| format!("--kubeconfig {}: {e}", path.display()))?
+        }
+        None => kube::Config::infer().await.map_err(|e| {
+            format!("no Kubernetes API access ({e}); run in a cluster, set KUBECONFIG, pass --kubeconfig, or pass --inventory FILE")
+        })?,
+    };
+    kube::Client::try_from(config).map_err(|e| format!("Kubernetes client: {e}"))
+}
+
+fn run_coordinator(args: CoordinatorArgs) -> Result<(), String> {
+    let topology = args.inventory.as_ref().map(load_inventory).transpose()?;
+    let lease = match &args.lease {
+        Some(name) => {
+            let identity = match &args.identity {
+                Some(i) => i.clone(),
+                None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .map(|h| h.trim().to_owned())
+                    .map_err(|e| {
+                        format!("--lease {name}: no --identity or POD_NAME, and no host name ({e})")
+                    })?,
+            };
+            let s = meshprobe_coordinator::lease::LeaseSettings {
+                duration: args.lease_duration,
+                grace: Duration::from_secs((args.lease_duration.as_secs() * 3 / 8).max(1)),
+                ..meshprobe_coordinator::lease::LeaseSettings::new(
+                    name,
+                    &args.lease_namespace,
+                    identity,
+                )
+            };
+            s.validate().map_err(|e| format!("--lease {name}: {e}"))?;
+            Some(s)
+        }
+        None => None,
+    };
+    let discovery = meshprobe_coordinator::discovery::DiscoverySettings {
+        cluster_name: args.cluster_name.clone(),
+        cluster_domain: args.cluster_domain.clone(),
+        ..Default::default()
+    };
+    let (listen, interval) = (args.listen, args.interval);
     let rt = runtime(true).map_err(|e| format!("cannot start the runtime: {e}"))?;
     rt.block_on(async move {
-        let (source, what): (Box<dyn meshprobe_coordinator::TopologySource>, String) = match topology {
-            Some(t) => {
-                let what = format!("{} nodes, static inventory", t.nodes.len());
-                (Box::new(meshprobe_coordinator::StaticTopology::new(t)), what)
-            }
-            None => {
-                // In-cluster config, else the kubeconfig.
-                let client = kube::Client::try_default().await.map_err(|e| {
-                    format!("Kubernetes discovery: no API access ({e}); run in a cluster, set KUBECONFIG, or pass --inventory FILE")
-                })?;
-                let source = meshprobe_coordinator::kube_source::KubeTopology::start(client, discovery);
-                (Box::new(source), "Kubernetes discovery".to_owned())
-            }
+        let needs_api = topology.is_none() || lease.is_some();
+        let client = if needs_api {
+            Some(kube_client(args.kubeconfig.as_ref()).await?)
+        } else {
+            None
         };
-        let listener =
-            tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-        let bound = listener.local_addr().map_err(|e| format!("cannot read the bound address: {e}"))?;
+        let (source, what): (Box<dyn meshprobe_coordinator::TopologySource>, String) =
+            match (topology, &client) {
+                (Some(t), _) => {
+                    let what = format!("{} nodes, static inventory", t.nodes.len());
+                    (
+                        Box::new(meshprobe_coordinator::StaticTopology::new(t)),
+                        what,
+                    )
+                }
+                (None, Some(client)) => {
+                    let source = meshprobe_coordinator::kube_source::KubeTopology::start(
+                        client.clone(),
+                        discovery,
+                    );
+                    (Box::new(source), "Kubernetes discovery".to_owned())
+                }
+                (None, None) => unreachable!("discovery always builds a client"),
+            };
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+        let bound = listener
+            .local_addr()
+            .map_err(|e| format!("cannot read the bound address: {e}"))?;
         // Printed (not logged) so that scripts and tests binding port 0 learn the port.
         eprintln!("meshprobe coordinator listening on {bound} ({what})");
-        let c = meshprobe_coordinator::Coordinator::new(source, meshprobe_coordinator::Settings::default());
+        let c = meshprobe_coordinator::Coordinator::new(
+            source,
+            meshprobe_coordinator::Settings::default(),
+        );
+        let election = match (lease, client) {
+            (Some(s), Some(client)) => {
+                eprintln!(
+                    "meshprobe coordinator: standby until it holds Lease {}/{} as {}",
+                    s.namespace, s.name, s.identity
+                );
+                let e = meshprobe_coordinator::lease::Election::start(client, s);
+                c.follow(e.leader());
+                Some(e)
+            }
+            _ => None,
+        };
         tokio::spawn(Arc::clone(&c).schedule(interval));
-        axum::serve(listener, meshprobe_coordinator::router(c))
+        let served = axum::serve(listener, meshprobe_coordinator::router(c))
             .with_graceful_shutdown(shutdown())
             .await
-            .map_err(|e| format!("server: {e}"))
+            .map_err(|e| format!("server: {e}"));
+        // Hand over at once rather than after the Lease expires.
+        if let Some(e) = election {
+            e.release().await;
+        }
+        served
     })
 }
 
@@ -254,6 +340,13 @@ fn run_probe(
     offline_interval: Duration,
 ) -> Result<(), String> {
     let node = NodeName::new(node).map_err(|e| format!("--node: {e}"))?;
+    if coordinator.contains("$(") {
+        return Err(format!(
+            "--coordinator {coordinator:?} holds a variable the kubelet did not expand: the \
+             meshprobe-coordinator Service did not exist when this pod started; the restarted \
+             container will have it"
+        ));
+    }
     if !(coordinator.starts_with("http://") || coordinator.starts_with("https://")) {
         return Err(format!(
             "--coordinator {coordinator:?} must be an http:// or https:// URL"

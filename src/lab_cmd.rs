@@ -23,6 +23,10 @@ pub enum LabCommand {
         /// Build the cluster only, without coordinator and agents.
         #[arg(long)]
         no_mesh: bool,
+        /// Also serve the cluster as a fake Kubernetes API (in the control namespace), and
+        /// run the coordinator in discovery mode against it instead of from the inventory.
+        #[arg(long)]
+        kube_api: bool,
     },
     /// Remove a lab: stop its processes by PID, delete its namespaces.
     Down {
@@ -136,6 +140,15 @@ pub enum Serve {
         #[arg(long)]
         listen: SocketAddr,
     },
+    /// The fake Kubernetes API server.
+    KubeApi {
+        /// The objects to serve (a JSON array).
+        #[arg(long)]
+        objects: PathBuf,
+        /// Address.
+        #[arg(long)]
+        listen: SocketAddr,
+    },
     /// The ingress proxy.
     Ingress {
         /// Address.
@@ -193,9 +206,11 @@ fn run_inner(cmd: LabCommand) -> Result<(), String> {
             nodes,
             name,
             no_mesh,
+            kube_api,
         } => {
             let mut spec = LabSpec::new(nodes, exe()?);
             spec.name = name.unwrap_or_else(unique_name);
+            spec.kube_api = kube_api;
             let mut lab = Lab::up(spec).map_err(|e| e.to_string())?;
             if !no_mesh {
                 lab.start_mesh().map_err(|e| e.to_string())?;
@@ -219,6 +234,13 @@ fn run_inner(cmd: LabCommand) -> Result<(), String> {
                 );
             }
             println!("inventory: {}", lab.inventory_path().display());
+            if lab.has_kube_api() {
+                println!(
+                    "fake Kubernetes API: {} in the control namespace (kubeconfig {}); the coordinator discovers the cluster from it",
+                    meshprobe_sandbox::lab::KUBE_API_ADDR,
+                    lab.kubeconfig_path().display()
+                );
+            }
             let coord = p.coordinator_url();
             let name = lab.name().to_owned();
             lab.keep();
@@ -355,6 +377,19 @@ fn serve(what: Serve) -> Result<(), String> {
                 host,
                 backends,
             } => meshprobe_sandbox::servers::ingress(listen, host, backends).await,
+            Serve::KubeApi { objects, listen } => {
+                let text = std::fs::read_to_string(&objects)
+                    .map_err(|e| format!("--objects {}: {e}", objects.display()))?;
+                let list: Vec<serde_json::Value> = serde_json::from_str(&text).map_err(|e| {
+                    format!("--objects {}: not a JSON array: {e}", objects.display())
+                })?;
+                let api = meshprobe_sandbox::kube_api::FakeApi::new(list)
+                    .map_err(|e| format!("--objects {}: {e}", objects.display()))?;
+                let listener = tokio::net::TcpListener::bind(listen)
+                    .await
+                    .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+                api.serve(listener).await
+            }
         }
         .map_err(|e| e.to_string())
     })

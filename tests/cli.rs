@@ -101,34 +101,55 @@ fn unreachable_coordinator_is_a_clear_error_and_exit_2() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("http://"));
 }
 
+/// Runs the binary with `args`: it must exit 2 and say `says` on stderr.
+fn exits_2_saying(args: &[&str], says: &str) {
+    let out = Command::new(BIN).args(args).output().expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+    assert!(err.contains(says), "{args:?} must say {says:?}: {err}");
+}
+
 #[test]
 fn bad_probe_arguments_exit_2_with_the_argument_named() {
-    let out = Command::new(BIN)
-        .args([
-            "probe",
-            "--node",
-            "Bad_Name",
-            "--coordinator",
-            "http://127.0.0.1:1",
-        ])
-        .output()
-        .expect("run");
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--node"));
-    let out = Command::new(BIN)
-        .args([
-            "probe",
-            "--node",
-            "n1",
-            "--coordinator",
-            "http://127.0.0.1:1",
-            "--relay-listen",
-            "nowhere",
-        ])
-        .output()
-        .expect("run");
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--relay-listen"));
+    let probe = |node: &str, coordinator: &str, extra: &[&str], says: &str| {
+        let mut args = vec!["probe", "--node", node, "--coordinator", coordinator];
+        args.extend_from_slice(extra);
+        exits_2_saying(&args, says);
+    };
+    let url = "http://127.0.0.1:1";
+    probe("Bad_Name", url, &[], "--node: \"Bad_Name\"");
+    probe("n1", url, &["--relay-listen", "nowhere"], "--relay-listen");
+    // A DaemonSet whose pod started before the coordinator's Service existed.
+    probe(
+        "n1",
+        "http://$(MESHPROBE_COORDINATOR_SERVICE_HOST):$(MESHPROBE_COORDINATOR_SERVICE_PORT)",
+        &[],
+        "did not expand",
+    );
+}
+
+#[test]
+fn bad_coordinator_api_options_exit_2_naming_the_option() {
+    let coordinator = |extra: &[&str], says: &str| {
+        let mut args = vec!["coordinator", "--listen", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        exits_2_saying(&args, says);
+    };
+    coordinator(
+        &["--kubeconfig", "/nonexistent/kubeconfig"],
+        "--kubeconfig /nonexistent/kubeconfig",
+    );
+    coordinator(
+        &[
+            "--lease",
+            "meshprobe-coordinator",
+            "--identity",
+            "a",
+            "--lease-duration",
+            "1500ms",
+        ],
+        "whole seconds",
+    );
 }
 
 /// A coordinator process on 127.0.0.1:0, killed on drop.
@@ -234,7 +255,7 @@ fn coordinator_without_inventory_or_api_access_says_so_and_exits_2() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(
-        err.contains("Kubernetes discovery: no API access") && err.contains("--inventory"),
+        err.contains("no Kubernetes API access") && err.contains("--inventory"),
         "{err}"
     );
 }

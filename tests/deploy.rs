@@ -9,6 +9,7 @@ use std::process::Command;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{Namespace, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use serde::Deserialize;
 use serde_json::Value;
@@ -75,6 +76,7 @@ fn validate(v: &Value) -> Result<(), String> {
         "Deployment" => round_trip::<Deployment>(v),
         "DaemonSet" => round_trip::<DaemonSet>(v),
         "Service" => round_trip::<Service>(v),
+        "PodDisruptionBudget" => round_trip::<PodDisruptionBudget>(v),
         other => Err(format!("unexpected kind {other:?}")),
     }
 }
@@ -177,6 +179,34 @@ fn security_posture_is_what_the_readme_promises() {
         coord["hostNetwork"], true,
         "reports reach it over the underlay"
     );
+    let cc = &coord["containers"][0];
+    let args: Vec<&str> = cc["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        args.windows(2)
+            .any(|w| w == ["--lease", "meshprobe-coordinator"]),
+        "two replicas elect a leader: {args:?}"
+    );
+    assert_eq!(cc["readinessProbe"]["httpGet"]["path"], "/readyz");
+    // Host agents find the coordinator without cluster DNS (which may be what is broken).
+    let url = c["env"]
+        .as_array()
+        .expect("env")
+        .iter()
+        .find(|e| e["name"] == "MESHPROBE_COORDINATOR")
+        .expect("MESHPROBE_COORDINATOR")["value"]
+        .as_str()
+        .expect("a value")
+        .to_owned();
+    assert!(
+        url.contains("$(MESHPROBE_COORDINATOR_SERVICE_HOST)") && !url.contains(".svc"),
+        "{url}"
+    );
+    assert_eq!(host["dnsPolicy"], "Default");
 
     // RBAC: read-only everywhere, but for its own Lease.
     let cr = find(&all, "ClusterRole", "meshprobe-coordinator");

@@ -23,9 +23,8 @@ fn expected(plan: &LabPlan, f: &Fault) -> (&'static str, String, Option<String>)
         Fault::ForwardReject { .. } => ("forward-rejected", on(node), None),
         Fault::FdbMissing { peer, .. }
         | Fault::RouteMissing { peer, .. }
-        | Fault::NeighMissing { peer, .. } => {
-            ("overlay-peer-missing", on(node), Some(peer.clone()))
-        }
+        | Fault::NeighMissing { peer, .. }
+        | Fault::VtepStale { peer, .. } => ("overlay-peer-missing", on(node), Some(peer.clone())),
         Fault::UnderlayMtu { .. } => ("mtu-mismatch", on(node), None),
         Fault::DnsDown { pod } => (
             "dns-pod-down",
@@ -45,7 +44,7 @@ fn expected(plan: &LabPlan, f: &Fault) -> (&'static str, String, Option<String>)
         Fault::IngressDown => ("ingress-broken", plan.ingress().name.clone(), None),
         Fault::LinkDown { .. } => ("node-unreachable", on(node), None),
         Fault::Loss { .. } => ("packet-loss", on(node), None),
-        Fault::CoordinatorDown => ("", String::new(), None),
+        Fault::CoordinatorDown | Fault::ApiServerDown => ("", String::new(), None),
     }
 }
 
@@ -68,6 +67,7 @@ fn every_kind(plan: &LabPlan, rng: &mut fastrand::Rng) -> Vec<Fault> {
     let (a, b) = pair(rng);
     let (c, d) = pair(rng);
     let (e, f) = pair(rng);
+    let (g, h) = pair(rng);
     vec![
         Fault::VxlanDropIn { node: node(rng) },
         Fault::VxlanDropOut { node: node(rng) },
@@ -76,6 +76,7 @@ fn every_kind(plan: &LabPlan, rng: &mut fastrand::Rng) -> Vec<Fault> {
         Fault::FdbMissing { node: a, peer: b },
         Fault::RouteMissing { node: c, peer: d },
         Fault::NeighMissing { node: e, peer: f },
+        Fault::VtepStale { node: g, peer: h },
         Fault::UnderlayMtu {
             node: node(rng),
             mtu: 1400,

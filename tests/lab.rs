@@ -79,7 +79,8 @@ fn expect(p: &LabPlan, f: &Fault, layer: Layer, s: &str, d: &str) -> Exp {
         },
         Fault::FdbMissing { node, peer }
         | Fault::RouteMissing { node, peer }
-        | Fault::NeighMissing { node, peer } => {
+        | Fault::NeighMissing { node, peer }
+        | Fault::VtepStale { node, peer } => {
             let pair = cross && ((s == node && dn == peer) || (s == peer && dn == node));
             match layer {
                 Underlay | UnderlayFullSize => Exp::Ok,
@@ -102,7 +103,7 @@ fn expect(p: &LabPlan, f: &Fault, layer: Layer, s: &str, d: &str) -> Exp {
         Fault::MetricsBlocked { pod } => yes(layer == CorednsMetrics && d == pod),
         Fault::NodeportRemoved { node: x } => yes(layer == Nodeport && d == x),
         Fault::IngressDown => yes(layer == Ingress),
-        Fault::CoordinatorDown => Exp::Any,
+        Fault::CoordinatorDown | Fault::ApiServerDown => Exp::Any,
         Fault::LinkDown { node: x } => {
             if s == x {
                 return Exp::Unknown; // its agents cannot report
@@ -255,6 +256,14 @@ fn fault_neigh_missing() {
     fault_round_trip(Fault::NeighMissing {
         node: on("n3"),
         peer: on("n2"),
+    });
+}
+
+#[test]
+fn fault_vtep_stale() {
+    fault_round_trip(Fault::VtepStale {
+        node: on("n1"),
+        peer: on("n3"),
     });
 }
 

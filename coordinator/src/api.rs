@@ -9,6 +9,8 @@
 //! - `POST /v1/rounds`: start a round now (or queue it); 202 `{"round": N}`.
 //! - `GET  /v1/rounds/{id}?wait=S`: 200 with the report when done; 202 with progress.
 //! - `GET  /v1/rounds/latest`, `GET /v1/agents`, `GET /v1/topology`, `GET /healthz`.
+//! - `GET  /readyz`: 200 on the active replica, 503 `standby` on the other (with leader
+//!   election, [`crate::lease`]); a standby answers agents and round requests with 503.
 //!
 //! Every malformed request gets a 4xx with a message; bodies are capped at [`MAX_BODY`].
 
@@ -39,8 +41,8 @@ pub const MAX_WAIT: Duration = Duration::from_secs(60);
 pub fn router(state: Arc<Coordinator>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
-        // Ready = serving as the active coordinator (always, until leader election lands).
-        .route("/readyz", get(|| async { "ok\n" }))
+        // Ready = the active coordinator: the Service sends agents to the leader only.
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/v1/agents", get(agents))
         .route("/v1/agents/{node}/{kind}/next", get(next))
@@ -57,6 +59,26 @@ pub fn router(state: Arc<Coordinator>) -> Router {
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+async fn readyz(State(c): State<Arc<Coordinator>>) -> Response {
+    if c.is_leader() {
+        "ok\n".into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "standby\n").into_response()
+    }
+}
+
+/// The answer of a standby replica to what only the leader does (agents' polls and
+/// reports, round requests). Agents treat it as an unreachable coordinator: they keep
+/// probing with their last plan and deliver the results to the leader.
+fn standby(c: &Coordinator) -> Option<Response> {
+    (!c.is_leader()).then(|| {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this coordinator replica is the standby; the leader (the holder of the Lease) serves agents and rounds",
+        )
+    })
 }
 
 #[derive(Deserialize)]
@@ -77,6 +99,9 @@ async fn next(
     Path((node, kind)): Path<(String, String)>,
     query: Result<Query<NextQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
+    if let Some(r) = standby(&c) {
+        return r;
+    }
     let Query(q) = match query {
         Ok(q) => q,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
@@ -106,6 +131,9 @@ async fn report(
     State(c): State<Arc<Coordinator>>,
     body: Result<Json<AgentReport>, JsonRejection>,
 ) -> Response {
+    if let Some(r) = standby(&c) {
+        return r;
+    }
     let Json(report) = match body {
         Ok(b) => b,
         Err(e) => return error(e.status(), e.body_text()),
@@ -137,6 +165,9 @@ async fn offline(
     State(c): State<Arc<Coordinator>>,
     body: Result<Json<OfflineBatch>, JsonRejection>,
 ) -> Response {
+    if let Some(r) = standby(&c) {
+        return r;
+    }
     let Json(batch) = match body {
         Ok(b) => b,
         Err(e) => return error(e.status(), e.body_text()),
@@ -161,6 +192,9 @@ async fn offline_list(State(c): State<Arc<Coordinator>>) -> Response {
 }
 
 async fn trigger(State(c): State<Arc<Coordinator>>, body: axum::body::Bytes) -> Response {
+    if let Some(r) = standby(&c) {
+        return r;
+    }
     let req: TriggerRequest = if body.iter().all(u8::is_ascii_whitespace) {
         TriggerRequest::default()
     } else {

@@ -5,6 +5,7 @@
 //! inventory file gives, with each node's lifecycle state, and notes on what it could not
 //! use (a node without a pod CIDR, a CoreDNS pod without an IP).
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Service};
@@ -19,6 +20,11 @@ use meshprobe_core::{NodeName, PodCidr, Topology};
 pub const OPT_IN_LABEL: &str = "meshprobe.io/probe";
 /// An annotation naming the HTTP path to probe (default `/`).
 pub const PATH_ANNOTATION: &str = "meshprobe.io/path";
+/// flannel's node annotation holding the VXLAN backend's data (`VtepMAC`).
+pub const FLANNEL_BACKEND_DATA: &str = "flannel.alpha.coreos.com/backend-data";
+/// The label selector of meshprobe's pod-network agents (deploy/agent-pod.yaml).
+pub const AGENT_POD_SELECTOR: &str =
+    "app.kubernetes.io/name=meshprobe,app.kubernetes.io/component=agent-pod";
 
 /// What the watches hold at one moment.
 #[derive(Clone, Debug, Default)]
@@ -33,6 +39,8 @@ pub struct ClusterObjects {
     pub ingresses: Vec<Ingress>,
     /// flannel's `kube-flannel-cfg`, if flannel is installed.
     pub flannel: Option<ConfigMap>,
+    /// meshprobe's pod-network agents ([`AGENT_POD_SELECTOR`]).
+    pub agents: Vec<Pod>,
 }
 
 /// Cluster settings discovery cannot read from the API.
@@ -69,6 +77,47 @@ fn opted_in(labels: Option<&std::collections::BTreeMap<String, String>>) -> bool
     labels
         .and_then(|l| l.get(OPT_IN_LABEL))
         .is_some_and(|v| v == "true")
+}
+
+/// The probe-pod IP of every node whose pod-network agent is running with an IP: the
+/// targets of the pod-to-pod layers. A pod that is pending, has no IP yet, is being
+/// deleted or has finished is left out, so peers report its node's pod cells `unknown`
+/// with the reason rather than `fail`. With two agents on one node (a rolling update), the
+/// newer one wins.
+pub fn agent_pod_ips(pods: &[Pod]) -> BTreeMap<NodeName, Ipv4Addr> {
+    let mut best: BTreeMap<NodeName, (Option<k8s_openapi::jiff::Timestamp>, Ipv4Addr)> =
+        BTreeMap::new();
+    for p in pods {
+        let status = p.status.as_ref();
+        if p.metadata.deletion_timestamp.is_some()
+            || status.and_then(|s| s.phase.as_deref()) != Some("Running")
+        {
+            continue;
+        }
+        let Some(ip) = status
+            .and_then(|s| s.pod_ip.as_deref())
+            .and_then(|i| i.parse::<Ipv4Addr>().ok())
+        else {
+            continue;
+        };
+        let Some(node) = p
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .and_then(|n| NodeName::new(n).ok())
+        else {
+            continue;
+        };
+        // A pod without a creation time counts as the oldest.
+        let created = p.metadata.creation_timestamp.as_ref().map(|t| t.0);
+        match best.get(&node) {
+            Some((c, _)) if *c > created => {}
+            _ => {
+                best.insert(node, (created, ip));
+            }
+        }
+    }
+    best.into_iter().map(|(n, (_, ip))| (n, ip)).collect()
 }
 
 /// Builds the topology. Nodes are sorted by name, so the result does not depend on the
@@ -120,12 +169,28 @@ pub fn build(objs: &ClusterObjects, s: &DiscoverySettings) -> Discovered {
         } else {
             NodeState::Ready
         };
+        // flannel's annotation: {"VNI":1,"VtepMAC":"0e:..."} (vxlan backend only).
+        let vtep_mac = n
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(FLANNEL_BACKEND_DATA))
+            .and_then(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+            .and_then(|v| v["VtepMAC"].as_str().map(str::to_owned))
+            .and_then(|m| match meshprobe_core::inventory::parse_mac(&m) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    notes.push(format!("node {name}: {FLANNEL_BACKEND_DATA}: {e}"));
+                    None
+                }
+            });
         nodes.push(TopoNode {
             name: node_name,
             internal_ip: ip,
             pod_cidr: cidr,
             gateway: cidr.first_host(),
             state,
+            vtep_mac,
         });
     }
     nodes.sort_by(|a, b| a.name.cmp(&b.name));

@@ -5,6 +5,8 @@
 //! with backoff, and a 410 Gone makes them list again), so the coordinator keeps planning
 //! from the last known topology; [`TopologySource::fresh`] says whether it is current.
 
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -15,9 +17,11 @@ use k8s_openapi::api::networking::v1::Ingress;
 use kube::Api;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use meshprobe_core::Topology;
+use meshprobe_core::{NodeName, Topology};
 
-use crate::discovery::{ClusterObjects, DiscoverySettings, OPT_IN_LABEL, build};
+use crate::discovery::{
+    AGENT_POD_SELECTOR, ClusterObjects, DiscoverySettings, OPT_IN_LABEL, agent_pod_ips, build,
+};
 use crate::source::TopologySource;
 
 /// How often the API server's health is checked (`GET /version`), and how long it gets.
@@ -38,6 +42,7 @@ pub struct KubeTopology {
     kube_dns: Store<Service>,
     services: Store<Service>,
     ingresses: Store<Ingress>,
+    agents: Store<Pod>,
     flannel: Arc<Mutex<Option<ConfigMap>>>,
     healthy: Vec<Arc<AtomicBool>>,
     settings: DiscoverySettings,
@@ -108,6 +113,11 @@ impl KubeTopology {
             watcher::Config::default().labels(&opt_in),
             "ingresses",
         );
+        let (agents, h6) = reflect(
+            Api::<Pod>::all(client.clone()),
+            watcher::Config::default().labels(AGENT_POD_SELECTOR),
+            "meshprobe's pod agents",
+        );
         let api_up = Arc::new(AtomicBool::new(false));
         let up = Arc::clone(&api_up);
         let health_client = client.clone();
@@ -157,8 +167,9 @@ impl KubeTopology {
             kube_dns,
             services,
             ingresses,
+            agents,
             flannel,
-            healthy: vec![api_up, h1, h2, h3, h4, h5],
+            healthy: vec![api_up, h1, h2, h3, h4, h5, h6],
             settings,
         }
     }
@@ -175,6 +186,7 @@ impl KubeTopology {
             coredns: own(self.coredns.state()),
             services,
             ingresses: own(self.ingresses.state()),
+            agents: own(self.agents.state()),
             flannel: self
                 .flannel
                 .lock()
@@ -195,5 +207,10 @@ impl TopologySource for KubeTopology {
 
     fn fresh(&self) -> bool {
         self.healthy.iter().all(|h| h.load(Ordering::Relaxed))
+    }
+
+    fn agent_pod_ips(&self) -> BTreeMap<NodeName, Ipv4Addr> {
+        let pods: Vec<Pod> = self.agents.state().iter().map(|p| (**p).clone()).collect();
+        agent_pod_ips(&pods)
     }
 }

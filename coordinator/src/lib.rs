@@ -12,6 +12,7 @@
 pub mod api;
 pub mod discovery;
 pub mod kube_source;
+pub mod lease;
 pub mod metrics;
 pub mod rounds;
 pub mod source;

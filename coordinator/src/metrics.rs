@@ -29,6 +29,8 @@ pub const FINDINGS: &str = "meshprobe_findings";
 pub const AGENTS: &str = "meshprobe_agents";
 /// 1 while the topology source is current (0 while the API server is unreachable).
 pub const TOPOLOGY_FRESH: &str = "meshprobe_topology_fresh";
+/// 1 while this replica is the active coordinator (holds the Lease), 0 on the standby.
+pub const LEADER: &str = "meshprobe_coordinator_leader";
 
 type Labels = Vec<(String, String)>;
 
@@ -43,6 +45,7 @@ pub struct Metrics {
     findings: Family<Labels, Gauge>,
     agents: Family<Labels, Gauge>,
     fresh: Gauge,
+    leader: Gauge,
 }
 
 impl Default for Metrics {
@@ -57,8 +60,15 @@ impl Default for Metrics {
             findings: Family::default(),
             agents: Family::default(),
             fresh: Gauge::default(),
+            leader: Gauge::default(),
             registry: Registry::default(),
         };
+        m.leader.set(1);
+        registry.register(
+            LEADER,
+            "1 while this replica is the active coordinator",
+            m.leader.clone(),
+        );
         registry.register(ROUNDS, "Rounds finished", m.rounds.clone());
         registry.register(
             ROUND_DURATION,
@@ -107,6 +117,11 @@ fn labels(pairs: &[(&str, &str)]) -> Labels {
 }
 
 impl Metrics {
+    /// Records whether this replica leads.
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
+    }
+
     /// Records a finished round.
     pub fn observe(&self, r: &CheckReport, topology_fresh: bool) {
         self.rounds.inc();

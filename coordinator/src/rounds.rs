@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -140,6 +141,8 @@ pub struct Coordinator {
     epoch: u64,
     started_tx: watch::Sender<u64>,
     done_tx: watch::Sender<u64>,
+    /// Whether this replica is the active one (always, without leader election).
+    leading: AtomicBool,
 }
 
 impl Coordinator {
@@ -154,7 +157,35 @@ impl Coordinator {
             epoch: fastrand::u64(1..),
             started_tx: watch::channel(0).0,
             done_tx: watch::channel(0).0,
+            leading: AtomicBool::new(true),
         })
+    }
+
+    /// Follows a leader election: while `role` says false this replica is the standby (it
+    /// runs no rounds, and the API refuses agents and round requests with 503).
+    pub fn follow(self: &Arc<Self>, mut role: watch::Receiver<bool>) {
+        let set = |me: &Self, leading: bool| {
+            me.leading.store(leading, Ordering::SeqCst);
+            me.metrics.set_leader(leading);
+        };
+        set(self, *role.borrow_and_update());
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            while role.changed().await.is_ok() {
+                let Some(me) = me.upgrade() else { return };
+                let leading = *role.borrow_and_update();
+                set(&me, leading);
+                if leading {
+                    // Take over at once rather than at the next tick.
+                    me.tick();
+                }
+            }
+        });
+    }
+
+    /// Whether this replica is the active coordinator.
+    pub fn is_leader(&self) -> bool {
+        self.leading.load(Ordering::SeqCst)
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -191,8 +222,12 @@ impl Coordinator {
         self.start_locked(&mut inner)
     }
 
-    /// Starts a round unless one is running (for the periodic schedule).
+    /// Starts a round unless one is running or this replica is the standby (for the
+    /// periodic schedule).
     pub fn tick(self: &Arc<Self>) {
+        if !self.is_leader() {
+            return;
+        }
         let mut inner = self.lock();
         if inner.running.is_none() {
             self.start_locked(&mut inner);
@@ -202,12 +237,22 @@ impl Coordinator {
     fn start_locked(self: &Arc<Self>, inner: &mut Inner) -> u64 {
         let topology = self.source.current();
         let now = Instant::now();
-        let pod_ips: BTreeMap<NodeName, Ipv4Addr> = inner
-            .agents
-            .iter()
-            .filter(|((_, k), _)| *k == AgentKind::Pod)
-            .filter_map(|((n, _), s)| s.pod_ip.map(|ip| (n.clone(), ip)))
-            .collect();
+        // Probe-pod IPs: what a live pod agent said when it polled, else what the API
+        // says (so a new leader plans pod targets before every agent has polled it), else
+        // what an agent said before it went quiet.
+        let registered = |live: bool| {
+            inner
+                .agents
+                .iter()
+                .filter(move |((_, k), s)| {
+                    *k == AgentKind::Pod
+                        && (now.duration_since(s.at) < self.settings.stale_after) == live
+                })
+                .filter_map(|((n, _), s)| s.pod_ip.map(|ip| (n.clone(), ip)))
+        };
+        let mut pod_ips: BTreeMap<NodeName, Ipv4Addr> = registered(false).collect();
+        pod_ips.extend(self.source.agent_pod_ips());
+        pod_ips.extend(registered(true));
         inner.last_id += 1;
         let id = inner.last_id;
         let mut plans = BTreeMap::new();

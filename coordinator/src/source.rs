@@ -1,9 +1,11 @@
 //! Where the topology comes from. Static mode reads the inventory once; Kubernetes
-//! discovery (a later addition) implements the same trait from API watches.
+//! discovery ([`crate::kube_source`]) implements the same trait from API watches.
 
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 
-use meshprobe_core::Topology;
+use meshprobe_core::{NodeName, Topology};
 
 /// A source of the current topology. Each round takes one snapshot at its start.
 pub trait TopologySource: Send + Sync + 'static {
@@ -13,6 +15,11 @@ pub trait TopologySource: Send + Sync + 'static {
     /// the last known topology is served).
     fn fresh(&self) -> bool {
         true
+    }
+    /// The probe-pod IPs the source knows of (Kubernetes discovery watches the agents'
+    /// pods). Empty for an inventory: there, pod agents tell their IP when they poll.
+    fn agent_pod_ips(&self) -> BTreeMap<NodeName, Ipv4Addr> {
+        BTreeMap::new()
     }
 }
 

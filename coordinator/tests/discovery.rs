@@ -25,6 +25,53 @@ fn objects() -> ClusterObjects {
         services: fixture::<List<Service>>("services.json").items,
         ingresses: fixture::<List<Ingress>>("ingresses.json").items,
         flannel: Some(fixture::<ConfigMap>("flannel-cm.json")),
+        agents: Vec::new(),
+    }
+}
+
+/// The sandbox's cluster as API objects (what `lab up --kube-api` serves) gives exactly
+/// the sandbox's own inventory, and every agent pod's IP.
+#[test]
+fn the_sandbox_as_api_objects_gives_the_sandbox_inventory() {
+    use meshprobe_sandbox::LabPlan;
+    use meshprobe_sandbox::addr::PodKind;
+    let plan = LabPlan::new("mp-disc", 5).expect("plan");
+    fn de<T: serde::de::DeserializeOwned>(o: serde_json::Value) -> T {
+        serde_json::from_value(o).expect("a valid object")
+    }
+    let mut objs = ClusterObjects::default();
+    for o in meshprobe_sandbox::kube_api::lab_objects(&plan) {
+        let kind = o["kind"].as_str().unwrap_or_default().to_owned();
+        let labels = &o["metadata"]["labels"];
+        match kind.as_str() {
+            "Node" => objs.nodes.push(de(o)),
+            "Pod" if labels["k8s-app"] == "kube-dns" => objs.coredns.push(de(o)),
+            "Pod" if labels["app.kubernetes.io/component"] == "agent-pod" => {
+                objs.agents.push(de(o))
+            }
+            "Pod" => {}
+            "Service" => objs.services.push(de(o)),
+            "Ingress" => objs.ingresses.push(de(o)),
+            "ConfigMap" => objs.flannel = Some(de(o)),
+            other => panic!("unexpected kind {other}"),
+        }
+    }
+    let d = build(
+        &objs,
+        &DiscoverySettings {
+            cluster_name: "mp-disc".into(),
+            ..DiscoverySettings::default()
+        },
+    );
+    assert_eq!(d.notes, Vec::<String>::new());
+    assert_eq!(d.topology, plan.topology());
+    let ips = meshprobe_coordinator::discovery::agent_pod_ips(&objs.agents);
+    assert_eq!(ips.len(), 5);
+    for n in &plan.nodes {
+        assert_eq!(
+            ips[&meshprobe_core::NodeName::new(n.name.clone()).expect("name")],
+            n.pod_ip(PodKind::Probe)
+        );
     }
 }
 
@@ -44,11 +91,11 @@ cluster:
   dnsServiceIP: 10.96.0.10
   overlay: {type: vxlan, port: 8475, vni: 1, interface: flannel.1, mtu: 1450}
 nodes:
-  - {name: worker-a, internalIP: 10.0.0.11, podCIDR: 10.244.1.0/24}
-  - {name: worker-b, internalIP: 10.0.0.12, podCIDR: 10.244.2.0/24}
-  - {name: worker-c, internalIP: 10.0.0.13, podCIDR: 10.244.3.0/24}
-  - {name: worker-d, internalIP: 10.0.0.14, podCIDR: 10.244.4.0/24}
-  - {name: worker-e, internalIP: 10.0.0.15, podCIDR: 10.244.5.0/24}
+  - {name: worker-a, internalIP: 10.0.0.11, podCIDR: 10.244.1.0/24, vtepMAC: "0e:6d:70:00:00:0a"}
+  - {name: worker-b, internalIP: 10.0.0.12, podCIDR: 10.244.2.0/24, vtepMAC: "0e:6d:70:00:00:0b"}
+  - {name: worker-c, internalIP: 10.0.0.13, podCIDR: 10.244.3.0/24, vtepMAC: "0e:6d:70:00:00:0c"}
+  - {name: worker-d, internalIP: 10.0.0.14, podCIDR: 10.244.4.0/24, vtepMAC: "0e:6d:70:00:00:0d"}
+  - {name: worker-e, internalIP: 10.0.0.15, podCIDR: 10.244.5.0/24, vtepMAC: "0e:6d:70:00:00:0e"}
 coreDNS:
   - {name: coredns-7db6d8ff4d-q8w7e, node: worker-b, ip: 10.244.2.53}
   - {name: coredns-7db6d8ff4d-x2k9p, node: worker-a, ip: 10.244.1.53}

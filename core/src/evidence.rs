@@ -44,6 +44,10 @@ pub struct OverlayPeer {
     /// Peer's VTEP address (the CIDR's network address): the route's gateway and the
     /// neighbour entry's key.
     pub vtep_ip: Ipv4Addr,
+    /// Peer's advertised VTEP MAC (flannel's annotation), when known: the neighbour entry's
+    /// `lladdr` and the fdb entry's MAC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vtep_mac: Option<String>,
 }
 
 /// A network device's state.
@@ -72,6 +76,10 @@ pub struct OverlayEvidence {
     pub missing_neighbours: Vec<NodeName>,
     /// Peers without the fdb entry sending their VTEP MAC to their node IP.
     pub missing_fdb: Vec<NodeName>,
+    /// Peers whose neighbour or fdb entry points at a MAC other than the VTEP MAC they
+    /// advertise (stale after the peer's VXLAN device was recreated).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub wrong_vtep_mac: Vec<NodeName>,
 }
 
 impl OverlayEvidence {
@@ -83,6 +91,7 @@ impl OverlayEvidence {
             .iter()
             .chain(&self.missing_neighbours)
             .chain(&self.missing_fdb)
+            .chain(&self.wrong_vtep_mac)
         {
             if !v.contains(n) {
                 v.push(n.clone());

@@ -121,6 +121,8 @@ struct RawNode {
     #[serde(rename = "podCIDR")]
     pod_cidr: String,
     gateway: Option<String>,
+    #[serde(rename = "vtepMAC")]
+    vtep_mac: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -256,6 +258,28 @@ pub struct Node {
     /// Where the node is in its lifecycle (discovery sets it; inventory nodes are ready).
     #[serde(default, skip_serializing_if = "NodeState::is_ready")]
     pub state: NodeState,
+    /// The MAC address of the node's VXLAN device as the cluster advertises it (flannel's
+    /// `VtepMAC` node annotation), lower case. Peers' neighbour and fdb entries must
+    /// point at it.
+    #[serde(rename = "vtepMAC", default, skip_serializing_if = "Option::is_none")]
+    pub vtep_mac: Option<String>,
+}
+
+/// Checks and normalises a MAC address (`0e:6d:70:00:00:01`, any case).
+pub fn parse_mac(s: &str) -> Result<String, String> {
+    let t = s.trim().to_ascii_lowercase();
+    let parts: Vec<&str> = t.split(':').collect();
+    if parts.len() == 6
+        && parts
+            .iter()
+            .all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()))
+    {
+        Ok(t)
+    } else {
+        Err(format!(
+            "{s:?} is not a MAC address (like 0e:6d:70:00:00:01)"
+        ))
+    }
 }
 
 /// A node's lifecycle, as Kubernetes reports it. Only ready nodes are probed: the others
@@ -428,6 +452,10 @@ fn validate(raw: RawInventory) -> Result<Topology, InventoryError> {
             }
             None => pod_cidr.first_host(),
         };
+        let vtep_mac = match &n.vtep_mac {
+            Some(m) => Some(parse_mac(m).map_err(|e| invalid(at("vtepMAC"), e))?),
+            None => None,
+        };
         for prev in &nodes {
             if prev.name == name {
                 return Err(invalid(at("name"), format!("duplicate node name {name}")));
@@ -436,6 +464,16 @@ fn validate(raw: RawInventory) -> Result<Topology, InventoryError> {
                 return Err(invalid(
                     at("internalIP"),
                     format!("{internal_ip} is also node {}'s", prev.name),
+                ));
+            }
+            if vtep_mac.is_some() && prev.vtep_mac == vtep_mac {
+                return Err(invalid(
+                    at("vtepMAC"),
+                    format!(
+                        "{} is also node {}'s (cloned machines?)",
+                        vtep_mac.as_deref().unwrap_or_default(),
+                        prev.name
+                    ),
                 ));
             }
             if prev.pod_cidr.overlaps(&pod_cidr) {
@@ -457,6 +495,7 @@ fn validate(raw: RawInventory) -> Result<Topology, InventoryError> {
             internal_ip,
             pod_cidr,
             gateway,
+            vtep_mac,
         });
     }
 
@@ -662,6 +701,50 @@ ingresses:
             match &err {
                 InventoryError::Invalid { field: f, .. } => assert_eq!(f, field, "{err}"),
                 other => panic!("{to}: expected Invalid, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn vtep_macs_are_checked_normalised_and_unique() {
+        let with = |a: &str, b: &str| {
+            EXAMPLE
+                .replace(
+                    "podCIDR: 10.42.1.0/24 ",
+                    &format!("podCIDR: 10.42.1.0/24\n    vtepMAC: \"{a}\" "),
+                )
+                .replace(
+                    "    podCIDR: 10.42.2.0/24\n",
+                    &format!("    podCIDR: 10.42.2.0/24\n    vtepMAC: \"{b}\"\n"),
+                )
+        };
+        let t = Topology::from_inventory(&with("0E:6D:70:00:00:01", "0e:6d:70:00:00:02"))
+            .expect("valid MACs");
+        assert_eq!(t.nodes[0].vtep_mac.as_deref(), Some("0e:6d:70:00:00:01"));
+        assert_eq!(
+            Topology::from_inventory(&t.to_inventory_yaml()).expect("round trip"),
+            t
+        );
+        for (a, b, field, says) in [
+            (
+                "0e:6d:70:00:00",
+                "0e:6d:70:00:00:02",
+                "nodes[0].vtepMAC",
+                "not a MAC",
+            ),
+            (
+                "0e:6d:70:00:00:01",
+                "0e:6d:70:00:00:01",
+                "nodes[1].vtepMAC",
+                "cloned",
+            ),
+        ] {
+            match Topology::from_inventory(&with(a, b)).expect_err(a) {
+                InventoryError::Invalid { field: f, message } => {
+                    assert_eq!(f, field);
+                    assert!(message.contains(says), "{message}");
+                }
+                other => panic!("expected Invalid, got {other:?}"),
             }
         }
     }

@@ -324,6 +324,7 @@ pub fn make_plan(
                             ip: p.internal_ip,
                             pod_cidr: p.pod_cidr,
                             vtep_ip: p.pod_cidr.network(),
+                            vtep_mac: p.vtep_mac.clone(),
                         })
                         .collect(),
                 });
@@ -400,7 +401,7 @@ pub fn make_plan(
                             plan.unresolved.push(Unresolved {
                                 layer,
                                 column: peer.name.to_string(),
-                                reason: format!("no probe pod has registered on {}", peer.name),
+                                reason: format!("no running probe pod with an IP is known on {} (not scheduled, pending, or not yet polled)", peer.name),
                             });
                         }
                     }

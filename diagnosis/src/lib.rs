@@ -799,6 +799,12 @@ impl<'a> Cx<'a> {
                 list(&o.missing_fdb)
             ));
         }
+        if !o.wrong_vtep_mac.is_empty() {
+            v.push(format!(
+                "{xn}: the neighbour or fdb entry on {iface} for {} points at a MAC other than the VTEP MAC the node advertises (stale after its VXLAN device was recreated)",
+                list(&o.wrong_vtep_mac)
+            ));
+        }
         v
     }
 

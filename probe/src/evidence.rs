@@ -352,6 +352,22 @@ pub fn check_overlay(
                 ev.missing_fdb.push(p.node.clone());
             }
         }
+        // Entries that exist but point at a MAC the peer no longer advertises.
+        if let Some(want) = &p.vtep_mac {
+            let peer_ip = p.ip.to_string();
+            let other = |m: Option<&str>| m.is_some_and(|m| !m.eq_ignore_ascii_case(want));
+            let neigh_wrong = other(entry.and_then(|n| n["lladdr"].as_str()));
+            let fdb_wrong = fdb.as_ref().is_some_and(|fdb| {
+                let to_peer: Vec<&Value> = fdb
+                    .iter()
+                    .filter(|f| f["dst"] == peer_ip.as_str())
+                    .collect();
+                !to_peer.is_empty() && to_peer.iter().all(|f| other(f["mac"].as_str()))
+            });
+            if neigh_wrong || fdb_wrong {
+                ev.wrong_vtep_mac.push(p.node.clone());
+            }
+        }
     }
     ev
 }
@@ -445,6 +461,7 @@ mod tests {
             ip: Ipv4Addr::new(192, 168, 77, 10 + i),
             pod_cidr: PodCidr::parse(&format!("10.42.{i}.0/24")).expect("cidr"),
             vtep_ip: Ipv4Addr::new(10, 42, i, 0),
+            vtep_mac: Some(format!("0E:6D:70:00:00:0{i}")),
         };
         OverlayExpectation {
             node_ip: Ipv4Addr::new(192, 168, 77, 11),
@@ -512,6 +529,29 @@ mod tests {
             Some(FDB),
         );
         assert_eq!(ev.device, None);
+    }
+
+    #[test]
+    fn entries_pointing_at_an_old_vtep_mac_name_their_peer() {
+        // n3 recreated its VXLAN device: it now advertises another MAC, and this node's
+        // neighbour and fdb entries (consistent with each other) still hold the old one.
+        let mut exp = expectation();
+        exp.peers[1].vtep_mac = Some("0e:6d:70:00:aa:03".into());
+        let ev = check_overlay(&exp, ADDRS, ROUTES, NEIGH, Some(FDB));
+        assert_eq!(ev.wrong_vtep_mac, [n("n3")]);
+        assert!(ev.missing_fdb.is_empty() && ev.missing_neighbours.is_empty());
+        assert_eq!(ev.peers_missing(), [n("n3")]);
+        // Only the fdb entry is stale.
+        let fdb = FDB.replace("0e:6d:70:00:00:02", "0e:6d:70:00:bb:02");
+        let ev = check_overlay(&expectation(), ADDRS, ROUTES, NEIGH, Some(&fdb));
+        assert_eq!(ev.wrong_vtep_mac, [n("n2")]);
+        // Without an advertised MAC nothing is compared.
+        let mut exp = expectation();
+        for p in &mut exp.peers {
+            p.vtep_mac = None;
+        }
+        let ev = check_overlay(&exp, ADDRS, ROUTES, NEIGH, Some(&fdb));
+        assert!(ev.wrong_vtep_mac.is_empty());
     }
 
     #[test]

@@ -238,10 +238,11 @@ impl LabPlan {
         );
         for n in &self.nodes {
             text += &format!(
-                "  - {{name: {}, internalIP: {}, podCIDR: {}}}\n",
+                "  - {{name: {}, internalIP: {}, podCIDR: {}, vtepMAC: \"{}\"}}\n",
                 n.name,
                 n.ip,
-                n.pod_cidr()
+                n.pod_cidr(),
+                n.vtep_mac
             );
         }
         text += "coreDNS:\n";

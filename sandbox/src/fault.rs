@@ -5,7 +5,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::addr::{LabPlan, NODE_PORT, PodKind, VXLAN_PORT};
+use crate::addr::{LabNode, LabPlan, NODE_PORT, PodKind, VXLAN_PORT};
 use crate::script::{Step, fdb_line, neigh_line, nodeport_rule, route_line};
 
 /// A fault the lab can inject.
@@ -54,6 +54,14 @@ pub enum Fault {
         /// Peer.
         peer: String,
     },
+    /// The node's neighbour and fdb entries for a peer hold a VTEP MAC the peer no longer
+    /// advertises (flanneld missed the peer recreating its VXLAN device).
+    VtepStale {
+        /// Node.
+        node: String,
+        /// Peer.
+        peer: String,
+    },
     /// The node's switch port carries less than the overlay assumes (default 1400 < 1500):
     /// full-size encapsulated packets vanish, small ones pass.
     UnderlayMtu {
@@ -87,6 +95,9 @@ pub enum Fault {
     /// The coordinator is down (a control-plane outage): agents keep probing with their
     /// last plan and deliver the results when it is back.
     CoordinatorDown,
+    /// The Kubernetes API server is down (labs with `--kube-api`): the coordinator keeps
+    /// planning from the last known topology and says so.
+    ApiServerDown,
     /// The node's underlay drops a random share of packets each way.
     Loss {
         /// Node.
@@ -108,7 +119,7 @@ pub enum Action {
 }
 
 /// The names of every fault kind, as the CLI takes them.
-pub const KINDS: [&str; 15] = [
+pub const KINDS: [&str; 17] = [
     "vxlan-drop-in",
     "vxlan-drop-out",
     "ip-forward-off",
@@ -116,6 +127,7 @@ pub const KINDS: [&str; 15] = [
     "fdb-missing",
     "route-missing",
     "neigh-missing",
+    "vtep-stale",
     "underlay-mtu",
     "dns-down",
     "metrics-blocked",
@@ -124,9 +136,19 @@ pub const KINDS: [&str; 15] = [
     "link-down",
     "loss",
     "coordinator-down",
+    "api-server-down",
 ];
 
 const TAG: &str = "-m comment --comment meshprobe-fault";
+
+/// The MAC a peer's VTEP had before its device was recreated (the 4th byte set to 0xff).
+fn stale_mac(mac: &str) -> String {
+    let mut parts: Vec<&str> = mac.split(':').collect();
+    if parts.len() == 6 {
+        parts[3] = "ff";
+    }
+    parts.join(":")
+}
 
 impl Fault {
     /// Builds a fault from the CLI's words. `pod` defaults to `coredns-b`, `mtu` to
@@ -165,6 +187,10 @@ impl Fault {
                 node: need_node()?,
                 peer: need_peer()?,
             },
+            "vtep-stale" => Fault::VtepStale {
+                node: need_node()?,
+                peer: need_peer()?,
+            },
             "underlay-mtu" => Fault::UnderlayMtu {
                 node: need_node()?,
                 mtu: mtu.unwrap_or(1400),
@@ -174,6 +200,7 @@ impl Fault {
             "nodeport-removed" => Fault::NodeportRemoved { node: need_node()? },
             "ingress-down" => Fault::IngressDown,
             "coordinator-down" => Fault::CoordinatorDown,
+            "api-server-down" => Fault::ApiServerDown,
             "link-down" => Fault::LinkDown { node: need_node()? },
             "loss" => {
                 let percent = percent.unwrap_or(50);
@@ -204,6 +231,7 @@ impl Fault {
             | Fault::FdbMissing { node, .. }
             | Fault::RouteMissing { node, .. }
             | Fault::NeighMissing { node, .. }
+            | Fault::VtepStale { node, .. }
             | Fault::UnderlayMtu { node, .. }
             | Fault::NodeportRemoved { node }
             | Fault::LinkDown { node }
@@ -211,7 +239,8 @@ impl Fault {
             Fault::DnsDown { .. }
             | Fault::MetricsBlocked { .. }
             | Fault::IngressDown
-            | Fault::CoordinatorDown => None,
+            | Fault::CoordinatorDown
+            | Fault::ApiServerDown => None,
         }
     }
 
@@ -224,7 +253,8 @@ impl Fault {
         match self {
             Fault::FdbMissing { node, peer }
             | Fault::RouteMissing { node, peer }
-            | Fault::NeighMissing { node, peer } => {
+            | Fault::NeighMissing { node, peer }
+            | Fault::VtepStale { node, peer } => {
                 plan.node(peer)
                     .ok_or_else(|| format!("no peer node {peer:?} in this lab"))?;
                 if node == peer {
@@ -338,6 +368,41 @@ impl Fault {
                 };
                 vec![Step::ip_batch(&n.ns, line + "\n")]
             }
+            Fault::VtepStale { node: n, peer } => {
+                let (Some(n), Some(p)) = (node(n), node(peer)) else {
+                    return Action::Steps(vec![]);
+                };
+                let (neigh, fdb) = if inject {
+                    // The old MAC: what the peer's device had before it was recreated.
+                    let old = LabNode {
+                        vtep_mac: stale_mac(&p.vtep_mac),
+                        ..p.clone()
+                    };
+                    (
+                        neigh_line(&old),
+                        format!(
+                            "fdb del {} dev flannel.1 dst {} self\n{}",
+                            p.vtep_mac,
+                            p.ip,
+                            fdb_line(&old)
+                        ),
+                    )
+                } else {
+                    (
+                        neigh_line(&p),
+                        format!(
+                            "fdb del {} dev flannel.1 dst {} self\n{}",
+                            stale_mac(&p.vtep_mac),
+                            p.ip,
+                            fdb_line(&p)
+                        ),
+                    )
+                };
+                vec![
+                    Step::ip_batch(&n.ns, neigh + "\n"),
+                    Step::bridge_batch(&n.ns, fdb + "\n"),
+                ]
+            }
             Fault::UnderlayMtu { node: n, mtu } => {
                 let port = node(n).map(|n| n.switch_port()).unwrap_or_default();
                 let mtu = if inject { *mtu } else { 1500 };
@@ -387,6 +452,13 @@ impl Fault {
                     Action::Stop("coordinator".into())
                 } else {
                     Action::Start("coordinator".into())
+                };
+            }
+            Fault::ApiServerDown => {
+                return if inject {
+                    Action::Stop("kube-api".into())
+                } else {
+                    Action::Start("kube-api".into())
                 };
             }
             Fault::LinkDown { node: n } => {
@@ -440,6 +512,8 @@ impl fmt::Display for Fault {
             }
             Fault::IngressDown => write!(f, "ingress-down"),
             Fault::CoordinatorDown => write!(f, "coordinator-down"),
+            Fault::VtepStale { node, peer } => write!(f, "vtep-stale on {node} for {peer}"),
+            Fault::ApiServerDown => write!(f, "api-server-down"),
             Fault::LinkDown { node } => write!(f, "link-down on {node}"),
             Fault::Loss { node, percent } => write!(f, "loss {percent}% each way on {node}"),
         }

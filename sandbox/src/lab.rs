@@ -16,6 +16,11 @@ use crate::addr::{
 use crate::exec::{self, ExecError};
 use crate::fault::{Action, Fault};
 use crate::procs::{self, ProcRecord, ProcSpec};
+
+/// Where the fake Kubernetes API listens: the control namespace's own loopback (only the
+/// coordinator, in the same namespace, talks to it).
+pub const KUBE_API_ADDR: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 6443);
 use crate::script;
 
 /// What went wrong with a lab.
@@ -69,6 +74,9 @@ pub struct LabSpec {
     pub exe: PathBuf,
     /// Where lab state lives (default `/run/meshprobe/labs`, env `MESHPROBE_LAB_DIR`).
     pub state_root: PathBuf,
+    /// Serve the cluster as a fake Kubernetes API ([`crate::kube_api`]) in the control
+    /// namespace, and run the coordinator in discovery mode against it.
+    pub kube_api: bool,
 }
 
 impl LabSpec {
@@ -79,6 +87,7 @@ impl LabSpec {
             nodes,
             exe,
             state_root: default_state_root(),
+            kube_api: false,
         }
     }
 }
@@ -105,6 +114,9 @@ struct State {
     namespaces: Vec<String>,
     processes: BTreeMap<String, ProcRecord>,
     faults: Vec<Fault>,
+    /// Whether the lab serves a fake Kubernetes API (`lab up --kube-api`).
+    #[serde(default)]
+    kube_api: bool,
 }
 
 /// A running lab. Dropping it tears it down unless [`Lab::keep`] was called.
@@ -141,6 +153,7 @@ impl Lab {
                 namespaces: Vec::new(),
                 processes: BTreeMap::new(),
                 faults: Vec::new(),
+                kube_api: spec.kube_api,
             },
             plan,
             dir,
@@ -161,6 +174,18 @@ impl Lab {
         let inventory = lab.dir.join("inventory.yaml");
         std::fs::write(&inventory, lab.plan.topology().to_inventory_yaml())
             .map_err(io_err(&inventory))?;
+        if lab.state.kube_api {
+            let objects = lab.dir.join("kube-objects.json");
+            let text = serde_json::to_string_pretty(&crate::kube_api::lab_objects(&lab.plan))
+                .map_err(|e| LabError::Spec(e.to_string()))?;
+            std::fs::write(&objects, text).map_err(io_err(&objects))?;
+            let kubeconfig = lab.kubeconfig_path();
+            std::fs::write(
+                &kubeconfig,
+                crate::kube_api::kubeconfig(&format!("http://{KUBE_API_ADDR}")),
+            )
+            .map_err(io_err(&kubeconfig))?;
+        }
         lab.start_servers()?;
         Ok(lab)
     }
@@ -366,6 +391,7 @@ impl Lab {
                 SocketAddr::from((p.ctl_ip(), COORDINATOR_PORT)),
                 "/healthz",
             )),
+            "kube-api" => Some((p.ctl_ns(), KUBE_API_ADDR, "/version")),
             _ => None,
         }
     }
@@ -406,6 +432,10 @@ impl Lab {
     /// host agent and a pod agent on every node, and waits until every agent has polled.
     pub fn start_mesh(&mut self) -> Result<(), LabError> {
         let p = self.plan.clone();
+        if let Some(spec) = self.kube_api_spec() {
+            self.start(spec)?;
+            self.wait_ready(&["kube-api".to_owned()], Duration::from_secs(10))?;
+        }
         self.start(self.coordinator_spec())?;
         self.wait_ready(&["coordinator".to_owned()], Duration::from_secs(10))?;
         for n in &p.nodes {
@@ -448,17 +478,57 @@ impl Lab {
 
     fn coordinator_spec(&self) -> ProcSpec {
         let p = &self.plan;
+        let source = if self.state.kube_api {
+            vec![
+                "--kubeconfig".into(),
+                self.kubeconfig_path().display().to_string(),
+                "--cluster-name".into(),
+                p.prefix.clone(),
+            ]
+        } else {
+            vec![
+                "--inventory".into(),
+                self.inventory_path().display().to_string(),
+            ]
+        };
+        let mut args = vec!["coordinator".into()];
+        args.extend(source);
+        args.extend([
+            "--listen".into(),
+            format!("{}:{COORDINATOR_PORT}", p.ctl_ip()),
+        ]);
         ProcSpec {
             name: "coordinator".into(),
             ns: p.ctl_ns(),
-            args: vec![
-                "coordinator".into(),
-                "--inventory".into(),
-                self.inventory_path().display().to_string(),
-                "--listen".into(),
-                format!("{}:{COORDINATOR_PORT}", p.ctl_ip()),
-            ],
+            args,
         }
+    }
+
+    /// The fake Kubernetes API's process, when the lab has one.
+    fn kube_api_spec(&self) -> Option<ProcSpec> {
+        self.state.kube_api.then(|| ProcSpec {
+            name: "kube-api".into(),
+            ns: self.plan.ctl_ns(),
+            args: vec![
+                "lab".into(),
+                "serve".into(),
+                "kube-api".into(),
+                "--objects".into(),
+                self.dir.join("kube-objects.json").display().to_string(),
+                "--listen".into(),
+                KUBE_API_ADDR.to_string(),
+            ],
+        })
+    }
+
+    /// The kubeconfig that reaches the lab's fake API (from the control namespace).
+    pub fn kubeconfig_path(&self) -> PathBuf {
+        self.dir.join("kubeconfig")
+    }
+
+    /// Whether the lab serves a fake Kubernetes API.
+    pub fn has_kube_api(&self) -> bool {
+        self.state.kube_api
     }
 
     /// Where an agent keeps its last plan (the lab's stand-in for the pod's volume).
@@ -522,6 +592,7 @@ impl Lab {
                     .server_specs()
                     .into_iter()
                     .chain(std::iter::once(self.coordinator_spec()))
+                    .chain(self.kube_api_spec())
                     .find(|s| s.name == name)
                     .ok_or_else(|| LabError::Spec(format!("no lab process {name}")))?;
                 self.start(spec)?;
@@ -533,6 +604,11 @@ impl Lab {
     /// Injects a fault and records it.
     pub fn inject(&mut self, fault: Fault) -> Result<(), LabError> {
         fault.validate(&self.plan).map_err(LabError::Spec)?;
+        if fault == Fault::ApiServerDown && !self.state.kube_api {
+            return Err(LabError::Spec(
+                "api-server-down needs a lab with a fake API server (lab up --kube-api)".into(),
+            ));
+        }
         if self.state.faults.contains(&fault) {
             return Err(LabError::Spec(format!("{fault} is already in force")));
         }

@@ -8,6 +8,8 @@
 //! - [`procs`]: starts the lab's processes and stops them by PID.
 //! - [`lab`]: the [`Lab`] itself, a guard that removes everything it created on drop.
 //! - [`fault`]: the fault catalogue.
+//! - [`kube_api`]: a fake Kubernetes API server (the real wire format) for tests and
+//!   `lab up --kube-api`.
 //! - [`servers`]: the CoreDNS, web and ingress stand-ins that run inside the lab.
 //!
 //! Rules: every namespace name starts with the lab's unique prefix; nothing routes out of
@@ -17,6 +19,7 @@
 pub mod addr;
 pub mod exec;
 pub mod fault;
+pub mod kube_api;
 pub mod lab;
 pub mod procs;
 pub mod script;

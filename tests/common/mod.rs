@@ -28,6 +28,15 @@ fn is_root() -> bool {
 /// A lab of `nodes` with the mesh running, or `None` when lab tests are skipped.
 /// Without root this fails, unless MESHPROBE_SKIP_LAB_TESTS=1 says to skip.
 pub fn lab_or_skip(nodes: usize) -> Option<Lab> {
+    lab_with(nodes, false)
+}
+
+/// [`lab_or_skip`], with the fake Kubernetes API and the coordinator discovering from it.
+pub fn kube_lab_or_skip(nodes: usize) -> Option<Lab> {
+    lab_with(nodes, true)
+}
+
+fn lab_with(nodes: usize, kube_api: bool) -> Option<Lab> {
     if !is_root() {
         if std::env::var_os("MESHPROBE_SKIP_LAB_TESTS").is_some() {
             eprintln!("skipped: lab tests need root");
@@ -39,6 +48,7 @@ pub fn lab_or_skip(nodes: usize) -> Option<Lab> {
     }
     let mut spec = LabSpec::new(nodes, BIN.into());
     spec.state_root = std::env::temp_dir().join("meshprobe-test-labs");
+    spec.kube_api = kube_api;
     let mut lab = Lab::up(spec).unwrap_or_else(|e| panic!("lab up: {e}"));
     lab.start_mesh().unwrap_or_else(|e| panic!("mesh: {e}"));
     Some(lab)
