@@ -6,7 +6,9 @@
     reason = "each test binary uses a different subset"
 )]
 
+use std::ops::{Deref, DerefMut};
 use std::process::Command;
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use meshprobe_core::{CellState, CheckReport};
@@ -25,18 +27,48 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// Labs bigger than this run alone in their test binary: a 16-node lab's 32 agents and
+/// the small labs of the tests running beside it overload two cores in a debug build.
+const SHARED_LAB_NODES: usize = 6;
+
+static LABS: RwLock<()> = RwLock::new(());
+
+enum Turn {
+    Shared(#[allow(dead_code, reason = "held, not read")] RwLockReadGuard<'static, ()>),
+    Alone(#[allow(dead_code, reason = "held, not read")] RwLockWriteGuard<'static, ()>),
+}
+
+/// A test's lab, and its turn on the machine (released after the lab is torn down).
+pub struct TestLab {
+    lab: Lab,
+    _turn: Turn,
+}
+
+impl Deref for TestLab {
+    type Target = Lab;
+    fn deref(&self) -> &Lab {
+        &self.lab
+    }
+}
+
+impl DerefMut for TestLab {
+    fn deref_mut(&mut self) -> &mut Lab {
+        &mut self.lab
+    }
+}
+
 /// A lab of `nodes` with the mesh running, or `None` when lab tests are skipped.
 /// Without root this fails, unless MESHPROBE_SKIP_LAB_TESTS=1 says to skip.
-pub fn lab_or_skip(nodes: usize) -> Option<Lab> {
+pub fn lab_or_skip(nodes: usize) -> Option<TestLab> {
     lab_with(nodes, false)
 }
 
 /// [`lab_or_skip`], with the fake Kubernetes API and the coordinator discovering from it.
-pub fn kube_lab_or_skip(nodes: usize) -> Option<Lab> {
+pub fn kube_lab_or_skip(nodes: usize) -> Option<TestLab> {
     lab_with(nodes, true)
 }
 
-fn lab_with(nodes: usize, kube_api: bool) -> Option<Lab> {
+fn lab_with(nodes: usize, kube_api: bool) -> Option<TestLab> {
     if !is_root() {
         if std::env::var_os("MESHPROBE_SKIP_LAB_TESTS").is_some() {
             eprintln!("skipped: lab tests need root");
@@ -49,9 +81,15 @@ fn lab_with(nodes: usize, kube_api: bool) -> Option<Lab> {
     let mut spec = LabSpec::new(nodes, BIN.into());
     spec.state_root = std::env::temp_dir().join("meshprobe-test-labs");
     spec.kube_api = kube_api;
+    // A panicking test poisons the lock; the next one may still run.
+    let turn = if nodes > SHARED_LAB_NODES {
+        Turn::Alone(LABS.write().unwrap_or_else(|p| p.into_inner()))
+    } else {
+        Turn::Shared(LABS.read().unwrap_or_else(|p| p.into_inner()))
+    };
     let mut lab = Lab::up(spec).unwrap_or_else(|e| panic!("lab up: {e}"));
     lab.start_mesh().unwrap_or_else(|e| panic!("mesh: {e}"));
-    Some(lab)
+    Some(TestLab { lab, _turn: turn })
 }
 
 /// Runs `meshprobe check --output json [extra...]` from the control namespace.
