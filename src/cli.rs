@@ -59,37 +59,41 @@ pub struct CoordinatorArgs {
     lease_duration: Duration,
 }
 
+/// A probe agent's options.
+#[derive(clap::Args, Debug)]
+pub struct ProbeArgs {
+    /// This node's name.
+    #[arg(long, env = "NODE_NAME")]
+    node: String,
+    /// Coordinator URL. A pod agent points at its host agent's relay
+    /// (http://$HOST_IP:7071), so its reports travel over the node's underlay.
+    #[arg(long, env = "MESHPROBE_COORDINATOR")]
+    coordinator: String,
+    /// Run as the pod-network agent (default: host-network agent).
+    #[arg(long)]
+    pod: bool,
+    /// The pod agent's IP (default: env POD_IP, else the source address toward the coordinator).
+    #[arg(long, env = "POD_IP")]
+    pod_ip: Option<Ipv4Addr>,
+    /// Where the host agent serves the relay for its pod agent, or "off".
+    #[arg(long, default_value = "0.0.0.0:7071")]
+    relay_listen: String,
+    /// Keep the last plan here (a volume), to keep probing after a restart while the
+    /// coordinator is unreachable.
+    #[arg(long, env = "MESHPROBE_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// While the coordinator is unreachable, probe with the last plan this often.
+    #[arg(long, default_value = "30s", value_parser = crate::duration::parse)]
+    offline_interval: Duration,
+}
+
 /// The subcommands.
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the coordinator.
     Coordinator(CoordinatorArgs),
     /// Run one probe agent.
-    Probe {
-        /// This node's name.
-        #[arg(long, env = "NODE_NAME")]
-        node: String,
-        /// Coordinator URL. A pod agent points at its host agent's relay
-        /// (http://$HOST_IP:7071), so its reports travel over the node's underlay.
-        #[arg(long, env = "MESHPROBE_COORDINATOR")]
-        coordinator: String,
-        /// Run as the pod-network agent (default: host-network agent).
-        #[arg(long)]
-        pod: bool,
-        /// The pod agent's IP (default: env POD_IP, else the source address toward the coordinator).
-        #[arg(long, env = "POD_IP")]
-        pod_ip: Option<Ipv4Addr>,
-        /// Where the host agent serves the relay for its pod agent, or "off".
-        #[arg(long, default_value = "0.0.0.0:7071")]
-        relay_listen: String,
-        /// Keep the last plan here (a volume), to keep probing after a restart while the
-        /// coordinator is unreachable.
-        #[arg(long, env = "MESHPROBE_STATE_DIR")]
-        state_dir: Option<PathBuf>,
-        /// While the coordinator is unreachable, probe with the last plan this often.
-        #[arg(long, default_value = "30s", value_parser = crate::duration::parse)]
-        offline_interval: Duration,
-    },
+    Probe(ProbeArgs),
     /// Ask the coordinator for a fresh round and print matrices and findings.
     Check {
         /// Coordinator URL.
@@ -150,23 +154,7 @@ pub fn main() -> ExitCode {
     init_tracing();
     let code = match cli.command {
         Command::Coordinator(args) => report(run_coordinator(args)),
-        Command::Probe {
-            node,
-            coordinator,
-            pod,
-            pod_ip,
-            relay_listen,
-            state_dir,
-            offline_interval,
-        } => report(run_probe(
-            node,
-            coordinator,
-            pod,
-            pod_ip,
-            relay_listen,
-            state_dir,
-            offline_interval,
-        )),
+        Command::Probe(args) => report(run_probe(args)),
         Command::Check {
             coordinator,
             output,
@@ -265,22 +253,22 @@ fn run_coordinator(args: CoordinatorArgs) -> Result<(), String> {
             None
         };
         let (source, what): (Box<dyn meshprobe_coordinator::TopologySource>, String) =
-            match (topology, &client) {
-                (Some(t), _) => {
+            match topology {
+                Some(t) => {
                     let what = format!("{} nodes, static inventory", t.nodes.len());
                     (
                         Box::new(meshprobe_coordinator::StaticTopology::new(t)),
                         what,
                     )
                 }
-                (None, Some(client)) => {
-                    let source = meshprobe_coordinator::kube_source::KubeTopology::start(
-                        client.clone(),
-                        discovery,
-                    );
+                None => {
+                    let client = client
+                        .clone()
+                        .ok_or("Kubernetes discovery needs an API client")?;
+                    let source =
+                        meshprobe_coordinator::kube_source::KubeTopology::start(client, discovery);
                     (Box::new(source), "Kubernetes discovery".to_owned())
                 }
-                (None, None) => unreachable!("discovery always builds a client"),
             };
         let listener = tokio::net::TcpListener::bind(listen)
             .await
@@ -330,15 +318,16 @@ async fn shutdown() {
     }
 }
 
-fn run_probe(
-    node: String,
-    coordinator: String,
-    pod: bool,
-    pod_ip: Option<Ipv4Addr>,
-    relay_listen: String,
-    state_dir: Option<PathBuf>,
-    offline_interval: Duration,
-) -> Result<(), String> {
+fn run_probe(args: ProbeArgs) -> Result<(), String> {
+    let ProbeArgs {
+        node,
+        coordinator,
+        pod,
+        pod_ip,
+        relay_listen,
+        state_dir,
+        offline_interval,
+    } = args;
     let node = NodeName::new(node).map_err(|e| format!("--node: {e}"))?;
     if coordinator.contains("$(") {
         return Err(format!(

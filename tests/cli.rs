@@ -23,13 +23,7 @@ fn inventory_syntax_error_names_the_line_and_exits_2() {
         "syntax",
         "cluster:\n  name: t\nnodes:\n  - name: n1\n    internalIP: [unclosed\n",
     );
-    let out = Command::new(BIN)
-        .args(["coordinator", "--listen", "127.0.0.1:0", "--inventory"])
-        .arg(&p)
-        .output()
-        .expect("run");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    let err = coordinator_refuses(&p);
     assert!(err.contains("line"), "error must name the line: {err}");
     assert!(
         err.contains(&p.display().to_string()),
@@ -46,13 +40,7 @@ fn inventory_unknown_field_is_named_and_exits_2() {
             "    podCIDR: 10.42.2.0/24\n    hostname: n2.example",
         ),
     );
-    let out = Command::new(BIN)
-        .args(["coordinator", "--listen", "127.0.0.1:0", "--inventory"])
-        .arg(&p)
-        .output()
-        .expect("run");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    let err = coordinator_refuses(&p);
     assert!(err.contains("unknown field `hostname`"), "{err}");
     assert!(err.contains("line 11"), "{err}");
 }
@@ -60,13 +48,7 @@ fn inventory_unknown_field_is_named_and_exits_2() {
 #[test]
 fn inventory_semantic_error_names_the_field() {
     let p = write_tmp("overlap", &GOOD.replace("10.42.2.0/24", "10.42.1.128/25"));
-    let out = Command::new(BIN)
-        .args(["coordinator", "--listen", "127.0.0.1:0", "--inventory"])
-        .arg(&p)
-        .output()
-        .expect("run");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    let err = coordinator_refuses(&p);
     assert!(
         err.contains("nodes[1].podCIDR") && err.contains("overlaps"),
         "{err}"
@@ -101,12 +83,30 @@ fn unreachable_coordinator_is_a_clear_error_and_exit_2() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("http://"));
 }
 
+/// Runs the binary with `args`: it must exit 2. Returns what it said on stderr.
+fn exits_2(args: &[&str]) -> String {
+    let out = Command::new(BIN).args(args).output().expect("run");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+    err
+}
+
 /// Runs the binary with `args`: it must exit 2 and say `says` on stderr.
 fn exits_2_saying(args: &[&str], says: &str) {
-    let out = Command::new(BIN).args(args).output().expect("run");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+    let err = exits_2(args);
     assert!(err.contains(says), "{args:?} must say {says:?}: {err}");
+}
+
+/// `coordinator --inventory PATH`, which must exit 2; what it said.
+fn coordinator_refuses(inventory: &std::path::Path) -> String {
+    let path = inventory.to_str().expect("a UTF-8 temp path");
+    exits_2(&[
+        "coordinator",
+        "--listen",
+        "127.0.0.1:0",
+        "--inventory",
+        path,
+    ])
 }
 
 #[test]

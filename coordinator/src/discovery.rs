@@ -39,8 +39,6 @@ pub struct ClusterObjects {
     pub ingresses: Vec<Ingress>,
     /// flannel's `kube-flannel-cfg`, if flannel is installed.
     pub flannel: Option<ConfigMap>,
-    /// meshprobe's pod-network agents ([`AGENT_POD_SELECTOR`]).
-    pub agents: Vec<Pod>,
 }
 
 /// Cluster settings discovery cannot read from the API.
@@ -84,7 +82,7 @@ fn opted_in(labels: Option<&std::collections::BTreeMap<String, String>>) -> bool
 /// deleted or has finished is left out, so peers report its node's pod cells `unknown`
 /// with the reason rather than `fail`. With two agents on one node (a rolling update), the
 /// newer one wins.
-pub fn agent_pod_ips(pods: &[Pod]) -> BTreeMap<NodeName, Ipv4Addr> {
+pub fn agent_pod_ips<'a>(pods: impl IntoIterator<Item = &'a Pod>) -> BTreeMap<NodeName, Ipv4Addr> {
     let mut best: BTreeMap<NodeName, (Option<k8s_openapi::jiff::Timestamp>, Ipv4Addr)> =
         BTreeMap::new();
     for p in pods {

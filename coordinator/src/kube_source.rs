@@ -186,7 +186,6 @@ impl KubeTopology {
             coredns: own(self.coredns.state()),
             services,
             ingresses: own(self.ingresses.state()),
-            agents: own(self.agents.state()),
             flannel: self
                 .flannel
                 .lock()
@@ -210,7 +209,6 @@ impl TopologySource for KubeTopology {
     }
 
     fn agent_pod_ips(&self) -> BTreeMap<NodeName, Ipv4Addr> {
-        let pods: Vec<Pod> = self.agents.state().iter().map(|p| (**p).clone()).collect();
-        agent_pod_ips(&pods)
+        agent_pod_ips(self.agents.state().iter().map(AsRef::as_ref))
     }
 }

@@ -25,7 +25,6 @@ fn objects() -> ClusterObjects {
         services: fixture::<List<Service>>("services.json").items,
         ingresses: fixture::<List<Ingress>>("ingresses.json").items,
         flannel: Some(fixture::<ConfigMap>("flannel-cm.json")),
-        agents: Vec::new(),
     }
 }
 
@@ -40,15 +39,14 @@ fn the_sandbox_as_api_objects_gives_the_sandbox_inventory() {
         serde_json::from_value(o).expect("a valid object")
     }
     let mut objs = ClusterObjects::default();
+    let mut agents: Vec<k8s_openapi::api::core::v1::Pod> = Vec::new();
     for o in meshprobe_sandbox::kube_api::lab_objects(&plan) {
         let kind = o["kind"].as_str().unwrap_or_default().to_owned();
         let labels = &o["metadata"]["labels"];
         match kind.as_str() {
             "Node" => objs.nodes.push(de(o)),
             "Pod" if labels["k8s-app"] == "kube-dns" => objs.coredns.push(de(o)),
-            "Pod" if labels["app.kubernetes.io/component"] == "agent-pod" => {
-                objs.agents.push(de(o))
-            }
+            "Pod" if labels["app.kubernetes.io/component"] == "agent-pod" => agents.push(de(o)),
             "Pod" => {}
             "Service" => objs.services.push(de(o)),
             "Ingress" => objs.ingresses.push(de(o)),
@@ -65,7 +63,7 @@ fn the_sandbox_as_api_objects_gives_the_sandbox_inventory() {
     );
     assert_eq!(d.notes, Vec::<String>::new());
     assert_eq!(d.topology, plan.topology());
-    let ips = meshprobe_coordinator::discovery::agent_pod_ips(&objs.agents);
+    let ips = meshprobe_coordinator::discovery::agent_pod_ips(&agents);
     assert_eq!(ips.len(), 5);
     for n in &plan.nodes {
         assert_eq!(

@@ -372,35 +372,23 @@ impl Fault {
                 let (Some(n), Some(p)) = (node(n), node(peer)) else {
                     return Action::Steps(vec![]);
                 };
-                let (neigh, fdb) = if inject {
-                    // The old MAC: what the peer's device had before it was recreated.
-                    let old = LabNode {
-                        vtep_mac: stale_mac(&p.vtep_mac),
-                        ..p.clone()
-                    };
-                    (
-                        neigh_line(&old),
-                        format!(
-                            "fdb del {} dev flannel.1 dst {} self\n{}",
-                            p.vtep_mac,
-                            p.ip,
-                            fdb_line(&old)
-                        ),
-                    )
-                } else {
-                    (
-                        neigh_line(&p),
-                        format!(
-                            "fdb del {} dev flannel.1 dst {} self\n{}",
-                            stale_mac(&p.vtep_mac),
-                            p.ip,
-                            fdb_line(&p)
-                        ),
-                    )
+                // The old MAC: what the peer's device had before it was recreated.
+                let old = LabNode {
+                    vtep_mac: stale_mac(&p.vtep_mac),
+                    ..p.clone()
                 };
+                let (from, to) = if inject { (&p, &old) } else { (&old, &p) };
                 vec![
-                    Step::ip_batch(&n.ns, neigh + "\n"),
-                    Step::bridge_batch(&n.ns, fdb + "\n"),
+                    Step::ip_batch(&n.ns, neigh_line(to) + "\n"),
+                    Step::bridge_batch(
+                        &n.ns,
+                        format!(
+                            "fdb del {} dev flannel.1 dst {} self\n{}\n",
+                            from.vtep_mac,
+                            p.ip,
+                            fdb_line(to)
+                        ),
+                    ),
                 ]
             }
             Fault::UnderlayMtu { node: n, mtu } => {

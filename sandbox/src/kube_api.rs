@@ -114,7 +114,6 @@ pub struct FakeApi {
     /// Watches from before this resource version get 410 Gone.
     compacted: AtomicU64,
     watches: AtomicU64,
-    requests: AtomicU64,
 }
 
 /// How long the fake holds a watch open before ending it (the client then re-watches from
@@ -134,7 +133,6 @@ impl FakeApi {
             down: AtomicBool::new(false),
             compacted: AtomicU64::new(0),
             watches: AtomicU64::new(0),
-            requests: AtomicU64::new(0),
         });
         for o in objects {
             api.apply(o)?;
@@ -246,11 +244,6 @@ impl FakeApi {
         self.watches.load(Ordering::SeqCst)
     }
 
-    /// Requests served so far (while up).
-    pub fn requests(&self) -> u64 {
-        self.requests.load(Ordering::SeqCst)
-    }
-
     /// The HTTP router serving this state.
     pub fn router(self: &Arc<Self>) -> axum::Router {
         axum::Router::new()
@@ -310,30 +303,11 @@ fn status(code: StatusCode, reason: &str, message: &str) -> Response {
         .into_response()
 }
 
-/// Decodes `%XX` escapes and `+` in a query component.
-fn percent_decode(s: &str) -> String {
-    fn hex(b: u8) -> Option<u8> {
-        (b as char).to_digit(16).map(|d| d as u8)
-    }
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => {
-                if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                    out.push(h << 4 | l);
-                    i += 3;
-                    continue;
-                }
-                out.push(b'%');
-            }
-            b'+' => out.push(b' '),
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+/// The request's query parameters (the last of a repeated one wins).
+fn query_of(uri: &axum::http::Uri) -> Result<BTreeMap<String, String>, String> {
+    axum::extract::Query::<BTreeMap<String, String>>::try_from_uri(uri)
+        .map(|q| q.0)
+        .map_err(|e| e.body_text())
 }
 
 /// One requirement of a label or field selector.
@@ -416,16 +390,11 @@ async fn handle(State(api): State<Arc<FakeApi>>, req: Request) -> Response {
             "the API server is down (fixture)",
         );
     }
-    api.requests.fetch_add(1, Ordering::SeqCst);
     let path = req.uri().path().to_owned();
-    let query: BTreeMap<String, String> = req
-        .uri()
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_owned(), percent_decode(v)))
-        .collect();
+    let query = match query_of(req.uri()) {
+        Ok(q) => q,
+        Err(e) => return status(StatusCode::BAD_REQUEST, "BadRequest", &e),
+    };
     if path == "/version" {
         return axum::Json(json!({
             "major": "1", "minor": "33", "gitVersion": "v1.33.1-meshprobe-fixture",
@@ -961,11 +930,12 @@ mod tests {
 
     #[test]
     fn selectors_and_escapes() {
+        let q = |uri: &str| query_of(&uri.parse().expect("uri")).expect("query");
         assert_eq!(
-            percent_decode("app.kubernetes.io%2Fname%3Dmeshprobe%2Ck8s-app"),
+            q("/api/v1/pods?labelSelector=app.kubernetes.io%2Fname%3Dmeshprobe%2Ck8s-app")["labelSelector"],
             "app.kubernetes.io/name=meshprobe,k8s-app"
         );
-        assert_eq!(percent_decode("bad%zz%4"), "bad%zz%4");
+        assert_eq!(q("/x?a=bad%zz%4")["a"], "bad%zz%4");
         let reqs = parse_selector("a=b, c!=d,e==f,g");
         assert_eq!(
             reqs,

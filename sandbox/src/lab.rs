@@ -16,12 +16,12 @@ use crate::addr::{
 use crate::exec::{self, ExecError};
 use crate::fault::{Action, Fault};
 use crate::procs::{self, ProcRecord, ProcSpec};
+use crate::script;
 
 /// Where the fake Kubernetes API listens: the control namespace's own loopback (only the
 /// coordinator, in the same namespace, talks to it).
 pub const KUBE_API_ADDR: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 6443);
-use crate::script;
 
 /// What went wrong with a lab.
 #[derive(Debug, thiserror::Error)]
