@@ -3,8 +3,10 @@
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
-use meshprobe_core::CheckReport;
+use meshprobe_core::api::RoundRequest;
 use meshprobe_core::render::{Style, render};
+use meshprobe_core::{CheckReport, NodeName};
+use meshprobe_probe::client::{ClientError, CoordinatorClient, RoundAnswer};
 use tokio::time::Instant;
 
 /// Output format.
@@ -32,24 +34,9 @@ pub struct CheckArgs {
 /// `check` could not produce a result (exit 2).
 #[derive(Debug, thiserror::Error)]
 pub enum CheckError {
-    /// No HTTP answer.
-    #[error("cannot reach the coordinator at {url}: {reason}")]
-    Unreachable {
-        /// URL.
-        url: String,
-        /// Why, innermost cause first.
-        reason: String,
-    },
-    /// An HTTP error from the coordinator.
-    #[error("the coordinator at {url} answered HTTP {status}: {body}")]
-    Http {
-        /// URL.
-        url: String,
-        /// Status.
-        status: u16,
-        /// Body.
-        body: String,
-    },
+    /// The coordinator could not be asked, or answered with an error.
+    #[error(transparent)]
+    Coordinator(#[from] ClientError),
     /// The round did not finish in time.
     #[error("round {round} did not finish within {timeout:?} ({progress})")]
     Timeout {
@@ -60,86 +47,30 @@ pub enum CheckError {
         /// Last progress seen.
         progress: String,
     },
-    /// The coordinator's answer did not parse.
-    #[error("the coordinator at {url} sent an unreadable answer: {reason}")]
-    Garbled {
-        /// URL.
-        url: String,
+    /// A pcap file could not be written.
+    #[error("cannot write {path}: {source}")]
+    Write {
+        /// The file.
+        path: std::path::PathBuf,
         /// Why.
-        reason: String,
+        #[source]
+        source: std::io::Error,
     },
-}
-
-fn innermost(e: &reqwest::Error) -> String {
-    let mut inner: &dyn std::error::Error = e;
-    while let Some(next) = inner.source() {
-        inner = next;
-    }
-    if e.is_timeout() {
-        "timed out".to_owned()
-    } else {
-        inner.to_string()
-    }
-}
-
-/// Sends a request to the coordinator; a success's JSON body, or the error that says why not.
-async fn send_json(
-    req: reqwest::RequestBuilder,
-    base: &str,
-    url: &str,
-) -> Result<serde_json::Value, CheckError> {
-    let resp = req.send().await.map_err(|e| CheckError::Unreachable {
-        url: base.to_owned(),
-        reason: innermost(&e),
-    })?;
-    if !resp.status().is_success() {
-        let status = resp.status().as_u16();
-        return Err(CheckError::Http {
-            url: url.to_owned(),
-            status,
-            body: resp.text().await.unwrap_or_default(),
-        });
-    }
-    resp.json().await.map_err(|e| CheckError::Garbled {
-        url: url.to_owned(),
-        reason: e.to_string(),
-    })
 }
 
 /// Triggers a round and waits for its report.
 pub async fn fetch(args: &CheckArgs) -> Result<CheckReport, CheckError> {
-    let base = args.coordinator.trim_end_matches('/');
-    if !(base.starts_with("http://") || base.starts_with("https://")) {
-        return Err(CheckError::Unreachable {
-            url: base.to_owned(),
-            reason: "the coordinator URL must start with http:// or https://".to_owned(),
-        });
-    }
-    let http = reqwest::Client::builder()
-        .no_proxy()
-        .connect_timeout(Duration::from_secs(3))
-        .build()
-        .map_err(|e| CheckError::Unreachable {
-            url: base.to_owned(),
-            reason: e.to_string(),
-        })?;
+    let client = CoordinatorClient::new(&args.coordinator)?;
     let deadline = Instant::now() + args.timeout;
-    let url = format!("{base}/v1/rounds");
-    let body = if args.pcap.is_some() {
-        r#"{"capture":true}"#
-    } else {
-        ""
-    };
-    let req = http
-        .post(&url)
-        .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .body(body)
-        .timeout(args.timeout);
-    let v = send_json(req, base, &url).await?;
-    let round = v["round"].as_u64().ok_or_else(|| CheckError::Garbled {
-        url: url.clone(),
-        reason: format!("no round id in {v}"),
-    })?;
+    let started = client
+        .start_round(
+            &RoundRequest {
+                capture: args.pcap.is_some(),
+            },
+            args.timeout,
+        )
+        .await?;
+    let round = started.round;
 
     let progress_on = std::io::stderr().is_terminal();
     let mut progress = String::from("no progress reported");
@@ -157,49 +88,30 @@ pub async fn fetch(args: &CheckArgs) -> Result<CheckReport, CheckError> {
                 progress,
             });
         }
-        let wait = left.min(Duration::from_secs(1));
-        let url = format!("{base}/v1/rounds/{round}?wait={}", wait.as_secs().max(1));
-        let resp = http
-            .get(&url)
-            .timeout(wait + Duration::from_secs(5))
-            .send()
-            .await
-            .map_err(|e| CheckError::Unreachable {
-                url: base.to_owned(),
-                reason: innermost(&e),
-            })?;
-        match resp.status().as_u16() {
-            200 => {
+        match client
+            .round(round, left.min(Duration::from_secs(1)))
+            .await?
+        {
+            RoundAnswer::Done(report) => {
                 if progress_on {
                     eprint!("\r\x1b[K");
                 }
-                return resp.json().await.map_err(|e| CheckError::Garbled {
-                    url,
-                    reason: e.to_string(),
-                });
+                return Ok(*report);
             }
-            202 => {
-                let v: serde_json::Value = resp.json().await.unwrap_or_default();
-                progress = format!("{}/{} agents reported", v["reported"], v["expected"]);
+            RoundAnswer::Running(p) => {
+                progress = format!("{}/{} agents reported", p.reported, p.expected);
                 if progress_on {
                     eprint!("\r{} round {round}: {progress}", spinner[tick % 4]);
                     let _ = std::io::stderr().flush();
                     tick += 1;
                 }
             }
-            status => {
-                return Err(CheckError::Http {
-                    url,
-                    status,
-                    body: resp.text().await.unwrap_or_default(),
-                });
-            }
         }
     }
 }
 
 /// The overlay pairs that failed this round (unordered, at most 16).
-pub fn failing_pairs(report: &CheckReport) -> Vec<(String, String)> {
+pub fn failing_pairs(report: &CheckReport) -> Vec<(NodeName, NodeName)> {
     use meshprobe_core::{CellState, Layer};
     let mut pairs = std::collections::BTreeSet::new();
     for layer in [
@@ -220,7 +132,12 @@ pub fn failing_pairs(report: &CheckReport) -> Vec<(String, String)> {
             }
         }
     }
-    pairs.into_iter().take(16).collect()
+    // Overlay columns are node names; anything else cannot be a pair.
+    pairs
+        .into_iter()
+        .filter_map(|(a, b)| Some((NodeName::new(a).ok()?, NodeName::new(b).ok()?)))
+        .take(16)
+        .collect()
 }
 
 /// Fetches the packets both ends of every failing pair captured and writes them as pcap
@@ -230,36 +147,22 @@ pub async fn write_pcaps(
     report: &CheckReport,
     dir: &std::path::Path,
 ) -> Result<Vec<std::path::PathBuf>, CheckError> {
-    let base = args.coordinator.trim_end_matches('/');
-    let io = |e: std::io::Error, p: &std::path::Path| CheckError::Garbled {
-        url: p.display().to_string(),
-        reason: format!("cannot write: {e}"),
+    let client = CoordinatorClient::new(&args.coordinator)?;
+    let write_err = |path: &std::path::Path| {
+        let path = path.to_owned();
+        move |source| CheckError::Write { path, source }
     };
-    std::fs::create_dir_all(dir).map_err(|e| io(e, dir))?;
-    let http =
-        reqwest::Client::builder()
-            .no_proxy()
-            .build()
-            .map_err(|e| CheckError::Unreachable {
-                url: base.to_owned(),
-                reason: e.to_string(),
-            })?;
+    std::fs::create_dir_all(dir).map_err(write_err(dir))?;
     let mut written = Vec::new();
     for (a, b) in failing_pairs(report) {
         for (at, peer) in [(&a, &b), (&b, &a)] {
-            let url = format!(
-                "{base}/v1/rounds/{}/packets?node={at}&peer={peer}",
-                report.round
-            );
-            let v = send_json(http.get(&url).timeout(args.timeout), base, &url).await?;
-            let packets: Vec<meshprobe_core::capture::CapturedPacket> =
-                serde_json::from_value(v["packets"].clone()).map_err(|e| CheckError::Garbled {
-                    url: url.clone(),
-                    reason: e.to_string(),
-                })?;
+            let answer = client.packets(report.round, at, peer, args.timeout).await?;
             let path = dir.join(format!("round-{}-{a}-{b}.at-{at}.pcap", report.round));
-            std::fs::write(&path, meshprobe_core::capture::pcap(&packets, 65_535))
-                .map_err(|e| io(e, &path))?;
+            std::fs::write(
+                &path,
+                meshprobe_core::capture::pcap(&answer.packets, 65_535),
+            )
+            .map_err(write_err(&path))?;
             written.push(path);
         }
     }

@@ -57,6 +57,94 @@ pub struct CoordinatorArgs {
     /// How long the Lease stays valid after the leader's last renewal (whole seconds).
     #[arg(long, default_value = "8s", value_parser = crate::duration::parse)]
     lease_duration: Duration,
+    /// What every round's plans carry, and how rounds end.
+    #[command(flatten)]
+    round: RoundFlags,
+}
+
+/// The round's settings (`PlanSettings` and the round engine's), each a flag and an env
+/// var; the defaults are those of `meshprobe_core::PlanSettings` and
+/// `meshprobe_coordinator::Settings`.
+#[derive(clap::Args, Debug)]
+pub struct RoundFlags {
+    /// ICMP echoes per target per round (loss is measured over these).
+    #[arg(long, env = "MESHPROBE_ICMP_COUNT", default_value_t = 20, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    icmp_count: u16,
+    /// Gap between two echoes to one target (also spreads DNS and HTTP attempts).
+    #[arg(long, env = "MESHPROBE_ICMP_INTERVAL", default_value = "20ms", value_parser = crate::duration::parse)]
+    icmp_interval: Duration,
+    /// How long to wait for the last echo reply.
+    #[arg(long, env = "MESHPROBE_ICMP_TIMEOUT", default_value = "1s", value_parser = crate::duration::parse)]
+    icmp_timeout: Duration,
+    /// How many times each DNS name is asked per target per round.
+    #[arg(long, env = "MESHPROBE_DNS_REPEATS", default_value_t = 5, value_parser = clap::value_parser!(u8).range(1..=50))]
+    dns_repeats: u8,
+    /// Timeout of one DNS query.
+    #[arg(long, env = "MESHPROBE_DNS_TIMEOUT", default_value = "1s", value_parser = crate::duration::parse)]
+    dns_timeout: Duration,
+    /// HTTP attempts per NodePort/ingress target per round (metrics: 1).
+    #[arg(long, env = "MESHPROBE_HTTP_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=20))]
+    http_attempts: u8,
+    /// Timeout of one HTTP request.
+    #[arg(long, env = "MESHPROBE_HTTP_TIMEOUT", default_value = "1500ms", value_parser = crate::duration::parse)]
+    http_timeout: Duration,
+    /// A cell fails when at least this share (percent) of its probes failed.
+    #[arg(long, env = "MESHPROBE_FAIL_LOSS_PCT", default_value_t = 25.0)]
+    fail_loss_pct: f64,
+    /// Up to this many nodes, every node probes every other one each round.
+    #[arg(long, env = "MESHPROBE_FULL_MESH_MAX", default_value_t = 100)]
+    full_mesh_max: u32,
+    /// Above --full-mesh-max, the peers each node probes per round.
+    #[arg(long, env = "MESHPROBE_PEER_SAMPLE", default_value_t = 32, value_parser = clap::value_parser!(u32).range(2..))]
+    peer_sample: u32,
+    /// Time an agent gets beyond the plan's budget to deliver its report.
+    #[arg(long, env = "MESHPROBE_GRACE", default_value = "1500ms", value_parser = crate::duration::parse)]
+    grace: Duration,
+    /// An agent with no poll open and not heard from for this long is known silent: no
+    /// round waits for it.
+    #[arg(long, env = "MESHPROBE_SILENT_AFTER", default_value = "3s", value_parser = crate::duration::parse)]
+    silent_after: Duration,
+    /// Finished rounds kept for clients to read.
+    #[arg(long, env = "MESHPROBE_KEEP_ROUNDS", default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    keep_rounds: u64,
+}
+
+impl RoundFlags {
+    /// The coordinator's settings; an error names the flag that is out of range.
+    pub fn settings(&self) -> anyhow::Result<meshprobe_coordinator::Settings> {
+        let ms = |d: Duration, flag: &str| -> anyhow::Result<u32> {
+            let v = d.as_millis();
+            anyhow::ensure!(
+                (1..=60_000).contains(&v),
+                "--{flag} {d:?} must be between 1ms and 60s"
+            );
+            Ok(v as u32)
+        };
+        anyhow::ensure!(
+            self.fail_loss_pct > 0.0 && self.fail_loss_pct <= 100.0,
+            "--fail-loss-pct {} must be more than 0 and at most 100",
+            self.fail_loss_pct
+        );
+        let plan = meshprobe_core::PlanSettings {
+            icmp_count: self.icmp_count,
+            icmp_interval_ms: ms(self.icmp_interval, "icmp-interval")?,
+            icmp_timeout_ms: ms(self.icmp_timeout, "icmp-timeout")?,
+            dns_repeats: self.dns_repeats,
+            dns_timeout_ms: ms(self.dns_timeout, "dns-timeout")?,
+            http_attempts: self.http_attempts,
+            http_timeout_ms: ms(self.http_timeout, "http-timeout")?,
+            fail_loss_pct: self.fail_loss_pct,
+            full_mesh_max: self.full_mesh_max,
+            peer_sample: self.peer_sample,
+        };
+        Ok(meshprobe_coordinator::Settings {
+            plan,
+            grace: self.grace,
+            silent_after: self.silent_after,
+            keep_rounds: self.keep_rounds as usize,
+            ..meshprobe_coordinator::Settings::default()
+        })
+    }
 }
 
 /// A probe agent's options.
@@ -83,8 +171,15 @@ pub struct ProbeArgs {
     #[arg(long, env = "MESHPROBE_STATE_DIR")]
     state_dir: Option<PathBuf>,
     /// While the coordinator is unreachable, probe with the last plan this often.
-    #[arg(long, default_value = "30s", value_parser = crate::duration::parse)]
+    #[arg(long, env = "MESHPROBE_OFFLINE_INTERVAL", default_value = "30s", value_parser = crate::duration::parse)]
     offline_interval: Duration,
+    /// How long one poll for the next round may be held by the coordinator.
+    #[arg(long, env = "MESHPROBE_POLL_WAIT", default_value = "10s", value_parser = crate::duration::parse)]
+    poll_wait: Duration,
+    /// The poll's heartbeat period, or "off" (v1 long polls). Three missed heartbeats mark
+    /// the connection dead, and the agent polls again at once.
+    #[arg(long, env = "MESHPROBE_HEARTBEAT", default_value = "300ms")]
+    heartbeat: String,
 }
 
 /// The subcommands.
@@ -244,6 +339,7 @@ fn run_coordinator(args: CoordinatorArgs) -> Result<(), String> {
         ..Default::default()
     };
     let (listen, interval) = (args.listen, args.interval);
+    let settings = args.round.settings().map_err(|e| e.to_string())?;
     let rt = runtime(true).map_err(|e| format!("cannot start the runtime: {e}"))?;
     rt.block_on(async move {
         let needs_api = topology.is_none() || lease.is_some();
@@ -278,10 +374,7 @@ fn run_coordinator(args: CoordinatorArgs) -> Result<(), String> {
             .map_err(|e| format!("cannot read the bound address: {e}"))?;
         // Printed (not logged) so that scripts and tests binding port 0 learn the port.
         eprintln!("meshprobe coordinator listening on {bound} ({what})");
-        let c = meshprobe_coordinator::Coordinator::new(
-            source,
-            meshprobe_coordinator::Settings::default(),
-        );
+        let c = meshprobe_coordinator::Coordinator::new(source, settings);
         let election = match (lease, client) {
             (Some(s), Some(client)) => {
                 eprintln!(
@@ -295,8 +388,13 @@ fn run_coordinator(args: CoordinatorArgs) -> Result<(), String> {
             _ => None,
         };
         tokio::spawn(Arc::clone(&c).schedule(interval));
+        let stopping = Arc::clone(&c);
         let served = axum::serve(listener, meshprobe_coordinator::router(c))
-            .with_graceful_shutdown(shutdown())
+            .with_graceful_shutdown(async move {
+                shutdown().await;
+                // Open polls end now, so the graceful shutdown does not wait for them.
+                stopping.shut_down();
+            })
             .await
             .map_err(|e| format!("server: {e}"));
         // Hand over at once rather than after the Lease expires.
@@ -327,8 +425,31 @@ fn run_probe(args: ProbeArgs) -> Result<(), String> {
         relay_listen,
         state_dir,
         offline_interval,
+        poll_wait,
+        heartbeat,
     } = args;
     let node = NodeName::new(node).map_err(|e| format!("--node: {e}"))?;
+    let heartbeat = match heartbeat.as_str() {
+        "off" => None,
+        s => {
+            let d = crate::duration::parse(s).map_err(|e| format!("--heartbeat: {e}"))?;
+            let ms = d.as_millis();
+            let range = meshprobe_core::api::HEARTBEAT_MS;
+            if !(u128::from(*range.start())..=u128::from(*range.end())).contains(&ms) {
+                return Err(format!(
+                    "--heartbeat {s:?} must be between {}ms and {}ms, or off",
+                    range.start(),
+                    range.end()
+                ));
+            }
+            Some(d)
+        }
+    };
+    if !(1..=60).contains(&poll_wait.as_secs()) {
+        return Err(format!(
+            "--poll-wait {poll_wait:?} must be between 1s and 60s"
+        ));
+    }
     if coordinator.contains("$(") {
         return Err(format!(
             "--coordinator {coordinator:?} holds a variable the kubelet did not expand: the \
@@ -349,14 +470,17 @@ fn run_probe(args: ProbeArgs) -> Result<(), String> {
         ),
     };
     let cfg = meshprobe_probe::AgentConfig {
-        node,
-        kind: if pod { AgentKind::Pod } else { AgentKind::Host },
-        coordinator,
         pod_ip,
         relay_listen,
-        poll_wait: Duration::from_secs(10),
+        poll_wait,
+        heartbeat,
         state_dir,
         offline_interval,
+        ..meshprobe_probe::AgentConfig::new(
+            node,
+            if pod { AgentKind::Pod } else { AgentKind::Host },
+            coordinator,
+        )
     };
     // One thread is plenty for an IO-bound agent and keeps its footprint small.
     let rt = runtime(false).map_err(|e| format!("cannot start the runtime: {e}"))?;

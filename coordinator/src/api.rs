@@ -1,8 +1,9 @@
-//! The coordinator's HTTP API (version 1).
+//! The coordinator's HTTP API (version 1), serving the routes and types of
+//! [`meshprobe_core::api`].
 //!
 //! Agents:
-//! - `GET  /v1/agents/{node}/{kind}/next?after=R&epoch=E&wait=S[&podIP=IP]`: long-poll for
-//!   the next plan; 200 with an assignment, 204 when none started within `wait` seconds.
+//! - `GET  /v1/agents/{node}/{kind}/next?after=R&epoch=E&wait=S[&podIP=IP][&heartbeatMs=H][&relayPort=P]`:
+//!   the poll for the next plan; with `heartbeatMs`, a heartbeat-streamed answer.
 //! - `POST /v1/reports`: an agent report; 202, or 409 when its round is not running.
 //!
 //! Clients:
@@ -14,7 +15,6 @@
 //!
 //! Every malformed request gets a 4xx with a message; bodies are capped at [`MAX_BODY`].
 
-use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,10 +25,13 @@ use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use meshprobe_core::api::{
+    self as wire, AgentPoll, ApiError, OfflineAccepted, OfflineBatch, PacketsAnswer, RoundProgress,
+    RoundRequest, RoundStarted, RoundState, TopologyAnswer,
+};
 use meshprobe_core::plan::AgentReport;
 use meshprobe_core::{AgentKind, NodeName};
 use serde::Deserialize;
-use serde_json::json;
 
 use crate::rounds::{Coordinator, RoundStatus};
 
@@ -40,25 +43,31 @@ pub const MAX_WAIT: Duration = Duration::from_secs(60);
 /// The API's routes over shared coordinator state.
 pub fn router(state: Arc<Coordinator>) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route(wire::HEALTHZ, get(|| async { "ok\n" }))
         // Ready = the active coordinator: the Service sends agents to the leader only.
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/v1/agents", get(agents))
-        .route("/v1/agents/{node}/{kind}/next", get(next))
-        .route("/v1/reports", post(report))
-        .route("/v1/reports/offline", post(offline).get(offline_list))
-        .route("/v1/rounds", post(trigger))
-        .route("/v1/rounds/latest", get(latest))
-        .route("/v1/rounds/{id}", get(round))
-        .route("/v1/rounds/{id}/packets", get(packets))
-        .route("/v1/topology", get(topology))
+        .route(wire::READYZ, get(readyz))
+        .route(wire::METRICS, get(metrics))
+        .route(wire::AGENTS, get(agents))
+        .route(wire::NEXT_PATTERN, get(next))
+        .route(wire::REPORTS, post(report))
+        .route(wire::REPORTS_OFFLINE, post(offline).get(offline_list))
+        .route(wire::ROUNDS, post(trigger))
+        .route(wire::ROUNDS_LATEST, get(latest))
+        .route(wire::ROUND_PATTERN, get(round))
+        .route(wire::PACKETS_PATTERN, get(packets))
+        .route(wire::TOPOLOGY, get(topology))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, Json(json!({ "error": message.into() }))).into_response()
+    (
+        status,
+        Json(ApiError {
+            error: message.into(),
+        }),
+    )
+        .into_response()
 }
 
 async fn readyz(State(c): State<Arc<Coordinator>>) -> Response {
@@ -81,28 +90,15 @@ fn standby(c: &Coordinator) -> Option<Response> {
     })
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NextQuery {
-    #[serde(default)]
-    after: u64,
-    #[serde(default)]
-    epoch: u64,
-    #[serde(default)]
-    wait: Option<u64>,
-    #[serde(rename = "podIP")]
-    pod_ip: Option<Ipv4Addr>,
-}
-
 async fn next(
     State(c): State<Arc<Coordinator>>,
     Path((node, kind)): Path<(String, String)>,
-    query: Result<Query<NextQuery>, axum::extract::rejection::QueryRejection>,
+    query: Result<Query<AgentPoll>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     if let Some(r) = standby(&c) {
         return r;
     }
-    let Query(q) = match query {
+    let Query(poll) = match query {
         Ok(q) => q,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
     };
@@ -120,10 +116,22 @@ async fn next(
             format!("node {node} is not in the topology"),
         );
     }
-    let wait = Duration::from_secs(q.wait.unwrap_or(25)).min(MAX_WAIT);
-    match c.next((node, kind), q.after, q.epoch, q.pod_ip, wait).await {
-        Some(a) => Json(a).into_response(),
-        None => StatusCode::NO_CONTENT.into_response(),
+    let wait = Duration::from_secs(poll.wait.unwrap_or(25)).min(MAX_WAIT);
+    match poll.heartbeat_ms {
+        Some(ms) => {
+            let (lo, hi) = (*wire::HEARTBEAT_MS.start(), *wire::HEARTBEAT_MS.end());
+            let heartbeat = Duration::from_millis(u64::from(ms.clamp(lo, hi)));
+            let stream = c.next_stream((node, kind), poll, wait, heartbeat);
+            (
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                axum::body::Body::from_stream(stream),
+            )
+                .into_response()
+        }
+        None => match c.next((node, kind), &poll, wait).await {
+            Some(a) => Json(a).into_response(),
+            None => StatusCode::NO_CONTENT.into_response(),
+        },
     }
 }
 
@@ -145,20 +153,6 @@ async fn report(
         }
         Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
     }
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct TriggerRequest {
-    /// Ask host agents for the round's captured packets.
-    #[serde(default)]
-    capture: bool,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct OfflineBatch {
-    reports: Vec<AgentReport>,
 }
 
 async fn offline(
@@ -183,32 +177,34 @@ async fn offline(
             format!("node {} is not in the topology", r.node),
         );
     }
-    let n = c.offline(batch.reports);
-    (StatusCode::ACCEPTED, Json(json!({ "accepted": n }))).into_response()
+    let accepted = c.offline(batch.reports);
+    (StatusCode::ACCEPTED, Json(OfflineAccepted { accepted })).into_response()
 }
 
 async fn offline_list(State(c): State<Arc<Coordinator>>) -> Response {
-    Json(json!({ "reports": c.offline_reports() })).into_response()
+    Json(OfflineBatch {
+        reports: c.offline_reports(),
+    })
+    .into_response()
 }
 
 async fn trigger(State(c): State<Arc<Coordinator>>, body: axum::body::Bytes) -> Response {
     if let Some(r) = standby(&c) {
         return r;
     }
-    let req: TriggerRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        TriggerRequest::default()
+    let req: RoundRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        RoundRequest::default()
     } else {
         match serde_json::from_slice(&body) {
             Ok(r) => r,
             Err(e) => return error(StatusCode::BAD_REQUEST, format!("round request: {e}")),
         }
     };
-    let id = c.trigger_with(req.capture);
-    (StatusCode::ACCEPTED, Json(json!({ "round": id }))).into_response()
+    let round = c.trigger_with(req.capture);
+    (StatusCode::ACCEPTED, Json(RoundStarted { round })).into_response()
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct WaitQuery {
     #[serde(default)]
     wait: u64,
@@ -233,7 +229,12 @@ async fn round(
         RoundStatus::Done(report) => Json(&*report).into_response(),
         RoundStatus::Pending { reported, expected } => (
             StatusCode::ACCEPTED,
-            Json(json!({ "round": id, "state": "running", "reported": reported, "expected": expected })),
+            Json(RoundProgress {
+                round: id,
+                state: RoundState::Running,
+                reported,
+                expected,
+            }),
         )
             .into_response(),
         RoundStatus::Evicted => error(StatusCode::GONE, format!("round {id} is no longer kept")),
@@ -242,7 +243,6 @@ async fn round(
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct PacketsQuery {
     node: String,
     peer: String,
@@ -273,9 +273,13 @@ async fn packets(
         );
     };
     match c.packets(id, &node, peer_ip) {
-        Some(p) => {
-            Json(json!({ "round": id, "node": node, "peer": peer, "packets": p })).into_response()
-        }
+        Some(packets) => Json(PacketsAnswer {
+            round: id,
+            node,
+            peer,
+            packets,
+        })
+        .into_response(),
         None => error(
             StatusCode::NOT_FOUND,
             format!("round {id} captured no packets (`check --pcap` asks for a capture round)"),
@@ -302,14 +306,14 @@ async fn metrics(State(c): State<Arc<Coordinator>>) -> Response {
 }
 
 async fn agents(State(c): State<Arc<Coordinator>>) -> Response {
-    let list: Vec<_> = c
-        .agents()
-        .into_iter()
-        .map(|(node, kind, age, ip)| json!({ "node": node, "kind": kind, "lastSeenSecondsAgo": age, "podIP": ip }))
-        .collect();
-    Json(json!({ "agents": list })).into_response()
+    Json(c.agents()).into_response()
 }
 
 async fn topology(State(c): State<Arc<Coordinator>>) -> Response {
-    Json(json!({ "fresh": c.topology_fresh(), "topology": &*c.topology() })).into_response()
+    let topology = c.topology();
+    Json(TopologyAnswer {
+        fresh: c.topology_fresh(),
+        topology: &topology,
+    })
+    .into_response()
 }

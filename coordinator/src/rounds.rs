@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use axum::body::Bytes;
+use meshprobe_core::api::{AgentEntry, AgentPoll, AgentsList, PollResult};
 use meshprobe_core::matrix::{RoundInput, build_report};
 use meshprobe_core::plan::{AgentReport, Assignment, Plan, PlanSettings, make_plan};
 use meshprobe_core::{AgentKind, CheckReport, NodeName};
@@ -23,9 +25,13 @@ pub struct Settings {
     pub plan: PlanSettings,
     /// Time an agent gets beyond its plan's budget to deliver its report (default 1.5 s).
     pub grace: Duration,
-    /// An agent not heard from for this long is absent and not waited for (default 40 s,
-    /// well over an agent's 10 s poll).
+    /// A pod agent's registered IP is used for planning until it has not been heard from
+    /// for this long (default 40 s); after that the API's word (or nothing) is used.
     pub stale_after: Duration,
+    /// An agent with no poll open and not heard from (poll, heartbeat, report) for this
+    /// long is known silent: no round waits for it (default 3 s: ten heartbeats of an
+    /// agent's default 300 ms, and more than its 2 s longest reconnect pause).
+    pub silent_after: Duration,
     /// Rounds kept for clients to read (default 32).
     pub keep_rounds: usize,
     /// Diagnosis thresholds.
@@ -41,6 +47,7 @@ impl Default for Settings {
             plan: PlanSettings::default(),
             grace: Duration::from_millis(1500),
             stale_after: Duration::from_secs(40),
+            silent_after: Duration::from_secs(3),
             keep_rounds: 32,
             diagnosis: meshprobe_diagnosis::Settings::default(),
         }
@@ -49,8 +56,14 @@ impl Default for Settings {
 
 #[derive(Clone, Debug)]
 struct Seen {
+    /// Last poll, heartbeat or report.
     at: Instant,
     pod_ip: Option<Ipv4Addr>,
+    /// Polls held open right now (a poll's guard decrements it when the poll ends or its
+    /// connection is dropped).
+    polling: u32,
+    /// A host agent's relay port, as it advertised it.
+    relay_port: Option<u16>,
 }
 
 struct Running {
@@ -58,7 +71,10 @@ struct Running {
     started: Instant,
     topology: Arc<meshprobe_core::Topology>,
     plans: BTreeMap<Key, Plan>,
+    /// The agents the round waits for: live at the start, or handed their plan since.
     live: BTreeSet<Key>,
+    /// When each agent was handed its plan.
+    assigned: BTreeMap<Key, Instant>,
     reports: BTreeMap<Key, AgentReport>,
     all_in: Arc<Notify>,
 }
@@ -83,6 +99,21 @@ struct Inner {
         u64,
         BTreeMap<NodeName, Vec<meshprobe_core::capture::CapturedPacket>>,
     )>,
+}
+
+/// An open poll, registered in the agent's [`Seen::polling`] until dropped.
+struct PollGuard<'a> {
+    c: &'a Coordinator,
+    key: Key,
+}
+
+impl Drop for PollGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(s) = self.c.lock().agents.get_mut(&self.key) {
+            s.polling = s.polling.saturating_sub(1);
+            s.at = Instant::now();
+        }
+    }
 }
 
 /// Offline reports kept (from all agents together).
@@ -143,6 +174,23 @@ pub struct Coordinator {
     done_tx: watch::Sender<u64>,
     /// Whether this replica is the active one (always, without leader election).
     leading: AtomicBool,
+    /// When this coordinator started: until `silent_after` has passed it cannot know which
+    /// agents are silent, so its rounds wait for every planned agent that may still poll.
+    born: Instant,
+    /// Set when the process shuts down: open polls end at once, so the server can stop.
+    stopping: watch::Sender<bool>,
+}
+
+/// Whether an agent that has not reported may still report in a round.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outlook {
+    /// It reported.
+    Reported,
+    /// It has its plan, or is polling or was heard from moments ago, or the coordinator is
+    /// too young to tell.
+    MayReport,
+    /// Known silent.
+    Silent,
 }
 
 impl Coordinator {
@@ -158,7 +206,51 @@ impl Coordinator {
             started_tx: watch::channel(0).0,
             done_tx: watch::channel(0).0,
             leading: AtomicBool::new(true),
+            born: Instant::now(),
+            stopping: watch::channel(false).0,
         })
+    }
+
+    /// The process is shutting down: every open poll ends now (agents poll again, and find
+    /// the next coordinator).
+    pub fn shut_down(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    fn outlook(&self, inner: &Inner, r: &Running, key: &Key, now: Instant) -> Outlook {
+        if r.reports.contains_key(key) {
+            return Outlook::Reported;
+        }
+        let budget = Duration::from_millis(u64::from(self.settings.plan.budget_ms()));
+        if let Some(at) = r.assigned.get(key) {
+            return if now < *at + budget + self.settings.grace {
+                Outlook::MayReport
+            } else {
+                Outlook::Silent
+            };
+        }
+        let heard = inner.agents.get(key).is_some_and(|s| {
+            s.polling > 0 || now.duration_since(s.at) < self.settings.silent_after
+        });
+        let young = now.duration_since(self.born) < self.settings.silent_after;
+        if heard || young {
+            Outlook::MayReport
+        } else {
+            Outlook::Silent
+        }
+    }
+
+    /// Whether round `id` has nothing more to wait for: every agent it waits for reported
+    /// or is known silent.
+    fn settled(&self, id: u64) -> bool {
+        let inner = self.lock();
+        let Some(r) = inner.running.as_ref().filter(|r| r.id == id) else {
+            return true;
+        };
+        let now = Instant::now();
+        r.live
+            .iter()
+            .all(|k| self.outlook(&inner, r, k, now) != Outlook::MayReport)
     }
 
     /// Follows a leader election: while `role` says false this replica is the standby (it
@@ -271,28 +363,28 @@ impl Coordinator {
             }
         }
         let capture = std::mem::take(&mut inner.capture_next);
-        let live: BTreeSet<Key> = inner
-            .agents
-            .iter()
-            .filter(|(k, s)| {
-                plans.contains_key(*k) && now.duration_since(s.at) < self.settings.stale_after
-            })
-            .map(|(k, _)| k.clone())
-            .collect();
-        let all_in = Arc::new(Notify::new());
-        if live.is_empty() {
-            // Nobody to wait for: every cell is unknown, and saying so now beats waiting.
-            all_in.notify_one();
-        }
-        inner.running = Some(Running {
+        let mut running = Running {
             id,
             started: now,
             topology,
             plans,
-            live,
+            live: BTreeSet::new(),
+            assigned: BTreeMap::new(),
             reports: BTreeMap::new(),
-            all_in: Arc::clone(&all_in),
-        });
+            all_in: Arc::new(Notify::new()),
+        };
+        running.live = running
+            .plans
+            .keys()
+            .filter(|k| self.outlook(inner, &running, k, now) == Outlook::MayReport)
+            .cloned()
+            .collect();
+        let all_in = Arc::clone(&running.all_in);
+        if running.live.is_empty() {
+            // Nobody to wait for: every cell is unknown, and saying so now beats waiting.
+            all_in.notify_one();
+        }
+        inner.running = Some(running);
         // Capture rounds carry up to thousands of frames per host agent: more time to send.
         let capture_grace = if capture {
             Duration::from_secs(3)
@@ -305,11 +397,22 @@ impl Coordinator {
             + capture_grace;
         let me = Arc::clone(self);
         tokio::spawn(async move {
-            tokio::select! {
-                () = tokio::time::sleep_until(deadline) => {}
-                () = all_in.notified() => {}
+            // The round ends at its deadline, when the last agent reports, or as soon as
+            // every agent still missing is known silent (checked a few times a second).
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep_until(deadline) => break,
+                    () = all_in.notified() => break,
+                    () = tokio::time::sleep(Duration::from_millis(100)) => {
+                        if me.settled(id) {
+                            break;
+                        }
+                    }
+                }
             }
-            me.finish(id);
+            // Building and diagnosing a 5,000-node round takes a while: off the async
+            // threads, so that polls, heartbeats and /healthz are served meanwhile.
+            let _ = tokio::task::spawn_blocking(move || me.finish(id)).await;
         });
         tracing::debug!(round = id, "round started");
         self.started_tx.send_replace(id);
@@ -319,15 +422,27 @@ impl Coordinator {
     fn finish(self: &Arc<Self>, id: u64) {
         // Take the round out, then build and diagnose it without holding the lock: at
         // thousands of nodes that takes a while, and agents and clients keep being served.
-        let (r, history) = {
+        let (r, live, history) = {
             let mut inner = self.lock();
             let Some(r) = inner.running.take_if(|r| r.id == id) else {
                 return;
             };
             inner.finishing = Some(id);
-            (r, inner.history.iter().cloned().collect::<Vec<_>>())
+            // Agents that did not report are `silent` when the coordinator has heard from
+            // them lately, `absent` when it never has (or not for long).
+            let now = Instant::now();
+            let heard: BTreeSet<Key> = r
+                .plans
+                .keys()
+                .filter(|k| {
+                    inner.agents.get(*k).is_some_and(|s| {
+                        s.polling > 0 || now.duration_since(s.at) < self.settings.stale_after
+                    })
+                })
+                .cloned()
+                .collect();
+            (r, heard, inner.history.iter().cloned().collect::<Vec<_>>())
         };
-        let live = r.live.clone();
         let captured: BTreeMap<NodeName, Vec<meshprobe_core::capture::CapturedPacket>> = r
             .reports
             .iter()
@@ -385,63 +500,154 @@ impl Coordinator {
         }
     }
 
-    /// Records that an agent is alive (and its pod IP, for pod agents).
-    fn touch(&self, inner: &mut Inner, key: &Key, pod_ip: Option<Ipv4Addr>) {
+    /// Records that an agent is alive (and its pod IP or relay port, when it says).
+    fn touch(
+        &self,
+        inner: &mut Inner,
+        key: &Key,
+        pod_ip: Option<Ipv4Addr>,
+        relay_port: Option<u16>,
+    ) {
         let e = inner.agents.entry(key.clone()).or_insert(Seen {
             at: Instant::now(),
             pod_ip,
+            polling: 0,
+            relay_port,
         });
         e.at = Instant::now();
         if pod_ip.is_some() {
             e.pod_ip = pod_ip;
         }
+        if relay_port.is_some() {
+            e.relay_port = relay_port;
+        }
+    }
+
+    /// A heartbeat went out on an agent's open poll.
+    fn heartbeat(&self, key: &Key) {
+        if let Some(s) = self.lock().agents.get_mut(key) {
+            s.at = Instant::now();
+        }
     }
 
     /// The assignment for an agent: the running round's plan if the agent has not run it
     /// yet, waiting up to `wait` for one to start. `None` when nothing started in time.
-    pub async fn next(
-        &self,
-        key: Key,
-        after: u64,
-        epoch: u64,
-        pod_ip: Option<Ipv4Addr>,
-        wait: Duration,
-    ) -> Option<Assignment> {
+    pub async fn next(&self, key: Key, poll: &AgentPoll, wait: Duration) -> Option<Assignment> {
+        let _polling = self.polling(&key, poll);
         let mut started = self.started_tx.subscribe();
+        let mut stopping = self.stopping.subscribe();
         let deadline = Instant::now() + wait;
         // A different epoch means the agent's round numbers are from before a restart.
-        let after = if epoch == self.epoch { after } else { 0 };
+        let after = if poll.epoch == self.epoch {
+            poll.after
+        } else {
+            0
+        };
         loop {
-            {
-                let mut inner = self.lock();
-                self.touch(&mut inner, &key, pod_ip);
-                if let Some(r) = &inner.running
-                    && r.id > after
-                    && !r.reports.contains_key(&key)
-                    && let Some(plan) = r.plans.get(&key)
-                {
-                    return Some(Assignment {
-                        epoch: self.epoch,
-                        plan: plan.clone(),
-                    });
-                }
+            if let Some(a) = self.assignment(&key, after, poll) {
+                return Some(a);
             }
             started.borrow_and_update();
-            match tokio::time::timeout_at(deadline, started.changed()).await {
-                Ok(Ok(())) => continue,
-                _ => {
-                    self.touch(&mut self.lock(), &key, pod_ip);
-                    return None;
+            tokio::select! {
+                changed = tokio::time::timeout_at(deadline, started.changed()) => {
+                    if matches!(changed, Ok(Ok(()))) {
+                        continue;
+                    }
+                }
+                _ = stopping.wait_for(|s| *s) => {}
+            }
+            self.touch(&mut self.lock(), &key, poll.pod_ip, poll.relay_port);
+            return None;
+        }
+    }
+
+    /// Registers an open poll; the guard unregisters it when dropped (the poll answered,
+    /// or its connection went away mid-stream).
+    fn polling(&self, key: &Key, poll: &AgentPoll) -> PollGuard<'_> {
+        let mut inner = self.lock();
+        self.touch(&mut inner, key, poll.pod_ip, poll.relay_port);
+        if let Some(s) = inner.agents.get_mut(key) {
+            s.polling += 1;
+        }
+        PollGuard {
+            c: self,
+            key: key.clone(),
+        }
+    }
+
+    /// The running round's plan for `key`, if it has not run it yet; the agent is then
+    /// waited for (until its plan's budget and the grace have passed).
+    fn assignment(&self, key: &Key, after: u64, poll: &AgentPoll) -> Option<Assignment> {
+        let mut inner = self.lock();
+        self.touch(&mut inner, key, poll.pod_ip, poll.relay_port);
+        // Pod agents report through their host agent's relay, wherever they were told
+        // to connect: its address, as the host agent advertised it most recently.
+        let relay = (key.1 == AgentKind::Pod)
+            .then(|| {
+                let port = inner
+                    .agents
+                    .get(&(key.0.clone(), AgentKind::Host))?
+                    .relay_port?;
+                let r = inner.running.as_ref()?;
+                let ip = r.topology.node(&key.0)?.internal_ip;
+                Some(std::net::SocketAddrV4::new(ip, port))
+            })
+            .flatten();
+        let r = inner.running.as_mut()?;
+        if r.id <= after || r.reports.contains_key(key) {
+            return None;
+        }
+        let mut plan = r.plans.get(key)?.clone();
+        plan.relay = relay;
+        r.assigned.insert(key.clone(), Instant::now());
+        r.live.insert(key.clone());
+        Some(Assignment {
+            epoch: self.epoch,
+            plan,
+        })
+    }
+
+    /// [`Coordinator::next`] as a heartbeat stream (see [`meshprobe_core::api`]): a newline
+    /// every `heartbeat`, then the JSON [`PollResult`]. Dropping the stream (the agent's
+    /// connection went away) ends the poll.
+    pub fn next_stream(
+        self: &Arc<Self>,
+        key: Key,
+        poll: AgentPoll,
+        wait: Duration,
+        heartbeat: Duration,
+    ) -> impl futures_util::Stream<Item = Result<Bytes, std::convert::Infallible>> + Send + 'static
+    {
+        let me = Arc::clone(self);
+        let hb_key = key.clone();
+        let answer: std::pin::Pin<
+            Box<dyn std::future::Future<Output = Option<Assignment>> + Send>,
+        > = Box::pin(async move { me.next(key, &poll, wait).await });
+        let me = Arc::clone(self);
+        futures_util::stream::unfold(Some(answer), move |state| {
+            let me = Arc::clone(&me);
+            let key = hb_key.clone();
+            async move {
+                let mut answer = state?;
+                tokio::select! {
+                    assignment = &mut answer => {
+                        let body = serde_json::to_vec(&PollResult { assignment }).unwrap_or_default();
+                        Some((Ok(Bytes::from(body)), None))
+                    }
+                    () = tokio::time::sleep(heartbeat) => {
+                        me.heartbeat(&key);
+                        Some((Ok(Bytes::from_static(b"\n")), Some(answer)))
+                    }
                 }
             }
-        }
+        })
     }
 
     /// Accepts an agent's report for the running round.
     pub fn report(&self, report: AgentReport) -> Result<(), ReportError> {
         let mut inner = self.lock();
         let key = (report.node.clone(), report.kind);
-        self.touch(&mut inner, &key, None);
+        self.touch(&mut inner, &key, None, None);
         let Some(r) = inner.running.as_mut() else {
             return Err(ReportError::NotRunning {
                 got: report.round,
@@ -547,7 +753,7 @@ impl Coordinator {
         let n = reports.len();
         for r in reports {
             let key = (r.node.clone(), r.kind);
-            self.touch(&mut inner, &key, None);
+            self.touch(&mut inner, &key, None, None);
             if inner.offline.len() == OFFLINE_KEPT {
                 inner.offline.pop_front();
             }
@@ -571,21 +777,24 @@ impl Coordinator {
         self.lock().done.back().cloned()
     }
 
-    /// Every agent heard from, with seconds since last contact and pod IP.
-    pub fn agents(&self) -> Vec<(NodeName, AgentKind, f64, Option<Ipv4Addr>)> {
+    /// Every agent heard from.
+    pub fn agents(&self) -> AgentsList {
         let now = Instant::now();
-        self.lock()
-            .agents
-            .iter()
-            .map(|((n, k), s)| {
-                (
-                    n.clone(),
-                    *k,
-                    now.duration_since(s.at).as_secs_f64(),
-                    s.pod_ip,
-                )
-            })
-            .collect()
+        AgentsList {
+            agents: self
+                .lock()
+                .agents
+                .iter()
+                .map(|((n, k), s)| AgentEntry {
+                    node: n.clone(),
+                    kind: *k,
+                    last_seen_seconds_ago: now.duration_since(s.at).as_secs_f64(),
+                    pod_ip: s.pod_ip,
+                    polling: s.polling > 0,
+                    relay_port: s.relay_port,
+                })
+                .collect(),
+        }
     }
 
     /// Runs a round every `interval` until the process ends (continuous mode).

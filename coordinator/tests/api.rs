@@ -19,7 +19,13 @@ coreDNS: [{name: coredns-a, node: n1, ip: 10.42.1.53}]
 
 async fn start() -> (String, Arc<Coordinator>) {
     let topo = Topology::from_inventory(INVENTORY).expect("valid inventory");
-    let c = Coordinator::new(Box::new(StaticTopology::new(topo)), Settings::default());
+    // Agents are known silent after 500 ms (3 s by default), so that tests which want a
+    // round to stop waiting for nobody need not sleep long.
+    let settings = Settings {
+        silent_after: Duration::from_millis(500),
+        ..Settings::default()
+    };
+    let c = Coordinator::new(Box::new(StaticTopology::new(topo)), settings);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -246,7 +252,9 @@ async fn hostile_requests_get_4xx_and_the_server_keeps_serving() {
         ("/v1/agents/n1/sidecar/next?wait=0", 400),
         ("/v1/agents/n9/host/next?wait=0", 404),
         ("/v1/agents/n1/host/next?after=x", 400),
-        ("/v1/agents/n1/host/next?bogus=1", 400),
+        // Issue 9: the poll's query is a wire type; a parameter from a newer agent is
+        // ignored, not refused (a rolling upgrade must not silence agents).
+        ("/v1/agents/n1/host/next?wait=0&fromTheFuture=1", 204),
     ] {
         let got = http
             .get(format!("{base}{path}"))
@@ -269,6 +277,9 @@ async fn hostile_requests_get_4xx_and_the_server_keeps_serving() {
 #[tokio::test]
 async fn round_with_no_live_agent_finishes_at_once_all_unknown() {
     let (base, _c) = start().await;
+    // A coordinator that just started waits `silent_after` for agents to reconnect; past
+    // that, nobody polling means nobody to wait for.
+    tokio::time::sleep(Duration::from_millis(600)).await;
     let http = reqwest::Client::new();
     let r: serde_json::Value = http
         .post(format!("{base}/v1/rounds"))
@@ -294,5 +305,92 @@ async fn round_with_no_live_agent_finishes_at_once_all_unknown() {
         report.duration_ms < 500,
         "waited {} ms for nobody",
         report.duration_ms
+    );
+}
+
+/// Issue 9: a round ends as soon as every agent still missing is known silent. An agent
+/// whose poll connection went away (killed, or its connection reset) is waited for only
+/// until `silent_after` (500 ms here), not to the round's deadline (3.1 s).
+#[tokio::test]
+async fn a_round_stops_waiting_for_an_agent_whose_poll_connection_died() {
+    let (base, _c) = start().await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let http = reqwest::Client::new();
+    // A heartbeat-streamed poll: 200 at once, a newline every 100 ms.
+    let mut resp = http
+        .get(format!(
+            "{base}/v1/agents/n1/host/next?after=0&epoch=0&wait=10&heartbeatMs=100"
+        ))
+        .send()
+        .await
+        .expect("poll");
+    assert_eq!(resp.status(), 200);
+    let beat = resp.chunk().await.expect("read").expect("a heartbeat");
+    assert_eq!(&beat[..], b"\n");
+    // The agent dies: its connection closes.
+    drop(resp);
+    let r: serde_json::Value = http
+        .post(format!("{base}/v1/rounds"))
+        .send()
+        .await
+        .expect("trigger")
+        .json()
+        .await
+        .expect("json");
+    let round = r["round"].as_u64().expect("round");
+    let report: CheckReport = http
+        .get(format!("{base}/v1/rounds/{round}?wait=10"))
+        .send()
+        .await
+        .expect("wait")
+        .json()
+        .await
+        .expect("report");
+    assert!(
+        report.duration_ms < 1500,
+        "waited {} ms for a dead agent",
+        report.duration_ms
+    );
+    let n1 = meshprobe_core::NodeName::new("n1").expect("name");
+    assert_eq!(
+        report.agents[&n1].host,
+        meshprobe_core::matrix::AgentState::Silent
+    );
+}
+
+/// A heartbeat-streamed poll ends with the plan as one JSON document (the heartbeats are
+/// JSON white space), and an agent that polls while a round runs gets it at once.
+#[tokio::test]
+async fn a_streamed_poll_ends_with_the_plan() {
+    let (base, c) = start().await;
+    let round = c.trigger();
+    let body = reqwest::Client::new()
+        .get(format!(
+            "{base}/v1/agents/n2/host/next?after=0&epoch=0&wait=5&heartbeatMs=100&relayPort=7071"
+        ))
+        .send()
+        .await
+        .expect("poll")
+        .bytes()
+        .await
+        .expect("body");
+    let end: meshprobe_core::api::PollResult = serde_json::from_slice(&body).expect("one JSON");
+    let a = end.assignment.expect("the running round's plan");
+    assert_eq!(a.plan.round, round);
+    assert_eq!(a.plan.relay, None, "host plans name no relay");
+    // Its pod agent's plan names the relay the host agent advertised.
+    let pod: Assignment = reqwest::Client::new()
+        .get(format!(
+            "{base}/v1/agents/n2/pod/next?after=0&epoch=0&wait=5&podIP=10.42.2.10"
+        ))
+        .send()
+        .await
+        .expect("poll")
+        .json()
+        .await
+        .expect("assignment");
+    assert_eq!(
+        pod.plan.relay,
+        Some("192.168.77.12:7071".parse().expect("addr"))
     );
 }

@@ -6,10 +6,12 @@
 //!
 //! - [`inventory`] parses and validates the static inventory file into a [`Topology`].
 //! - [`plan`] turns a topology into the probe plan of one agent.
+//! - [`api`] is the coordinator's HTTP API: every route, request and response.
 //! - [`matrix`] turns plans and agent reports into per-layer matrices and a [`CheckReport`].
 //! - [`promtext`] checks that a body is Prometheus text exposition format.
 //! - [`render`] draws a report as text tables for people.
 
+pub mod api;
 pub mod capture;
 pub mod evidence;
 pub mod ids;

@@ -21,7 +21,8 @@ pub const SMALL_PACKET: u16 = 84;
 /// Knobs of a round. Defaults are tuned so a healthy round finishes in well under a second
 /// and a failing one within [`PlanSettings::budget_ms`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+// A wire type: unknown fields are ignored, so that agents one version apart interoperate.
+#[serde(rename_all = "camelCase", default)]
 pub struct PlanSettings {
     /// ICMP echoes per target per round (default 20). Loss is measured over these.
     pub icmp_count: u16,
@@ -129,6 +130,12 @@ pub struct Plan {
     /// `check --pcap`).
     #[serde(default)]
     pub capture_packets: bool,
+    /// Pod agents: the host agent's relay on this node (node IP and the port the host agent
+    /// advertised). The pod agent sends its polls and reports there from now on, whatever
+    /// URL it was started with, so that they travel over the node's underlay and never
+    /// cross the node's NAT or forwarding (CONTRACT §1's rule, by construction).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay: Option<std::net::SocketAddrV4>,
 }
 
 /// An ICMP echo target.
@@ -269,6 +276,7 @@ pub fn make_plan(
         unresolved: Vec::new(),
         overlay: None,
         capture_packets: false,
+        relay: None,
     };
     let overlay = &topology.cluster.overlay;
     let cluster_names = || {
@@ -755,6 +763,40 @@ ingresses: [{host: web.lab.local, address: 192.168.77.13}]
             ..PlanSettings::default()
         };
         assert_eq!(slow_icmp.budget_ms(), 100 * 20 + 1000);
+    }
+}
+
+#[cfg(test)]
+mod wire_tests {
+    use super::*;
+
+    /// Issue 9: a plan from a newer coordinator, with fields this agent does not know (at
+    /// the top and inside the settings), is accepted and keeps what it does know.
+    #[test]
+    fn a_plan_with_an_extra_field_is_accepted() {
+        let t = Topology::from_inventory(
+            "cluster: {name: t}\nnodes:\n- {name: a, internalIP: 10.0.0.1, podCIDR: 10.42.1.0/24}\n- {name: b, internalIP: 10.0.0.2, podCIDR: 10.42.2.0/24}\n",
+        )
+        .expect("valid");
+        let plan = make_plan(
+            &t,
+            &BTreeMap::new(),
+            &NodeName::new("a").expect("name"),
+            AgentKind::Host,
+            4,
+            &PlanSettings::default(),
+        );
+        let mut v = serde_json::to_value(Assignment {
+            epoch: 9,
+            plan: plan.clone(),
+        })
+        .expect("json");
+        v["plan"]["probeWeather"] = serde_json::json!({"sunny": true});
+        v["plan"]["settings"]["icmpJitterMs"] = serde_json::json!(5);
+        v["servedBy"] = serde_json::json!("coordinator-7");
+        let back: Assignment = serde_json::from_value(v).expect("unknown fields are ignored");
+        assert_eq!(back.plan, plan);
+        assert_eq!(back.epoch, 9);
     }
 }
 

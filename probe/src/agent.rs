@@ -1,26 +1,30 @@
 //! The agent loop: poll for a plan, run it, report, repeat.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use meshprobe_core::plan::{AgentReport, Assignment, Plan, ProbeResult};
+use meshprobe_core::api::{AgentPoll, Assignment};
+use meshprobe_core::plan::{AgentReport, Plan, ProbeResult};
 use meshprobe_core::{AgentKind, Layer, NodeName};
-use tokio::time::sleep;
+use tokio::time::{Instant, sleep};
 
-use crate::client::CoordinatorClient;
-use crate::dns::{DnsOutcome, query_a};
+use crate::client::{ClientError, CoordinatorClient};
+use crate::dns::DnsOutcome;
 use crate::icmp::{Pinger, Schedule, Target};
+use crate::probers::{Probers, RealProbers};
 
-/// Everything an agent needs to run.
+/// Everything an agent needs to run. The binary's flags set every field; [`Default`]
+/// gives the documented defaults.
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
     /// The node this agent runs on.
     pub node: NodeName,
     /// Host-network or pod-network agent.
     pub kind: AgentKind,
-    /// Coordinator base URL (for a pod agent: its host agent's relay).
+    /// Coordinator base URL. A pod agent may be given the coordinator itself or its host
+    /// agent's relay: either way it switches to the relay its plan names.
     pub coordinator: String,
     /// The pod agent's own IP; detected from the route to the coordinator when absent.
     pub pod_ip: Option<Ipv4Addr>,
@@ -28,6 +32,9 @@ pub struct AgentConfig {
     pub relay_listen: Option<SocketAddr>,
     /// How long one poll for the next round may wait (default 10 s).
     pub poll_wait: Duration,
+    /// The poll's heartbeat period (default 300 ms); `None` uses v1 long polls without one.
+    /// A poll that hears nothing for [`HEARTBEATS_MISSED`] periods is a dead connection.
+    pub heartbeat: Option<Duration>,
     /// Where the last plan is kept across restarts (a volume in the pod); `None` keeps it
     /// in memory only.
     pub state_dir: Option<std::path::PathBuf>,
@@ -35,8 +42,43 @@ pub struct AgentConfig {
     pub offline_interval: Duration,
 }
 
+impl AgentConfig {
+    /// A configuration with the defaults, for `node` and `kind`, reporting to `coordinator`.
+    pub fn new(node: NodeName, kind: AgentKind, coordinator: impl Into<String>) -> Self {
+        Self {
+            node,
+            kind,
+            coordinator: coordinator.into(),
+            pod_ip: None,
+            relay_listen: None,
+            poll_wait: Duration::from_secs(10),
+            heartbeat: Some(Duration::from_millis(300)),
+            state_dir: None,
+            offline_interval: Duration::from_secs(30),
+        }
+    }
+
+    /// How long a heartbeat-streamed poll may stay quiet before it is declared dead.
+    pub fn idle_limit(&self) -> Duration {
+        match self.heartbeat {
+            Some(h) => h * HEARTBEATS_MISSED + Duration::from_millis(100),
+            None => self.poll_wait + Duration::from_secs(5),
+        }
+    }
+}
+
+/// Heartbeats a poll may miss before the agent declares its connection dead and polls
+/// again: at the default 300 ms, a dead connection is noticed in 1 s.
+pub const HEARTBEATS_MISSED: u32 = 3;
+
 /// Reports kept while the coordinator is unreachable; the oldest go first.
 pub const OFFLINE_BUFFER: usize = 64;
+
+/// The first retry after a failed poll; doubles up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// The longest pause between two polls of an unreachable coordinator: a restarted
+/// coordinator hears from every agent within this.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 fn plan_path(dir: &std::path::Path, kind: AgentKind) -> std::path::PathBuf {
     dir.join(format!("plan-{kind}.json"))
@@ -59,7 +101,8 @@ fn load_plan(dir: &std::path::Path, kind: AgentKind) -> Option<Plan> {
 fn save_plan(dir: &std::path::Path, plan: &Plan) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let tmp = dir.join(format!(".plan-{}.json.tmp", plan.kind));
-    std::fs::write(&tmp, serde_json::to_vec(plan).unwrap_or_default())?;
+    let bytes = serde_json::to_vec(plan).map_err(std::io::Error::other)?;
+    std::fs::write(&tmp, bytes)?;
     std::fs::rename(tmp, plan_path(dir, plan.kind))
 }
 
@@ -72,8 +115,54 @@ pub enum AgentError {
         /// Address.
         addr: SocketAddr,
         /// Why.
+        #[source]
         source: std::io::Error,
     },
+    /// The coordinator URL is unusable.
+    #[error("--coordinator: {0}")]
+    Url(#[source] ClientError),
+}
+
+/// Where the agent sends its polls and reports: the URL it was given, and (pod agents)
+/// the relay its plan named. The relay is preferred; after a failure there the next
+/// attempt goes to the URL given, and the one after to the relay again.
+struct Endpoints {
+    given: CoordinatorClient,
+    relay: Option<CoordinatorClient>,
+    relay_failed: bool,
+}
+
+impl Endpoints {
+    fn current(&self) -> &CoordinatorClient {
+        match &self.relay {
+            Some(r) if !self.relay_failed => r,
+            _ => &self.given,
+        }
+    }
+
+    /// A plan named the relay: switch to it (a no-op when it is the URL given).
+    fn learn(&mut self, relay: Option<std::net::SocketAddrV4>) {
+        let Some(addr) = relay else { return };
+        let client = CoordinatorClient::relay(addr);
+        if client.url() == self.given.url() {
+            self.relay = None;
+        } else if self.relay.as_ref().is_none_or(|r| r.url() != client.url()) {
+            tracing::info!(relay = %client.url(), "reporting through the host agent's relay");
+            self.relay = Some(client);
+            self.relay_failed = false;
+        }
+    }
+
+    /// The last attempt failed: alternate between the relay and the URL given.
+    fn failed(&mut self) {
+        if self.relay.is_some() {
+            self.relay_failed = !self.relay_failed;
+        }
+    }
+
+    fn succeeded(&mut self) {
+        self.relay_failed = false;
+    }
 }
 
 /// Runs the agent until the process ends. Transient failures (coordinator down, a probe
@@ -91,12 +180,14 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
             None
         }
     };
+    let mut relay_port = None;
     if cfg.kind == AgentKind::Host
         && let Some(addr) = cfg.relay_listen
     {
         let listener = crate::relay::bind(addr)
             .await
             .map_err(|source| AgentError::Relay { addr, source })?;
+        relay_port = listener.local_addr().ok().map(|a| a.port());
         let upstream = cfg.coordinator.clone();
         tokio::spawn(async move {
             if let Err(e) = crate::relay::serve(listener, upstream).await {
@@ -105,35 +196,61 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         });
         tracing::info!(%addr, "relay for the pod agent listening");
     }
+    let probers = RealProbers::new(pinger);
+    agent_loop(&cfg, &probers, warnings, relay_port).await
+}
+
+/// The loop of [`run`] over any [`Probers`]: poll, run, report, repeat; probe with the last
+/// plan while the coordinator is unreachable and deliver those reports later.
+pub async fn agent_loop(
+    cfg: &AgentConfig,
+    probers: &impl Probers,
+    mut warnings: Vec<String>,
+    relay_port: Option<u16>,
+) -> Result<(), AgentError> {
     let pod_ip = match (cfg.kind, cfg.pod_ip) {
         (AgentKind::Pod, None) => detect_source_ip(&cfg.coordinator),
         (_, ip) => ip,
     };
-    let client = CoordinatorClient::new(&cfg.coordinator);
-    let http = crate::http::client(Duration::from_millis(1500));
-    let (mut after, mut epoch) = (0u64, 0u64);
+    let mut endpoints = Endpoints {
+        given: CoordinatorClient::new(&cfg.coordinator).map_err(AgentError::Url)?,
+        relay: None,
+        relay_failed: false,
+    };
+    let mut poll = AgentPoll {
+        wait: Some(cfg.poll_wait.as_secs().max(1)),
+        pod_ip,
+        heartbeat_ms: cfg.heartbeat.map(|h| h.as_millis() as u32),
+        relay_port,
+        ..AgentPoll::default()
+    };
     // Host agents capture the overlay once they know their node IP (from the first plan).
     let mut capture: Option<crate::capture::Capture> = None;
     let mut capture_tried = false;
-    let mut backoff = Duration::from_millis(500);
+    let mut backoff = FIRST_BACKOFF;
     // The last plan, from the coordinator or from disk: what the agent keeps probing with
     // while the coordinator (or the API server behind it) is unreachable.
     let mut last_plan: Option<Plan> = cfg
         .state_dir
         .as_deref()
         .and_then(|d| load_plan(d, cfg.kind));
-    let mut offline: std::collections::VecDeque<AgentReport> = std::collections::VecDeque::new();
-    let mut next_offline = tokio::time::Instant::now() + cfg.offline_interval;
+    if let Some(p) = &last_plan {
+        endpoints.learn(p.relay);
+    }
+    let mut offline: VecDeque<AgentReport> = VecDeque::new();
+    let mut next_offline = Instant::now() + cfg.offline_interval;
     loop {
-        let polled = client
-            .next(&cfg.node, cfg.kind, after, epoch, pod_ip, cfg.poll_wait)
+        let polled = endpoints
+            .current()
+            .poll(&cfg.node, cfg.kind, &poll, cfg.idle_limit())
             .await;
         if polled.is_ok() && !offline.is_empty() {
             let batch: Vec<AgentReport> = offline.iter().cloned().collect();
-            match client.deliver_offline(&batch).await {
-                Ok(()) => {
+            match endpoints.current().deliver_offline(&batch).await {
+                Ok(kept) => {
                     tracing::info!(
                         reports = batch.len(),
+                        kept,
                         "delivered the reports made while the coordinator was away"
                     );
                     offline.clear();
@@ -143,8 +260,12 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         }
         match polled {
             Ok(Some(Assignment { epoch: e, plan })) => {
-                backoff = Duration::from_millis(500);
-                (after, epoch) = (plan.round, e);
+                backoff = FIRST_BACKOFF;
+                endpoints.succeeded();
+                (poll.after, poll.epoch) = (plan.round, e);
+                if cfg.kind == AgentKind::Pod {
+                    endpoints.learn(plan.relay);
+                }
                 if let Some(dir) = &cfg.state_dir
                     && let Err(err) = save_plan(dir, &plan)
                 {
@@ -161,31 +282,32 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
                         }
                     }
                 }
-                let report =
-                    run_plan(&plan, pinger.as_ref(), &http, &warnings, capture.as_ref()).await;
-                for attempt in 0..3u32 {
-                    match client.report(&report).await {
-                        Ok(()) => break,
-                        Err(e) => {
-                            tracing::warn!(round = plan.round, attempt, error = %e, "report failed");
-                            sleep(Duration::from_millis(300)).await;
-                        }
-                    }
-                }
+                let report = run_plan(&plan, probers, &warnings, capture.as_ref()).await;
+                deliver(&mut endpoints, &report, &plan).await;
             }
-            Ok(None) => {}
+            Ok(None) => {
+                backoff = FIRST_BACKOFF;
+                endpoints.succeeded();
+            }
             Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "cannot poll the coordinator");
+                let dead = matches!(
+                    &e,
+                    ClientError::Unreachable {
+                        source: crate::transport::TransportError::Idle(_),
+                        ..
+                    }
+                );
+                tracing::warn!(error = %e, endpoint = %endpoints.current().url(), "cannot poll the coordinator");
+                endpoints.failed();
                 if let Some(plan) = &last_plan
-                    && tokio::time::Instant::now() >= next_offline
+                    && Instant::now() >= next_offline
                 {
-                    next_offline = tokio::time::Instant::now() + cfg.offline_interval;
+                    next_offline = Instant::now() + cfg.offline_interval;
                     let plan = Plan {
                         capture_packets: false,
                         ..plan.clone()
                     };
-                    let mut report =
-                        run_plan(&plan, pinger.as_ref(), &http, &warnings, capture.as_ref()).await;
+                    let mut report = run_plan(&plan, probers, &warnings, capture.as_ref()).await;
                     report.offline_at_ms = Some(
                         std::time::SystemTime::now()
                             .duration_since(std::time::UNIX_EPOCH)
@@ -201,16 +323,51 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
                         "probed with the last plan while the coordinator is unreachable"
                     );
                 }
+                // A connection found dead is replaced at once: the coordinator is likely
+                // fine, and the round it may be running wants this agent now.
+                if dead {
+                    continue;
+                }
                 // Back off from the coordinator, but not past the next offline round.
-                let until_offline =
-                    next_offline.saturating_duration_since(tokio::time::Instant::now());
+                let until_offline = next_offline.saturating_duration_since(Instant::now());
                 sleep(if last_plan.is_some() {
-                    backoff.min(until_offline.max(Duration::from_millis(100)))
+                    backoff.min(until_offline.max(Duration::from_millis(50)))
                 } else {
                     backoff
                 })
                 .await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+/// Posts a round's report, retrying (alternating endpoints) until the round's budget has
+/// passed once more: later, the coordinator has moved on anyway.
+async fn deliver(endpoints: &mut Endpoints, report: &AgentReport, plan: &Plan) {
+    let give_up = Instant::now() + Duration::from_millis(u64::from(plan.budget_ms));
+    for attempt in 0u32.. {
+        let left = give_up.saturating_duration_since(Instant::now());
+        let timeout = left
+            .max(Duration::from_millis(500))
+            .min(Duration::from_secs(5));
+        match endpoints.current().report(report, timeout).await {
+            Ok(()) => {
+                endpoints.succeeded();
+                return;
+            }
+            // The coordinator said no (the round ended, say): retrying changes nothing.
+            Err(e) if e.status().is_some_and(|s| (400..500).contains(&s)) => {
+                tracing::warn!(round = plan.round, error = %e, "report refused");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(round = plan.round, attempt, endpoint = %endpoints.current().url(), error = %e, "report failed");
+                endpoints.failed();
+                if Instant::now() >= give_up {
+                    return;
+                }
+                sleep(Duration::from_millis(100)).await;
             }
         }
     }
@@ -219,7 +376,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
 async fn start_capture(node_ip: Ipv4Addr, port: u16) -> Result<crate::capture::Capture, String> {
     tokio::task::spawn_blocking(move || {
         use crate::evidence::Host;
-        let json = crate::evidence::RealHost
+        let json = crate::evidence::RealHost::within(Duration::from_secs(5))
             .run("ip", &["-j", "-4", "addr", "show"])
             .map_err(|e| format!("packet capture: cannot list interfaces (ip -j addr): {e}"))?;
         crate::capture::Capture::start(
@@ -245,11 +402,12 @@ fn detect_source_ip(url: &str) -> Option<Ipv4Addr> {
     }
 }
 
-/// Runs every probe of `plan` concurrently and collects the report.
+/// Runs every probe of `plan` concurrently and collects the report. The whole run,
+/// evidence commands and the capture's wait included, is bounded by the plan's budget: a
+/// part still running then is cut off, and its cells say so.
 pub async fn run_plan(
     plan: &Plan,
-    pinger: Option<&Pinger>,
-    http: &reqwest::Client,
+    probers: &impl Probers,
     warnings: &[String],
     capture: Option<&crate::capture::Capture>,
 ) -> AgentReport {
@@ -257,8 +415,11 @@ pub async fn run_plan(
     let started_us = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as u64);
-    let started = tokio::time::Instant::now();
+    let started = Instant::now();
+    let budget = Duration::from_millis(u64::from(plan.budget_ms.max(s.budget_ms())));
+    let deadline = started + budget;
     let interval = Duration::from_millis(u64::from(s.icmp_interval_ms));
+    const OVER_BUDGET: &str = "not finished within the round's budget";
 
     let icmp = async {
         let targets: Vec<Target> = plan
@@ -269,30 +430,30 @@ pub async fn run_plan(
                 size: t.size,
             })
             .collect();
-        let outcomes = match pinger {
-            Some(p) => {
-                let schedule = Schedule {
-                    count: s.icmp_count,
-                    interval,
-                    timeout: Duration::from_millis(u64::from(s.icmp_timeout_ms)),
-                };
-                p.run(plan.round, &targets, schedule).await
-            }
-            None => Vec::new(),
+        let schedule = Schedule {
+            count: s.icmp_count,
+            interval,
+            timeout: Duration::from_millis(u64::from(s.icmp_timeout_ms)),
         };
+        let outcomes =
+            tokio::time::timeout_at(deadline, probers.ping(plan.round, &targets, schedule)).await;
         plan.icmp
             .iter()
             .enumerate()
-            .map(|(i, t)| match outcomes.get(i) {
-                Some(o) => ProbeResult {
-                    layer: t.layer,
-                    column: t.column.clone(),
-                    sent: o.sent,
-                    ok: o.received,
-                    rtt_ms: o.mean_rtt_ms(),
-                    detail: o.detail.clone(),
+            .map(|(i, t)| match &outcomes {
+                Ok(Some(o)) => match o.get(i) {
+                    Some(o) => ProbeResult {
+                        layer: t.layer,
+                        column: t.column.clone(),
+                        sent: o.sent,
+                        ok: o.received,
+                        rtt_ms: o.mean_rtt_ms(),
+                        detail: o.detail.clone(),
+                    },
+                    None => not_probed(t.layer, &t.column, "no outcome from the ICMP prober"),
                 },
-                None => not_probed(t.layer, &t.column, "no ICMP socket (see warnings)"),
+                Ok(None) => not_probed(t.layer, &t.column, "no ICMP socket (see warnings)"),
+                Err(_) => not_probed(t.layer, &t.column, OVER_BUDGET),
             })
             .collect::<Vec<_>>()
     };
@@ -301,11 +462,17 @@ pub async fn run_plan(
         let limit = Duration::from_millis(u64::from(s.dns_timeout_ms));
         let per_target = plan.dns.iter().map(|t| async move {
             let queries = (0..s.dns_repeats).flat_map(|r| t.names.iter().map(move |n| (r, n)));
-            let outcomes = join_all(queries.map(|(r, name)| async move {
-                sleep(interval * u32::from(r)).await;
-                query_a(t.server, name, limit).await
-            }))
+            let outcomes = tokio::time::timeout_at(
+                deadline,
+                join_all(queries.map(|(r, name)| async move {
+                    sleep(interval * u32::from(r)).await;
+                    probers.dns(t.server, name, limit).await
+                })),
+            )
             .await;
+            let Ok(outcomes) = outcomes else {
+                return not_probed(t.layer, &t.column, OVER_BUDGET);
+            };
             let mut acc = Acc::default();
             for o in outcomes {
                 match o {
@@ -319,12 +486,21 @@ pub async fn run_plan(
     };
 
     let web = async {
+        let limit = Duration::from_millis(u64::from(s.http_timeout_ms));
         let per_target = plan.http.iter().map(|t| async move {
-            let outcomes = join_all((0..t.attempts).map(|a| async move {
-                sleep(interval * u32::from(a)).await;
-                crate::http::probe(http, &t.url, t.host.as_deref(), t.check).await
-            }))
+            let outcomes = tokio::time::timeout_at(
+                deadline,
+                join_all((0..t.attempts).map(|a| async move {
+                    sleep(interval * u32::from(a)).await;
+                    probers
+                        .http(&t.url, t.host.as_deref(), t.check, limit)
+                        .await
+                })),
+            )
             .await;
+            let Ok(outcomes) = outcomes else {
+                return not_probed(t.layer, &t.column, OVER_BUDGET);
+            };
             let mut acc = Acc::default();
             for o in outcomes {
                 match o {
@@ -337,17 +513,12 @@ pub async fn run_plan(
         join_all(per_target).await
     };
 
-    // Node-local evidence: host agents only, read off the async threads (it runs commands).
+    // Node-local evidence: host agents only.
     let evidence = async {
         if plan.kind != AgentKind::Host {
             return None;
         }
-        let expect = plan.overlay.clone();
-        tokio::task::spawn_blocking(move || {
-            crate::evidence::collect(&crate::evidence::RealHost, expect.as_ref())
-        })
-        .await
-        .ok()
+        probers.evidence(plan.overlay.clone(), budget).await
     };
 
     let (icmp, dns, web, evidence) = tokio::join!(icmp, dns, web, evidence);
@@ -372,16 +543,22 @@ pub async fn run_plan(
         packets: Vec::new(),
         offline_at_ms: None,
     };
+    if plan.kind == AgentKind::Host && report.evidence.is_none() {
+        report
+            .warnings
+            .push(format!("node-local evidence: {OVER_BUDGET}"));
+    }
     if let (Some(c), Some(o)) = (capture, &plan.overlay) {
         // Every agent got its plan at about the same moment; the capture must include the
         // last waves of every agent's probes (the pod agent beside us, peers toward us).
         let wait =
             Duration::from_millis(u64::from(s.icmp_count) * u64::from(s.icmp_interval_ms) + 300);
-        tokio::time::sleep_until(started + wait).await;
-        // ...and the capture thread must have caught up with them (up to a second more).
+        tokio::time::sleep_until((started + wait).min(deadline)).await;
+        // ...and the capture thread must have caught up with them (up to a second more,
+        // never past the budget).
         let all_sent_us = started_us + wait.as_micros() as u64;
-        let give_up = tokio::time::Instant::now() + Duration::from_secs(1);
-        while !c.drained_since(all_sent_us) && tokio::time::Instant::now() < give_up {
+        let give_up = (Instant::now() + Duration::from_secs(1)).min(deadline);
+        while !c.drained_since(all_sent_us) && Instant::now() < give_up {
             sleep(Duration::from_millis(20)).await;
         }
         if let Some(why) = c.stopped() {

@@ -1,148 +1,309 @@
-//! The agent's side of the coordinator API (`/v1/agents/...`, `/v1/reports`).
+//! A typed client of the coordinator's API ([`meshprobe_core::api`]): the agents' polls,
+//! reports and offline deliveries, and `check`'s rounds and packets. It is the only client
+//! of the coordinator in the workspace, over the one transport ([`crate::transport`]).
 
-use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use hyper::body::Bytes;
 use hyper::{Method, StatusCode};
-use meshprobe_core::plan::{AgentReport, Assignment};
-use meshprobe_core::{AgentKind, NodeName};
+use meshprobe_core::api::{
+    self, AgentPoll, AgentsList, ApiError, Assignment, OfflineAccepted, OfflineBatch,
+    PacketsAnswer, PollResult, RoundProgress, RoundRequest, RoundStarted,
+};
+use meshprobe_core::plan::AgentReport;
+use meshprobe_core::{AgentKind, CheckReport, NodeName};
+use serde::de::DeserializeOwned;
 
-use crate::transport::{self, TransportError};
+use crate::transport::{self, Answer, Base, TransportError};
+
+/// Longest error message kept from an answer body (a hostile or broken server may send
+/// megabytes).
+pub const MAX_ERROR_TEXT: usize = 300;
 
 /// Talking to the coordinator failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// No HTTP answer at all.
+    /// The URL is unusable.
+    #[error(transparent)]
+    Url(TransportError),
+    /// No (whole) HTTP answer.
     #[error("coordinator {url} unreachable: {source}")]
     Unreachable {
-        /// The URL.
+        /// The coordinator's base URL.
         url: String,
         /// Why.
+        #[source]
         source: TransportError,
     },
-    /// An HTTP answer that is not a success, or that does not parse.
-    #[error("coordinator {url} answered HTTP {status}: {body}")]
+    /// An HTTP answer that is not a success.
+    #[error("coordinator {url} answered HTTP {status}: {message}")]
     Status {
-        /// The URL.
+        /// The request's URL.
         url: String,
         /// Status code.
         status: u16,
-        /// The start of the body.
-        body: String,
+        /// The server's message (its `error` field, or the start of the body), with
+        /// control characters escaped.
+        message: String,
+    },
+    /// A success whose body does not parse.
+    #[error("coordinator {url} sent an unreadable answer: {source}")]
+    Garbled {
+        /// The request's URL.
+        url: String,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
     },
 }
 
+impl ClientError {
+    /// The HTTP status, for errors that have one.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// What `GET /v1/rounds/{id}` said.
+#[derive(Debug)]
+pub enum RoundAnswer {
+    /// Finished.
+    Done(Box<CheckReport>),
+    /// Still running.
+    Running(RoundProgress),
+}
+
 /// A client of one coordinator (or of a relay in front of it).
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct CoordinatorClient {
-    base: String,
+    url: String,
+    base: Base,
 }
 
 impl CoordinatorClient {
-    /// `base` is like `http://10.0.0.1:7070`.
-    pub fn new(base: &str) -> Self {
+    /// `url` is like `http://10.0.0.1:7070`.
+    pub fn new(url: &str) -> Result<Self, ClientError> {
+        let url = url.trim_end_matches('/').to_owned();
+        let base = transport::parse_base(&url).map_err(ClientError::Url)?;
+        Ok(Self { url, base })
+    }
+
+    /// A client of the relay at `addr`.
+    pub fn relay(addr: std::net::SocketAddrV4) -> Self {
         Self {
-            base: base.trim_end_matches('/').to_owned(),
+            url: format!("http://{addr}"),
+            base: Base {
+                authority: addr.to_string(),
+                prefix: String::new(),
+            },
         }
     }
 
-    /// Long-polls for the next round after `after`. `Ok(None)` when none started within
-    /// `wait`.
-    pub async fn next(
+    /// The base URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn unreachable(&self, source: TransportError) -> ClientError {
+        ClientError::Unreachable {
+            url: self.url.clone(),
+            source,
+        }
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Bytes>,
+        timeout: Duration,
+    ) -> Result<Answer, ClientError> {
+        transport::send(
+            &self.base,
+            method,
+            path,
+            body.map(|b| ("application/json", b)),
+            timeout,
+        )
+        .await
+        .map_err(|e| self.unreachable(e))
+    }
+
+    fn failed(&self, path: &str, a: &Answer) -> ClientError {
+        let message = serde_json::from_slice::<ApiError>(&a.body)
+            .map(|e| e.error)
+            .unwrap_or_else(|_| String::from_utf8_lossy(&a.body).into_owned());
+        ClientError::Status {
+            url: format!("{}{path}", self.url),
+            status: a.status.as_u16(),
+            message: printable(message.trim(), MAX_ERROR_TEXT),
+        }
+    }
+
+    fn parse<T: DeserializeOwned>(&self, path: &str, body: &[u8]) -> Result<T, ClientError> {
+        serde_json::from_slice(body).map_err(|source| ClientError::Garbled {
+            url: format!("{}{path}", self.url),
+            source,
+        })
+    }
+
+    /// Polls for the next plan. With `poll.heartbeat_ms` the answer is streamed, and a
+    /// stream that goes quiet for `idle` is a dead connection (an error, at once); without
+    /// it, the v1 long poll. `Ok(None)` when no round started within the poll's wait.
+    pub async fn poll(
         &self,
         node: &NodeName,
         kind: AgentKind,
-        after: u64,
-        epoch: u64,
-        pod_ip: Option<Ipv4Addr>,
-        wait: Duration,
+        poll: &AgentPoll,
+        idle: Duration,
     ) -> Result<Option<Assignment>, ClientError> {
-        let mut path = format!(
-            "/v1/agents/{node}/{kind}/next?after={after}&epoch={epoch}&wait={}",
-            wait.as_secs()
-        );
-        if let Some(ip) = pod_ip {
-            path += &format!("&podIP={ip}");
-        }
-        let url = format!("{}{path}", self.base);
-        let a = transport::send(
-            &self.base,
-            Method::GET,
-            &path,
-            None,
-            wait + Duration::from_secs(5),
-        )
-        .await
-        .map_err(|source| ClientError::Unreachable {
-            url: url.clone(),
-            source,
-        })?;
+        let path = api::next_path(node, kind, poll);
+        let overall = Duration::from_secs(poll.wait.unwrap_or(25) + 5);
+        let a = match poll.heartbeat_ms {
+            Some(_) => {
+                let resp = transport::open(&self.base, Method::GET, &path, None, idle.max(overall))
+                    .await
+                    .map_err(|e| self.unreachable(e))?;
+                transport::collect_idle(&self.base.authority, resp, idle, overall)
+                    .await
+                    .map_err(|e| self.unreachable(e))?
+            }
+            None => self.send(Method::GET, &path, None, overall).await?,
+        };
         match a.status {
             StatusCode::NO_CONTENT => Ok(None),
-            StatusCode::OK => {
-                serde_json::from_slice(&a.body)
-                    .map(Some)
-                    .map_err(|e| ClientError::Status {
-                        url,
-                        status: 200,
-                        body: format!("unreadable assignment: {e}"),
-                    })
+            StatusCode::OK if poll.heartbeat_ms.is_some() => {
+                Ok(self.parse::<PollResult>(&path, &a.body)?.assignment)
             }
-            s => Err(ClientError::Status {
-                url,
-                status: s.as_u16(),
-                body: body_start(&a.body),
-            }),
+            StatusCode::OK => self.parse(&path, &a.body).map(Some),
+            _ => Err(self.failed(&path, &a)),
         }
-    }
-
-    /// Delivers reports made while the coordinator was unreachable.
-    pub async fn deliver_offline(&self, reports: &[AgentReport]) -> Result<(), ClientError> {
-        let body = serde_json::json!({ "reports": reports });
-        self.post_json("/v1/reports/offline", &body, Duration::from_secs(20))
-            .await
     }
 
     /// Posts a report.
-    pub async fn report(&self, report: &AgentReport) -> Result<(), ClientError> {
-        self.post_json("/v1/reports", report, Duration::from_secs(10))
-            .await
+    pub async fn report(&self, report: &AgentReport, timeout: Duration) -> Result<(), ClientError> {
+        self.post(api::REPORTS, report, timeout).await.map(drop)
+    }
+
+    /// Delivers reports made while the coordinator was unreachable; returns how many it
+    /// kept.
+    pub async fn deliver_offline(&self, reports: &[AgentReport]) -> Result<usize, ClientError> {
+        let batch = OfflineBatch {
+            reports: reports.to_vec(),
+        };
+        let a = self
+            .post(api::REPORTS_OFFLINE, &batch, Duration::from_secs(20))
+            .await?;
+        Ok(self
+            .parse::<OfflineAccepted>(api::REPORTS_OFFLINE, &a.body)?
+            .accepted)
+    }
+
+    /// Starts (or joins) a round.
+    pub async fn start_round(
+        &self,
+        req: &RoundRequest,
+        timeout: Duration,
+    ) -> Result<RoundStarted, ClientError> {
+        let a = self.post(api::ROUNDS, req, timeout).await?;
+        self.parse(api::ROUNDS, &a.body)
+    }
+
+    /// Round `id`, waiting up to `wait` (whole seconds, at least 1) for it to finish.
+    pub async fn round(&self, id: u64, wait: Duration) -> Result<RoundAnswer, ClientError> {
+        let path = api::round_path(id, wait.as_secs().max(1));
+        let a = self
+            .send(Method::GET, &path, None, wait + Duration::from_secs(5))
+            .await?;
+        match a.status {
+            StatusCode::OK => Ok(RoundAnswer::Done(self.parse(&path, &a.body)?)),
+            StatusCode::ACCEPTED => Ok(RoundAnswer::Running(self.parse(&path, &a.body)?)),
+            _ => Err(self.failed(&path, &a)),
+        }
+    }
+
+    /// The packets `node` captured to and from `peer` in round `id`.
+    pub async fn packets(
+        &self,
+        id: u64,
+        node: &NodeName,
+        peer: &NodeName,
+        timeout: Duration,
+    ) -> Result<PacketsAnswer, ClientError> {
+        self.get(&api::packets_path(id, node, peer), timeout).await
+    }
+
+    /// Every agent the coordinator heard from.
+    pub async fn agents(&self, timeout: Duration) -> Result<AgentsList, ClientError> {
+        self.get(api::AGENTS, timeout).await
+    }
+
+    async fn get<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<T, ClientError> {
+        let a = self.send(Method::GET, path, None, timeout).await?;
+        if !a.status.is_success() {
+            return Err(self.failed(path, &a));
+        }
+        self.parse(path, &a.body)
     }
 
     /// POSTs `body` as JSON to `path`; any non-2xx answer is an error.
-    async fn post_json(
+    async fn post(
         &self,
         path: &str,
         body: &impl serde::Serialize,
         timeout: Duration,
-    ) -> Result<(), ClientError> {
-        let url = format!("{}{path}", self.base);
-        let bytes = Bytes::from(serde_json::to_vec(body).unwrap_or_default());
-        let a = transport::send(
-            &self.base,
-            Method::POST,
-            path,
-            Some(("application/json".to_owned(), bytes)),
-            timeout,
-        )
-        .await
-        .map_err(|source| ClientError::Unreachable {
-            url: url.clone(),
-            source,
-        })?;
+    ) -> Result<Answer, ClientError> {
+        let bytes =
+            Bytes::from(
+                serde_json::to_vec(body).map_err(|source| ClientError::Garbled {
+                    url: format!("{}{path}", self.url),
+                    source,
+                })?,
+            );
+        let a = self.send(Method::POST, path, Some(bytes), timeout).await?;
         if a.status.is_success() {
-            Ok(())
+            Ok(a)
         } else {
-            Err(ClientError::Status {
-                url,
-                status: a.status.as_u16(),
-                body: body_start(&a.body),
-            })
+            Err(self.failed(path, &a))
         }
     }
 }
 
-fn body_start(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).chars().take(200).collect()
+/// `s` cut to `max` characters, with control characters escaped: remote text must never
+/// reach a terminal as escape sequences.
+pub fn printable(s: &str, max: usize) -> String {
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i == max {
+            out.push_str(" [...]");
+            break;
+        }
+        if c.is_control() && c != '\n' {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn printable_escapes_control_characters_and_truncates() {
+        assert_eq!(
+            printable("a\u{1b}]0;pwned\u{7}b", 100),
+            "a\\u{1b}]0;pwned\\u{7}b"
+        );
+        assert_eq!(printable(&"x".repeat(10), 4), "xxxx [...]");
+    }
 }

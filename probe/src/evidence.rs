@@ -56,15 +56,88 @@ pub trait Host {
     fn process_names(&self) -> Vec<String>;
 }
 
-/// The real host.
-pub struct RealHost;
+/// The real host. Commands are killed at the deadline, so evidence never outlives the
+/// round's budget (a hung `iptables-save` waiting on the xtables lock, say).
+#[derive(Clone, Copy, Debug)]
+pub struct RealHost {
+    deadline: std::time::Instant,
+}
+
+impl RealHost {
+    /// A host whose commands must finish by `deadline`.
+    pub fn with_deadline(deadline: std::time::Instant) -> Self {
+        Self { deadline }
+    }
+
+    /// A host whose commands get `limit` each from now.
+    pub fn within(limit: std::time::Duration) -> Self {
+        Self::with_deadline(std::time::Instant::now() + limit)
+    }
+}
+
+/// Runs `program`, killing it at `deadline`; its output, read on a helper thread so a
+/// chatty program cannot fill the pipe and hang.
+fn output_by(
+    program: &str,
+    args: &[&str],
+    deadline: std::time::Instant,
+) -> io::Result<std::process::Output> {
+    use std::process::Stdio;
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let read = |pipe: Option<Box<dyn io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                // At most 16 MiB: evidence is small; a runaway program is cut off.
+                let _ = io::Read::read_to_end(&mut io::Read::take(&mut p, 16 << 20), &mut buf);
+            }
+            buf
+        })
+    };
+    let out = read(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn io::Read + Send>),
+    );
+    let err = read(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn io::Read + Send>),
+    );
+    let status = loop {
+        if let Some(st) = child.try_wait()? {
+            break st;
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("{program} did not finish within the round's budget (killed)"),
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    Ok(std::process::Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    })
+}
 
 impl Host for RealHost {
     fn read(&self, path: &str) -> io::Result<String> {
         std::fs::read_to_string(path)
     }
     fn run(&self, program: &str, args: &[&str]) -> io::Result<String> {
-        let out = Command::new(program).args(args).output()?;
+        let out = output_by(program, args, self.deadline)?;
         if out.status.success() {
             Ok(String::from_utf8_lossy(&out.stdout).into_owned())
         } else {

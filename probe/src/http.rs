@@ -12,13 +12,11 @@ pub const MAX_BODY: usize = 4 << 20;
 
 /// Builds the client every HTTP probe shares: no proxy (a probe must take the path it is
 /// testing), no connection reuse (each probe opens its own connection, so it really
-/// crosses the network), and bounded timeouts.
-pub fn client(timeout: Duration) -> reqwest::Client {
+/// crosses the network). Each probe sets its own timeout (the plan's).
+pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()
         .pool_max_idle_per_host(0)
-        .connect_timeout(timeout)
-        .timeout(timeout)
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap_or_else(|_| reqwest::Client::new())
@@ -31,8 +29,21 @@ pub async fn probe(
     url: &str,
     host: Option<&str>,
     check: HttpCheck,
+    timeout: Duration,
 ) -> Result<Duration, String> {
     let start = Instant::now();
+    tokio::time::timeout(timeout, get(client, url, host, check, start))
+        .await
+        .unwrap_or_else(|_| Err("timeout".to_owned()))
+}
+
+async fn get(
+    client: &reqwest::Client,
+    url: &str,
+    host: Option<&str>,
+    check: HttpCheck,
+    start: Instant,
+) -> Result<Duration, String> {
     let mut req = client.get(url);
     if let Some(h) = host {
         req = req.header(reqwest::header::HOST, h);

@@ -12,6 +12,8 @@
 //!   reports travel over the node's underlay even when pod forwarding is broken.
 //! - [`transport`]: HTTP to the coordinator with a clamped TCP MSS, so reports cross an
 //!   underlay that black-holes full-size frames.
+//! - [`probers`]: the IO of a round behind one trait, so the loop is tested with fakes.
+//! - [`client`]: the typed client of the coordinator's API (also `check`'s).
 //! - [`agent`]: the loop that ties them together.
 
 pub mod agent;
@@ -21,8 +23,10 @@ pub mod dns;
 pub mod evidence;
 pub mod http;
 pub mod icmp;
+pub mod probers;
 pub mod relay;
 pub mod transport;
 
-pub use agent::{AgentConfig, run};
+pub use agent::{AgentConfig, agent_loop, run, run_plan};
 pub use meshprobe_core::AgentKind;
+pub use probers::{Probers, RealProbers};

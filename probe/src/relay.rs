@@ -1,47 +1,87 @@
 //! The host agent's relay: the pod agent on the same node sends its polls and reports
-//! here (to the node IP, a local delivery that needs no forwarding and no overlay), and
-//! the host agent passes them on to the coordinator over the node's underlay. So an
-//! overlay or forwarding fault on a node cannot silence the reports that describe it.
+//! here (to the node IP, a local delivery that needs no forwarding, no NAT and no overlay),
+//! and the host agent passes them on to the coordinator over the node's underlay. So an
+//! overlay, forwarding or NAT fault on a node, or a conntrack flush, cannot silence the
+//! reports that describe it.
+//!
+//! The host agent advertises the relay's port when it polls (`relayPort`), and the
+//! coordinator puts the relay's address in the pod agent's plan ([`Plan::relay`]): a pod
+//! agent started with the coordinator's URL switches to the relay after its first plan.
+//!
+//! Answers are streamed through as they arrive, so a heartbeat-streamed poll keeps its
+//! heartbeat end to end: the pod agent notices a dead upstream as fast as a host agent.
+//!
+//! [`Plan::relay`]: meshprobe_core::plan::Plan::relay
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
-use axum::response::{IntoResponse, Response};
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
+use meshprobe_core::api::{self, ApiError};
+
+use crate::transport::{self, Base};
 
 /// Reports larger than this are refused (a 5,000-node report is under 2 MiB).
 pub const MAX_BODY: usize = 8 << 20;
 
+/// How long the relay waits for the coordinator's answer to begin: a v1 long poll holds
+/// its answer up to a minute; everything else answers at once.
+const UPSTREAM_HEAD: Duration = Duration::from_secs(75);
+
 #[derive(Clone)]
 struct Relay {
-    upstream: String,
+    upstream: Base,
+    url: String,
 }
 
 /// The relay's routes: only what a pod agent needs, nothing else of the coordinator API.
-pub fn router(upstream: &str) -> Router {
+pub fn router(upstream: &str) -> Result<Router, transport::TransportError> {
+    let url = upstream.trim_end_matches('/').to_owned();
     let relay = Relay {
-        upstream: upstream.trim_end_matches('/').to_owned(),
+        upstream: transport::parse_base(&url)?,
+        url,
     };
-    Router::new()
-        .route("/v1/agents/{node}/pod/next", get(forward))
-        .route("/v1/reports", post(forward))
-        .route("/v1/reports/offline", post(forward))
+    Ok(Router::new()
+        .route(api::NEXT_PATTERN, get(poll))
+        .route(api::REPORTS, post(forward))
+        .route(api::REPORTS_OFFLINE, post(forward))
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .with_state(relay)
+        .with_state(relay))
 }
 
 /// Serves the relay on `listener` until the task is dropped.
 pub async fn serve(listener: tokio::net::TcpListener, upstream: String) -> std::io::Result<()> {
-    axum::serve(listener, router(&upstream)).await
+    let app = router(&upstream).map_err(std::io::Error::other)?;
+    axum::serve(listener, app).await
 }
 
 /// Binds the relay's address.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(addr).await
+}
+
+fn refuse(status: StatusCode, error: String) -> Response {
+    (status, Json(ApiError { error })).into_response()
+}
+
+async fn poll(
+    State(relay): State<Relay>,
+    Path((_node, kind)): Path<(String, String)>,
+    uri: Uri,
+) -> Response {
+    // Only pod agents' polls: the relay is not a way into the rest of the API.
+    if kind != "pod" {
+        return refuse(
+            StatusCode::NOT_FOUND,
+            "the relay forwards pod agents' polls only".to_owned(),
+        );
+    }
+    pass(&relay, Method::GET, &uri, None).await
 }
 
 async fn forward(
@@ -51,42 +91,34 @@ async fn forward(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     // Pass the content type through as the client sent it: the coordinator judges it.
-    let payload = (!body.is_empty()).then(|| {
-        let ct = headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("application/octet-stream");
-        (ct.to_owned(), body)
-    });
-    // Long polls wait up to a minute upstream; give them that and a margin.
-    match crate::transport::send(
-        &relay.upstream,
-        method,
-        path,
-        payload,
-        Duration::from_secs(75),
-    )
-    .await
-    {
-        Ok(a) => {
-            let mut out = (a.status, a.body).into_response();
-            if let Some(ct) = a.content_type {
-                out.headers_mut().insert(header::CONTENT_TYPE, ct);
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/octet-stream")
+        .to_owned();
+    pass(&relay, method, &uri, Some((ct, body))).await
+}
+
+async fn pass(relay: &Relay, method: Method, uri: &Uri, body: Option<(String, Bytes)>) -> Response {
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let body = body.as_ref().map(|(ct, b)| (ct.as_str(), b.clone()));
+    match transport::open(&relay.upstream, method, path, body, UPSTREAM_HEAD).await {
+        Ok(resp) => {
+            let (parts, incoming) = resp.into_parts();
+            let mut out = Response::new(Body::new(incoming));
+            *out.status_mut() = parts.status;
+            if let Some(ct) = parts.headers.get(header::CONTENT_TYPE) {
+                out.headers_mut().insert(header::CONTENT_TYPE, ct.clone());
             }
             out
         }
         Err(e) => {
-            tracing::warn!(upstream = %relay.upstream, error = %e, "relay: coordinator unreachable");
-            let mut out = (
+            tracing::warn!(upstream = %relay.url, error = %e, "relay: coordinator unreachable");
+            refuse(
                 StatusCode::BAD_GATEWAY,
-                format!("relay: coordinator unreachable: {e}"),
+                format!("relay: coordinator {} unreachable: {e}", relay.url),
             )
-                .into_response();
-            out.headers_mut()
-                .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-            out
         }
     }
 }

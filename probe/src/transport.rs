@@ -1,23 +1,28 @@
-//! The agent's HTTP transport to the coordinator, built to survive the faults the agent
-//! reports on.
+//! The one HTTP client stack that talks to the coordinator (agents, relay and `check`),
+//! built to survive the faults the agent reports on.
 //!
-//! Reports are the largest thing an agent sends, and an underlay that silently drops
-//! full-size frames (a switch port with a smaller MTU, no ICMP "fragmentation needed")
-//! would swallow every full-size TCP segment of them: the node would go silent exactly
-//! when it has the most to say. So every connection clamps its TCP MSS to
-//! [`REPORT_MSS`] before connecting: the SYN advertises it (the coordinator's answers stay
-//! small too) and our own segments never exceed it. One new connection per request: an
-//! agent sends a few per round, and a fresh connection never rides a dead one.
+//! - **A clamped MSS.** Reports are the largest thing an agent sends, and an underlay that
+//!   silently drops full-size frames (a switch port with a smaller MTU, no ICMP
+//!   "fragmentation needed") would swallow every full-size TCP segment of them: the node
+//!   would go silent exactly when it has the most to say. Every connection clamps its TCP
+//!   MSS to [`REPORT_MSS`] before connecting: the SYN advertises it (the coordinator's
+//!   answers stay small too) and our own segments never exceed it.
+//! - **A fresh connection per request.** An agent sends a few per round, and a fresh
+//!   connection never rides one that a conntrack flush or a NAT rewrite killed.
+//! - **Idle-bounded reads.** A heartbeat-streamed poll ([`meshprobe_core::api`]) is read
+//!   with an idle limit: a connection that goes quiet for longer is dead, and the caller
+//!   knows in about a second instead of at the poll's timeout.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Bytes;
-use hyper::{Method, Request, StatusCode, header};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode, header};
 use hyper_util::rt::TokioIo;
 use socket2::SockRef;
 use tokio::net::TcpSocket;
+use tokio::time::Instant;
 
 /// The clamped MSS: 1200-byte segments fit any underlay that carries IPv4 minimum-MTU
 /// plus common tunnel overheads.
@@ -25,18 +30,56 @@ pub const REPORT_MSS: u32 = 1200;
 /// Largest answer body accepted.
 pub const MAX_ANSWER: usize = 16 << 20;
 
-/// A request failed before an HTTP answer arrived.
+/// A request failed before a whole HTTP answer arrived.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
-    /// The URL is not `http://host:port`.
-    #[error("{0}")]
-    Url(String),
-    /// Name resolution, connect, or the exchange failed.
-    #[error("{0}")]
-    Io(String),
-    /// No answer in time.
+    /// The URL is not `http://host[:port][/prefix]`.
+    #[error("{url:?}: {reason}")]
+    Url {
+        /// The URL given.
+        url: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A socket operation (resolve, socket, connect) failed.
+    #[error("{what} {authority}: {source}")]
+    Io {
+        /// The step that failed.
+        what: &'static str,
+        /// host:port.
+        authority: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The HTTP exchange failed (handshake, send, read).
+    #[error("{what} {authority}: {source}")]
+    Http {
+        /// The step that failed.
+        what: &'static str,
+        /// host:port.
+        authority: String,
+        /// Why.
+        #[source]
+        source: hyper::Error,
+    },
+    /// No (whole) answer in time.
     #[error("timed out after {0:?}")]
     Timeout(Duration),
+    /// A streamed answer went quiet: the connection is dead.
+    #[error("nothing received for {0:?}: the connection is dead")]
+    Idle(Duration),
+    /// The answer is larger than [`MAX_ANSWER`].
+    #[error("answer larger than {MAX_ANSWER} bytes")]
+    TooLarge,
+}
+
+impl TransportError {
+    /// Whether the coordinator never got the request (connect or resolve failed), as
+    /// opposed to a request that may have arrived.
+    pub fn is_connect(&self) -> bool {
+        matches!(self, TransportError::Io { .. } | TransportError::Url { .. })
+    }
 }
 
 /// An answer: status, content type, body.
@@ -50,100 +93,94 @@ pub struct Answer {
     pub body: Bytes,
 }
 
-/// Splits `http://host:port/prefix` into (host:port, prefix).
-pub fn parse_base(base: &str) -> Result<(String, String), TransportError> {
-    let rest = base.strip_prefix("http://").ok_or_else(|| {
-        TransportError::Url(format!(
-            "{base:?}: the coordinator URL must start with http://"
-        ))
-    })?;
+/// A base URL split into what a connection needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Base {
+    /// `host:port` (port 80 when the URL has none).
+    pub authority: String,
+    /// The path prefix, without a trailing slash (usually empty).
+    pub prefix: String,
+}
+
+/// Splits `http://host:port/prefix` into its authority and prefix.
+pub fn parse_base(base: &str) -> Result<Base, TransportError> {
+    let url_err = |reason| TransportError::Url {
+        url: base.to_owned(),
+        reason,
+    };
+    let rest = base
+        .strip_prefix("http://")
+        .ok_or_else(|| url_err("the coordinator URL must start with http://"))?;
     let (authority, prefix) = rest
         .split_once('/')
         .map_or((rest, String::new()), |(a, p)| {
-            (a, format!("/{}", p.trim_end_matches('/')))
+            let p = p.trim_end_matches('/');
+            (
+                a,
+                if p.is_empty() {
+                    String::new()
+                } else {
+                    format!("/{p}")
+                },
+            )
         });
     if authority.is_empty() {
-        return Err(TransportError::Url(format!("{base:?} has no host")));
+        return Err(url_err("the URL has no host"));
     }
     let authority = if authority.contains(':') {
         authority.to_owned()
     } else {
         format!("{authority}:80")
     };
-    Ok((authority, prefix))
+    Ok(Base { authority, prefix })
 }
 
-/// Sends one request to `base` + `path` and reads the whole answer, within `timeout`.
-pub async fn send(
-    base: &str,
+/// Sends one request to `base` + `path` and returns the answer's head, within `timeout`;
+/// the body is read by the caller ([`collect`], [`collect_idle`], or streamed on, as the
+/// relay does).
+pub async fn open(
+    base: &Base,
     method: Method,
     path: &str,
-    body: Option<(String, Bytes)>,
+    body: Option<(&str, Bytes)>,
+    timeout: Duration,
+) -> Result<Response<Incoming>, TransportError> {
+    tokio::time::timeout(timeout, exchange(base, method, path, body))
+        .await
+        .map_err(|_| TransportError::Timeout(timeout))?
+}
+
+/// Sends one request and reads the whole answer, all within `timeout`.
+pub async fn send(
+    base: &Base,
+    method: Method,
+    path: &str,
+    body: Option<(&str, Bytes)>,
     timeout: Duration,
 ) -> Result<Answer, TransportError> {
-    let (authority, prefix) = parse_base(base)?;
-    tokio::time::timeout(
-        timeout,
-        exchange(&authority, method, &format!("{prefix}{path}"), body),
-    )
-    .await
-    .map_err(|_| TransportError::Timeout(timeout))?
+    let deadline = Instant::now() + timeout;
+    let resp = open(base, method, path, body, timeout).await?;
+    let left = deadline.saturating_duration_since(Instant::now());
+    tokio::time::timeout(left, collect(&base.authority, resp))
+        .await
+        .map_err(|_| TransportError::Timeout(timeout))?
 }
 
-async fn exchange(
-    authority: &str,
-    method: Method,
-    path: &str,
-    body: Option<(String, Bytes)>,
-) -> Result<Answer, TransportError> {
-    let io = |what: &str, e: &dyn std::fmt::Display| {
-        TransportError::Io(format!("{what} {authority}: {e}"))
-    };
-    let addr: SocketAddr = tokio::net::lookup_host(authority)
-        .await
-        .map_err(|e| io("resolve", &e))?
-        .next()
-        .ok_or_else(|| TransportError::Io(format!("resolve {authority}: no address")))?;
-    let sock = if addr.is_ipv4() {
-        TcpSocket::new_v4()
-    } else {
-        TcpSocket::new_v6()
-    }
-    .map_err(|e| io("socket for", &e))?;
-    SockRef::from(&sock)
-        .set_tcp_mss(REPORT_MSS)
-        .map_err(|e| io("clamp MSS for", &e))?;
-    let stream = sock.connect(addr).await.map_err(|e| io("connect", &e))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| io("handshake with", &e))?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    let mut req = Request::builder()
-        .method(method)
-        .uri(path)
-        .header(header::HOST, authority);
-    let payload = match body {
-        Some((ct, bytes)) => {
-            req = req.header(header::CONTENT_TYPE, ct);
-            bytes
-        }
-        None => Bytes::new(),
-    };
-    let req = req
-        .body(Full::new(payload))
-        .map_err(|e| io("build request for", &e))?;
-    let resp = sender
-        .send_request(req)
-        .await
-        .map_err(|e| io("request to", &e))?;
+/// Reads a whole answer (up to [`MAX_ANSWER`]).
+pub async fn collect(authority: &str, resp: Response<Incoming>) -> Result<Answer, TransportError> {
     let status = resp.status();
     let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
     let body = Limited::new(resp.into_body(), MAX_ANSWER)
         .collect()
         .await
-        .map_err(|e| io("read answer from", &e))?
+        .map_err(|e| match e.downcast::<hyper::Error>() {
+            Ok(source) => TransportError::Http {
+                what: "read answer from",
+                authority: authority.to_owned(),
+                source: *source,
+            },
+            Err(_) => TransportError::TooLarge,
+        })?
         .to_bytes();
     Ok(Answer {
         status,
@@ -152,47 +189,158 @@ async fn exchange(
     })
 }
 
+/// Reads a streamed answer whose every frame must arrive within `idle` of the previous
+/// one, and the whole within `overall`.
+pub async fn collect_idle(
+    authority: &str,
+    resp: Response<Incoming>,
+    idle: Duration,
+    overall: Duration,
+) -> Result<Answer, TransportError> {
+    let deadline = Instant::now() + overall;
+    let status = resp.status();
+    let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
+    let mut body = resp.into_body();
+    let mut buf = Vec::new();
+    loop {
+        let wait = idle.min(deadline.saturating_duration_since(Instant::now()));
+        let frame = match tokio::time::timeout(wait, body.frame()).await {
+            Ok(f) => f,
+            Err(_) if Instant::now() >= deadline => return Err(TransportError::Timeout(overall)),
+            Err(_) => return Err(TransportError::Idle(idle)),
+        };
+        let Some(frame) = frame else { break };
+        let frame = frame.map_err(|source| TransportError::Http {
+            what: "read answer from",
+            authority: authority.to_owned(),
+            source,
+        })?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > MAX_ANSWER {
+                return Err(TransportError::TooLarge);
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(Answer {
+        status,
+        content_type,
+        body: Bytes::from(buf),
+    })
+}
+
+async fn exchange(
+    base: &Base,
+    method: Method,
+    path: &str,
+    body: Option<(&str, Bytes)>,
+) -> Result<Response<Incoming>, TransportError> {
+    let authority = base.authority.as_str();
+    let io = |what, source| TransportError::Io {
+        what,
+        authority: authority.to_owned(),
+        source,
+    };
+    let http = |what, source| TransportError::Http {
+        what,
+        authority: authority.to_owned(),
+        source,
+    };
+    let addr: SocketAddr = tokio::net::lookup_host(authority)
+        .await
+        .map_err(|e| io("resolve", e))?
+        .next()
+        .ok_or_else(|| io("resolve", std::io::Error::other("no address")))?;
+    let sock = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(|e| io("socket for", e))?;
+    SockRef::from(&sock)
+        .set_tcp_mss(REPORT_MSS)
+        .map_err(|e| io("clamp MSS for", e))?;
+    let stream = sock.connect(addr).await.map_err(|e| io("connect", e))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| http("handshake with", e))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut req = Request::builder()
+        .method(method)
+        .uri(format!("{}{path}", base.prefix))
+        .header(header::HOST, authority);
+    let payload = match body {
+        Some((ct, bytes)) => {
+            req = req.header(header::CONTENT_TYPE, ct);
+            bytes
+        }
+        None => Bytes::new(),
+    };
+    let req = req.body(Full::new(payload)).map_err(|e| {
+        io(
+            "build request for",
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
+        )
+    })?;
+    sender
+        .send_request(req)
+        .await
+        .map_err(|e| http("request to", e))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn base_urls() {
+        let b = |a: &str, p: &str| Base {
+            authority: a.into(),
+            prefix: p.into(),
+        };
         assert_eq!(
             parse_base("http://10.0.0.1:7070").expect("ok"),
-            ("10.0.0.1:7070".into(), String::new())
+            b("10.0.0.1:7070", "")
         );
         assert_eq!(
             parse_base("http://coord/api/").expect("ok"),
-            ("coord:80".into(), "/api".into())
+            b("coord:80", "/api")
         );
+        assert_eq!(parse_base("http://coord/").expect("ok"), b("coord:80", ""));
         assert!(parse_base("https://x").is_err());
         assert!(parse_base("http://").is_err());
     }
 
-    #[tokio::test]
-    async fn clamped_connection_talks_http() {
+    async fn serve(app: axum::Router) -> Base {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let app = axum::Router::new().route(
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        parse_base(&format!("http://{addr}")).expect("base")
+    }
+
+    #[tokio::test]
+    async fn clamped_connection_talks_http() {
+        let base = serve(axum::Router::new().route(
             "/x",
             axum::routing::post(|b: String| async move { format!("got {b}") }),
-        );
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        ))
+        .await;
         let a = send(
-            &format!("http://{addr}"),
+            &base,
             Method::POST,
             "/x",
-            Some(("text/plain".to_owned(), Bytes::from_static(b"hi"))),
+            Some(("text/plain", Bytes::from_static(b"hi"))),
             Duration::from_secs(5),
         )
         .await
         .expect("answer");
         assert_eq!((a.status, &a.body[..]), (StatusCode::OK, &b"got hi"[..]));
         let refused = send(
-            "http://127.0.0.1:1",
+            &parse_base("http://127.0.0.1:1").expect("base"),
             Method::GET,
             "/",
             None,
@@ -200,8 +348,51 @@ mod tests {
         )
         .await;
         assert!(
-            matches!(refused, Err(TransportError::Io(ref m)) if m.contains("connect")),
+            matches!(
+                refused,
+                Err(TransportError::Io {
+                    what: "connect",
+                    ..
+                })
+            ),
             "{refused:?}"
+        );
+    }
+
+    /// A stream that sends a heartbeat and then goes quiet is declared dead after the idle
+    /// limit, not after the overall timeout.
+    #[tokio::test]
+    async fn a_quiet_stream_is_dead_after_the_idle_limit() {
+        let base = serve(axum::Router::new().route(
+            "/s",
+            axum::routing::get(|| async {
+                let s = futures_util::stream::unfold(0u8, |n| async move {
+                    if n > 0 {
+                        // Goes quiet after the first heartbeat.
+                        tokio::time::sleep(Duration::from_secs(30)).await;
+                    }
+                    Some((Ok::<_, std::io::Error>(Bytes::from_static(b"\n")), n + 1))
+                });
+                axum::body::Body::from_stream(s)
+            }),
+        ))
+        .await;
+        let started = Instant::now();
+        let resp = open(&base, Method::GET, "/s", None, Duration::from_secs(5))
+            .await
+            .expect("head");
+        let r = collect_idle(
+            &base.authority,
+            resp,
+            Duration::from_millis(300),
+            Duration::from_secs(20),
+        )
+        .await;
+        assert!(matches!(r, Err(TransportError::Idle(_))), "{r:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
         );
     }
 }

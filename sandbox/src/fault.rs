@@ -105,7 +105,30 @@ pub enum Fault {
         /// Percent dropped in each direction.
         percent: u8,
     },
+    /// Event: `conntrack -F` on one node, or on every node (what a kube-proxy or CNI
+    /// restart, or an operator, does): every NATed flow loses its mapping.
+    ConntrackFlush {
+        /// The node; `None`: every node.
+        node: Option<String>,
+    },
+    /// Event: a firewall reload on the node that drops established flows for a second
+    /// (rules flushed and re-added around a conntrack-state DROP).
+    FirewallReload {
+        /// Node.
+        node: String,
+    },
+    /// Event: the coordinator restarts (a rollout, an eviction).
+    CoordinatorRestart,
+    /// Event: the node's host agent restarts under its running pod agent (a DaemonSet
+    /// rollout), so the relay goes away for a moment.
+    HostAgentRestart {
+        /// Node.
+        node: String,
+    },
 }
+
+/// How long [`Fault::FirewallReload`] drops established flows.
+pub const FIREWALL_RELOAD_GAP: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What injecting or healing a fault does.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -116,10 +139,16 @@ pub enum Action {
     Stop(String),
     /// Start the named lab process again.
     Start(String),
+    /// Stop the named lab process and start it again at once.
+    Restart(String),
+    /// Wait this long.
+    Pause(std::time::Duration),
+    /// These, in order.
+    Sequence(Vec<Action>),
 }
 
 /// The names of every fault kind, as the CLI takes them.
-pub const KINDS: [&str; 17] = [
+pub const KINDS: [&str; 21] = [
     "vxlan-drop-in",
     "vxlan-drop-out",
     "ip-forward-off",
@@ -137,6 +166,10 @@ pub const KINDS: [&str; 17] = [
     "loss",
     "coordinator-down",
     "api-server-down",
+    "conntrack-flush",
+    "firewall-reload",
+    "coordinator-restart",
+    "host-agent-restart",
 ];
 
 const TAG: &str = "-m comment --comment meshprobe-fault";
@@ -202,6 +235,12 @@ impl Fault {
             "coordinator-down" => Fault::CoordinatorDown,
             "api-server-down" => Fault::ApiServerDown,
             "link-down" => Fault::LinkDown { node: need_node()? },
+            "conntrack-flush" => Fault::ConntrackFlush {
+                node: node.map(str::to_owned),
+            },
+            "firewall-reload" => Fault::FirewallReload { node: need_node()? },
+            "coordinator-restart" => Fault::CoordinatorRestart,
+            "host-agent-restart" => Fault::HostAgentRestart { node: need_node()? },
             "loss" => {
                 let percent = percent.unwrap_or(50);
                 if !(1..=100).contains(&percent) {
@@ -235,13 +274,29 @@ impl Fault {
             | Fault::UnderlayMtu { node, .. }
             | Fault::NodeportRemoved { node }
             | Fault::LinkDown { node }
+            | Fault::FirewallReload { node }
+            | Fault::HostAgentRestart { node }
             | Fault::Loss { node, .. } => Some(node),
+            Fault::ConntrackFlush { node } => node.as_deref(),
             Fault::DnsDown { .. }
             | Fault::MetricsBlocked { .. }
             | Fault::IngressDown
             | Fault::CoordinatorDown
+            | Fault::CoordinatorRestart
             | Fault::ApiServerDown => None,
         }
+    }
+
+    /// Whether this is an event (it happens once, is never "in force", and has nothing
+    /// to heal) rather than a lasting fault.
+    pub fn is_event(&self) -> bool {
+        matches!(
+            self,
+            Fault::ConntrackFlush { .. }
+                | Fault::FirewallReload { .. }
+                | Fault::CoordinatorRestart
+                | Fault::HostAgentRestart { .. }
+        )
     }
 
     /// Checks the fault's names against the lab.
@@ -286,7 +341,46 @@ impl Fault {
     fn actions(&self, plan: &LabPlan, inject: bool) -> Action {
         let op = if inject { "-I" } else { "-D" };
         let node = |n: &str| plan.node(n).cloned();
+        if self.is_event() && !inject {
+            return Action::Steps(Vec::new());
+        }
         let steps = match self {
+            Fault::ConntrackFlush { node: n } => plan
+                .nodes
+                .iter()
+                .filter(|x| n.as_deref().is_none_or(|n| n == x.name))
+                .map(|x| Step::Run {
+                    ns: Some(x.ns.clone()),
+                    program: "conntrack",
+                    args: vec!["-F".into()],
+                    stdin: None,
+                })
+                .collect(),
+            Fault::FirewallReload { node: n } => {
+                let ns = node(n).map(|n| n.ns).unwrap_or_default();
+                let rules = |op: &str| -> Vec<Step> {
+                    ["INPUT", "FORWARD", "OUTPUT"]
+                        .iter()
+                        .map(|chain| {
+                            Step::iptables(
+                                &ns,
+                                &format!(
+                                    "{op} {chain} -m conntrack --ctstate ESTABLISHED,RELATED {TAG} -j DROP"
+                                ),
+                            )
+                        })
+                        .collect()
+                };
+                return Action::Sequence(vec![
+                    Action::Steps(rules("-I")),
+                    Action::Pause(FIREWALL_RELOAD_GAP),
+                    Action::Steps(rules("-D")),
+                ]);
+            }
+            Fault::CoordinatorRestart => return Action::Restart("coordinator".into()),
+            Fault::HostAgentRestart { node } => {
+                return Action::Restart(format!("agent/{node}/host"));
+            }
             Fault::VxlanDropIn { node: n } => {
                 let ns = node(n).map(|n| n.ns).unwrap_or_default();
                 vec![Step::iptables(
@@ -504,6 +598,11 @@ impl fmt::Display for Fault {
             Fault::ApiServerDown => write!(f, "api-server-down"),
             Fault::LinkDown { node } => write!(f, "link-down on {node}"),
             Fault::Loss { node, percent } => write!(f, "loss {percent}% each way on {node}"),
+            Fault::ConntrackFlush { node: Some(node) } => write!(f, "conntrack-flush on {node}"),
+            Fault::ConntrackFlush { node: None } => write!(f, "conntrack-flush on every node"),
+            Fault::FirewallReload { node } => write!(f, "firewall-reload on {node}"),
+            Fault::CoordinatorRestart => write!(f, "coordinator-restart"),
+            Fault::HostAgentRestart { node } => write!(f, "host-agent-restart on {node}"),
         }
     }
 }
@@ -520,6 +619,16 @@ mod tests {
             f.validate(&plan).expect(kind);
             let (inj, heal) = (f.inject(&plan), f.heal(&plan));
             assert_ne!(inj, heal, "{kind}: heal must differ from inject");
+            if f.is_event() {
+                // Events happen once: nothing to heal, something to do.
+                assert_eq!(heal, Action::Steps(vec![]), "{kind}");
+                assert!(
+                    matches!(&inj, Action::Steps(s) if !s.is_empty())
+                        || matches!(inj, Action::Restart(_) | Action::Sequence(_)),
+                    "{kind}: {inj:?}"
+                );
+                continue;
+            }
             match (&inj, &heal) {
                 (Action::Steps(a), Action::Steps(b)) => {
                     assert!(!a.is_empty() && !b.is_empty(), "{kind}")

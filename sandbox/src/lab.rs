@@ -77,6 +77,10 @@ pub struct LabSpec {
     /// Serve the cluster as a fake Kubernetes API ([`crate::kube_api`]) in the control
     /// namespace, and run the coordinator in discovery mode against it.
     pub kube_api: bool,
+    /// Start the pod agents with the coordinator's URL (through the node's forwarding and
+    /// masquerade, as a user following the contract literally would) instead of their
+    /// host agent's relay. Either way they switch to the relay their plan names.
+    pub pod_agents_direct: bool,
 }
 
 impl LabSpec {
@@ -88,6 +92,7 @@ impl LabSpec {
             exe,
             state_root: default_state_root(),
             kube_api: false,
+            pod_agents_direct: false,
         }
     }
 }
@@ -117,6 +122,9 @@ struct State {
     /// Whether the lab serves a fake Kubernetes API (`lab up --kube-api`).
     #[serde(default)]
     kube_api: bool,
+    /// Whether pod agents were given the coordinator's URL rather than the relay's.
+    #[serde(default)]
+    pod_agents_direct: bool,
 }
 
 /// A running lab. Dropping it tears it down unless [`Lab::keep`] was called.
@@ -154,6 +162,7 @@ impl Lab {
                 processes: BTreeMap::new(),
                 faults: Vec::new(),
                 kube_api: spec.kube_api,
+                pod_agents_direct: spec.pod_agents_direct,
             },
             plan,
             dir,
@@ -294,6 +303,16 @@ impl Lab {
         let text = std::fs::read_to_string(self.log_path(name)).unwrap_or_default();
         let all: Vec<&str> = text.lines().collect();
         all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Stops one lab process by name (an agent killed, in a benchmark), unlike a fault
+    /// not recorded as anything to heal.
+    pub fn stop_process(&mut self, name: &str) -> Result<(), LabError> {
+        if !self.state.processes.contains_key(name) {
+            return Err(LabError::Spec(format!("no lab process {name}")));
+        }
+        self.stop(name);
+        self.save()
     }
 
     fn stop(&mut self, name: &str) {
@@ -439,41 +458,66 @@ impl Lab {
         self.start(self.coordinator_spec())?;
         self.wait_ready(&["coordinator".to_owned()], Duration::from_secs(10))?;
         for n in &p.nodes {
-            self.start(ProcSpec {
-                name: format!("agent/{}/host", n.name),
-                ns: n.ns.clone(),
-                args: vec![
-                    "probe".into(),
-                    "--node".into(),
-                    n.name.clone(),
+            for kind in ["host", "pod"] {
+                if let Some(spec) = self.agent_spec(&n.name, kind) {
+                    self.start(spec)?;
+                }
+            }
+        }
+        self.wait_agents(Duration::from_secs(15))
+    }
+
+    /// The process of `node`'s agent of `kind` (`host` or `pod`).
+    fn agent_spec(&self, node: &str, kind: &str) -> Option<ProcSpec> {
+        let p = &self.plan;
+        let n = p.node(node)?;
+        let state_dir = self.agent_state_dir(&n.name, kind).display().to_string();
+        let mut args: Vec<String> = vec!["probe".into(), "--node".into(), n.name.clone()];
+        let ns = match kind {
+            "host" => {
+                args.extend([
                     "--coordinator".into(),
                     p.coordinator_url(),
                     "--relay-listen".into(),
                     format!("{}:{RELAY_PORT}", n.ip),
-                    "--state-dir".into(),
-                    self.agent_state_dir(&n.name, "host").display().to_string(),
-                    "--offline-interval".into(),
-                    "1s".into(),
-                ],
-            })?;
-            self.start(ProcSpec {
-                name: format!("agent/{}/pod", n.name),
-                ns: n.pod_ns(PodKind::Probe),
-                args: vec![
-                    "probe".into(),
-                    "--pod".into(),
-                    "--node".into(),
-                    n.name.clone(),
-                    "--coordinator".into(),
-                    format!("http://{}:{RELAY_PORT}", n.ip),
-                    "--state-dir".into(),
-                    self.agent_state_dir(&n.name, "pod").display().to_string(),
-                    "--offline-interval".into(),
-                    "1s".into(),
-                ],
-            })?;
+                ]);
+                n.ns.clone()
+            }
+            "pod" => {
+                let url = if self.state.pod_agents_direct {
+                    p.coordinator_url()
+                } else {
+                    format!("http://{}:{RELAY_PORT}", n.ip)
+                };
+                args.extend(["--pod".into(), "--coordinator".into(), url]);
+                n.pod_ns(PodKind::Probe)
+            }
+            _ => return None,
+        };
+        args.extend([
+            "--state-dir".into(),
+            state_dir,
+            "--offline-interval".into(),
+            "1s".into(),
+        ]);
+        Some(ProcSpec {
+            name: format!("agent/{}/{kind}", n.name),
+            ns,
+            args,
+        })
+    }
+
+    /// The spec of any lab process, by name.
+    fn spec_of(&self, name: &str) -> Option<ProcSpec> {
+        if let Some(rest) = name.strip_prefix("agent/") {
+            let (node, kind) = rest.split_once('/')?;
+            return self.agent_spec(node, kind);
         }
-        self.wait_agents(Duration::from_secs(15))
+        self.server_specs()
+            .into_iter()
+            .chain(std::iter::once(self.coordinator_spec()))
+            .chain(self.kube_api_spec())
+            .find(|s| s.name == name)
     }
 
     fn coordinator_spec(&self) -> ProcSpec {
@@ -589,15 +633,23 @@ impl Lab {
                     return Ok(());
                 }
                 let spec = self
-                    .server_specs()
-                    .into_iter()
-                    .chain(std::iter::once(self.coordinator_spec()))
-                    .chain(self.kube_api_spec())
-                    .find(|s| s.name == name)
+                    .spec_of(&name)
                     .ok_or_else(|| LabError::Spec(format!("no lab process {name}")))?;
                 self.start(spec)?;
                 self.wait_ready(&[name], Duration::from_secs(10))
             }
+            Action::Restart(name) => {
+                if self.spec_of(&name).is_none() {
+                    return Err(LabError::Spec(format!("no lab process {name}")));
+                }
+                self.act(Action::Stop(name.clone()))?;
+                self.act(Action::Start(name))
+            }
+            Action::Pause(d) => {
+                std::thread::sleep(d);
+                Ok(())
+            }
+            Action::Sequence(actions) => actions.into_iter().try_for_each(|a| self.act(a)),
         }
     }
 
@@ -613,6 +665,10 @@ impl Lab {
             return Err(LabError::Spec(format!("{fault} is already in force")));
         }
         self.act(fault.inject(&self.plan))?;
+        if fault.is_event() {
+            // It happened and is over: nothing is in force, nothing to heal.
+            return Ok(());
+        }
         self.state.faults.push(fault);
         self.save()
     }

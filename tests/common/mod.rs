@@ -60,15 +60,21 @@ impl DerefMut for TestLab {
 /// A lab of `nodes` with the mesh running, or `None` when lab tests are skipped.
 /// Without root this fails, unless MESHPROBE_SKIP_LAB_TESTS=1 says to skip.
 pub fn lab_or_skip(nodes: usize) -> Option<TestLab> {
-    lab_with(nodes, false)
+    lab_with(nodes, false, false)
 }
 
 /// [`lab_or_skip`], with the fake Kubernetes API and the coordinator discovering from it.
 pub fn kube_lab_or_skip(nodes: usize) -> Option<TestLab> {
-    lab_with(nodes, true)
+    lab_with(nodes, true, false)
 }
 
-fn lab_with(nodes: usize, kube_api: bool) -> Option<TestLab> {
+/// [`lab_or_skip`], with the pod agents started with the coordinator's URL (through the
+/// node's masquerade) instead of their relay's.
+pub fn direct_lab_or_skip(nodes: usize) -> Option<TestLab> {
+    lab_with(nodes, false, true)
+}
+
+fn lab_with(nodes: usize, kube_api: bool, pod_agents_direct: bool) -> Option<TestLab> {
     if !is_root() {
         if std::env::var_os("MESHPROBE_SKIP_LAB_TESTS").is_some() {
             eprintln!("skipped: lab tests need root");
@@ -81,6 +87,7 @@ fn lab_with(nodes: usize, kube_api: bool) -> Option<TestLab> {
     let mut spec = LabSpec::new(nodes, BIN.into());
     spec.state_root = std::env::temp_dir().join("meshprobe-test-labs");
     spec.kube_api = kube_api;
+    spec.pod_agents_direct = pod_agents_direct;
     // A panicking test poisons the lock; the next one may still run.
     let turn = if nodes > SHARED_LAB_NODES {
         Turn::Alone(LABS.write().unwrap_or_else(|p| p.into_inner()))
