@@ -521,6 +521,21 @@ pub fn security_agents(comms: &[String]) -> Vec<String> {
 mod tests {
     use super::*;
     use meshprobe_core::evidence::OverlayPeer;
+
+    /// Issue 9: evidence commands are bounded by the round's budget: a hung command is
+    /// killed at the deadline.
+    #[test]
+    fn a_command_past_the_deadline_is_killed() {
+        let started = std::time::Instant::now();
+        let host = RealHost::within(std::time::Duration::from_millis(200));
+        let err = host.run("sleep", &["30"]).expect_err("killed");
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
+        let out = RealHost::within(std::time::Duration::from_secs(5))
+            .run("echo", &["hi"])
+            .expect("echo");
+        assert_eq!(out, "hi\n");
+    }
     use meshprobe_core::{NodeName, PodCidr};
     use pretty_assertions::assert_eq;
 

@@ -259,6 +259,7 @@ async fn a_dead_poll_is_replaced_within_a_second() {
     let s = seen.lock().expect("lock");
     assert!(s.polls.len() >= 2, "{:?}", s.polls);
     let gap = s.polls[1].0 - s.polls[0].0;
+    eprintln!("the quiet poll was replaced {gap:?} after it began");
     assert!(
         gap >= Duration::from_millis(800) && gap < Duration::from_millis(1600),
         "the second poll came {gap:?} after the first"
