@@ -41,6 +41,24 @@ fn cpu_seconds(pid: i32) -> f64 {
     (f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)) as f64 / 100.0
 }
 
+/// `meshprobe check --output json` from the control namespace.
+fn run_check(ctl: &str, url: &str) -> std::process::Output {
+    Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ctl,
+            BIN,
+            "check",
+            "--output",
+            "json",
+            "--coordinator",
+            url,
+        ])
+        .output()
+        .expect("run check")
+}
+
 /// Back-to-back rounds for 10 s (a busy overlay: every node pings every node's gateway and
 /// pod, full-size too, 20 times a round): the agents' CPU while their capture sees it all.
 fn busy_overlay(lab: &Lab, ctl: &str, url: &str) {
@@ -49,20 +67,7 @@ fn busy_overlay(lab: &Lab, ctl: &str, url: &str) {
     let start = Instant::now();
     let (mut rounds, mut captured) = (0u64, 0u64);
     while start.elapsed() < Duration::from_secs(10) {
-        let out = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                ctl,
-                BIN,
-                "check",
-                "--output",
-                "json",
-                "--coordinator",
-                url,
-            ])
-            .output()
-            .expect("run check");
+        let out = run_check(ctl, url);
         rounds += 1;
         if let Ok(r) = serde_json::from_slice::<meshprobe_core::CheckReport>(&out.stdout) {
             captured += r
@@ -101,20 +106,7 @@ fn checks(ctl: &str, url: &str, runs: usize, want: i32) -> Vec<Duration> {
     let mut off = 0;
     for _ in 0..runs {
         let start = Instant::now();
-        let out = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                ctl,
-                BIN,
-                "check",
-                "--output",
-                "json",
-                "--coordinator",
-                url,
-            ])
-            .output()
-            .expect("run check");
+        let out = run_check(ctl, url);
         times.push(start.elapsed());
         if out.status.code() != Some(want) {
             off += 1;

@@ -274,14 +274,9 @@ async fn hostile_requests_get_4xx_and_the_server_keeps_serving() {
     assert_eq!(ok.status(), 200);
 }
 
-#[tokio::test]
-async fn round_with_no_live_agent_finishes_at_once_all_unknown() {
-    let (base, _c) = start().await;
-    // A coordinator that just started waits `silent_after` for agents to reconnect; past
-    // that, nobody polling means nobody to wait for.
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    let http = reqwest::Client::new();
-    let r: serde_json::Value = http
+/// Starts a round and waits (up to 10 s) for its report.
+async fn round_now(http: &reqwest::Client, base: &str) -> CheckReport {
+    let started: meshprobe_core::api::RoundStarted = http
         .post(format!("{base}/v1/rounds"))
         .send()
         .await
@@ -289,15 +284,23 @@ async fn round_with_no_live_agent_finishes_at_once_all_unknown() {
         .json()
         .await
         .expect("json");
-    let round = r["round"].as_u64().expect("round");
-    let report: CheckReport = http
-        .get(format!("{base}/v1/rounds/{round}?wait=5"))
+    http.get(format!("{base}/v1/rounds/{}?wait=10", started.round))
         .send()
         .await
         .expect("wait")
         .json()
         .await
-        .expect("report");
+        .expect("report")
+}
+
+#[tokio::test]
+async fn round_with_no_live_agent_finishes_at_once_all_unknown() {
+    let (base, _c) = start().await;
+    // A coordinator that just started waits `silent_after` for agents to reconnect; past
+    // that, nobody polling means nobody to wait for.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let http = reqwest::Client::new();
+    let report = round_now(&http, &base).await;
     let (ok, fail, unknown) = report.counts();
     assert_eq!((ok, fail), (0, 0));
     assert!(unknown > 0 && !report.healthy);
@@ -329,23 +332,7 @@ async fn a_round_stops_waiting_for_an_agent_whose_poll_connection_died() {
     assert_eq!(&beat[..], b"\n");
     // The agent dies: its connection closes.
     drop(resp);
-    let r: serde_json::Value = http
-        .post(format!("{base}/v1/rounds"))
-        .send()
-        .await
-        .expect("trigger")
-        .json()
-        .await
-        .expect("json");
-    let round = r["round"].as_u64().expect("round");
-    let report: CheckReport = http
-        .get(format!("{base}/v1/rounds/{round}?wait=10"))
-        .send()
-        .await
-        .expect("wait")
-        .json()
-        .await
-        .expect("report");
+    let report = round_now(&http, &base).await;
     assert!(
         report.duration_ms < 1500,
         "waited {} ms for a dead agent",
