@@ -67,6 +67,9 @@ impl AgentConfig {
     }
 }
 
+/// How far past the plan's budget `run_plan` cuts off a part that is still running.
+pub const BUDGET_SLACK: Duration = Duration::from_millis(300);
+
 /// Heartbeats a poll may miss before the agent declares its connection dead and polls
 /// again: at the default 300 ms, a dead connection is noticed in 1 s.
 pub const HEARTBEATS_MISSED: u32 = 3;
@@ -417,7 +420,10 @@ pub async fn run_plan(
         .map_or(0, |d| d.as_micros() as u64);
     let started = Instant::now();
     let budget = Duration::from_millis(u64::from(plan.budget_ms.max(s.budget_ms())));
-    let deadline = started + budget;
+    // The budget is when the slowest probe's own timeout has passed; the cut-off is a
+    // backstop a little later, so that it never races a probe timing out on its own (whose
+    // "timeout" says more than "not finished"). The coordinator's grace covers the slack.
+    let deadline = started + budget + BUDGET_SLACK;
     let interval = Duration::from_millis(u64::from(s.icmp_interval_ms));
     const OVER_BUDGET: &str = "not finished within the round's budget";
 
