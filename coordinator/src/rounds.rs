@@ -702,6 +702,13 @@ impl Coordinator {
             }
             _ => {}
         }
+        // Queued behind a round whose report is being built (running is empty then).
+        if inner.queued && id == inner.last_id + 1 {
+            return RoundStatus::Pending {
+                reported: 0,
+                expected: 0,
+            };
+        }
         if id == 0 || id > inner.last_id {
             RoundStatus::Unknown
         } else {
@@ -838,6 +845,14 @@ mod tests {
             "{:?}",
             c.status(3)
         );
+        // Regression (issue 9): a round queued behind one being built read as unknown (404).
+        c.lock().queued = true;
+        assert!(
+            matches!(c.status(4), RoundStatus::Pending { .. }),
+            "{:?}",
+            c.status(4)
+        );
+        c.lock().queued = false;
         c.lock().finishing = None;
         assert!(matches!(c.status(3), RoundStatus::Evicted));
         assert!(matches!(c.status(4), RoundStatus::Unknown));

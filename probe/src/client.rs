@@ -27,7 +27,7 @@ pub enum ClientError {
     #[error(transparent)]
     Url(TransportError),
     /// No (whole) HTTP answer.
-    #[error("coordinator {url} unreachable: {source}")]
+    #[error("cannot reach the coordinator at {url}: {source}")]
     Unreachable {
         /// The coordinator's base URL.
         url: String,
