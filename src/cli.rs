@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use meshprobe_core::{AgentKind, NodeName, Topology};
 
@@ -273,41 +274,42 @@ pub fn main() -> ExitCode {
     ExitCode::from(code)
 }
 
-fn report(r: Result<(), String>) -> u8 {
+fn report(r: anyhow::Result<()>) -> u8 {
     match r {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("meshprobe: error: {e}");
+            // `{:#}`: each context, then its cause, on one line.
+            eprintln!("meshprobe: error: {e:#}");
             2
         }
     }
 }
 
 /// Loads and validates an inventory file; the error names the file, and the line or field.
-pub fn load_inventory(path: &PathBuf) -> Result<Topology, String> {
+pub fn load_inventory(path: &PathBuf) -> anyhow::Result<Topology> {
     let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read inventory {}: {e}", path.display()))?;
-    Topology::from_inventory(&text).map_err(|e| format!("inventory {}: {e}", path.display()))
+        .with_context(|| format!("cannot read inventory {}", path.display()))?;
+    Topology::from_inventory(&text).with_context(|| format!("inventory {}", path.display()))
 }
 
 /// A Kubernetes client: from `--kubeconfig`, else in-cluster, else the kubeconfig.
-async fn kube_client(kubeconfig: Option<&PathBuf>) -> Result<kube::Client, String> {
+async fn kube_client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<kube::Client> {
     let config = match kubeconfig {
         Some(path) => {
             let kc = kube::config::Kubeconfig::read_from(path)
-                .map_err(|e| format!("--kubeconfig {}: {e}", path.display()))?;
+                .with_context(|| format!("--kubeconfig {}", path.display()))?;
             kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
                 .await
-                .map_err(|e| format!("--kubeconfig {}: {e}", path.display()))?
+                .with_context(|| format!("--kubeconfig {}", path.display()))?
         }
         None => kube::Config::infer().await.map_err(|e| {
-            format!("no Kubernetes API access ({e}); run in a cluster, set KUBECONFIG, pass --kubeconfig, or pass --inventory FILE")
+            anyhow::anyhow!("no Kubernetes API access ({e}); run in a cluster, set KUBECONFIG, pass --kubeconfig, or pass --inventory FILE")
         })?,
     };
-    kube::Client::try_from(config).map_err(|e| format!("Kubernetes client: {e}"))
+    kube::Client::try_from(config).context("Kubernetes client")
 }
 
-fn run_coordinator(args: CoordinatorArgs) -> Result<(), String> {
+fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
     let topology = args.inventory.as_ref().map(load_inventory).transpose()?;
     let lease = match &args.lease {
         Some(name) => {
@@ -315,8 +317,8 @@ fn run_coordinator(args: CoordinatorArgs) -> Result<(), String> {
                 Some(i) => i.clone(),
                 None => std::fs::read_to_string("/proc/sys/kernel/hostname")
                     .map(|h| h.trim().to_owned())
-                    .map_err(|e| {
-                        format!("--lease {name}: no --identity or POD_NAME, and no host name ({e})")
+                    .with_context(|| {
+                        format!("--lease {name}: no --identity or POD_NAME, and no host name")
                     })?,
             };
             let s = meshprobe_coordinator::lease::LeaseSettings {
@@ -328,7 +330,8 @@ fn run_coordinator(args: CoordinatorArgs) -> Result<(), String> {
                     identity,
                 )
             };
-            s.validate().map_err(|e| format!("--lease {name}: {e}"))?;
+            s.validate()
+                .map_err(|e| anyhow::anyhow!("--lease {name}: {e}"))?;
             Some(s)
         }
         None => None,
@@ -339,8 +342,8 @@ fn run_coordinator(args: CoordinatorArgs) -> Result<(), String> {
         ..Default::default()
     };
     let (listen, interval) = (args.listen, args.interval);
-    let settings = args.round.settings().map_err(|e| e.to_string())?;
-    let rt = runtime(true).map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let settings = args.round.settings()?;
+    let rt = runtime(true).context("cannot start the runtime")?;
     rt.block_on(async move {
         let needs_api = topology.is_none() || lease.is_some();
         let client = if needs_api {
@@ -360,7 +363,7 @@ fn run_coordinator(args: CoordinatorArgs) -> Result<(), String> {
                 None => {
                     let client = client
                         .clone()
-                        .ok_or("Kubernetes discovery needs an API client")?;
+                        .context("Kubernetes discovery needs an API client")?;
                     let source =
                         meshprobe_coordinator::kube_source::KubeTopology::start(client, discovery);
                     (Box::new(source), "Kubernetes discovery".to_owned())
@@ -368,10 +371,10 @@ fn run_coordinator(args: CoordinatorArgs) -> Result<(), String> {
             };
         let listener = tokio::net::TcpListener::bind(listen)
             .await
-            .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+            .with_context(|| format!("cannot listen on {listen}"))?;
         let bound = listener
             .local_addr()
-            .map_err(|e| format!("cannot read the bound address: {e}"))?;
+            .context("cannot read the bound address")?;
         // Printed (not logged) so that scripts and tests binding port 0 learn the port.
         eprintln!("meshprobe coordinator listening on {bound} ({what})");
         let c = meshprobe_coordinator::Coordinator::new(source, settings);
@@ -396,7 +399,7 @@ fn run_coordinator(args: CoordinatorArgs) -> Result<(), String> {
                 stopping.shut_down();
             })
             .await
-            .map_err(|e| format!("server: {e}"));
+            .context("server");
         // Hand over at once rather than after the Lease expires.
         if let Some(e) = election {
             e.release().await;
@@ -416,7 +419,7 @@ async fn shutdown() {
     }
 }
 
-fn run_probe(args: ProbeArgs) -> Result<(), String> {
+fn run_probe(args: ProbeArgs) -> anyhow::Result<()> {
     let ProbeArgs {
         node,
         coordinator,
@@ -428,45 +431,41 @@ fn run_probe(args: ProbeArgs) -> Result<(), String> {
         poll_wait,
         heartbeat,
     } = args;
-    let node = NodeName::new(node).map_err(|e| format!("--node: {e}"))?;
+    let node = NodeName::new(node).map_err(|e| anyhow::anyhow!("--node: {e}"))?;
     let heartbeat = match heartbeat.as_str() {
         "off" => None,
         s => {
-            let d = crate::duration::parse(s).map_err(|e| format!("--heartbeat: {e}"))?;
+            let d = crate::duration::parse(s).map_err(|e| anyhow::anyhow!("--heartbeat: {e}"))?;
             let ms = d.as_millis();
             let range = meshprobe_core::api::HEARTBEAT_MS;
             if !(u128::from(*range.start())..=u128::from(*range.end())).contains(&ms) {
-                return Err(format!(
+                anyhow::bail!(
                     "--heartbeat {s:?} must be between {}ms and {}ms, or off",
                     range.start(),
                     range.end()
-                ));
+                );
             }
             Some(d)
         }
     };
     if !(1..=60).contains(&poll_wait.as_secs()) {
-        return Err(format!(
-            "--poll-wait {poll_wait:?} must be between 1s and 60s"
-        ));
+        anyhow::bail!("--poll-wait {poll_wait:?} must be between 1s and 60s");
     }
     if coordinator.contains("$(") {
-        return Err(format!(
+        anyhow::bail!(
             "--coordinator {coordinator:?} holds a variable the kubelet did not expand: the \
              meshprobe-coordinator Service did not exist when this pod started; the restarted \
              container will have it"
-        ));
+        );
     }
     if !(coordinator.starts_with("http://") || coordinator.starts_with("https://")) {
-        return Err(format!(
-            "--coordinator {coordinator:?} must be an http:// or https:// URL"
-        ));
+        anyhow::bail!("--coordinator {coordinator:?} must be an http:// or https:// URL");
     }
     let relay_listen = match relay_listen.as_str() {
         "off" | "" => None,
         s => Some(
             s.parse::<SocketAddr>()
-                .map_err(|_| format!("--relay-listen {s:?} is not ADDR:PORT or off"))?,
+                .map_err(|_| anyhow::anyhow!("--relay-listen {s:?} is not ADDR:PORT or off"))?,
         ),
     };
     let cfg = meshprobe_probe::AgentConfig {
@@ -483,10 +482,10 @@ fn run_probe(args: ProbeArgs) -> Result<(), String> {
         )
     };
     // One thread is plenty for an IO-bound agent and keeps its footprint small.
-    let rt = runtime(false).map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let rt = runtime(false).context("cannot start the runtime")?;
     rt.block_on(async move {
         tokio::select! {
-            r = meshprobe_probe::run(cfg) => r.map_err(|e| e.to_string()),
+            r = meshprobe_probe::run(cfg) => r.map_err(anyhow::Error::from),
             () = shutdown() => Ok(()),
         }
     })

@@ -528,7 +528,12 @@ pub async fn run_plan(
         probers.evidence(plan.overlay.clone(), budget).await
     };
 
-    let (icmp, dns, web, evidence) = tokio::join!(icmp, dns, web, evidence);
+    let ((icmp, t_icmp), (dns, t_dns), (web, t_http), (evidence, t_evidence)) = tokio::join!(
+        timed(started, icmp),
+        timed(started, dns),
+        timed(started, web),
+        timed(started, evidence)
+    );
     let mut results = icmp;
     results.extend(dns);
     results.extend(web);
@@ -576,11 +581,31 @@ pub async fn run_plan(
         let peers: Vec<(NodeName, Ipv4Addr)> =
             o.peers.iter().map(|p| (p.node.clone(), p.ip)).collect();
         report.capture = Some(c.summary(plan.round, &peers));
+        tracing::debug!(
+            round = plan.round,
+            capture_ms = started.elapsed().as_millis() as u64,
+            "capture caught up"
+        );
         if plan.capture_packets {
             report.packets = c.packets(plan.round, started_us, 4000);
         }
     }
+    tracing::debug!(
+        round = plan.round,
+        icmp_ms = t_icmp.as_millis() as u64,
+        dns_ms = t_dns.as_millis() as u64,
+        http_ms = t_http.as_millis() as u64,
+        evidence_ms = t_evidence.as_millis() as u64,
+        total_ms = started.elapsed().as_millis() as u64,
+        "plan run"
+    );
     report
+}
+
+/// `f`'s output, and when it came (since `started`): for the run's debug log.
+async fn timed<T>(started: Instant, f: impl std::future::Future<Output = T>) -> (T, Duration) {
+    let out = f.await;
+    (out, started.elapsed())
 }
 
 fn not_probed(layer: Layer, column: &str, why: &str) -> ProbeResult {
