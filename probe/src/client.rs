@@ -7,8 +7,8 @@ use std::time::Duration;
 use hyper::body::Bytes;
 use hyper::{Method, StatusCode};
 use meshprobe_core::api::{
-    self, AgentPoll, AgentsList, ApiError, Assignment, OfflineAccepted, OfflineBatch,
-    PacketsAnswer, PollResult, RoundProgress, RoundRequest, RoundStarted,
+    self, AgentPoll, ApiError, Assignment, OfflineAccepted, OfflineBatch, PacketsAnswer,
+    PollResult, RoundProgress, RoundRequest, RoundStarted,
 };
 use meshprobe_core::plan::AgentReport;
 use meshprobe_core::{AgentKind, CheckReport, NodeName};
@@ -234,11 +234,6 @@ impl CoordinatorClient {
         timeout: Duration,
     ) -> Result<PacketsAnswer, ClientError> {
         self.get(&api::packets_path(id, node, peer), timeout).await
-    }
-
-    /// Every agent the coordinator heard from.
-    pub async fn agents(&self, timeout: Duration) -> Result<AgentsList, ClientError> {
-        self.get(api::AGENTS, timeout).await
     }
 
     async fn get<T: DeserializeOwned>(

@@ -74,14 +74,6 @@ pub enum TransportError {
     TooLarge,
 }
 
-impl TransportError {
-    /// Whether the coordinator never got the request (connect or resolve failed), as
-    /// opposed to a request that may have arrived.
-    pub fn is_connect(&self) -> bool {
-        matches!(self, TransportError::Io { .. } | TransportError::Url { .. })
-    }
-}
-
 /// An answer: status, content type, body.
 #[derive(Debug)]
 pub struct Answer {

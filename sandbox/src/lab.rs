@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::{Duration, Instant};
 
+use meshprobe_core::api;
 use serde::{Deserialize, Serialize};
 
 use crate::addr::{
@@ -587,17 +588,15 @@ impl Lab {
         let addr = SocketAddr::from((p.ctl_ip(), COORDINATOR_PORT));
         let until = Instant::now() + timeout;
         loop {
-            let seen = exec::http_get(&p.ctl_ns(), addr, "/v1/agents", Duration::from_secs(1))
+            let seen = exec::http_get(&p.ctl_ns(), addr, api::AGENTS, Duration::from_secs(1))
                 .ok()
-                .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
-                .and_then(|v| {
-                    v["agents"].as_array().map(|a| {
-                        a.iter()
-                            .filter(|x| !x["podIP"].is_null() || x["kind"] == "host")
-                            .count()
-                    })
-                })
-                .unwrap_or(0);
+                .and_then(|(_, body)| serde_json::from_str::<api::AgentsList>(&body).ok())
+                .map_or(0, |list| {
+                    list.agents
+                        .iter()
+                        .filter(|a| a.pod_ip.is_some() || a.kind == meshprobe_core::AgentKind::Host)
+                        .count()
+                });
             if seen >= want {
                 return Ok(());
             }
