@@ -57,8 +57,8 @@ fn capture_on_both_ends_names_the_direction_and_the_mtu_hop() {
                         && l.contains(&format!("{x}'s eth0 saw"))
                 });
                 if code != 1
-                    || f.cause != cause
-                    || f.direction != direction
+                    || f.cause.as_str() != cause
+                    || f.direction.as_str() != direction
                     || !ev.contains(&phrase)
                     || !both_ends
                 {

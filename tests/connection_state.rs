@@ -109,7 +109,12 @@ fn a_pod_agent_on_a_node_that_does_not_forward_still_reports() {
         r.agents
     );
     let top = r.findings.first().expect("a finding");
-    assert_eq!(top.cause, "ip-forward-disabled", "{:#?}", r.findings);
+    assert_eq!(
+        top.cause,
+        meshprobe_core::Cause::IpForwardDisabled,
+        "{:#?}",
+        r.findings
+    );
     assert_eq!(top.nodes, vec![n2]);
     lab.heal(&fault).expect("heal");
     common::check_until_healthy(&lab, Duration::from_secs(30));

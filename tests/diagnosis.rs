@@ -212,7 +212,7 @@ fn two_faults_on_different_nodes_are_both_found() {
             let found = r
                 .findings
                 .iter()
-                .any(|x| x.cause == cause && x.nodes.iter().any(|n| n.as_str() == node));
+                .any(|x| x.cause.as_str() == cause && x.nodes.iter().any(|n| n.as_str() == node));
             if code != 1 || !found {
                 misses.push(format!(
                     "{a} + {b}: {f} not found as {cause} on {node} (exit {code}):\n{}",

@@ -13,6 +13,7 @@
 
 pub mod api;
 pub mod capture;
+pub mod cause;
 pub mod evidence;
 pub mod ids;
 pub mod inventory;
@@ -22,6 +23,7 @@ pub mod plan;
 pub mod promtext;
 pub mod render;
 
+pub use cause::{Cause, Direction};
 pub use ids::{AgentKind, NodeName, PodCidr};
 pub use inventory::{InventoryError, Topology};
 pub use layer::Layer;

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::cause::{Cause, Direction};
 use crate::ids::{AgentKind, NodeName};
 use crate::inventory::Topology;
 use crate::layer::Layer;
@@ -93,13 +94,13 @@ fn round3(v: f64) -> f64 {
 #[serde(rename_all = "camelCase")]
 pub struct Finding {
     /// Cause id from the contract's table.
-    pub cause: String,
+    pub cause: Cause,
     /// Node(s) at fault.
     pub nodes: Vec<NodeName>,
     /// The other end(s), for pair faults.
     pub peers: Vec<NodeName>,
-    /// inbound / outbound / both / none.
-    pub direction: String,
+    /// Which way, seen from `nodes`.
+    pub direction: Direction,
     /// The hop, in words.
     pub hop: String,
     /// One line a person reads first.
@@ -118,7 +119,7 @@ fn one() -> u32 {
 }
 
 /// What identifies a finding from one round to the next.
-pub type FindingKey = (String, Vec<NodeName>, Vec<NodeName>);
+pub type FindingKey = (Cause, Vec<NodeName>, Vec<NodeName>);
 
 impl Finding {
     /// Its identity across rounds: cause, nodes and peers.

@@ -22,10 +22,10 @@ fn shape(f: &[Finding]) -> Vec<Shape> {
     f.iter()
         .map(|f| {
             (
-                f.cause.clone(),
+                f.cause.to_string(),
                 f.nodes.iter().map(|n| n.to_string()).collect(),
                 f.peers.iter().map(|n| n.to_string()).collect(),
-                f.direction.clone(),
+                f.direction.to_string(),
             )
         })
         .collect()
@@ -215,7 +215,7 @@ fn two_faults_on_different_nodes_are_both_found() {
         let (f, _) = run(6, &[a.clone(), b.clone()]);
         let got: Vec<(String, String)> = f
             .iter()
-            .map(|f| (f.cause.clone(), f.nodes[0].to_string()))
+            .map(|f| (f.cause.to_string(), f.nodes[0].to_string()))
             .collect();
         for (cause, node) in [wa, wb] {
             assert!(

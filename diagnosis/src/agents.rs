@@ -1,0 +1,150 @@
+//! The agents themselves, and evidence without a failing probe.
+
+#![allow(unused_imports)]
+
+use std::collections::BTreeSet;
+
+use meshprobe_core::matrix::{AgentState, Cell, CellState};
+use meshprobe_core::{Layer, NodeName};
+
+use meshprobe_core::{Cause, Direction};
+
+use crate::cx::*;
+use crate::index::*;
+use crate::*;
+
+impl Cx<'_> {
+    // ---- 7. the agents themselves ---------------------------------------------------------
+
+    pub(crate) fn degraded_probers(&mut self) {
+        for x in 0..self.n() {
+            if self.broken.contains_key(&x) || !self.row_sick(x) {
+                continue;
+            }
+            let dead: Vec<(usize, usize)> = self
+                .ix
+                .row(Layer::Underlay, x)
+                .iter()
+                .filter(|&&d| self.dead(Layer::Underlay, x, d))
+                .map(|&d| (x, d))
+                .collect();
+            let xn = self.nm(x);
+            let mut evidence = self.cite(Layer::Underlay, &dead);
+            evidence.push(format!(
+                "the other nodes reach {xn}: the fault is in {xn}'s prober, not in its peers"
+            ));
+            self.push(
+                9,
+                dead.len(),
+                Cause::AgentDegraded,
+                vec![x],
+                vec![],
+                Direction::None,
+                format!("meshprobe host agent on {xn}"),
+                format!("{xn}'s agent sees its peers fail while they reach {xn}: its prober is unhealthy"),
+                evidence,
+                format!("read the host agent's log on {xn}; check its CPU limit and CAP_NET_RAW"),
+            );
+        }
+    }
+
+    pub(crate) fn agents(&mut self) {
+        for x in 0..self.n() {
+            let Some((h, p)) = self.agent_state(x) else {
+                continue;
+            };
+            // A node that is not ready (cordoned, going away) may well have no agents.
+            let unready = self
+                .t
+                .node(&name(self.ix.names[x]))
+                .is_some_and(|n| !n.state.is_ready());
+            if unready || self.broken.get(&x) == Some(&Cause::NodeUnreachable) {
+                continue;
+            }
+            let missing: Vec<(&str, AgentState)> = [("host", h), ("pod", p)]
+                .into_iter()
+                .filter(|(_, s)| *s != AgentState::Reported)
+                .collect();
+            if missing.is_empty() {
+                continue;
+            }
+            let xn = self.nm(x);
+            let kinds: Vec<&str> = missing.iter().map(|m| m.0).collect();
+            let mut evidence: Vec<String> = missing
+                .iter()
+                .map(|(k, s)| format!("{xn}'s {k} agent: {}", format!("{s:?}").to_lowercase()))
+                .collect();
+            evidence.push(format!(
+                "any verdict about {xn} comes from the other nodes' view of it"
+            ));
+            self.push(
+                10,
+                1,
+                Cause::AgentMissing,
+                vec![x],
+                vec![],
+                Direction::None,
+                format!("meshprobe {} agent on {xn}", kinds.join(" and ")),
+                if kinds.len() == 2 {
+                    format!("{xn}'s host and pod agents do not report")
+                } else {
+                    format!("{xn}'s {} agent does not report", kinds[0])
+                },
+                evidence,
+                format!("`kubectl -n meshprobe get pods -o wide --field-selector spec.nodeName={xn}` and the agents' logs"),
+            );
+        }
+    }
+
+    // ---- 8. evidence without a failing probe ----------------------------------------------
+
+    pub(crate) fn evidence_warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        let named: BTreeSet<&str> = self
+            .found
+            .iter()
+            .flat_map(|f| f.finding.nodes.iter().chain(&f.finding.peers))
+            .map(|n| n.as_str())
+            .collect();
+        for (node, ev) in &self.r.evidence {
+            let x = node.as_str();
+            for u in &ev.unavailable {
+                w.push(format!("{x}: evidence unavailable: {u}"));
+            }
+            for o in &ev.cidr_overlaps {
+                w.push(format!("{x}: {o}"));
+            }
+            for a in &ev.security_agents {
+                w.push(format!(
+                    "{x}: host security agent {a} is running (known to hook the network stack)"
+                ));
+            }
+            if named.contains(x) {
+                continue;
+            }
+            if ev.ip_forward == Some(false) {
+                w.push(format!(
+                    "{x}: net.ipv4.ip_forward = 0, though no probe fails yet"
+                ));
+            }
+            for r in ev.forward.iter().flat_map(|f| &f.blocking_rules) {
+                w.push(format!(
+                    "{x}: iptables {} precedes the CNI's accept rules, though no probe fails yet",
+                    r.rule
+                ));
+            }
+            for r in &ev.overlay_port_rules {
+                w.push(format!(
+                    "{x}: iptables {} drops the overlay port, though no probe fails yet",
+                    r.rule
+                ));
+            }
+            if let Some(i) = self.pos(node) {
+                for l in self.overlay_lines(i) {
+                    w.push(format!("{l}, though no probe fails yet"));
+                }
+            }
+        }
+        w
+    }
+}

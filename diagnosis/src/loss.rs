@@ -1,0 +1,94 @@
+//! Loss: a node whose traffic loses a share of its packets.
+
+#![allow(unused_imports)]
+
+use std::collections::BTreeSet;
+
+use meshprobe_core::matrix::{AgentState, Cell, CellState};
+use meshprobe_core::{Layer, NodeName};
+
+use meshprobe_core::{Cause, Direction};
+
+use crate::cx::*;
+use crate::index::*;
+use crate::*;
+
+impl Cx<'_> {
+    // ---- 5. loss --------------------------------------------------------------------------
+
+    pub(crate) fn loss(&mut self) {
+        let dead = self.s.dead_loss_pct;
+        // Per node: (lost, sent) into it and from it, who saw loss into it; the cluster's total.
+        let n = self.n();
+        let mut into = vec![(0u64, 0u64); n];
+        let mut from = vec![(0u64, 0u64); n];
+        let mut who: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); n];
+        let mut total = (0u64, 0u64);
+        for (s, d, c) in Layer::ICMP.iter().flat_map(|l| self.ix.all(*l)) {
+            if s == d || c.loss_pct.unwrap_or(0.0) >= dead {
+                continue;
+            }
+            let (l, t) = (u64::from(lost_of(c)), u64::from(c.sent));
+            into[d].0 += l;
+            into[d].1 += t;
+            from[s].0 += l;
+            from[s].1 += t;
+            total.0 += l;
+            total.1 += t;
+            if l > 0 {
+                who[d].insert(s);
+            }
+        }
+        for x in 0..n {
+            let (lost, sent) = into[x];
+            if self.broken.contains_key(&x) || sent == 0 {
+                continue;
+            }
+            let pct = lost as f64 * 100.0 / sent as f64;
+            let looked = self.ix.col(Layer::Underlay, x).len();
+            if pct < self.s.loss_finding_pct || !self.quorum(who[x].len(), looked) {
+                continue;
+            }
+            // The rest of the cluster must be clean, or this is not x's doing.
+            let rest_lost = total.0 - into[x].0 - from[x].0;
+            let rest_sent = total.1 - into[x].1 - from[x].1;
+            let base = if rest_sent == 0 {
+                0.0
+            } else {
+                rest_lost as f64 * 100.0 / rest_sent as f64
+            };
+            if base * 3.0 > pct {
+                continue;
+            }
+            let xn = self.nm(x);
+            let mut worst: Vec<(usize, usize)> = self
+                .ix
+                .col(Layer::Underlay, x)
+                .iter()
+                .map(|&s| (s, x))
+                .collect();
+            worst.sort_by_key(|&(s, d)| {
+                std::cmp::Reverse(self.cell(Layer::Underlay, s, d).map_or(0, lost_of))
+            });
+            let mut evidence = vec![format!(
+                "{pct:.0}% of {sent} probes into {xn} lost, seen by {} nodes; {base:.1}% between the other nodes",
+                who[x].len()
+            )];
+            evidence.extend(self.cite(Layer::Underlay, &worst));
+            let dev = self.underlay_dev(x);
+            self.broken.insert(x, Cause::PacketLoss);
+            self.push(
+                4,
+                lost as usize,
+                Cause::PacketLoss,
+                vec![x],
+                vec![],
+                Direction::Both,
+                format!("underlay: * <-> {xn} {dev}"),
+                format!("{xn} loses {pct:.0}% of the packets through it; the rest of the cluster does not"),
+                evidence,
+                format!("on {xn}: `ip -s link show {dev}` (errors, drops), `ethtool -S {dev}`; from a peer: `mtr -n -c 100 {}`", self.node_ip(x)),
+            );
+        }
+    }
+}

@@ -1,0 +1,366 @@
+//! The tunnel: nodes and pairs whose encapsulated traffic is lost.
+
+#![allow(unused_imports)]
+
+use std::collections::BTreeSet;
+
+use meshprobe_core::matrix::{AgentState, Cell, CellState};
+use meshprobe_core::{Layer, NodeName};
+
+use meshprobe_core::{Cause, Direction};
+
+use crate::cx::*;
+use crate::index::*;
+use crate::*;
+
+impl Cx<'_> {
+    // ---- 2. the tunnel --------------------------------------------------------------------
+
+    /// The tunnel s -> d fails while the underlay between them works.
+    pub(crate) fn tunnel_cut(&self, s: usize, d: usize) -> bool {
+        s != d
+            && self.dead(Layer::GatewayFromHost, s, d)
+            && !self.failing(Layer::Underlay, s, d)
+            && !self.is_explained(Part::Network, s, d)
+    }
+
+    pub(crate) fn tunnel_nodes(&mut self) {
+        let port = self.t.cluster.overlay.port;
+        let iface = self.t.cluster.overlay.interface.clone();
+        for x in 0..self.n() {
+            if self.broken.contains_key(&x) {
+                continue;
+            }
+            let looked: Vec<usize> = self
+                .ix
+                .col(Layer::GatewayFromHost, x)
+                .iter()
+                .copied()
+                .filter(|&s| s != x && !self.failing(Layer::Underlay, s, x))
+                .collect();
+            let cut_in: Vec<(usize, usize)> = looked
+                .iter()
+                .filter(|&&s| self.tunnel_cut(s, x))
+                .map(|&s| (s, x))
+                .collect();
+            if !self.quorum(cut_in.len(), looked.len()) {
+                continue;
+            }
+            let cut_out: Vec<(usize, usize)> = self
+                .ix
+                .row(Layer::GatewayFromHost, x)
+                .iter()
+                .filter(|&&d| self.tunnel_cut(x, d))
+                .map(|&d| (x, d))
+                .collect();
+            let xn = self.nm(x);
+            let dev = self.underlay_dev(x);
+            let mut evidence = self.cite(Layer::GatewayFromHost, &cut_in);
+            evidence.extend(self.cite(Layer::GatewayFromHost, &cut_out));
+            let underlay_ok = self
+                .ix
+                .col(Layer::Underlay, x)
+                .iter()
+                .filter(|&&s| self.ok(Layer::Underlay, s, x))
+                .count();
+            evidence.push(format!(
+                "the underlay to {xn} works: {underlay_ok} nodes reach {} by ICMP",
+                self.node_ip(x)
+            ));
+            let observers: Vec<usize> = cut_in.iter().map(|p| p.0).collect();
+            let captured = self.capture_direction(x, &observers);
+            for &s in observers.iter().take(2) {
+                evidence.extend(self.chain_line(s, x));
+                evidence.extend(self.chain_line(x, s));
+            }
+            if let Some((_, why)) = &captured {
+                evidence.push(why.clone());
+            }
+            let ev = self.evidence(x);
+            let port_rules = ev.map(|e| e.overlay_port_rules.clone()).unwrap_or_default();
+            let missing = ev
+                .and_then(|e| e.overlay.as_ref())
+                .map(|o| o.peers_missing())
+                .unwrap_or_default();
+            let device = ev
+                .and_then(|e| e.overlay.as_ref())
+                .map(|o| o.device.clone());
+            let (cause, direction, summary, fix);
+            if !port_rules.is_empty() {
+                let inbound = port_rules
+                    .iter()
+                    .any(|r| matches!(r.chain.as_str(), "INPUT" | "PREROUTING"));
+                let outbound = port_rules
+                    .iter()
+                    .any(|r| matches!(r.chain.as_str(), "OUTPUT" | "POSTROUTING"));
+                // What the wire shows wins over what the rules suggest.
+                direction = match (&captured, inbound, outbound) {
+                    (Some((d, _)), _, _) => d.clone(),
+                    (None, true, true) => Direction::Both,
+                    (None, false, true) => Direction::Outbound,
+                    _ => Direction::Inbound,
+                };
+                for r in &port_rules {
+                    evidence.push(format!("{xn}: iptables -t {} {}", r.table, r.rule));
+                }
+                cause = Cause::VxlanBlocked;
+                summary = format!(
+                    "VXLAN (UDP {port}) is dropped {direction} on {xn}: pods on {xn} are cut off from other nodes"
+                );
+                fix = format!(
+                    "on {xn}: remove the rule (`iptables-save | grep {port}`), then `tcpdump -ni {dev} udp port {port}` on {xn} and a peer"
+                );
+            } else if matches!(device, Some(None)) || matches!(device, Some(Some(ref d)) if !d.up) {
+                direction = Direction::Both;
+                cause = Cause::OverlayPeerMissing;
+                evidence.push(match device {
+                    Some(Some(d)) => format!("{xn}: {} is down", d.name),
+                    _ => format!("{xn}: {iface} does not exist"),
+                });
+                summary = format!("{xn}'s overlay device {iface} is missing or down");
+                fix = format!(
+                    "restart flannel on {xn} (`kubectl -n kube-flannel delete pod -l app=flannel --field-selector spec.nodeName={xn}`)"
+                );
+            } else if !missing.is_empty() && missing.len() * 2 >= cut_in.len().max(1) {
+                direction = Direction::Outbound;
+                cause = Cause::OverlayPeerMissing;
+                evidence.extend(self.overlay_lines(x));
+                summary = format!(
+                    "{xn}'s overlay state lacks its peers: it cannot encapsulate toward them"
+                );
+                fix = format!(
+                    "on {xn}: `ip route | grep {iface}; ip neigh show dev {iface}; bridge fdb show dev {iface}`; restart flannel on {xn}"
+                );
+            } else {
+                direction = captured
+                    .as_ref()
+                    .map_or(Direction::Unknown, |c| c.0.clone());
+                cause = Cause::VxlanBlocked;
+                if let Some(ev) = ev {
+                    evidence.push(format!("{xn}: no iptables rule drops UDP {port} and its overlay entries are complete: the drop is outside the node's firewall (security group, switch ACL) or in a host security agent"));
+                    for a in &ev.security_agents {
+                        evidence.push(format!("{xn}: security agent {a} is running"));
+                    }
+                } else {
+                    evidence.push(format!("{xn}'s host agent did not report: this verdict rests on the other nodes' view"));
+                }
+                summary = format!(
+                    "VXLAN (UDP {port}) to and from {xn} is lost while its node IP answers"
+                );
+                fix = format!(
+                    "allow UDP {port} between the nodes (security group, firewalld, switch ACL); `tcpdump -ni {dev} udp port {port}` on {xn} and a peer shows which way it vanishes"
+                );
+            }
+            self.broken.insert(x, cause.clone());
+            self.explain_node(&[Part::Network, Part::Pods, Part::Big], x);
+            let hop = format!("overlay: * <-> {xn} {dev}, UDP {port} ({iface})");
+            self.push(
+                1,
+                (cut_in.len() + cut_out.len()) * 10,
+                cause,
+                vec![x],
+                vec![],
+                direction,
+                hop,
+                summary,
+                evidence,
+                fix,
+            );
+        }
+    }
+
+    /// The capture's view of probes from `s` to `d`, from both ends: (left s's NIC, arrived
+    /// at d's NIC, replies left d's NIC, replies arrived at s's NIC). `None` without a
+    /// capture on both ends.
+    pub(crate) fn chain(&self, s: usize, d: usize) -> Option<[meshprobe_core::capture::Sizes; 4]> {
+        let (sn, dn) = (self.ix.names[s], self.ix.names[d]);
+        let at_s = self.r.capture.get(&name(sn))?.peer(dn)?;
+        let at_d = self.r.capture.get(&name(dn))?.peer(sn)?;
+        Some([
+            at_s.requests_out,
+            at_d.requests_in,
+            at_d.replies_out,
+            at_s.replies_in,
+        ])
+    }
+
+    /// Capture evidence for probes s -> d, in words, from both ends.
+    pub(crate) fn chain_line(&self, s: usize, d: usize) -> Option<String> {
+        let c = self.chain(s, d)?;
+        let (sn, dn) = (self.nm(s), self.nm(d));
+        let (si, di) = (self.capture_iface(s), self.capture_iface(d));
+        Some(format!(
+            "capture: {} probes left {sn}'s {si} toward {dn}; {dn}'s {di} saw {} arrive and {} replies leave; {sn} saw {} replies come back",
+            c[0].total(),
+            c[1].total(),
+            c[2].total(),
+            c[3].total()
+        ))
+    }
+
+    pub(crate) fn capture_iface(&self, x: usize) -> String {
+        self.r
+            .capture
+            .get(&name(self.ix.names[x]))
+            .map(|c| c.interface.clone())
+            .unwrap_or_else(|| "NIC".into())
+    }
+
+    /// Where the capture says encapsulated traffic to and from `x` dies, given peers `obs`
+    /// whose tunnel to `x` is cut: `Some((direction, explanation))`.
+    pub(crate) fn capture_direction(&self, x: usize, obs: &[usize]) -> Option<(Direction, String)> {
+        let xn = self.nm(x);
+        let (mut leave_x, mut at_x_nic, mut looked) = (0, 0, false);
+        for &s in obs {
+            let (Some(into), Some(from)) = (self.chain(s, x), self.chain(x, s)) else {
+                continue;
+            };
+            looked = true;
+            leave_x += from[0].total() + into[2].total();
+            at_x_nic += into[1].total() + from[3].total();
+        }
+        if !looked {
+            return None;
+        }
+        let iface = self.capture_iface(x);
+        Some(if leave_x == 0 {
+            (
+                Direction::Outbound,
+                format!(
+                    "capture: nothing encapsulated leaves {xn}'s {iface} toward those peers, though its agents probe them: the drop is inside {xn}, before its NIC"
+                ),
+            )
+        } else if at_x_nic > 0 {
+            (
+                Direction::Inbound,
+                format!(
+                    "capture: {at_x_nic} encapsulated probes and replies reach {xn}'s {iface} and are never answered or delivered: they die inside {xn}, after its NIC"
+                ),
+            )
+        } else {
+            (
+                Direction::Inbound,
+                format!(
+                    "capture: {xn}'s own probes leave its {iface}, but nothing from its peers arrives there: the drop is on the path into {xn} (security group, switch ACL)"
+                ),
+            )
+        })
+    }
+
+    /// Whether `me`'s evidence shows overlay entries missing for `peer`.
+    pub(crate) fn lacks(&self, me: usize, peer: usize) -> bool {
+        let peer = self.ix.names[peer];
+        self.evidence(me)
+            .and_then(|e| e.overlay.as_ref())
+            .is_some_and(|o| o.peers_missing().iter().any(|n| n.as_str() == peer))
+    }
+
+    pub(crate) fn overlay_lines(&self, x: usize) -> Vec<String> {
+        let Some(o) = self.evidence(x).and_then(|e| e.overlay.as_ref()) else {
+            return vec![];
+        };
+        let xn = self.nm(x);
+        let iface = &self.t.cluster.overlay.interface;
+        let list = |v: &[NodeName]| {
+            v.iter()
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let mut v = Vec::new();
+        if !o.missing_routes.is_empty() {
+            v.push(format!(
+                "{xn}: no route to the pod CIDR of {} via {iface}",
+                list(&o.missing_routes)
+            ));
+        }
+        if !o.missing_neighbours.is_empty() {
+            v.push(format!(
+                "{xn}: no permanent neighbour entry on {iface} for the VTEP of {}",
+                list(&o.missing_neighbours)
+            ));
+        }
+        if !o.missing_fdb.is_empty() {
+            v.push(format!(
+                "{xn}: no fdb entry on {iface} sending to {}",
+                list(&o.missing_fdb)
+            ));
+        }
+        if !o.wrong_vtep_mac.is_empty() {
+            v.push(format!(
+                "{xn}: the neighbour or fdb entry on {iface} for {} points at a MAC other than the VTEP MAC the node advertises (stale after its VXLAN device was recreated)",
+                list(&o.wrong_vtep_mac)
+            ));
+        }
+        v
+    }
+
+    pub(crate) fn tunnel_pairs(&mut self) {
+        let mut cuts: Vec<(usize, usize)> = self
+            .ix
+            .all(Layer::GatewayFromHost)
+            .filter(|(s, d, _)| self.tunnel_cut(*s, *d))
+            .map(|(s, d, _)| (s.min(d), s.max(d)))
+            .collect();
+        cuts.sort_unstable();
+        cuts.dedup();
+        let iface = self.t.cluster.overlay.interface.clone();
+        let port = self.t.cluster.overlay.port;
+        for (a, b) in cuts {
+            if self.is_explained(Part::Network, a, b) {
+                continue;
+            }
+            let mut cited = self.cite(Layer::GatewayFromHost, &[(a, b), (b, a)]);
+            cited.extend(self.cite(Layer::PodToPod, &[(a, b), (b, a)]));
+            cited.extend(self.chain_line(a, b));
+            cited.extend(self.chain_line(b, a));
+            let (lacks_ab, lacks_ba) = (self.lacks(a, b), self.lacks(b, a));
+            for (me, peer, lacking) in [(a, b, lacks_ab), (b, a, lacks_ba)] {
+                if !lacking {
+                    continue;
+                }
+                let (mn, pn) = (self.nm(me), self.nm(peer));
+                let mut evidence = cited.clone();
+                evidence.extend(
+                    self.overlay_lines(me)
+                        .into_iter()
+                        .filter(|l| l.contains(pn.as_str())),
+                );
+                evidence.push(format!(
+                    "{mn} and {pn} both reach the other nodes through the tunnel"
+                ));
+                let peer_ip = self.node_ip(peer);
+                self.push(
+                    5,
+                    4,
+                    Cause::OverlayPeerMissing,
+                    vec![me],
+                    vec![peer],
+                    Direction::Outbound,
+                    format!("overlay: {mn} {iface} -> {pn}"),
+                    format!("{mn}'s overlay state lacks peer {pn}: traffic between them cannot be encapsulated"),
+                    evidence,
+                    format!("on {mn}: `ip route | grep {iface}; ip neigh show dev {iface}; bridge fdb show dev {iface} | grep {peer_ip}`; restart flannel on {mn}"),
+                );
+            }
+            if !lacks_ab && !lacks_ba {
+                let (an, bn) = (self.nm(a), self.nm(b));
+                let mut evidence = cited;
+                evidence.push(format!("{an} and {bn} reach the other nodes; no evidence shows either lacking the other's overlay entries"));
+                self.push(
+                    5,
+                    4,
+                    Cause::VxlanBlocked,
+                    vec![a],
+                    vec![b],
+                    Direction::Unknown,
+                    format!("overlay: {an} <-> {bn}, UDP {port}"),
+                    format!("VXLAN between {an} and {bn} is lost while both reach the other nodes"),
+                    evidence,
+                    format!("check ACLs between {an} and {bn} for UDP {port}; `tcpdump -ni <underlay> udp port {port}` on both"),
+                );
+            }
+            self.explain_pair(&[Part::Network, Part::Pods, Part::Big], a, b);
+        }
+    }
+}
