@@ -125,6 +125,90 @@ pub struct ForwardEvidence {
     pub foreign_chains: Vec<String>,
 }
 
+/// The most entries of each kind an [`OverlayConfig`] carries (routes, neighbours, fdb,
+/// addresses): enough for the plan's peers at any cluster size (32 sampled above 100 nodes).
+pub const MAX_CONFIG_ENTRIES: usize = 256;
+
+/// The node's own overlay identity and configuration, as read on the node. The coordinator
+/// compares these across nodes: the nodes themselves are the reference, so no inventory
+/// field is needed to see that one node's MTU, VXLAN port or VTEP MAC is unlike the rest.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct OverlayConfig {
+    /// The overlay device's MAC (its VTEP MAC).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vtep_mac: Option<String>,
+    /// The VXLAN device's destination UDP port.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vxlan_port: Option<u16>,
+    /// The VXLAN device's VNI.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vni: Option<u32>,
+    /// MTU of the interface holding the node IP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub underlay_mtu: Option<u32>,
+    /// MTU of the overlay device.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub overlay_mtu: Option<u32>,
+    /// MTU of the pods' bridge (`cni0`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bridge_mtu: Option<u32>,
+    /// The distinct MTUs of the pods' veths (their host ends on the bridge), ascending.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pod_mtus: Vec<u32>,
+    /// Addresses on the bridge, `ip/len`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub bridge_addrs: Vec<String>,
+    /// Addresses on the overlay device, `ip/len`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub overlay_addrs: Vec<String>,
+    /// Routes into the cluster's pod networks.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<RouteEntry>,
+    /// Neighbour entries on the overlay device.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub neighbours: Vec<NeighbourEntry>,
+    /// Forwarding-database entries on the overlay device.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub fdb: Vec<FdbEntry>,
+}
+
+/// A route, as `ip route` shows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct RouteEntry {
+    /// Destination (`10.42.2.0/24`).
+    pub dst: String,
+    /// Next hop.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<Ipv4Addr>,
+    /// Device.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dev: Option<String>,
+}
+
+/// A neighbour entry: an address and the MAC it resolves to.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct NeighbourEntry {
+    /// The address (a peer's VTEP address).
+    pub ip: Option<Ipv4Addr>,
+    /// The MAC, lower case.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+}
+
+/// A forwarding-database entry: a MAC and the node IP its frames are sent to.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct FdbEntry {
+    /// The MAC, lower case.
+    pub mac: String,
+    /// Where frames for it are sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dst: Option<Ipv4Addr>,
+}
+
 /// Everything a host agent read on its node this round.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -145,4 +229,7 @@ pub struct NodeEvidence {
     pub security_agents: Vec<String>,
     /// What could not be read, and why (a missing tool, no permission).
     pub unavailable: Vec<String>,
+    /// The node's own overlay identity and configuration, compared across nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<OverlayConfig>,
 }

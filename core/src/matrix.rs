@@ -112,6 +112,28 @@ pub struct Finding {
     /// Extension: consecutive rounds this finding has been made, this one included.
     #[serde(default = "one")]
     pub rounds: u32,
+    /// Extension: the failing cells this finding explains, at most
+    /// [`MAX_FINDING_CELLS`] of them (`cellCount` has them all).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cells: Vec<CellRef>,
+    /// Extension: how many failing cells this finding explains.
+    #[serde(default)]
+    pub cell_count: u32,
+}
+
+/// The most cells a finding lists in `cells` (a node's finding at 5,000 nodes explains a
+/// few hundred; `cellCount` always has the total).
+pub const MAX_FINDING_CELLS: usize = 256;
+
+/// One cell of a layer's matrix, by name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct CellRef {
+    /// The layer.
+    pub layer: Layer,
+    /// The row: the source node.
+    pub from: NodeName,
+    /// The column: a node or a target.
+    pub to: String,
 }
 
 fn one() -> u32 {

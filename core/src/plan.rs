@@ -457,24 +457,8 @@ fn park_unready(plan: &mut Plan, topology: &Topology, node: &NodeName) {
             .map(|n| n.state)
     };
     let own = state_of(node.as_str()).unwrap_or_default();
-    // The node a column's target lives on.
-    let node_of = |layer: Layer, column: &str| -> Option<String> {
-        match layer {
-            Layer::DnsPod | Layer::CorednsMetrics => topology
-                .core_dns
-                .iter()
-                .find(|p| p.name == column)
-                .map(|p| p.node.to_string()),
-            Layer::Ingress | Layer::IngressFromPod => topology
-                .ingresses
-                .iter()
-                .find(|g| column.starts_with(&g.host))
-                .and_then(|g| topology.nodes.iter().find(|n| n.internal_ip == g.address))
-                .map(|n| n.name.to_string()),
-            Layer::DnsService => None,
-            _ => Some(column.split('/').next().unwrap_or(column).to_owned()),
-        }
-    };
+    let node_of =
+        |layer: Layer, column: &str| target_node(topology, layer, column).map(|n| n.to_string());
     let reason = |layer: Layer, column: &str| -> Option<String> {
         if !own.is_ready() {
             return Some(format!("{node} is {}: not probed", own.as_str()));
@@ -501,6 +485,57 @@ fn park_unready(plan: &mut Plan, topology: &Topology, node: &NodeName) {
     plan.unresolved.extend(parked);
 }
 
+/// The node a column's target lives on: the node itself for node columns and NodePorts,
+/// a CoreDNS pod's node, an ingress address's node; `None` for the load-balanced kube-dns
+/// service (and for names the topology does not know).
+pub fn target_node<'t>(topology: &'t Topology, layer: Layer, column: &str) -> Option<&'t NodeName> {
+    match layer {
+        Layer::DnsPod | Layer::CorednsMetrics => topology
+            .core_dns
+            .iter()
+            .find(|p| p.name == column)
+            .map(|p| &p.node),
+        Layer::Ingress | Layer::IngressFromPod => topology
+            .ingresses
+            .iter()
+            .find(|g| ingress_column(g) == column)
+            .and_then(|g| topology.nodes.iter().find(|n| n.internal_ip == g.address))
+            .map(|n| &n.name),
+        Layer::DnsService => None,
+        Layer::Nodeport | Layer::NodeportFromPod => {
+            let node = column.split_once('/').map_or(column, |(n, _)| n);
+            topology
+                .nodes
+                .iter()
+                .find(|n| n.name.as_str() == node)
+                .map(|n| &n.name)
+        }
+        _ => topology
+            .nodes
+            .iter()
+            .find(|n| n.name.as_str() == column)
+            .map(|n| &n.name),
+    }
+}
+
+/// A NodePort cell's column: the node, and the service when there are several.
+pub fn nodeport_column(node: &NodeName, service: &str, services: usize) -> String {
+    if services == 1 {
+        node.to_string()
+    } else {
+        format!("{node}/{service}")
+    }
+}
+
+/// An ingress cell's column: its host, and its path unless it is `/`.
+pub fn ingress_column(ing: &crate::inventory::IngressPath) -> String {
+    format!(
+        "{}{}",
+        ing.host,
+        if ing.path == "/" { "" } else { &ing.path }
+    )
+}
+
 /// NodePort targets on this node and the sampled peers, and every ingress.
 fn web_targets(
     plan: &mut Plan,
@@ -515,11 +550,7 @@ fn web_targets(
             plan.http.push(HttpTarget {
                 layer: nodeport,
                 // One column per node; with several NodePorts, per service too.
-                column: if topology.node_ports.len() == 1 {
-                    peer.name.to_string()
-                } else {
-                    format!("{}/{}", peer.name, svc.name)
-                },
+                column: nodeport_column(&peer.name, &svc.name, topology.node_ports.len()),
                 url: format!("http://{}:{}{}", peer.internal_ip, svc.port, svc.path),
                 host: None,
                 check: HttpCheck::Success,
@@ -530,11 +561,7 @@ fn web_targets(
     for ing in &topology.ingresses {
         plan.http.push(HttpTarget {
             layer: ingress,
-            column: format!(
-                "{}{}",
-                ing.host,
-                if ing.path == "/" { "" } else { &ing.path }
-            ),
+            column: ingress_column(ing),
             url: format!("http://{}:{}{}", ing.address, ing.port, ing.path),
             host: Some(ing.host.clone()),
             check: HttpCheck::Success,

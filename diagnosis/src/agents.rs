@@ -33,6 +33,12 @@ impl Cx<'_> {
             evidence.push(format!(
                 "the other nodes reach {xn}: the fault is in {xn}'s prober, not in its peers"
             ));
+            let xs = x;
+            self.claim_where(|cx, k| {
+                k.src == xs
+                    && k.layer.vantage() == meshprobe_core::AgentKind::Host
+                    && cx.ix.dst_node(k).is_some()
+            });
             self.push(
                 9,
                 dead.len(),
@@ -106,6 +112,7 @@ impl Cx<'_> {
             .flat_map(|f| f.finding.nodes.iter().chain(&f.finding.peers))
             .map(|n| n.as_str())
             .collect();
+        w.extend(self.config_warnings(&named));
         for (node, ev) in &self.r.evidence {
             let x = node.as_str();
             for u in &ev.unavailable {

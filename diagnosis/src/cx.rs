@@ -5,11 +5,14 @@
 use std::collections::BTreeSet;
 
 use meshprobe_core::evidence::NodeEvidence;
-use meshprobe_core::matrix::{AgentState, Cell, CellState, CheckReport, Finding};
+use meshprobe_core::matrix::{
+    AgentState, Cell, CellRef, CellState, CheckReport, Finding, MAX_FINDING_CELLS,
+};
 use meshprobe_core::{Layer, NodeName, Topology};
 
 use meshprobe_core::{Cause, Direction};
 
+use crate::consistency::Consistency;
 use crate::index::*;
 use crate::*;
 
@@ -27,7 +30,53 @@ pub(crate) struct Cx<'a> {
     /// CoreDNS pods found down (their metrics failures need no finding of their own).
     pub(crate) dns_down: BTreeSet<String>,
     pub(crate) found: Vec<Ranked>,
+    /// Failing cells some finding explains.
+    pub(crate) claimed: FxSet<CellKey>,
+    /// Cells claimed since the last finding was made: the next finding's.
+    pub(crate) pending: Vec<CellKey>,
+    /// Nodes whose ICMP is lost while TCP or UDP to their node IP gets through.
+    pub(crate) icmp_only: FxSet<usize>,
+    /// The nodes' own configuration, compared across nodes.
+    pub(crate) cfg: Consistency,
 }
+
+/// Every layer.
+pub(crate) const ALL: &[Layer] = &Layer::ALL;
+
+/// Layers whose packets cross the overlay between nodes.
+pub(crate) const OVERLAY: &[Layer] = &[
+    Layer::GatewayFromHost,
+    Layer::GatewayFromPod,
+    Layer::PodToPod,
+    Layer::PodToPodFullSize,
+    Layer::DnsPod,
+    Layer::CorednsMetrics,
+];
+
+/// Layers whose packets a node forwards for its pods (or, for NodePorts and ingresses, to
+/// a backend pod).
+pub(crate) const POD_TRAFFIC: &[Layer] = &[
+    Layer::GatewayFromPod,
+    Layer::PodToPod,
+    Layer::PodToPodFullSize,
+    Layer::DnsService,
+    Layer::DnsPod,
+    Layer::CorednsMetrics,
+    Layer::Nodeport,
+    Layer::Ingress,
+    Layer::NodeportFromPod,
+    Layer::IngressFromPod,
+];
+
+/// Layers whose target is load-balanced over pods on any node: a node whose pods are cut
+/// off may be the backend a probe landed on.
+pub(crate) const BALANCED: &[Layer] = &[
+    Layer::DnsService,
+    Layer::Nodeport,
+    Layer::Ingress,
+    Layer::NodeportFromPod,
+    Layer::IngressFromPod,
+];
 
 pub(crate) fn name(s: &str) -> NodeName {
     // Names come from the report, which took them from a validated topology.
@@ -53,13 +102,121 @@ impl<'a> Cx<'a> {
             t,
             r,
             s,
-            ix: Index::new(r),
+            ix: Index::new(t, r),
             explained: FxSet::default(),
             explained_nodes: FxSet::default(),
             broken: FxMap::default(),
             dns_down: BTreeSet::new(),
             found: Vec::new(),
+            claimed: FxSet::default(),
+            pending: Vec::new(),
+            icmp_only: FxSet::default(),
+            cfg: Consistency::default(),
         }
+    }
+
+    /// Claims the failing cells `f` accepts; returns how many were new.
+    pub(crate) fn claim_where(&mut self, f: impl Fn(&Self, CellKey) -> bool) -> usize {
+        let keys: Vec<CellKey> = self
+            .ix
+            .failing
+            .iter()
+            .copied()
+            .filter(|k| !self.claimed.contains(k) && f(self, *k))
+            .collect();
+        let n = keys.len();
+        self.claimed.extend(keys.iter().copied());
+        self.pending.extend(keys);
+        n
+    }
+
+    /// Adds cells claimed for a finding already made (the first naming `x` with `cause`).
+    pub(crate) fn attach_pending(&mut self, x: usize, cause: &Cause) {
+        let cells = std::mem::take(&mut self.pending);
+        let xn = self.ix.names[x];
+        let refs = self.refs(&cells);
+        if let Some(r) = self
+            .found
+            .iter_mut()
+            .find(|r| r.finding.cause == *cause && r.finding.nodes.iter().any(|n| n.as_str() == xn))
+        {
+            r.finding.cell_count += cells.len() as u32;
+            let room = MAX_FINDING_CELLS.saturating_sub(r.finding.cells.len());
+            r.finding.cells.extend(refs.into_iter().take(room));
+        }
+    }
+
+    fn refs(&self, cells: &[CellKey]) -> Vec<CellRef> {
+        cells
+            .iter()
+            .take(MAX_FINDING_CELLS)
+            .map(|&k| CellRef {
+                layer: k.layer,
+                from: name(self.ix.names[k.src]),
+                to: self.ix.col_name(k).to_owned(),
+            })
+            .collect()
+    }
+
+    /// Claims the failing cells of `layers` that leave `x` or are aimed at it.
+    pub(crate) fn claim_node(&mut self, x: usize, layers: &[Layer]) -> usize {
+        self.claim_where(|cx, k| {
+            layers.contains(&k.layer) && (k.src == x || cx.ix.dst_node(k) == Some(x))
+        })
+    }
+
+    /// Claims the failing cells of `layers` between `a` and `b`, both ways.
+    pub(crate) fn claim_pair(&mut self, a: usize, b: usize, layers: &[Layer]) -> usize {
+        self.claim_where(|cx, k| {
+            let d = cx.ix.dst_node(k);
+            layers.contains(&k.layer)
+                && ((k.src == a && d == Some(b)) || (k.src == b && d == Some(a)))
+        })
+    }
+
+    /// Claims the failing cells of load-balanced targets: a node whose pods are cut off
+    /// may be the backend that any probe landed on.
+    pub(crate) fn claim_balanced(&mut self) -> usize {
+        self.claim_where(|_, k| BALANCED.contains(&k.layer))
+    }
+
+    /// Claims the failing cells of one target column.
+    pub(crate) fn claim_target(&mut self, id: usize) -> usize {
+        self.claim_where(|_, k| k.col == Col::Target(id))
+    }
+
+    /// The node network from `s` to `d` works, as far as ICMP, TCP or UDP show.
+    pub(crate) fn underlay_up(&self, s: usize, d: usize) -> bool {
+        !self.failing(Layer::Underlay, s, d) || self.icmp_only.contains(&d)
+    }
+
+    /// A node-local fact that stops `x` from forwarding its pods' traffic, with the lines
+    /// that say so: it explains failing pod, NodePort and CoreDNS probes through `x`, also
+    /// when `x`'s own agents are silent.
+    pub(crate) fn node_fact(&self, x: usize) -> Option<(Cause, Vec<String>)> {
+        let ev = self.evidence(x)?;
+        let xn = self.nm(x);
+        if ev.ip_forward == Some(false) {
+            return Some((
+                Cause::IpForwardDisabled,
+                vec![format!("{xn}: net.ipv4.ip_forward = 0")],
+            ));
+        }
+        let rules = ev
+            .forward
+            .as_ref()
+            .map(|f| f.blocking_rules.clone())
+            .unwrap_or_default();
+        if !rules.is_empty() {
+            return Some((
+                Cause::ForwardRejected,
+                rules
+                    .iter()
+                    .map(|r| format!("{xn}: iptables {} (before the CNI's accept rules)", r.rule))
+                    .collect(),
+            ));
+        }
+        None
     }
 
     pub(crate) fn n(&self) -> usize {
@@ -71,8 +228,8 @@ impl<'a> Cx<'a> {
     pub(crate) fn cell(&self, layer: Layer, s: usize, d: usize) -> Option<&'a Cell> {
         self.ix.get(layer, s, d)
     }
-    pub(crate) fn tcell(&self, layer: Layer, s: usize, col: &str) -> Option<&'a Cell> {
-        self.ix.targets.get(&(layer, s, col)).copied()
+    pub(crate) fn tcell(&self, id: usize, s: usize) -> Option<&'a Cell> {
+        self.ix.tget(id, s)
     }
     pub(crate) fn is_dead(&self, c: Option<&Cell>) -> bool {
         c.is_some_and(|c| {
@@ -90,9 +247,12 @@ impl<'a> Cx<'a> {
         self.cell(layer, s, d)
             .is_some_and(|c| c.state == CellState::Fail)
     }
-    pub(crate) fn tfailing(&self, layer: Layer, s: usize, col: &str) -> bool {
-        self.tcell(layer, s, col)
+    pub(crate) fn tfailing(&self, id: usize, s: usize) -> bool {
+        self.tcell(id, s)
             .is_some_and(|c| c.state == CellState::Fail)
+    }
+    pub(crate) fn tok(&self, id: usize, s: usize) -> bool {
+        self.tcell(id, s).is_some_and(|c| c.state == CellState::Ok)
     }
     pub(crate) fn evidence(&self, node: usize) -> Option<&'a NodeEvidence> {
         self.r.evidence.get(&name(self.ix.names[node]))
@@ -152,12 +312,13 @@ impl<'a> Cx<'a> {
         }
         v
     }
-    pub(crate) fn tcite(&self, layer: Layer, col: &str, srcs: &[usize]) -> Vec<String> {
+    pub(crate) fn tcite(&self, id: usize, srcs: &[usize]) -> Vec<String> {
+        let (layer, col) = (self.ix.targets[id].layer, self.ix.targets[id].name);
         let mut v: Vec<String> = srcs
             .iter()
             .take(4)
             .filter_map(|&s| {
-                self.tcell(layer, s, col)
+                self.tcell(id, s)
                     .map(|c| format!("{} -> {col} {layer}: {}", self.nm(s), describe(c)))
             })
             .collect();
@@ -187,7 +348,11 @@ impl<'a> Cx<'a> {
         evidence: Vec<String>,
         fix: String,
     ) {
+        let mut cells = std::mem::take(&mut self.pending);
+        cells.sort_unstable();
         let finding = Finding {
+            cell_count: cells.len() as u32,
+            cells: self.refs(&cells),
             cause,
             nodes: nodes.iter().map(|&n| name(self.ix.names[n])).collect(),
             peers: peers.iter().map(|&n| name(self.ix.names[n])).collect(),

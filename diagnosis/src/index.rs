@@ -2,8 +2,9 @@
 
 use std::collections::{HashMap, HashSet};
 
-use meshprobe_core::Layer;
 use meshprobe_core::matrix::{Cell, CellState, CheckReport};
+use meshprobe_core::plan::target_node;
+use meshprobe_core::{Layer, Topology};
 
 /// FxHash (rustc's hasher): the index's keys are small integers and our own strings, so a
 /// fast non-cryptographic hash is right; SipHash would double the diagnosis time.
@@ -36,10 +37,35 @@ pub(crate) type FxBuild = std::hash::BuildHasherDefault<Fx>;
 pub(crate) type FxMap<K, V> = HashMap<K, V, FxBuild>;
 pub(crate) type FxSet<K> = HashSet<K, FxBuild>;
 
+/// A cell's column: another node, or a named target (an index into [`Index::targets`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) enum Col {
+    /// A node column (the ICMP layers).
+    Node(usize),
+    /// A target column (DNS, metrics, NodePort, ingress).
+    Target(usize),
+}
+
+/// One cell of the round, by integer ids: names appear only at the JSON edge.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct CellKey {
+    pub(crate) layer: Layer,
+    pub(crate) src: usize,
+    pub(crate) col: Col,
+}
+
+/// A target column: its layer, its name, and the node it lives on (none for the
+/// load-balanced kube-dns service).
+pub(crate) struct Target<'a> {
+    pub(crate) layer: Layer,
+    pub(crate) name: &'a str,
+    pub(crate) node: Option<usize>,
+}
+
 /// The report's known cells, indexed for cheap lookups and per-node rows and columns, so
 /// that every detector walks the cells that exist (N x peers), never all N x N pairs.
 /// Node-column layers are held as sorted rows (at most a few dozen entries each, binary
-/// searched); target columns (DNS, metrics, NodePort, ingress) in a hash map.
+/// searched); target columns (DNS, metrics, NodePort, ingress) by target id.
 pub(crate) struct Index<'a> {
     pub(crate) names: Vec<&'a str>,
     pub(crate) pos: FxMap<&'a str, usize>,
@@ -47,8 +73,15 @@ pub(crate) struct Index<'a> {
     pub(crate) rows: Vec<Vec<Vec<(usize, &'a Cell)>>>,
     /// [layer][dst] -> srcs.
     pub(crate) cols: Vec<Vec<Vec<usize>>>,
-    pub(crate) targets: FxMap<(Layer, usize, &'a str), &'a Cell>,
-    pub(crate) tcols: FxMap<(Layer, &'a str), Vec<usize>>,
+    /// Every target column, in the report's order.
+    pub(crate) targets: Vec<Target<'a>>,
+    target_pos: FxMap<(Layer, &'a str), usize>,
+    /// (target, src) -> cell.
+    tcells: FxMap<(usize, usize), &'a Cell>,
+    /// [target] -> srcs.
+    tcols: Vec<Vec<usize>>,
+    /// Every failing cell, in (layer, src, column) order.
+    pub(crate) failing: Vec<CellKey>,
 }
 
 pub(crate) fn layer_ix(layer: Layer) -> usize {
@@ -56,54 +89,80 @@ pub(crate) fn layer_ix(layer: Layer) -> usize {
 }
 
 impl<'a> Index<'a> {
-    pub(crate) fn new(r: &'a CheckReport) -> Self {
+    pub(crate) fn new(t: &'a Topology, r: &'a CheckReport) -> Self {
         let names: Vec<&str> = r.nodes.iter().map(|n| n.as_str()).collect();
         let pos: FxMap<&str, usize> = names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
         let n = names.len();
-        let mut rows = vec![Vec::new(); Layer::ALL.len()];
-        let mut cols = vec![Vec::new(); Layer::ALL.len()];
-        let mut targets = FxMap::default();
-        let mut tcols: FxMap<(Layer, &str), Vec<usize>> = FxMap::default();
+        let mut ix = Index {
+            names,
+            pos,
+            rows: vec![Vec::new(); Layer::ALL.len()],
+            cols: vec![Vec::new(); Layer::ALL.len()],
+            targets: Vec::new(),
+            target_pos: FxMap::default(),
+            tcells: FxMap::default(),
+            tcols: Vec::new(),
+            failing: Vec::new(),
+        };
         for (layer, m) in &r.layers {
             let li = layer_ix(*layer);
-            if Layer::ICMP.contains(layer) {
-                rows[li] = vec![Vec::new(); n];
-                cols[li] = vec![Vec::new(); n];
+            let node_cols = Layer::ICMP.contains(layer);
+            if node_cols {
+                ix.rows[li] = vec![Vec::new(); n];
+                ix.cols[li] = vec![Vec::new(); n];
             }
             for (src, row) in m {
-                let Some(&s) = pos.get(src.as_str()) else {
+                let Some(&s) = ix.pos.get(src.as_str()) else {
                     continue;
                 };
                 for (dst, cell) in row {
                     if cell.state == CellState::Unknown {
                         continue;
                     }
-                    match (Layer::ICMP.contains(layer), pos.get(dst.as_str()).copied()) {
+                    let col = match (node_cols, ix.pos.get(dst.as_str()).copied()) {
                         (true, Some(d)) => {
-                            rows[li][s].push((d, cell));
-                            cols[li][d].push(s);
+                            ix.rows[li][s].push((d, cell));
+                            ix.cols[li][d].push(s);
+                            Col::Node(d)
                         }
-                        _ => {
-                            targets.insert((*layer, s, dst.as_str()), cell);
-                            tcols.entry((*layer, dst.as_str())).or_default().push(s);
+                        (true, None) => continue,
+                        (false, _) => {
+                            let id = ix.target(t, *layer, dst.as_str());
+                            ix.tcells.insert((id, s), cell);
+                            ix.tcols[id].push(s);
+                            Col::Target(id)
                         }
+                    };
+                    if cell.state == CellState::Fail {
+                        ix.failing.push(CellKey {
+                            layer: *layer,
+                            src: s,
+                            col,
+                        });
                     }
                 }
             }
         }
-        for layer_rows in &mut rows {
+        for layer_rows in &mut ix.rows {
             for row in layer_rows {
                 row.sort_unstable_by_key(|(d, _)| *d);
             }
         }
-        Index {
-            names,
-            pos,
-            rows,
-            cols,
-            targets,
-            tcols,
+        ix.failing.sort_unstable();
+        ix
+    }
+
+    /// The id of a target column, added on first sight.
+    fn target(&mut self, t: &Topology, layer: Layer, name: &'a str) -> usize {
+        if let Some(&id) = self.target_pos.get(&(layer, name)) {
+            return id;
         }
+        let node = target_node(t, layer, name).and_then(|n| self.pos.get(n.as_str()).copied());
+        let id = self.targets.len();
+        self.targets.push(Target { layer, name, node });
+        self.target_pos.insert((layer, name), id);
+        self.tcols.push(Vec::new());
+        id
     }
     pub(crate) fn get(&self, layer: Layer, s: usize, d: usize) -> Option<&'a Cell> {
         let row = self.rows[layer_ix(layer)].get(s)?;
@@ -131,7 +190,43 @@ impl<'a> Index<'a> {
             .enumerate()
             .flat_map(|(s, row)| row.iter().map(move |(d, c)| (s, *d, *c)))
     }
-    pub(crate) fn tcol<'s>(&'s self, layer: Layer, col: &'s str) -> &'s [usize] {
-        self.tcols.get(&(layer, col)).map_or(&[], Vec::as_slice)
+    /// A target column's id.
+    pub(crate) fn target_id(&self, layer: Layer, name: &str) -> Option<usize> {
+        self.target_pos.get(&(layer, name)).copied()
+    }
+    /// Target ids of a layer.
+    pub(crate) fn targets_of(&self, layer: Layer) -> Vec<usize> {
+        (0..self.targets.len())
+            .filter(|&i| self.targets[i].layer == layer)
+            .collect()
+    }
+    /// The sources that probed a target.
+    pub(crate) fn tcol(&self, id: usize) -> &[usize] {
+        self.tcols.get(id).map_or(&[], Vec::as_slice)
+    }
+    /// A target cell.
+    pub(crate) fn tget(&self, id: usize, s: usize) -> Option<&'a Cell> {
+        self.tcells.get(&(id, s)).copied()
+    }
+    /// Any cell by key.
+    pub(crate) fn cell(&self, k: CellKey) -> Option<&'a Cell> {
+        match k.col {
+            Col::Node(d) => self.get(k.layer, k.src, d),
+            Col::Target(id) => self.tget(id, k.src),
+        }
+    }
+    /// The node a cell's packets are aimed at, when it is one node.
+    pub(crate) fn dst_node(&self, k: CellKey) -> Option<usize> {
+        match k.col {
+            Col::Node(d) => Some(d),
+            Col::Target(id) => self.targets[id].node,
+        }
+    }
+    /// A cell's column, as the report names it.
+    pub(crate) fn col_name(&self, k: CellKey) -> &'a str {
+        match k.col {
+            Col::Node(d) => self.names[d],
+            Col::Target(id) => self.targets[id].name,
+        }
     }
 }

@@ -20,6 +20,7 @@
 pub mod synth;
 
 mod agents;
+mod consistency;
 mod cx;
 mod forwarding;
 mod index;
@@ -28,6 +29,7 @@ mod mtu;
 mod services;
 mod tunnel;
 mod underlay;
+mod unexplained;
 
 use cx::Cx;
 use meshprobe_core::Topology;
@@ -72,6 +74,7 @@ pub fn diagnose(
     settings: &Settings,
 ) -> Diagnosis {
     let mut cx = Cx::new(topology, report, settings);
+    cx.compare_configs();
     cx.unreachable();
     cx.tunnel_nodes();
     cx.tunnel_pairs();
@@ -84,6 +87,7 @@ pub fn diagnose(
     cx.ingress();
     cx.degraded_probers();
     cx.agents();
+    cx.unexplained();
     let warnings = cx.evidence_warnings();
     let mut ranked = cx.found;
     ranked.sort_by(|a, b| a.rank.cmp(&b.rank).then(b.weight.cmp(&a.weight)));

@@ -77,6 +77,7 @@ impl Cx<'_> {
             evidence.extend(self.cite(Layer::Underlay, &worst));
             let dev = self.underlay_dev(x);
             self.broken.insert(x, Cause::PacketLoss);
+            self.claim_node(x, ALL);
             self.push(
                 4,
                 lost as usize,

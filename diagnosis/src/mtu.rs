@@ -9,6 +9,7 @@ use meshprobe_core::{Layer, NodeName};
 
 use meshprobe_core::{Cause, Direction};
 
+use crate::consistency::Attr;
 use crate::cx::*;
 use crate::index::*;
 use crate::*;
@@ -33,32 +34,64 @@ impl Cx<'_> {
     pub(crate) fn mtu(&mut self) {
         let overlay = self.t.cluster.overlay.clone();
         let big = overlay.assumed_underlay_mtu();
+        let big_layers = [Layer::UnderlayFullSize, Layer::PodToPodFullSize];
         for x in 0..self.n() {
             if self.broken.contains_key(&x) {
                 continue;
             }
-            let mut observers: Vec<usize> = self.ix.col(Layer::UnderlayFullSize, x).to_vec();
-            observers.extend(self.ix.col(Layer::PodToPodFullSize, x));
-            observers.sort_unstable();
-            observers.dedup();
-            let hit: Vec<(usize, Layer)> = observers
+            // Into x (its path carries less) and out of x (it sends more than its path
+            // carries: a NIC set larger than the fabric).
+            let mut into: Vec<usize> = big_layers
+                .iter()
+                .flat_map(|l| self.ix.col(*l, x).iter().copied())
+                .filter(|&s| s != x)
+                .collect();
+            into.sort_unstable();
+            into.dedup();
+            let mut from: Vec<usize> = big_layers
+                .iter()
+                .flat_map(|l| self.ix.row_targets(*l, x))
+                .filter(|&d| d != x)
+                .collect();
+            from.sort_unstable();
+            from.dedup();
+            let hit_in: Vec<(usize, Layer)> = into
                 .iter()
                 .filter_map(|&s| self.big_lost(s, x).map(|l| (s, l)))
                 .collect();
-            if !self.quorum(hit.len(), observers.len()) {
+            let hit_out: Vec<(usize, Layer)> = from
+                .iter()
+                .filter_map(|&d| self.big_lost(x, d).map(|l| (d, l)))
+                .collect();
+            let (in_q, out_q) = (
+                self.quorum(hit_in.len(), into.len()),
+                self.quorum(hit_out.len(), from.len()),
+            );
+            if !in_q && !out_q {
                 continue;
             }
+            let direction = Direction::of(in_q, out_q);
             let xn = self.nm(x);
             let mut evidence = Vec::new();
-            for layer in [Layer::UnderlayFullSize, Layer::PodToPodFullSize] {
-                let pairs: Vec<(usize, usize)> = hit
-                    .iter()
-                    .filter(|h| h.1 == layer)
-                    .map(|h| (h.0, x))
-                    .collect();
-                evidence.extend(self.cite(layer, &pairs));
+            for layer in big_layers {
+                if in_q {
+                    let pairs: Vec<(usize, usize)> = hit_in
+                        .iter()
+                        .filter(|h| h.1 == layer)
+                        .map(|h| (h.0, x))
+                        .collect();
+                    evidence.extend(self.cite(layer, &pairs));
+                }
+                if out_q {
+                    let pairs: Vec<(usize, usize)> = hit_out
+                        .iter()
+                        .filter(|h| h.1 == layer)
+                        .map(|h| (x, h.0))
+                        .collect();
+                    evidence.extend(self.cite(layer, &pairs));
+                }
             }
-            for &(s, _) in hit.iter().take(2) {
+            for &(s, _) in hit_in.iter().take(2) {
                 if let Some(c) = self.chain(s, x) {
                     evidence.push(format!(
                         "capture: {} full-size encapsulated probes left {}'s {} toward {xn}; {xn}'s {} saw {} of them arrive (and {} of {} small ones)",
@@ -73,10 +106,20 @@ impl Cx<'_> {
                 }
             }
             evidence.push(format!(
-                "84-byte probes on the same paths pass; {big}-byte underlay frames (overlay MTU {} + {} of encapsulation) do not",
+                "small probes on the same paths pass; full-size ones ({big}-byte underlay frames: overlay MTU {} + {} of encapsulation, or the node's own larger MTU) do not",
                 overlay.mtu,
                 overlay.kind.overhead()
             ));
+            let odd = self.odd_lines(
+                x,
+                &[
+                    Attr::UnderlayMtu,
+                    Attr::OverlayMtu,
+                    Attr::BridgeMtu,
+                    Attr::PodMtu,
+                ],
+            );
+            evidence.extend(odd.iter().cloned());
             if let Some(o) = self.evidence(x).and_then(|e| e.overlay.as_ref())
                 && let (Some(dev), Some(under)) = (&o.device, &o.underlay)
             {
@@ -98,17 +141,55 @@ impl Cx<'_> {
             let dev = self.underlay_dev(x);
             self.broken.insert(x, Cause::MtuMismatch);
             self.explain_node(&[Part::Big], x);
+            let cells = self.claim_node(
+                x,
+                &[
+                    Layer::UnderlayFullSize,
+                    Layer::PodToPodFullSize,
+                    Layer::CorednsMetrics,
+                    Layer::Nodeport,
+                    Layer::Ingress,
+                    Layer::NodeportFromPod,
+                    Layer::IngressFromPod,
+                ],
+            );
+            let ip = self.node_ip(x);
+            let (hop, summary, fix) = if direction == Direction::Outbound {
+                (
+                    format!(
+                        "underlay: {xn} {dev} -> *: frames larger than the fabric carries vanish"
+                    ),
+                    format!(
+                        "full-size packets from {xn} are lost while small ones pass, and its peers' reach it: {xn} sends frames larger than its path carries"
+                    ),
+                    format!(
+                        "on {xn}: `ip link show {dev}; ip -d link show {}`: set the MTUs back to the cluster's (see the evidence) or raise the fabric's; from {xn}: `ping -M do -s <MTU-28> <peer IP>`",
+                        overlay.interface
+                    ),
+                )
+            } else {
+                (
+                    format!("underlay: * <-> {xn} {dev}: frames of {big} bytes vanish"),
+                    format!(
+                        "full-size packets to and from {xn} are lost while small ones pass: {xn}'s underlay path carries less than {big} bytes"
+                    ),
+                    format!(
+                        "from a peer: `ping -M do -s {} {ip}`, then smaller sizes to find the path MTU; raise the MTU on {xn}'s path (switch port, NIC) or lower flannel's MTU in net-conf.json",
+                        big - 28
+                    ),
+                )
+            };
             self.push(
                 3,
-                hit.len() * 10,
+                (hit_in.len() + hit_out.len()) * 10 + cells,
                 Cause::MtuMismatch,
                 vec![x],
                 vec![],
-                Direction::Both,
-                format!("underlay: * <-> {xn} {dev}: frames of {big} bytes vanish"),
-                format!("full-size packets to and from {xn} are lost while small ones pass: {xn}'s underlay path carries less than {big} bytes"),
+                direction,
+                hop,
+                summary,
                 evidence,
-                format!("from a peer: `ping -M do -s {} {}`, then smaller sizes to find the path MTU; raise the MTU on {xn}'s path (switch port, NIC) or lower flannel's MTU in net-conf.json", big - 28, self.node_ip(x)),
+                fix,
             );
         }
         // Pair-level leftovers.
@@ -125,6 +206,7 @@ impl Cx<'_> {
             if let Some(layer) = self.big_lost(s, d) {
                 let evidence = self.cite(layer, &[(s, d)]);
                 self.explain_pair(&[Part::Big], s, d);
+                self.claim_pair(s, d, &[Layer::UnderlayFullSize, Layer::PodToPodFullSize]);
                 let (sn, dn) = (self.nm(s), self.nm(d));
                 self.push(
                     6,

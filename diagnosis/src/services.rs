@@ -1,21 +1,17 @@
 //! Services: CoreDNS, the kube-dns service, NodePorts, ingresses.
+//!
+//! A service's own cause (`dns-pod-down`, `nodeport-broken`, ...) is named only when
+//! nothing on the path explains it: a node-local fact on the node it runs on (ip_forward
+//! off, a FORWARD REJECT) wins, also when that node's agents are silent.
 
-#![allow(unused_imports)]
+use meshprobe_core::matrix::CellState;
+use meshprobe_core::{Cause, Direction, Layer, NodeName};
 
-use std::collections::BTreeSet;
-
-use meshprobe_core::matrix::{AgentState, Cell, CellState};
-use meshprobe_core::{Layer, NodeName};
-
-use meshprobe_core::{Cause, Direction};
-
-use crate::cx::*;
-use crate::index::*;
-use crate::*;
+use crate::Part;
+use crate::cx::{BALANCED, Cx, POD_TRAFFIC};
+use crate::index::Col;
 
 impl Cx<'_> {
-    // ---- 6. services ----------------------------------------------------------------------
-
     /// The network path from `s` into `x`'s pods works this round (as far as we know).
     pub(crate) fn path_into_pods(&self, s: usize, x: usize) -> bool {
         s == x
@@ -29,17 +25,74 @@ impl Cx<'_> {
         self.ix.pos.get(node.as_str()).copied()
     }
 
+    /// Failing probes toward a service on `x` (`symptom`, cited from `cells`) that a fact
+    /// on `x` explains: the finding names the fact's cause, not the symptom's. Returns
+    /// whether it did.
+    fn explained_by_fact(&mut self, x: usize, symptom: &str, cited: Vec<String>) -> bool {
+        let Some((cause, lines)) = self.node_fact(x) else {
+            return false;
+        };
+        if let Some(made) = self.broken.get(&x).cloned() {
+            self.claim_node(x, POD_TRAFFIC);
+            self.attach_pending(x, &made);
+            return true;
+        }
+        let xn = self.nm(x);
+        let mut evidence = cited;
+        evidence.extend(lines);
+        evidence.push(format!(
+            "{symptom} runs behind {xn}'s forwarding: what {xn}'s evidence shows explains it"
+        ));
+        if let Some((h, p)) = self.agent_state(x) {
+            evidence.push(format!(
+                "{xn}'s agents are {}/{} (host/pod)",
+                format!("{h:?}").to_lowercase(),
+                format!("{p:?}").to_lowercase()
+            ));
+        }
+        let fix = match cause {
+            Cause::IpForwardDisabled => format!(
+                "on {xn}: `sysctl -w net.ipv4.ip_forward=1`, then find what resets it: `grep -rn ip_forward /etc/sysctl.conf /etc/sysctl.d/ /usr/lib/sysctl.d/`"
+            ),
+            _ => format!(
+                "on {xn}: `iptables -S FORWARD`; delete the REJECT above the CNI rules or stop firewalld / trust the pod CIDR"
+            ),
+        };
+        self.broken.insert(x, cause.clone());
+        self.explain_node(&[Part::Pods, Part::Big], x);
+        let cells = self.claim_node(x, POD_TRAFFIC) + self.claim_balanced();
+        self.push(
+            2,
+            cells * 10,
+            cause,
+            vec![x],
+            vec![],
+            Direction::Both,
+            format!(
+                "forwarding on {xn}: cni0 <-> {}",
+                self.t.cluster.overlay.interface
+            ),
+            format!("{xn} does not forward: {symptom} fails"),
+            evidence,
+            fix,
+        );
+        true
+    }
+
     pub(crate) fn dns(&mut self) {
         for pod in self.t.core_dns.clone() {
-            let Some(x) = self.pos(&pod.node) else {
+            let (Some(x), Some(id)) = (
+                self.pos(&pod.node),
+                self.ix.target_id(Layer::DnsPod, &pod.name),
+            ) else {
                 continue;
             };
-            let looked = self.ix.tcol(Layer::DnsPod, &pod.name).to_vec();
+            let looked = self.ix.tcol(id).to_vec();
             let failing: Vec<usize> = looked
                 .iter()
                 .copied()
                 .filter(|&s| {
-                    self.tcell(Layer::DnsPod, s, &pod.name).is_some_and(|c| {
+                    self.tcell(id, s).is_some_and(|c| {
                         c.state == CellState::Fail && c.loss_pct.unwrap_or(0.0) >= 50.0
                     })
                 })
@@ -51,25 +104,43 @@ impl Cx<'_> {
             if !self.quorum(failing.len(), looked.len()) || with_path < self.k(looked.len()) {
                 continue;
             }
+            let metrics = self.ix.target_id(Layer::CorednsMetrics, &pod.name);
+            let cited = self.tcite(id, &failing);
+            if failing.iter().any(|&s| s != x)
+                && self.explained_by_fact(
+                    x,
+                    &format!("DNS to CoreDNS pod {}", pod.name),
+                    cited.clone(),
+                )
+            {
+                continue;
+            }
             self.dns_down.insert(pod.name.clone());
             let xn = self.nm(x);
-            let mut evidence = self.tcite(Layer::DnsPod, &pod.name, &failing);
+            let mut evidence = cited;
             evidence.push(format!(
                 "{with_path} of those nodes reach {xn}'s pods: the network to {} ({}) works",
                 pod.name, pod.ip
             ));
-            let metrics = self
-                .ix
-                .tcol(Layer::CorednsMetrics, &pod.name)
-                .iter()
-                .filter(|&&s| self.tfailing(Layer::CorednsMetrics, s, &pod.name))
-                .count();
-            if metrics > 0 {
-                evidence.push(format!("its :9153/metrics fails too from {metrics} nodes: the process is down or wedged"));
+            let metrics_failing = metrics.map_or(0, |m| {
+                self.ix
+                    .tcol(m)
+                    .iter()
+                    .filter(|&&s| self.tfailing(m, s))
+                    .count()
+            });
+            if metrics_failing > 0 {
+                evidence.push(format!("its :9153/metrics fails too from {metrics_failing} nodes: the process is down or wedged"));
             }
+            let mut cells = self.claim_target(id);
+            if let Some(m) = metrics {
+                cells += self.claim_target(m);
+            }
+            // The service balances onto this pod too.
+            cells += self.claim_where(|_, k| k.layer == Layer::DnsService);
             self.push(
                 7,
-                failing.len() * 5,
+                cells * 5,
                 Cause::DnsPodDown,
                 vec![x],
                 vec![],
@@ -83,33 +154,50 @@ impl Cx<'_> {
                 ),
             );
         }
-        // The service IP fails for observers that reach every CoreDNS pod directly.
-        let looked = self.ix.tcol(Layer::DnsService, "kube-dns").to_vec();
+        self.dns_service();
+    }
+
+    /// The kube-dns service IP fails for pods that get answers from every CoreDNS pod
+    /// directly. Most nodes: the service (its endpoints, kube-proxy everywhere). A few
+    /// nodes while the rest resolve: each of those nodes' own kube-proxy rules.
+    fn dns_service(&mut self) {
+        let Some(id) = self.ix.target_id(Layer::DnsService, "kube-dns") else {
+            return;
+        };
+        if !self.dns_down.is_empty() {
+            return;
+        }
+        let looked = self.ix.tcol(id).to_vec();
+        let reaches_all_pods = |cx: &Self, s: usize| {
+            !cx.t.core_dns.is_empty()
+                && cx.t.core_dns.iter().all(|p| {
+                    cx.ix
+                        .target_id(Layer::DnsPod, &p.name)
+                        .is_some_and(|pid| cx.tok(pid, s))
+                })
+        };
         let failing: Vec<usize> = looked
             .iter()
             .copied()
-            .filter(|&s| self.tfailing(Layer::DnsService, s, "kube-dns"))
-            .filter(|&s| {
-                !self.t.core_dns.is_empty()
-                    && self.t.core_dns.iter().all(|p| {
-                        self.tcell(Layer::DnsPod, s, &p.name)
-                            .is_some_and(|c| c.state == CellState::Ok)
-                    })
-            })
+            .filter(|&s| self.tfailing(id, s) && reaches_all_pods(self, s))
             .collect();
-        if self.dns_down.is_empty() && self.quorum(failing.len(), looked.len()) {
-            let ip = self
-                .t
-                .cluster
-                .dns_service_ip
-                .map(|i| i.to_string())
-                .unwrap_or_default();
-            let mut evidence = self.tcite(Layer::DnsService, "kube-dns", &failing);
+        if failing.is_empty() {
+            return;
+        }
+        let ip = self
+            .t
+            .cluster
+            .dns_service_ip
+            .map(|i| i.to_string())
+            .unwrap_or_default();
+        if self.quorum(failing.len(), looked.len()) {
+            let mut evidence = self.tcite(id, &failing);
             evidence.push("the same nodes get answers from every CoreDNS pod directly".to_owned());
             let names: Vec<String> = failing.iter().map(|&s| self.nm(s)).collect();
+            let cells = self.claim_where(|_, k| k.col == Col::Target(id));
             self.push(
                 7,
-                failing.len() * 5,
+                cells * 5,
                 Cause::DnsServiceBroken,
                 failing.clone(),
                 vec![],
@@ -119,36 +207,75 @@ impl Cx<'_> {
                 evidence,
                 format!("on those nodes: `iptables-save -t nat | grep {ip}`; `kubectl -n kube-system get endpointslices -l k8s-app=kube-dns`; kube-proxy's logs"),
             );
+            return;
+        }
+        let resolving = looked.iter().filter(|&&s| self.tok(id, s)).count();
+        if resolving * 2 <= looked.len() - failing.len() || resolving == 0 {
+            return;
+        }
+        for x in failing {
+            let xn = self.nm(x);
+            let mut evidence = self.tcite(id, &[x]);
+            evidence.push(format!(
+                "{xn}'s pods get answers from every CoreDNS pod directly, and {resolving} other nodes' pods resolve through {ip}: what fails is {xn}'s own service rules"
+            ));
+            let cells = self.claim_where(|_, k| k.col == Col::Target(id) && k.src == x);
+            self.push(
+                7,
+                cells * 5,
+                Cause::DnsServiceBroken,
+                vec![x],
+                vec![],
+                Direction::Outbound,
+                format!("kube-proxy on {xn}: kube-dns service {ip}:53"),
+                format!("pods on {xn} get no answer from the kube-dns service IP {ip}; other nodes' pods do"),
+                evidence,
+                format!("on {xn}: `iptables-save -t nat | grep -e KUBE-SERVICES -e {ip}` against a healthy node's; kube-proxy's logs on {xn} (`kubectl -n kube-system logs -l k8s-app=kube-proxy --field-selector spec.nodeName={xn}`)"),
+            );
         }
     }
 
     pub(crate) fn metrics(&mut self) {
         for pod in self.t.core_dns.clone() {
-            let Some(x) = self.pos(&pod.node) else {
+            let (Some(x), Some(id)) = (
+                self.pos(&pod.node),
+                self.ix.target_id(Layer::CorednsMetrics, &pod.name),
+            ) else {
                 continue;
             };
             if self.dns_down.contains(&pod.name) {
                 continue;
             }
-            let looked = self.ix.tcol(Layer::CorednsMetrics, &pod.name).to_vec();
+            let looked = self.ix.tcol(id).to_vec();
             let failing: Vec<usize> = looked
                 .iter()
                 .copied()
-                .filter(|&s| self.tfailing(Layer::CorednsMetrics, s, &pod.name))
+                .filter(|&s| self.tfailing(id, s))
                 .filter(|&s| self.path_into_pods(s, x) && !self.is_explained(Part::Big, s, x))
                 .collect();
             if !self.quorum(failing.len(), looked.len()) {
                 continue;
             }
+            let cited = self.tcite(id, &failing);
+            if failing.iter().any(|&s| s != x)
+                && self.explained_by_fact(
+                    x,
+                    &format!("CoreDNS pod {}'s :9153/metrics", pod.name),
+                    cited.clone(),
+                )
+            {
+                continue;
+            }
             let xn = self.nm(x);
-            let mut evidence = self.tcite(Layer::CorednsMetrics, &pod.name, &failing);
+            let mut evidence = cited;
             evidence.push(format!(
                 "DNS to {} answers: the pod runs, and :9153 is what fails",
                 pod.name
             ));
+            let cells = self.claim_target(id);
             self.push(
                 8,
-                failing.len(),
+                cells,
                 Cause::MetricsUnreachable,
                 vec![x],
                 vec![],
@@ -162,56 +289,50 @@ impl Cx<'_> {
     }
 
     pub(crate) fn nodeport(&mut self) {
-        let mut cols: Vec<&str> = self
-            .ix
-            .tcols
-            .keys()
-            .filter(|(l, _)| *l == Layer::Nodeport)
-            .map(|(_, c)| *c)
-            .collect();
-        cols.sort_unstable();
-        for col in cols {
-            let node_name = col.split('/').next().unwrap_or(col);
-            let Some(&x) = self.ix.pos.get(node_name) else {
+        for id in self.ix.targets_of(Layer::Nodeport) {
+            let Some(x) = self.ix.targets[id].node else {
                 continue;
             };
+            let col = self.ix.targets[id].name;
             if self.broken.contains_key(&x) {
                 continue;
             }
-            let looked = self.ix.tcol(Layer::Nodeport, col).to_vec();
+            let looked = self.ix.tcol(id).to_vec();
             let failing: Vec<usize> = looked
                 .iter()
                 .copied()
-                .filter(|&s| {
-                    self.tcell(Layer::Nodeport, s, col)
-                        .is_some_and(|c| c.ok == 0)
-                })
-                .filter(|&s| s == x || !self.failing(Layer::Underlay, s, x))
+                .filter(|&s| self.tcell(id, s).is_some_and(|c| c.ok == 0))
+                .filter(|&s| s == x || self.underlay_up(s, x))
                 .collect();
             if !self.quorum(failing.len(), looked.len()) {
                 continue;
             }
+            let cited = self.tcite(id, &failing);
+            if self.explained_by_fact(x, &format!("NodePort {col}"), cited.clone()) {
+                continue;
+            }
             let xn = self.nm(x);
-            let mut evidence = self.tcite(Layer::Nodeport, col, &failing);
-            evidence.push(format!("{xn}'s node IP answers ICMP and its pods are reachable: kube-proxy's NodePort rules on {xn} are what fails"));
+            let mut evidence = cited;
+            evidence.push(format!("{xn}'s node IP answers and its pods are reachable: kube-proxy's NodePort rules on {xn} are what fails"));
             let elsewhere = self
                 .ix
-                .tcols
-                .keys()
-                .filter(|(l, c)| *l == Layer::Nodeport && *c != col)
-                .filter(|(_, c)| {
-                    self.tcell(Layer::Nodeport, x, c)
-                        .is_some_and(|cell| cell.state == CellState::Ok)
-                })
+                .targets_of(Layer::Nodeport)
+                .into_iter()
+                .filter(|&o| o != id && self.tok(o, x))
                 .count();
             if elsewhere > 0 {
                 evidence.push(format!(
                     "from {xn}, NodePorts on {elsewhere} other nodes answer"
                 ));
             }
+            let from_pods = self.ix.target_id(Layer::NodeportFromPod, col);
+            let mut cells = self.claim_target(id);
+            if let Some(p) = from_pods {
+                cells += self.claim_target(p);
+            }
             self.push(
                 7,
-                failing.len() * 5,
+                cells * 5,
                 Cause::NodeportBroken,
                 vec![x],
                 vec![],
@@ -226,36 +347,27 @@ impl Cx<'_> {
 
     pub(crate) fn ingress(&mut self) {
         for ing in self.t.ingresses.clone() {
-            let col = format!(
-                "{}{}",
-                ing.host,
-                if ing.path == "/" { "" } else { &ing.path }
-            );
-            let node = self
-                .t
-                .nodes
-                .iter()
-                .find(|n| n.internal_ip == ing.address)
-                .and_then(|n| self.pos(&n.name));
-            let looked = self.ix.tcol(Layer::Ingress, &col).to_vec();
+            let col = meshprobe_core::plan::ingress_column(&ing);
+            let Some(id) = self.ix.target_id(Layer::Ingress, &col) else {
+                continue;
+            };
+            let node = self.ix.targets[id].node;
+            let looked = self.ix.tcol(id).to_vec();
             let failing: Vec<usize> = looked
                 .iter()
                 .copied()
-                .filter(|&s| {
-                    self.tcell(Layer::Ingress, s, &col)
-                        .is_some_and(|c| c.ok == 0)
-                })
-                .filter(|&s| node.is_none_or(|n| s == n || !self.failing(Layer::Underlay, s, n)))
+                .filter(|&s| self.tcell(id, s).is_some_and(|c| c.ok == 0))
+                .filter(|&s| node.is_none_or(|n| s == n || self.underlay_up(s, n)))
                 .collect();
             let node_down =
                 node.is_some_and(|n| self.broken.get(&n) == Some(&Cause::NodeUnreachable));
             if node_down || !self.quorum(failing.len(), looked.len()) {
                 continue;
             }
-            let mut evidence = self.tcite(Layer::Ingress, &col, &failing);
+            let mut evidence = self.tcite(id, &failing);
             if let Some(n) = node {
                 evidence.push(format!(
-                    "the ingress node {} ({}) answers ICMP",
+                    "the ingress node {} ({}) answers",
                     self.nm(n),
                     ing.address
                 ));
@@ -270,9 +382,13 @@ impl Cx<'_> {
             } else {
                 "some pod paths fail too (see the other findings)".to_owned()
             });
+            let mut cells = self.claim_target(id);
+            if let Some(p) = self.ix.target_id(Layer::IngressFromPod, &col) {
+                cells += self.claim_target(p);
+            }
             self.push(
                 7,
-                failing.len() * 5,
+                cells * 5,
                 Cause::IngressBroken,
                 node.into_iter().collect(),
                 vec![],
@@ -287,4 +403,9 @@ impl Cx<'_> {
             );
         }
     }
+}
+
+/// Whether a layer's target is load-balanced (kept for the unexplained finding's words).
+pub(crate) fn balanced(layer: Layer) -> bool {
+    BALANCED.contains(&layer)
 }

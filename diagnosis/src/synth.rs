@@ -8,7 +8,8 @@ use std::fmt::Write as _;
 
 use meshprobe_core::capture::{CaptureSummary, PeerFlow, Sizes};
 use meshprobe_core::evidence::{
-    DeviceState, FirewallRule, ForwardEvidence, NodeEvidence, OverlayEvidence,
+    DeviceState, FirewallRule, ForwardEvidence, NeighbourEntry, NodeEvidence, OverlayConfig,
+    OverlayEvidence,
 };
 use meshprobe_core::matrix::{RoundInput, build_report};
 use meshprobe_core::plan::{AgentReport, PlanSettings, ProbeResult, make_plan};
@@ -47,6 +48,80 @@ pub enum Fault {
     SickProber(usize),
     /// A security group drops VXLAN on the path into the node (nothing on the node shows it).
     PathBlockedIn(usize),
+    /// ICMP echo to the node's IP is filtered; TCP and UDP get through.
+    IcmpBlocked(usize),
+    /// The node's NIC and overlay are set to jumbo frames the fabric does not carry.
+    JumboMtu(usize),
+    /// The node's VXLAN device uses another UDP port than the cluster's.
+    VxlanPort(usize),
+    /// The node's VXLAN device was recreated with a new MAC its peers were never told of.
+    VtepChanged(usize),
+    /// The node's subnet was never published: every peer lacks its overlay entries.
+    Unpublished(usize),
+    /// The node's kube-proxy lost the kube-dns service's rules: its pods cannot resolve
+    /// through the service IP.
+    DnsRulesMissing(usize),
+}
+
+impl Fault {
+    /// The nodes this fault is on (what a finding may name), given where the CoreDNS pods
+    /// and the ingress live.
+    pub fn nodes(&self, t: &Topology) -> Vec<usize> {
+        let pos = |name: &str| t.nodes.iter().position(|n| n.name.as_str() == name);
+        match self {
+            Fault::LinkDown(x)
+            | Fault::VxlanIn(x)
+            | Fault::VxlanOut(x)
+            | Fault::ForwardOff(x)
+            | Fault::ForwardReject(x)
+            | Fault::PeerMissing(x, _)
+            | Fault::Mtu(x)
+            | Fault::Loss(x, _)
+            | Fault::NodeportRemoved(x)
+            | Fault::AgentsSilent(x)
+            | Fault::SickProber(x)
+            | Fault::PathBlockedIn(x)
+            | Fault::IcmpBlocked(x)
+            | Fault::JumboMtu(x)
+            | Fault::VxlanPort(x)
+            | Fault::VtepChanged(x)
+            | Fault::Unpublished(x)
+            | Fault::DnsRulesMissing(x) => vec![*x],
+            Fault::DnsDown(p) | Fault::MetricsBlocked(p) => t
+                .core_dns
+                .iter()
+                .find(|d| d.name == *p)
+                .and_then(|d| pos(d.node.as_str()))
+                .into_iter()
+                .collect(),
+            Fault::IngressDown => t
+                .ingresses
+                .first()
+                .and_then(|g| t.nodes.iter().position(|n| n.internal_ip == g.address))
+                .into_iter()
+                .collect(),
+        }
+    }
+}
+
+/// A node's VTEP MAC in synthetic rounds (the one its peers know).
+fn vtep_mac(i: usize) -> String {
+    format!(
+        "0e:5e:00:{:02x}:{:02x}:{:02x}",
+        (i >> 16) & 0xff,
+        (i >> 8) & 0xff,
+        i & 0xff
+    )
+}
+
+/// The MAC a [`Fault::VtepChanged`] node's recreated device has.
+fn new_vtep_mac(i: usize) -> String {
+    format!(
+        "0e:5e:ff:{:02x}:{:02x}:{:02x}",
+        (i >> 16) & 0xff,
+        (i >> 8) & 0xff,
+        i & 0xff
+    )
 }
 
 /// A topology of `n` nodes (n1..), two CoreDNS pods on the first two nodes, a NodePort and
@@ -95,10 +170,20 @@ impl World<'_> {
     fn tunnel(&self, s: usize, d: usize) -> bool {
         s == d
             || (self.under(s, d)
+                && !self.config_cut(s, d)
                 && !self.has(|f| {
                     matches!(f, Fault::VxlanIn(x) | Fault::VxlanOut(x) | Fault::PathBlockedIn(x) if *x == s || *x == d)
                         || matches!(f, Fault::PeerMissing(a, b) if (*a == s && *b == d) || (*a == d && *b == s))
                 }))
+    }
+    /// The VXLAN configuration of one end makes the other drop its packets.
+    fn config_cut(&self, s: usize, d: usize) -> bool {
+        self.has(|f| {
+            matches!(f, Fault::VxlanPort(x) | Fault::VtepChanged(x) | Fault::Unpublished(x) if *x == s || *x == d)
+        })
+    }
+    fn icmp_blocked(&self, d: usize) -> bool {
+        self.has(|f| *f == Fault::IcmpBlocked(d))
     }
 
     /// One probe of `kind` from s to d, through each point a capture sees:
@@ -118,6 +203,7 @@ impl World<'_> {
         let left = can_send(s, d) && (!pod || self.forwards(s));
         let arrived = left && path(s, d);
         let answered = arrived
+            && !self.config_cut(s, d)
             && !self.has(|f| *f == Fault::VxlanIn(d))
             && (!matches!(kind, ProbeKind::PodPod | ProbeKind::PodPodBig) || self.forwards(d));
         let reply_left = answered && can_send(d, s);
@@ -156,15 +242,23 @@ impl World<'_> {
             _ => d,
         };
         let Some(d) = d_node else {
-            // The DNS service: works while some CoreDNS pod works from s.
-            return self
-                .dns_nodes
-                .keys()
-                .any(|pod| self.works(DnsPod, s, pod, None));
+            // The DNS service: works while some CoreDNS pod works from s, through s's own
+            // service rules.
+            return !self.has(|f| *f == Fault::DnsRulesMissing(s))
+                && self
+                    .dns_nodes
+                    .keys()
+                    .any(|pod| self.works(DnsPod, s, pod, None));
         };
         match layer {
-            Underlay => !self.sick(s) && self.under(s, d),
-            UnderlayFullSize => !self.sick(s) && self.under(s, d) && self.big(s, d),
+            Underlay => !self.sick(s) && self.under(s, d) && !self.icmp_blocked(d),
+            UnderlayFullSize => {
+                !self.sick(s)
+                    && self.under(s, d)
+                    && self.big(s, d)
+                    && !self.icmp_blocked(d)
+                    && !self.has(|f| *f == Fault::JumboMtu(s))
+            }
             GatewayFromHost => self.tunnel(s, d),
             GatewayFromPod => self.tunnel(s, d) && (s == d || self.forwards(s)),
             PodToPod => self.tunnel(s, d) && self.forwards(s) && self.forwards(d),
@@ -330,7 +424,17 @@ pub fn report(t: &Topology, faults: &[Fault], round: u64, settings: &PlanSetting
                         detail: (ok < sent).then(|| "timeout".to_owned()),
                     });
                 }
-                let evidence = (kind == AgentKind::Host).then(|| evidence_of(t, faults, s));
+                let peers: Vec<usize> = plan
+                    .overlay
+                    .as_ref()
+                    .map(|o| {
+                        o.peers
+                            .iter()
+                            .filter_map(|p| pos.get(p.node.as_str()).copied())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let evidence = (kind == AgentKind::Host).then(|| evidence_of(t, faults, s, &peers));
                 let capture = plan.overlay.as_ref().map(|o| {
                     let peers: Vec<usize> = o
                         .peers
@@ -369,7 +473,7 @@ pub fn report(t: &Topology, faults: &[Fault], round: u64, settings: &PlanSetting
 }
 
 /// What node `x`'s host agent would read locally under these faults.
-fn evidence_of(t: &Topology, faults: &[Fault], x: usize) -> NodeEvidence {
+fn evidence_of(t: &Topology, faults: &[Fault], x: usize, peers: &[usize]) -> NodeEvidence {
     let mut ev = NodeEvidence {
         ip_forward: Some(true),
         forward: Some(ForwardEvidence {
@@ -393,6 +497,48 @@ fn evidence_of(t: &Topology, faults: &[Fault], x: usize) -> NodeEvidence {
     };
     let port = t.cluster.overlay.port;
     let peer = |i: usize| -> NodeName { t.nodes[i].name.clone() };
+    let mtu = u32::from(t.cluster.overlay.mtu);
+    let node = &t.nodes[x];
+    let changed = |i: usize| faults.contains(&Fault::VtepChanged(i));
+    let mut cfg = OverlayConfig {
+        vtep_mac: Some(if changed(x) {
+            new_vtep_mac(x)
+        } else {
+            vtep_mac(x)
+        }),
+        vxlan_port: Some(if faults.contains(&Fault::VxlanPort(x)) {
+            4789
+        } else {
+            port
+        }),
+        vni: Some(1),
+        underlay_mtu: Some(1500),
+        overlay_mtu: Some(mtu),
+        bridge_mtu: Some(mtu),
+        pod_mtus: vec![mtu],
+        bridge_addrs: vec![format!(
+            "{}/{}",
+            node.gateway,
+            node.pod_cidr.net().prefix_len()
+        )],
+        overlay_addrs: vec![format!("{}/32", node.pod_cidr.network())],
+        neighbours: peers
+            .iter()
+            .filter(|&&p| !faults.contains(&Fault::Unpublished(p)))
+            .map(|&p| NeighbourEntry {
+                ip: Some(t.nodes[p].pod_cidr.network()),
+                mac: Some(vtep_mac(p)),
+            })
+            .collect(),
+        ..OverlayConfig::default()
+    };
+    if faults.contains(&Fault::JumboMtu(x)) {
+        cfg.underlay_mtu = Some(9000);
+        cfg.overlay_mtu = Some(8950);
+        cfg.bridge_mtu = Some(8950);
+        cfg.pod_mtus = vec![8950];
+    }
+    ev.config = Some(cfg);
     for f in faults {
         match f {
             Fault::ForwardOff(n) if *n == x => ev.ip_forward = Some(false),
@@ -422,6 +568,23 @@ fn evidence_of(t: &Topology, faults: &[Fault], x: usize) -> NodeEvidence {
             Fault::PeerMissing(a, b) if *a == x => {
                 if let Some(o) = ev.overlay.as_mut() {
                     o.missing_fdb.push(peer(*b));
+                }
+            }
+            Fault::Unpublished(p) if *p != x && peers.contains(p) => {
+                if let Some(o) = ev.overlay.as_mut() {
+                    o.missing_routes.push(peer(*p));
+                    o.missing_neighbours.push(peer(*p));
+                    o.missing_fdb.push(peer(*p));
+                }
+            }
+            Fault::JumboMtu(n) if *n == x => {
+                if let Some(o) = ev.overlay.as_mut() {
+                    if let Some(d) = o.device.as_mut() {
+                        d.mtu = 8950;
+                    }
+                    if let Some(u) = o.underlay.as_mut() {
+                        u.mtu = 9000;
+                    }
                 }
             }
             _ => {}

@@ -9,6 +9,7 @@ use meshprobe_core::{Layer, NodeName};
 
 use meshprobe_core::{Cause, Direction};
 
+use crate::consistency::Attr;
 use crate::cx::*;
 use crate::index::*;
 use crate::*;
@@ -20,7 +21,7 @@ impl Cx<'_> {
     pub(crate) fn tunnel_cut(&self, s: usize, d: usize) -> bool {
         s != d
             && self.dead(Layer::GatewayFromHost, s, d)
-            && !self.failing(Layer::Underlay, s, d)
+            && self.underlay_up(s, d)
             && !self.is_explained(Part::Network, s, d)
     }
 
@@ -36,7 +37,7 @@ impl Cx<'_> {
                 .col(Layer::GatewayFromHost, x)
                 .iter()
                 .copied()
-                .filter(|&s| s != x && !self.failing(Layer::Underlay, s, x))
+                .filter(|&s| s != x && self.underlay_up(s, x))
                 .collect();
             let cut_in: Vec<(usize, usize)> = looked
                 .iter()
@@ -121,6 +122,45 @@ impl Cx<'_> {
                 fix = format!(
                     "restart flannel on {xn} (`kubectl -n kube-flannel delete pod -l app=flannel --field-selector spec.nodeName={xn}`)"
                 );
+            } else if self
+                .cfg
+                .is_odd(x, &[Attr::VxlanPort, Attr::Vni, Attr::VtepMac])
+            {
+                direction = Direction::Both;
+                cause = Cause::VxlanConfigMismatch;
+                evidence.extend(self.odd_lines(x, &[Attr::VxlanPort, Attr::Vni, Attr::VtepMac]));
+                summary = format!(
+                    "{xn}'s VXLAN device {iface} does not match the cluster's: encapsulated traffic to and from {xn} is dropped"
+                );
+                fix = format!(
+                    "on {xn}: `ip -d link show {iface}` (vxlan id, dstport, address) against a healthy node's; restart flannel on {xn} so it recreates {iface} and republishes its VTEP MAC, then `ip neigh show dev {iface}` on a peer"
+                );
+            } else if self.peers_lack(x, &observers) {
+                direction = Direction::Both;
+                cause = Cause::OverlayPeerMissing;
+                let lackers: Vec<String> = observers
+                    .iter()
+                    .filter(|&&s| self.lacks(s, x))
+                    .map(|&s| self.nm(s))
+                    .collect();
+                evidence.push(format!(
+                    "{} nodes ({}) lack overlay entries for {xn}, and {xn} lacks none of theirs: {xn} is the node that changed",
+                    lackers.len(),
+                    lackers.iter().take(4).cloned().collect::<Vec<_>>().join(", ")
+                ));
+                for &s in observers.iter().take(2) {
+                    evidence.extend(
+                        self.overlay_lines(s)
+                            .into_iter()
+                            .filter(|l| l.contains(xn.as_str())),
+                    );
+                }
+                summary = format!(
+                    "the other nodes' overlay state lacks {xn}: {xn}'s subnet or VTEP was not published to them"
+                );
+                fix = format!(
+                    "`kubectl get node {xn} -o yaml | grep flannel` (backend-data VtepMAC, public-ip); restart flannel on {xn} to republish, and check flanneld's logs on a peer"
+                );
             } else if !missing.is_empty() && missing.len() * 2 >= cut_in.len().max(1) {
                 direction = Direction::Outbound;
                 cause = Cause::OverlayPeerMissing;
@@ -153,10 +193,11 @@ impl Cx<'_> {
             }
             self.broken.insert(x, cause.clone());
             self.explain_node(&[Part::Network, Part::Pods, Part::Big], x);
+            let cells = self.claim_node(x, OVERLAY) + self.claim_balanced();
             let hop = format!("overlay: * <-> {xn} {dev}, UDP {port} ({iface})");
             self.push(
                 1,
-                (cut_in.len() + cut_out.len()) * 10,
+                (cut_in.len() + cut_out.len()) * 10 + cells,
                 cause,
                 vec![x],
                 vec![],
@@ -249,10 +290,25 @@ impl Cx<'_> {
 
     /// Whether `me`'s evidence shows overlay entries missing for `peer`.
     pub(crate) fn lacks(&self, me: usize, peer: usize) -> bool {
+        let stale = self
+            .cfg
+            .stale_for
+            .get(&peer)
+            .is_some_and(|h| h.iter().any(|(h, _)| *h == me));
         let peer = self.ix.names[peer];
-        self.evidence(me)
-            .and_then(|e| e.overlay.as_ref())
-            .is_some_and(|o| o.peers_missing().iter().any(|n| n.as_str() == peer))
+        stale
+            || self
+                .evidence(me)
+                .and_then(|e| e.overlay.as_ref())
+                .is_some_and(|o| o.peers_missing().iter().any(|n| n.as_str() == peer))
+    }
+
+    /// Most of `observers` lack overlay entries for `x` (by their own evidence), and `x`
+    /// lacks none of theirs: the one thing they share is `x`.
+    pub(crate) fn peers_lack(&self, x: usize, observers: &[usize]) -> bool {
+        let lacking = observers.iter().filter(|&&s| self.lacks(s, x)).count();
+        let x_lacks = observers.iter().filter(|&&s| self.lacks(x, s)).count();
+        lacking >= 2 && self.quorum(lacking, observers.len()) && x_lacks * 2 < lacking
     }
 
     pub(crate) fn overlay_lines(&self, x: usize) -> Vec<String> {
@@ -295,6 +351,111 @@ impl Cx<'_> {
         v
     }
 
+    /// Blame the outlier, never the victims: when several nodes' tunnels to one peer are
+    /// cut, the fault is at that peer, one finding naming it, with the others as peers.
+    /// Their own evidence says how: they lack overlay entries for it, or nothing on them
+    /// explains it.
+    fn shared_peers(&mut self, cuts: &[(usize, usize)]) {
+        let mut by_node: FxMap<usize, Vec<usize>> = FxMap::default();
+        for &(a, b) in cuts {
+            if self.is_explained(Part::Network, a, b) {
+                continue;
+            }
+            // The end whose own state lacks the other is the pair's fault, not a shared peer.
+            if !self.lacks(b, a) {
+                by_node.entry(a).or_default().push(b);
+            }
+            if !self.lacks(a, b) {
+                by_node.entry(b).or_default().push(a);
+            }
+        }
+        let mut order: Vec<(usize, Vec<usize>)> =
+            by_node.into_iter().filter(|(_, v)| v.len() >= 2).collect();
+        order.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then(a.0.cmp(&b.0)));
+        let iface = self.t.cluster.overlay.interface.clone();
+        let port = self.t.cluster.overlay.port;
+        for (p, sufferers) in order {
+            let sufferers: Vec<usize> = sufferers
+                .into_iter()
+                .filter(|&s| !self.is_explained(Part::Network, s, p))
+                .collect();
+            if sufferers.len() < 2 {
+                continue;
+            }
+            let pn = self.nm(p);
+            let lacking: Vec<usize> = sufferers
+                .iter()
+                .copied()
+                .filter(|&s| self.lacks(s, p))
+                .collect();
+            let pairs: Vec<(usize, usize)> = sufferers.iter().map(|&s| (s, p)).collect();
+            let mut evidence = self.cite(Layer::GatewayFromHost, &pairs);
+            let names = |v: &[usize]| {
+                v.iter()
+                    .take(6)
+                    .map(|&s| self.nm(s))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            evidence.push(format!(
+                "{} nodes ({}) lose the tunnel to {pn}, and each reaches the other nodes: what they share is {pn}",
+                sufferers.len(),
+                names(&sufferers)
+            ));
+            let (cause, summary, fix) = if lacking.len() * 2 > sufferers.len() {
+                for &s in lacking.iter().take(2) {
+                    evidence.extend(
+                        self.overlay_lines(s)
+                            .into_iter()
+                            .filter(|l| l.contains(pn.as_str())),
+                    );
+                }
+                evidence.extend(self.odd_lines(p, &[Attr::VtepMac]));
+                (
+                    Cause::OverlayPeerMissing,
+                    format!(
+                        "{} nodes lack overlay entries for {pn}: {pn}'s subnet or VTEP was not published to them",
+                        lacking.len()
+                    ),
+                    format!(
+                        "`kubectl get node {pn} -o yaml | grep flannel` (backend-data VtepMAC, public-ip); restart flannel on {pn} to republish, and read flanneld's logs on {}",
+                        self.nm(lacking[0])
+                    ),
+                )
+            } else {
+                evidence.extend(self.odd_lines(p, &[]));
+                (
+                    Cause::VxlanBlocked,
+                    format!(
+                        "VXLAN between {pn} and {} nodes is lost while their node IPs answer",
+                        sufferers.len()
+                    ),
+                    format!(
+                        "check ACLs and security groups between {pn} and {} for UDP {port}; `tcpdump -ni <underlay> udp port {port}` on {pn}",
+                        names(&sufferers)
+                    ),
+                )
+            };
+            let mut cells = 0;
+            for &s in &sufferers {
+                self.explain_pair(&[Part::Network, Part::Pods, Part::Big], s, p);
+                cells += self.claim_pair(s, p, OVERLAY);
+            }
+            self.push(
+                5,
+                cells.max(sufferers.len() * 4),
+                cause,
+                vec![p],
+                sufferers,
+                Direction::Unknown,
+                format!("overlay: {{peers}} <-> {pn} {iface}, UDP {port}"),
+                summary,
+                evidence,
+                fix,
+            );
+        }
+    }
+
     pub(crate) fn tunnel_pairs(&mut self) {
         let mut cuts: Vec<(usize, usize)> = self
             .ix
@@ -306,6 +467,7 @@ impl Cx<'_> {
         cuts.dedup();
         let iface = self.t.cluster.overlay.interface.clone();
         let port = self.t.cluster.overlay.port;
+        self.shared_peers(&cuts);
         for (a, b) in cuts {
             if self.is_explained(Part::Network, a, b) {
                 continue;
@@ -315,6 +477,7 @@ impl Cx<'_> {
             cited.extend(self.chain_line(a, b));
             cited.extend(self.chain_line(b, a));
             let (lacks_ab, lacks_ba) = (self.lacks(a, b), self.lacks(b, a));
+            self.claim_pair(a, b, OVERLAY);
             for (me, peer, lacking) in [(a, b, lacks_ab), (b, a, lacks_ba)] {
                 if !lacking {
                     continue;

@@ -114,6 +114,30 @@ fn each_single_fault_gives_exactly_its_cause() {
                 Fault::AgentsSilent(1),
                 one("agent-missing", &["n2"], &[], "none"),
             ),
+            (
+                Fault::IcmpBlocked(2),
+                one("icmp-blocked", &["n3"], &[], "inbound"),
+            ),
+            (
+                Fault::JumboMtu(0),
+                one("mtu-mismatch", &["n1"], &[], "outbound"),
+            ),
+            (
+                Fault::VxlanPort(1),
+                one("vxlan-config-mismatch", &["n2"], &[], "both"),
+            ),
+            (
+                Fault::VtepChanged(2),
+                one("vxlan-config-mismatch", &["n3"], &[], "both"),
+            ),
+            (
+                Fault::Unpublished(1),
+                one("overlay-peer-missing", &["n2"], &[], "both"),
+            ),
+            (
+                Fault::DnsRulesMissing(0),
+                one("dns-service-broken", &["n1"], &[], "outbound"),
+            ),
         ];
         for (fault, want) in cases {
             let (f, _) = run(n, std::slice::from_ref(&fault));

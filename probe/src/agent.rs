@@ -77,6 +77,9 @@ pub const HEARTBEATS_MISSED: u32 = 3;
 /// Reports kept while the coordinator is unreachable; the oldest go first.
 pub const OFFLINE_BUFFER: usize = 64;
 
+/// The largest probe an agent sends: an IPv4 packet's limit, less room for the headers.
+pub const MAX_PROBE_SIZE: u16 = 65_000;
+
 /// The first retry after a failed poll; doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// The longest pause between two polls of an unreachable coordinator: a restarted
@@ -429,12 +432,21 @@ pub async fn run_plan(
     const OVER_BUDGET: &str = "not finished within the round's budget";
 
     let icmp = async {
+        // Full-size underlay probes go at the plan's size or the route's MTU, whichever is
+        // larger: a NIC set larger than the fabric carries (jumbo frames on one node) then
+        // shows as lost full-size probes instead of passing unseen.
         let targets: Vec<Target> = plan
             .icmp
             .iter()
             .map(|t| Target {
                 ip: t.ip,
-                size: t.size,
+                size: if t.layer == Layer::UnderlayFullSize {
+                    probers
+                        .route_mtu(t.ip)
+                        .map_or(t.size, |m| m.clamp(t.size, MAX_PROBE_SIZE))
+                } else {
+                    t.size
+                },
             })
             .collect();
         let schedule = Schedule {
@@ -455,7 +467,13 @@ pub async fn run_plan(
                         sent: o.sent,
                         ok: o.received,
                         rtt_ms: o.mean_rtt_ms(),
-                        detail: o.detail.clone(),
+                        detail: match (&o.detail, targets[i].size) {
+                            (Some(d), size) if size != t.size => Some(format!(
+                                "{d}; {size}-byte DF probes, this node's MTU toward {}",
+                                t.ip
+                            )),
+                            (d, _) => d.clone(),
+                        },
                     },
                     None => not_probed(t.layer, &t.column, "no outcome from the ICMP prober"),
                 },

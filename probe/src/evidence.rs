@@ -11,7 +11,8 @@ use std::net::Ipv4Addr;
 use std::process::Command;
 
 use meshprobe_core::evidence::{
-    DeviceState, FirewallRule, ForwardEvidence, NodeEvidence, OverlayEvidence, OverlayExpectation,
+    DeviceState, FdbEntry, FirewallRule, ForwardEvidence, MAX_CONFIG_ENTRIES, NeighbourEntry,
+    NodeEvidence, OverlayConfig, OverlayEvidence, OverlayExpectation, RouteEntry,
 };
 use serde_json::Value;
 
@@ -189,7 +190,7 @@ pub fn collect(host: &dyn Host, expect: Option<&OverlayExpectation>) -> NodeEvid
                 .map_err(|e| format!("ip {}: {e}", args.join(" ")))
         };
         match (
-            json(&["-j", "addr", "show"]),
+            json(&["-d", "-j", "addr", "show"]),
             json(&["-j", "-4", "route", "show"]),
         ) {
             (Ok(addrs), Ok(routes)) => {
@@ -204,9 +205,16 @@ pub fn collect(host: &dyn Host, expect: Option<&OverlayExpectation>) -> NodeEvid
                     &addrs,
                     &routes,
                     &neigh,
-                    fdb.ok().as_deref(),
+                    fdb.as_ref().ok().map(String::as_str),
                 ));
                 ev.cidr_overlaps = cidr_overlaps(exp, &addrs, &routes);
+                ev.config = Some(overlay_config(
+                    exp,
+                    &addrs,
+                    &routes,
+                    &neigh,
+                    fdb.as_ref().map_or("[]", String::as_str),
+                ));
             }
             (Err(e), _) | (_, Err(e)) => ev.unavailable.push(e),
         }
@@ -443,6 +451,112 @@ pub fn check_overlay(
         }
     }
     ev
+}
+
+/// The node's own overlay identity and configuration, from iproute2's JSON (`ip -d -j addr`,
+/// `ip -j -4 route`, `ip -j -4 neigh` and `bridge -j fdb` on the overlay device), for the
+/// coordinator to compare across nodes. Entries are kept only for the cluster's pod
+/// networks and the plan's peers, at most [`MAX_CONFIG_ENTRIES`] of each kind.
+pub fn overlay_config(
+    exp: &OverlayExpectation,
+    addrs: &str,
+    routes: &str,
+    neigh: &str,
+    fdb: &str,
+) -> OverlayConfig {
+    let links = arr(addrs);
+    let node_ip = exp.node_ip.to_string();
+    let by_name = |name: &str| links.iter().find(|l| l["ifname"] == name);
+    let mtu = |l: &Value| l["mtu"].as_u64().and_then(|m| u32::try_from(m).ok());
+    let addrs_of = |l: &Value| -> Vec<String> {
+        l["addr_info"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|a| a["family"].as_str().is_none_or(|f| f == "inet"))
+            .filter_map(|a| {
+                Some(format!(
+                    "{}/{}",
+                    a["local"].as_str()?,
+                    a["prefixlen"].as_u64()?
+                ))
+            })
+            .take(MAX_CONFIG_ENTRIES)
+            .collect()
+    };
+    let overlay = by_name(&exp.interface);
+    let bridge = by_name("cni0");
+    let underlay = links.iter().find(|l| {
+        l["addr_info"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x["local"] == node_ip.as_str()))
+    });
+    let info = overlay.map(|o| &o["linkinfo"]["info_data"]);
+    let mut pod_mtus: Vec<u32> = links
+        .iter()
+        .filter(|l| l["master"] == "cni0" && l["ifname"].as_str().is_some_and(|n| n != "cni0"))
+        .filter_map(mtu)
+        .collect();
+    pod_mtus.sort_unstable();
+    pod_mtus.dedup();
+    let pod_nets: Vec<(Ipv4Addr, u8)> = exp
+        .pod_cidrs
+        .iter()
+        .map(|c| (c.network(), c.net().prefix_len()))
+        .collect();
+    let in_pods = |dst: &str| {
+        parse_cidr(dst)
+            .is_some_and(|(ip, len)| pod_nets.iter().any(|n| len >= n.1 && contains(*n, ip)))
+    };
+    let vteps: Vec<Ipv4Addr> = exp.peers.iter().map(|p| p.vtep_ip).collect();
+    let peer_ips: Vec<Ipv4Addr> = exp.peers.iter().map(|p| p.ip).collect();
+    let ip = |v: &Value| v.as_str().and_then(|s| s.parse::<Ipv4Addr>().ok());
+    let lower = |v: &Value| v.as_str().map(str::to_ascii_lowercase);
+    OverlayConfig {
+        vtep_mac: overlay.and_then(|o| lower(&o["address"])),
+        vxlan_port: info
+            .and_then(|i| i["port"].as_u64())
+            .and_then(|p| u16::try_from(p).ok()),
+        vni: info
+            .and_then(|i| i["id"].as_u64())
+            .and_then(|p| u32::try_from(p).ok()),
+        underlay_mtu: underlay.and_then(mtu),
+        overlay_mtu: overlay.and_then(mtu),
+        bridge_mtu: bridge.and_then(mtu),
+        pod_mtus,
+        bridge_addrs: bridge.map(addrs_of).unwrap_or_default(),
+        overlay_addrs: overlay.map(addrs_of).unwrap_or_default(),
+        routes: arr(routes)
+            .iter()
+            .filter(|r| r["dst"].as_str().is_some_and(in_pods))
+            .take(MAX_CONFIG_ENTRIES)
+            .map(|r| RouteEntry {
+                dst: r["dst"].as_str().unwrap_or_default().to_owned(),
+                gateway: ip(&r["gateway"]),
+                dev: r["dev"].as_str().map(str::to_owned),
+            })
+            .collect(),
+        neighbours: arr(neigh)
+            .iter()
+            .filter(|n| ip(&n["dst"]).is_some_and(|a| vteps.contains(&a)))
+            .take(MAX_CONFIG_ENTRIES)
+            .map(|n| NeighbourEntry {
+                ip: ip(&n["dst"]),
+                mac: lower(&n["lladdr"]),
+            })
+            .collect(),
+        fdb: arr(fdb)
+            .iter()
+            .filter(|f| ip(&f["dst"]).is_some_and(|a| peer_ips.contains(&a)))
+            .take(MAX_CONFIG_ENTRIES)
+            .filter_map(|f| {
+                Some(FdbEntry {
+                    mac: lower(&f["mac"])?,
+                    dst: ip(&f["dst"]),
+                })
+            })
+            .collect(),
+    }
 }
 
 fn parse_cidr(s: &str) -> Option<(Ipv4Addr, u8)> {
@@ -689,6 +803,33 @@ mod tests {
         assert_eq!(security_agents(&comms), ["wsssr_defence_daemon", "kesl"]);
     }
 
+    #[test]
+    fn overlay_config_reads_identity_mtus_and_entries() {
+        let addrs = r#"[{"ifname":"eth0","mtu":9000,"operstate":"UP","flags":["UP"],"addr_info":[{"family":"inet","local":"192.168.77.11","prefixlen":24}]},
+          {"ifname":"cni0","mtu":1450,"operstate":"UP","flags":["UP"],"addr_info":[{"family":"inet","local":"10.42.1.1","prefixlen":24}]},
+          {"ifname":"veth-web","mtu":1400,"master":"cni0","operstate":"UP","flags":["UP"],"addr_info":[]},
+          {"ifname":"veth-dns","mtu":1450,"master":"cni0","operstate":"UP","flags":["UP"],"addr_info":[]},
+          {"ifname":"flannel.1","mtu":1450,"address":"0E:6D:70:00:00:01","operstate":"UNKNOWN","flags":["UP"],
+           "linkinfo":{"info_kind":"vxlan","info_data":{"id":1,"port":4789,"local":"192.168.77.11"}},
+           "addr_info":[{"family":"inet","local":"10.42.1.0","prefixlen":32}]}]"#;
+        let c = overlay_config(&expectation(), addrs, ROUTES, NEIGH, FDB);
+        assert_eq!(c.vtep_mac.as_deref(), Some("0e:6d:70:00:00:01"));
+        assert_eq!((c.vxlan_port, c.vni), (Some(4789), Some(1)));
+        assert_eq!(
+            (c.underlay_mtu, c.overlay_mtu, c.bridge_mtu),
+            (Some(9000), Some(1450), Some(1450))
+        );
+        assert_eq!(c.pod_mtus, [1400, 1450]);
+        assert_eq!(c.bridge_addrs, ["10.42.1.1/24"]);
+        assert_eq!(c.overlay_addrs, ["10.42.1.0/32"]);
+        // The node's own pod CIDR (on cni0) and the two peers' routes; not the node network.
+        let dsts: Vec<&str> = c.routes.iter().map(|r| r.dst.as_str()).collect();
+        assert_eq!(dsts, ["10.42.1.0/24", "10.42.2.0/24", "10.42.3.0/24"]);
+        assert_eq!(c.neighbours.len(), 2);
+        assert_eq!(c.fdb.len(), 2);
+        assert_eq!(c.fdb[0].dst, Some("192.168.77.13".parse().expect("ip")));
+    }
+
     struct Fake;
     impl Host for Fake {
         fn read(&self, path: &str) -> io::Result<String> {
@@ -699,7 +840,7 @@ mod tests {
         }
         fn run(&self, program: &str, args: &[&str]) -> io::Result<String> {
             match (program, args.get(1)) {
-                ("ip", Some(&"addr")) => Ok(ADDRS.into()),
+                ("ip", _) if args.contains(&"addr") => Ok(ADDRS.into()),
                 ("ip", Some(&"-4")) if args.contains(&"route") => Ok(ROUTES.into()),
                 ("ip", Some(&"-4")) => Ok(NEIGH.into()),
                 _ => Err(io::Error::other(format!("{program}: not installed"))),

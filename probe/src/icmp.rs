@@ -419,6 +419,34 @@ fn describe_icmp_error(ty: u8, code: u8) -> String {
     }
 }
 
+/// The MTU of the route to `ip` (`IP_MTU` on a connected UDP socket): the outgoing
+/// interface's MTU, or a smaller path MTU the kernel learned. Connecting a UDP socket sends
+/// nothing.
+#[expect(
+    unsafe_code,
+    reason = "IP_MTU has no safe wrapper in socket2 or nix; rustix is not a dependency"
+)]
+pub fn route_mtu(ip: Ipv4Addr) -> Option<u16> {
+    use std::os::fd::AsRawFd;
+    let sock = Socket::new(Domain::IPV4, Type::DGRAM, None).ok()?;
+    sock.connect(&std::net::SocketAddrV4::new(ip, 9).into())
+        .ok()?;
+    let mut mtu: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: the fd belongs to `sock`, which outlives the call; the value points to an
+    // int on this stack frame and its exact size is passed, as ip(7) specifies.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_MTU,
+            (&raw mut mtu).cast(),
+            &raw mut len,
+        )
+    };
+    (rc == 0).then(|| u16::try_from(mtu).ok()).flatten()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

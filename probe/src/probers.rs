@@ -38,6 +38,13 @@ pub trait Probers: Send + Sync {
         check: HttpCheck,
         timeout: Duration,
     ) -> impl Future<Output = Result<Duration, String>> + Send;
+    /// The MTU of the route to `ip`, as the kernel sees it (the interface's, or a learned
+    /// path MTU), when it can be read. The underlay's full-size probes are sent at least
+    /// this large, so that a node whose NIC is set larger than the fabric carries shows.
+    fn route_mtu(&self, _ip: Ipv4Addr) -> Option<u16> {
+        None
+    }
+
     /// The node-local evidence (host agents), within `timeout`.
     fn evidence(
         &self,
@@ -87,6 +94,10 @@ impl Probers for RealProbers {
         timeout: Duration,
     ) -> Result<Duration, String> {
         crate::http::probe(&self.http, url, host, check, timeout).await
+    }
+
+    fn route_mtu(&self, ip: Ipv4Addr) -> Option<u16> {
+        crate::icmp::route_mtu(ip)
     }
 
     async fn evidence(

@@ -1,0 +1,154 @@
+//! No silent NOT HEALTHY: every failing cell no detector claimed is named in an
+//! `unexplained` finding, localised as far as the cells allow. The node most of them leave
+//! or aim at is named first (its cells, the layers, which way, what its evidence shows),
+//! then the next, until every cell is named.
+
+use std::collections::BTreeSet;
+
+use meshprobe_core::{Cause, Direction, Layer};
+
+use crate::cx::{Cx, describe};
+use crate::index::{CellKey, FxMap};
+use crate::services::balanced;
+
+/// At most this many `unexplained` findings; the rest of the cells go in one last finding.
+const MAX_UNEXPLAINED: usize = 8;
+
+impl Cx<'_> {
+    pub(crate) fn unexplained(&mut self) {
+        let mut left: Vec<CellKey> = self
+            .ix
+            .failing
+            .iter()
+            .copied()
+            .filter(|k| !self.claimed.contains(k))
+            .collect();
+        let mut made = 0;
+        while !left.is_empty() {
+            // (cells, cells aimed at it) per node: the node in most cells is named first,
+            // and between equals the one they are aimed at.
+            let mut score: FxMap<usize, (usize, usize)> = FxMap::default();
+            for k in &left {
+                let d = self.ix.dst_node(*k);
+                score.entry(k.src).or_default().0 += 1;
+                if let Some(d) = d
+                    && d != k.src
+                {
+                    let e = score.entry(d).or_default();
+                    e.0 += 1;
+                    e.1 += 1;
+                }
+            }
+            let Some((&x, _)) = score.iter().max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0))) else {
+                break;
+            };
+            let (mine, rest): (Vec<CellKey>, Vec<CellKey>) = if made + 1 < MAX_UNEXPLAINED {
+                left.into_iter()
+                    .partition(|k| k.src == x || self.ix.dst_node(*k) == Some(x))
+            } else {
+                (left, Vec::new())
+            };
+            left = rest;
+            self.unexplained_finding(x, &mine);
+            made += 1;
+        }
+    }
+
+    fn unexplained_finding(&mut self, x: usize, cells: &[CellKey]) {
+        let xn = self.nm(x);
+        let out = cells.iter().filter(|k| k.src == x).count();
+        let into = cells.len() - out;
+        let direction = Direction::of(into > 0, out > 0);
+        let layers: BTreeSet<Layer> = cells.iter().map(|k| k.layer).collect();
+        let layer_list = layers
+            .iter()
+            .map(|l| l.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut peers: Vec<usize> = cells
+            .iter()
+            .flat_map(|k| [Some(k.src), self.ix.dst_node(*k)])
+            .flatten()
+            .filter(|&n| n != x)
+            .collect();
+        peers.sort_unstable();
+        peers.dedup();
+        let mut evidence: Vec<String> = cells
+            .iter()
+            .take(6)
+            .filter_map(|&k| {
+                self.ix.cell(k).map(|c| {
+                    format!(
+                        "{} -> {} {}: {}",
+                        self.nm(k.src),
+                        self.ix.col_name(k),
+                        k.layer,
+                        describe(c)
+                    )
+                })
+            })
+            .collect();
+        if cells.len() > 6 {
+            evidence.push(format!("... and {} more cells", cells.len() - 6));
+        }
+        if let Some((_, lines)) = self.node_fact(x) {
+            evidence.extend(lines);
+        }
+        evidence.extend(self.odd_lines(x, &[]));
+        if let Some((h, p)) = self.agent_state(x) {
+            evidence.push(format!(
+                "{xn}'s agents are {}/{} (host/pod)",
+                format!("{h:?}").to_lowercase(),
+                format!("{p:?}").to_lowercase()
+            ));
+        }
+        let services_from_pods = out == cells.len() && layers.iter().all(|l| balanced(*l));
+        let (summary, fix) = if services_from_pods {
+            (
+                format!(
+                    "{xn} fails {layer_list} toward {} targets that other nodes reach: a fault on {xn} that no rule names",
+                    cells.len()
+                ),
+                format!(
+                    "on {xn}: compare `iptables-save -t nat` with a healthy node's (kube-proxy's service and masquerade rules); kube-proxy's logs on {xn}"
+                ),
+            )
+        } else {
+            let way = match direction {
+                Direction::Inbound => format!("aimed at {xn}"),
+                Direction::Outbound => format!("from {xn}"),
+                _ => format!("to and from {xn}"),
+            };
+            (
+                format!(
+                    "{} failing cells {way} ({layer_list}) that no rule explains",
+                    cells.len()
+                ),
+                format!(
+                    "`meshprobe check --output wide` for the cells; on {xn}: `ip route; ip neigh; iptables-save`, compared with a healthy node's"
+                ),
+            )
+        };
+        self.claimed.extend(cells.iter().copied());
+        self.pending.extend(cells.iter().copied());
+        self.push(
+            11,
+            cells.len(),
+            Cause::Unexplained,
+            vec![x],
+            if peers.len() <= 4 { peers } else { Vec::new() },
+            direction,
+            format!(
+                "{layer_list}: {}",
+                if into > 0 && out == 0 {
+                    format!("* -> {xn}")
+                } else {
+                    format!("{xn} -> *")
+                }
+            ),
+            summary,
+            evidence,
+            fix,
+        );
+    }
+}
