@@ -43,6 +43,12 @@ fn expected(plan: &LabPlan, f: &Fault) -> (&'static str, String, Option<String>)
         Fault::NodeportRemoved { .. } => ("nodeport-broken", on(node), None),
         Fault::IngressDown => ("ingress-broken", plan.ingress().name.clone(), None),
         Fault::LinkDown { .. } => ("node-unreachable", on(node), None),
+        Fault::IcmpBlocked { .. } => ("icmp-blocked", on(node), None),
+        Fault::JumboMtu { .. } => ("mtu-mismatch", on(node), None),
+        Fault::VxlanPort { .. } | Fault::VxlanVni { .. } | Fault::VtepChanged { .. } => {
+            ("vxlan-config-mismatch", on(node), None)
+        }
+        Fault::DnsRulesMissing { .. } => ("dns-service-broken", on(node), None),
         Fault::Loss { .. } => ("packet-loss", on(node), None),
         // Not data-path faults: no finding is expected of them.
         Fault::CoordinatorDown
@@ -52,6 +58,17 @@ fn expected(plan: &LabPlan, f: &Fault) -> (&'static str, String, Option<String>)
         | Fault::CoordinatorRestart
         | Fault::HostAgentRestart { .. } => ("", String::new(), None),
     }
+}
+
+/// The nodes a finding may name under `f`: the fault's node, a CoreDNS pod's node, the
+/// ingress node.
+fn at_fault(plan: &LabPlan, f: &Fault) -> Vec<String> {
+    let (_, node, _) = expected(plan, f);
+    f.node()
+        .map(str::to_owned)
+        .into_iter()
+        .chain([node])
+        .collect()
 }
 
 /// One fault of every kind, on nodes drawn from `rng`.
@@ -96,6 +113,12 @@ fn every_kind(plan: &LabPlan, rng: &mut fastrand::Rng) -> Vec<Fault> {
             node: node(rng),
             percent: 50,
         },
+        Fault::IcmpBlocked { node: node(rng) },
+        Fault::JumboMtu { node: node(rng) },
+        Fault::VxlanPort { node: node(rng) },
+        Fault::VxlanVni { node: node(rng) },
+        Fault::VtepChanged { node: node(rng) },
+        Fault::DnsRulesMissing { node: node(rng) },
     ]
 }
 
@@ -144,13 +167,34 @@ fn suite(nodes: usize, test: &str) {
                 summary(&r)
             ));
         }
+        // Exactly right: no finding names a node other than the one at fault.
+        let at_fault = at_fault(lab.plan(), &fault);
+        if let Some(f) = r
+            .findings
+            .iter()
+            .find(|f| f.nodes.iter().any(|n| !at_fault.contains(&n.to_string())))
+        {
+            misses.push(format!(
+                "{fault}: {} names a healthy node {:?}:\n{}",
+                f.cause,
+                f.nodes,
+                summary(&r)
+            ));
+        }
+        let unclaimed = common::unclaimed(&r);
+        if !unclaimed.is_empty() {
+            misses.push(format!(
+                "{fault}: failing cells no finding claims: {unclaimed:?}\n{}",
+                summary(&r)
+            ));
+        }
         lab.heal(&fault)
             .unwrap_or_else(|e| panic!("heal {fault}: {e}"));
         check_until_healthy(&lab, Duration::from_secs(30));
     }
     assert!(
         misses.is_empty(),
-        "{nodes} nodes: {} of 14 faults misdiagnosed:\n{}",
+        "{nodes} nodes: {} misdiagnoses:\n{}",
         misses.len(),
         misses.join("\n")
     );

@@ -39,7 +39,13 @@ fn expect(p: &LabPlan, f: &Fault, layer: Layer, s: &str, d: &str) -> Exp {
     let cross = !dn.is_empty() && s != dn;
     let overlay = matches!(
         layer,
-        GatewayFromHost | GatewayFromPod | PodToPod | PodToPodFullSize | DnsPod | CorednsMetrics
+        GatewayFromHost
+            | GatewayFromPod
+            | PodToPod
+            | PodToPodFullSize
+            | PodToPodFragmented
+            | DnsPod
+            | CorednsMetrics
     );
     let yes = |b: bool| if b { Exp::Fail } else { Exp::Ok };
     // From a pod, NodePorts and the ingress also depend on the source node forwarding and
@@ -51,12 +57,18 @@ fn expect(p: &LabPlan, f: &Fault, layer: Layer, s: &str, d: &str) -> Exp {
             Fault::DnsDown { .. }
             | Fault::MetricsBlocked { .. }
             | Fault::NodeportRemoved { .. }
-            | Fault::IngressDown => Exp::Ok,
+            | Fault::IngressDown
+            | Fault::IcmpBlocked { .. }
+            | Fault::DnsRulesMissing { .. } => Exp::Ok,
             _ => Exp::Any,
         };
     }
     match f {
-        Fault::VxlanDropIn { node: x } | Fault::VxlanDropOut { node: x } => match layer {
+        Fault::VxlanDropIn { node: x }
+        | Fault::VxlanDropOut { node: x }
+        | Fault::VxlanPort { node: x }
+        | Fault::VxlanVni { node: x }
+        | Fault::VtepChanged { node: x } => match layer {
             Underlay | UnderlayFullSize => Exp::Ok,
             _ if overlay => yes(cross && (s == x || dn == x)),
             _ => Exp::Any,
@@ -64,7 +76,7 @@ fn expect(p: &LabPlan, f: &Fault, layer: Layer, s: &str, d: &str) -> Exp {
         Fault::IpForwardOff { node: x } | Fault::ForwardReject { node: x } => match layer {
             Underlay | UnderlayFullSize | GatewayFromHost => Exp::Ok,
             GatewayFromPod => yes(s == x && dn != x),
-            PodToPod | PodToPodFullSize => yes(s == x || dn == x),
+            PodToPod | PodToPodFullSize | PodToPodFragmented => yes(s == x || dn == x),
             // Same-node pod traffic is bridged: br_netfilter may or may not show it FORWARD.
             DnsPod if !cross => {
                 if s == x {
@@ -89,7 +101,7 @@ fn expect(p: &LabPlan, f: &Fault, layer: Layer, s: &str, d: &str) -> Exp {
             }
         }
         Fault::UnderlayMtu { node: x, .. } => match layer {
-            UnderlayFullSize | PodToPodFullSize => yes(s == x || dn == x),
+            UnderlayFullSize | PodToPodFullSize | PodToPodFragmented => yes(s == x || dn == x),
             // Metrics pages are several full-size TCP segments.
             CorednsMetrics if cross && (s == x || dn == x) => Exp::Any,
             Nodeport | Ingress => Exp::Any,
@@ -101,6 +113,20 @@ fn expect(p: &LabPlan, f: &Fault, layer: Layer, s: &str, d: &str) -> Exp {
             _ => Exp::Ok,
         },
         Fault::MetricsBlocked { pod } => yes(layer == CorednsMetrics && d == pod),
+        // Echo requests to x's node IP; NodePorts (TCP) and the tunnel (UDP) get through.
+        Fault::IcmpBlocked { node: x } => {
+            yes(matches!(layer, Underlay | UnderlayFullSize) && dn == x)
+        }
+        // x's full-size underlay probes go at its 9000-byte MTU and vanish; TCP adapts
+        // (MSS), and the overlay's probes stay within 1450.
+        Fault::JumboMtu { node: x } => match layer {
+            UnderlayFullSize => yes(s == x),
+            // Its pods send (and answer) the 2,900-byte echo whole.
+            PodToPodFragmented => yes(cross && (s == x || dn == x)),
+            CorednsMetrics | Nodeport | Ingress => Exp::Any,
+            _ => Exp::Ok,
+        },
+        Fault::DnsRulesMissing { node: x } => yes(layer == DnsService && s == x),
         Fault::NodeportRemoved { node: x } => yes(layer == Nodeport && d == x),
         Fault::IngressDown => yes(layer == Ingress),
         Fault::CoordinatorDown | Fault::ApiServerDown => Exp::Any,
@@ -185,6 +211,11 @@ fn fault_round_trip(fault: Fault) {
         fails > 0,
         "{fault}: no cell was expected to fail; the test would prove nothing"
     );
+    let unclaimed = common::unclaimed(&r);
+    assert!(
+        unclaimed.is_empty(),
+        "{fault}: failing cells no finding claims: {unclaimed:?}"
+    );
     assert!(oks > 10, "{fault}: only {oks} cells were expected ok");
     lab.heal(&fault)
         .unwrap_or_else(|e| panic!("heal {fault}: {e}"));
@@ -201,11 +232,11 @@ fn healthy_lab_is_all_ok() {
     let r = check_until_healthy(&lab, Duration::from_secs(10));
     let (ok, fail, unknown) = r.counts();
     assert_eq!((fail, unknown), (0, 0));
-    // 3 nodes, per node: host ICMP 2+2+3, pod ICMP 3+2+2, DNS 1+2, metrics 2, NodePort 3 and
-    // ingress 1 from the host, and the same from the pod.
+    // 3 nodes, per node: host ICMP 2+2+3, pod ICMP 3+2+2+2, DNS 1+2, metrics 2, NodePort 3
+    // and ingress 1 from the host, and the same from the pod.
     assert_eq!(
         ok,
-        3 * (2 + 2 + 3) + 3 * (3 + 2 + 2) + 3 * 3 + 3 * (2 + 3 + 1) + 3 * (3 + 1),
+        3 * (2 + 2 + 3) + 3 * (3 + 2 + 2 + 2) + 3 * 3 + 3 * (2 + 3 + 1) + 3 * (3 + 1),
         "cells: {:?}",
         r.layers.keys()
     );
@@ -316,6 +347,36 @@ fn fault_loss() {
         node: on("n3"),
         percent: 50,
     });
+}
+
+#[test]
+fn fault_icmp_blocked() {
+    fault_round_trip(Fault::IcmpBlocked { node: on("n2") });
+}
+
+#[test]
+fn fault_jumbo_mtu() {
+    fault_round_trip(Fault::JumboMtu { node: on("n3") });
+}
+
+#[test]
+fn fault_vxlan_port() {
+    fault_round_trip(Fault::VxlanPort { node: on("n1") });
+}
+
+#[test]
+fn fault_vxlan_vni() {
+    fault_round_trip(Fault::VxlanVni { node: on("n2") });
+}
+
+#[test]
+fn fault_vtep_changed() {
+    fault_round_trip(Fault::VtepChanged { node: on("n3") });
+}
+
+#[test]
+fn fault_dns_rules_missing() {
+    fault_round_trip(Fault::DnsRulesMissing { node: on("n1") });
 }
 
 #[test]

@@ -27,6 +27,10 @@ pub enum Layer {
     PodToPod,
     /// Pod agent → every other node's probe pod, ICMP filling the overlay MTU, DF set.
     PodToPodFullSize,
+    /// Pod agent → every other node's probe pod, ICMP of twice the overlay MTU with DF
+    /// clear: the pod's kernel fragments it and the peer reassembles it. Fails where
+    /// fragments are dropped, or where a node sends more than the fabric carries.
+    PodToPodFragmented,
     /// Pod agent → the kube-dns service IP: cluster names resolved through kube-proxy.
     DnsService,
     /// Pod agent → each CoreDNS pod IP directly.
@@ -46,13 +50,14 @@ pub enum Layer {
 
 impl Layer {
     /// Every layer, in the order people read them: from the wire up.
-    pub const ALL: [Layer; 13] = [
+    pub const ALL: [Layer; 14] = [
         Layer::Underlay,
         Layer::UnderlayFullSize,
         Layer::GatewayFromHost,
         Layer::GatewayFromPod,
         Layer::PodToPod,
         Layer::PodToPodFullSize,
+        Layer::PodToPodFragmented,
         Layer::DnsService,
         Layer::DnsPod,
         Layer::CorednsMetrics,
@@ -63,13 +68,14 @@ impl Layer {
     ];
 
     /// The ICMP echo layers: node to node, where loss is measured over many probes.
-    pub const ICMP: [Layer; 6] = [
+    pub const ICMP: [Layer; 7] = [
         Layer::Underlay,
         Layer::UnderlayFullSize,
         Layer::GatewayFromHost,
         Layer::GatewayFromPod,
         Layer::PodToPod,
         Layer::PodToPodFullSize,
+        Layer::PodToPodFragmented,
     ];
 
     /// The name used in JSON and on the command line.
@@ -81,6 +87,7 @@ impl Layer {
             Layer::GatewayFromPod => "gateway-from-pod",
             Layer::PodToPod => "pod-to-pod",
             Layer::PodToPodFullSize => "pod-to-pod-full-size",
+            Layer::PodToPodFragmented => "pod-to-pod-fragmented",
             Layer::DnsService => "dns-service",
             Layer::DnsPod => "dns-pod",
             Layer::CorednsMetrics => "coredns-metrics",
@@ -103,6 +110,7 @@ impl Layer {
             Layer::GatewayFromPod
             | Layer::PodToPod
             | Layer::PodToPodFullSize
+            | Layer::PodToPodFragmented
             | Layer::DnsService
             | Layer::DnsPod
             | Layer::NodeportFromPod
@@ -131,6 +139,7 @@ impl Layer {
             Layer::GatewayFromPod => "pod -> pod-CIDR gateway (ICMP, forwarded by the source node)",
             Layer::PodToPod => "pod -> peer probe pod (ICMP, small)",
             Layer::PodToPodFullSize => "pod -> peer probe pod (ICMP, overlay MTU, DF)",
+            Layer::PodToPodFragmented => "pod -> peer probe pod (ICMP, 2x overlay MTU, fragmented)",
             Layer::DnsService => "pod -> kube-dns service IP (DNS)",
             Layer::DnsPod => "pod -> each CoreDNS pod IP (DNS)",
             Layer::CorednsMetrics => "host -> CoreDNS :9153/metrics (HTTP)",
@@ -169,7 +178,7 @@ mod tests {
         ));
         assert_eq!(
             Layer::ICMP[..],
-            Layer::ALL[..6],
+            Layer::ALL[..7],
             "from the wire up, as ALL lists them"
         );
     }

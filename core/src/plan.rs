@@ -403,9 +403,20 @@ pub fn make_plan(
                             ip,
                             overlay.mtu,
                         );
+                        icmp(
+                            &mut plan,
+                            Layer::PodToPodFragmented,
+                            &peer.name,
+                            ip,
+                            overlay.mtu.saturating_mul(2),
+                        );
                     }
                     None => {
-                        for layer in [Layer::PodToPod, Layer::PodToPodFullSize] {
+                        for layer in [
+                            Layer::PodToPod,
+                            Layer::PodToPodFullSize,
+                            Layer::PodToPodFragmented,
+                        ] {
                             plan.unresolved.push(Unresolved {
                                 layer,
                                 column: peer.name.to_string(),
@@ -673,9 +684,15 @@ ingresses: [{host: web.lab.local, address: 192.168.77.13}]
                     Ipv4Addr::new(10, 42, 3, 10),
                     1450
                 ),
+                (
+                    Layer::PodToPodFragmented,
+                    "n3",
+                    Ipv4Addr::new(10, 42, 3, 10),
+                    2900
+                ),
             ]
         );
-        assert_eq!(plan.unresolved.len(), 2);
+        assert_eq!(plan.unresolved.len(), 3);
         assert!(plan.unresolved[0].reason.contains("n2"));
         assert_eq!(
             plan.icmp

@@ -159,55 +159,61 @@ impl Consistency {
             }
         }
         // Identity: each node's VTEP MAC against what the cluster knows it as (its
-        // annotation) and what its peers hold for it.
-        let vtep_of = |i: usize| -> Option<Ipv4Addr> {
-            t.node(&crate::cx::name(names[i]))
-                .map(|n| n.pod_cidr.network())
-        };
-        let mac_owner: BTreeMap<&str, usize> = configs
+        // annotation) and what its peers hold for it. One pass over the topology, one over
+        // the entries: linear in nodes x peers.
+        let mut vtep_owner: BTreeMap<Ipv4Addr, usize> = BTreeMap::new();
+        let mut annotated: Vec<Option<&str>> = vec![None; names.len()];
+        for n in &t.nodes {
+            if let Some(&i) = ix.pos.get(n.name.as_str()) {
+                vtep_owner.insert(n.pod_cidr.network(), i);
+                annotated[i] = n.vtep_mac.as_deref();
+            }
+        }
+        let mac_of: Vec<Option<&str>> = configs
+            .iter()
+            .map(|cf| cf.and_then(|cf| cf.vtep_mac.as_deref()))
+            .collect();
+        let mac_owner: BTreeMap<&str, usize> = mac_of
             .iter()
             .enumerate()
-            .filter_map(|(i, cf)| cf.and_then(|cf| cf.vtep_mac.as_deref()).map(|m| (m, i)))
+            .filter_map(|(i, m)| m.map(|m| (m, i)))
             .collect();
         let mut holding: BTreeMap<usize, usize> = BTreeMap::new();
-        for (p, cf) in configs.iter().enumerate() {
-            let Some(mine) = cf.and_then(|cf| cf.vtep_mac.as_deref()) else {
-                continue;
-            };
-            let Some(vtep) = vtep_of(p) else { continue };
-            for (h, hcf) in configs.iter().enumerate() {
-                let Some(hcf) = hcf else { continue };
-                if h == p {
+        for (h, hcf) in configs.iter().enumerate() {
+            let Some(hcf) = hcf else { continue };
+            for e in &hcf.neighbours {
+                let (Some(ip), Some(mac)) = (e.ip, e.mac.as_deref()) else {
+                    continue;
+                };
+                let Some(&p) = vtep_owner.get(&ip) else {
+                    continue;
+                };
+                let Some(mine) = mac_of[p] else { continue };
+                if p == h {
                     continue;
                 }
-                for e in hcf.neighbours.iter().filter(|e| e.ip == Some(vtep)) {
-                    let Some(mac) = e.mac.as_deref() else {
-                        continue;
-                    };
-                    *holding.entry(p).or_default() += 1;
-                    if mac.eq_ignore_ascii_case(mine) {
-                        continue;
-                    }
-                    if let Some(&q) = mac_owner.get(mac)
-                        && q != p
-                    {
-                        c.odd.push(Oddity {
-                            node: h,
-                            attr: Attr::VtepMac,
-                            line: format!(
-                                "{}: its neighbour entry for {}'s VTEP {vtep} holds {mac}, which is {}'s VTEP MAC",
-                                names[h], names[p], names[q]
-                            ),
-                        });
-                    } else {
-                        c.stale_for.entry(p).or_default().push((h, mac.to_owned()));
-                    }
+                *holding.entry(p).or_default() += 1;
+                if mac.eq_ignore_ascii_case(mine) {
+                    continue;
+                }
+                if let Some(&q) = mac_owner.get(mac)
+                    && q != p
+                {
+                    c.odd.push(Oddity {
+                        node: h,
+                        attr: Attr::VtepMac,
+                        line: format!(
+                            "{}: its neighbour entry for {}'s VTEP {ip} holds {mac}, which is {}'s VTEP MAC",
+                            names[h], names[p], names[q]
+                        ),
+                    });
+                } else {
+                    c.stale_for.entry(p).or_default().push((h, mac.to_owned()));
                 }
             }
-            let annotated = t
-                .node(&crate::cx::name(names[p]))
-                .and_then(|n| n.vtep_mac.clone());
-            if let Some(a) = annotated
+        }
+        for (p, mine) in mac_of.iter().enumerate() {
+            if let (Some(mine), Some(a)) = (mine, annotated[p])
                 && !a.eq_ignore_ascii_case(mine)
             {
                 c.odd.push(Oddity {
@@ -261,11 +267,21 @@ impl Consistency {
             }
         }
         // Addresses and routes that belong to another node.
+        // Pod CIDRs by their first address, to find an address's owner in log time.
+        let cidrs: BTreeMap<u32, (&meshprobe_core::PodCidr, usize)> = t
+            .nodes
+            .iter()
+            .filter_map(|n| {
+                let i = ix.pos.get(n.name.as_str()).copied()?;
+                Some((u32::from(n.pod_cidr.network()), (&n.pod_cidr, i)))
+            })
+            .collect();
         let owner_of = |ip: Ipv4Addr| -> Option<usize> {
-            t.nodes
-                .iter()
-                .find(|n| n.pod_cidr.contains(ip))
-                .and_then(|n| ix.pos.get(n.name.as_str()).copied())
+            cidrs
+                .range(..=u32::from(ip))
+                .next_back()
+                .filter(|(_, (c, _))| c.contains(ip))
+                .map(|(_, (_, i))| *i)
         };
         for (i, cf) in configs.iter().enumerate() {
             let Some(cf) = cf else { continue };

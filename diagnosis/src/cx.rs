@@ -49,6 +49,7 @@ pub(crate) const OVERLAY: &[Layer] = &[
     Layer::GatewayFromPod,
     Layer::PodToPod,
     Layer::PodToPodFullSize,
+    Layer::PodToPodFragmented,
     Layer::DnsPod,
     Layer::CorednsMetrics,
 ];
@@ -59,6 +60,7 @@ pub(crate) const POD_TRAFFIC: &[Layer] = &[
     Layer::GatewayFromPod,
     Layer::PodToPod,
     Layer::PodToPodFullSize,
+    Layer::PodToPodFragmented,
     Layer::DnsService,
     Layer::DnsPod,
     Layer::CorednsMetrics,
@@ -178,6 +180,17 @@ impl<'a> Cx<'a> {
     /// may be the backend that any probe landed on.
     pub(crate) fn claim_balanced(&mut self) -> usize {
         self.claim_where(|_, k| BALANCED.contains(&k.layer))
+    }
+
+    /// Claims the failing cells of load-balanced targets whose path may cross the pair
+    /// `a`-`b`: a request enters at its source or its target node and goes on to a backend
+    /// pod, so it crosses the pair only when one of those two is `a` or `b`.
+    pub(crate) fn claim_balanced_near(&mut self, a: usize, b: usize) -> usize {
+        self.claim_where(|cx, k| {
+            let d = cx.ix.dst_node(k);
+            BALANCED.contains(&k.layer)
+                && ([a, b].contains(&k.src) || d.is_some_and(|d| d == a || d == b))
+        })
     }
 
     /// Claims the failing cells of one target column.

@@ -157,7 +157,14 @@ impl<'a> Index<'a> {
         if let Some(&id) = self.target_pos.get(&(layer, name)) {
             return id;
         }
-        let node = target_node(t, layer, name).and_then(|n| self.pos.get(n.as_str()).copied());
+        let node = match layer {
+            // One column per node: looked up by name, not by a scan of the topology.
+            Layer::Nodeport | Layer::NodeportFromPod => self
+                .pos
+                .get(name.split_once('/').map_or(name, |(n, _)| n))
+                .copied(),
+            _ => target_node(t, layer, name).and_then(|n| self.pos.get(n.as_str()).copied()),
+        };
         let id = self.targets.len();
         self.targets.push(Target { layer, name, node });
         self.target_pos.insert((layer, name), id);

@@ -77,7 +77,9 @@ impl Cx<'_> {
             evidence.extend(self.cite(Layer::Underlay, &worst));
             let dev = self.underlay_dev(x);
             self.broken.insert(x, Cause::PacketLoss);
+            // Load-balanced targets may land on x's pods.
             self.claim_node(x, ALL);
+            self.claim_balanced();
             self.push(
                 4,
                 lost as usize,

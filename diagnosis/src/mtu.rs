@@ -25,16 +25,19 @@ impl Cx<'_> {
         if self.dead(Layer::UnderlayFullSize, s, d) && self.ok(Layer::Underlay, s, d) {
             return Some(Layer::UnderlayFullSize);
         }
-        if self.dead(Layer::PodToPodFullSize, s, d) && self.ok(Layer::PodToPod, s, d) {
-            return Some(Layer::PodToPodFullSize);
-        }
-        None
+        [Layer::PodToPodFullSize, Layer::PodToPodFragmented]
+            .into_iter()
+            .find(|big| self.dead(*big, s, d) && self.ok(Layer::PodToPod, s, d))
     }
 
     pub(crate) fn mtu(&mut self) {
         let overlay = self.t.cluster.overlay.clone();
         let big = overlay.assumed_underlay_mtu();
-        let big_layers = [Layer::UnderlayFullSize, Layer::PodToPodFullSize];
+        let big_layers = [
+            Layer::UnderlayFullSize,
+            Layer::PodToPodFullSize,
+            Layer::PodToPodFragmented,
+        ];
         for x in 0..self.n() {
             if self.broken.contains_key(&x) {
                 continue;
@@ -146,6 +149,7 @@ impl Cx<'_> {
                 &[
                     Layer::UnderlayFullSize,
                     Layer::PodToPodFullSize,
+                    Layer::PodToPodFragmented,
                     Layer::CorednsMetrics,
                     Layer::Nodeport,
                     Layer::Ingress,
@@ -154,7 +158,11 @@ impl Cx<'_> {
                 ],
             );
             let ip = self.node_ip(x);
-            let (hop, summary, fix) = if direction == Direction::Outbound {
+            // Its own full-size underlay probes are lost while its peers' reach it: it
+            // sends more than the fabric carries (a NIC set larger than the rest).
+            let sends_too_big = hit_out.iter().any(|h| h.1 == Layer::UnderlayFullSize)
+                && !hit_in.iter().any(|h| h.1 == Layer::UnderlayFullSize);
+            let (hop, summary, fix) = if sends_too_big || direction == Direction::Outbound {
                 (
                     format!(
                         "underlay: {xn} {dev} -> *: frames larger than the fabric carries vanish"
@@ -197,6 +205,7 @@ impl Cx<'_> {
             .ix
             .all(Layer::UnderlayFullSize)
             .chain(self.ix.all(Layer::PodToPodFullSize))
+            .chain(self.ix.all(Layer::PodToPodFragmented))
             .filter(|(_, _, c)| c.state == CellState::Fail)
             .map(|(s, d, _)| (s, d))
             .collect();
@@ -206,7 +215,17 @@ impl Cx<'_> {
             if let Some(layer) = self.big_lost(s, d) {
                 let evidence = self.cite(layer, &[(s, d)]);
                 self.explain_pair(&[Part::Big], s, d);
-                self.claim_pair(s, d, &[Layer::UnderlayFullSize, Layer::PodToPodFullSize]);
+                self.claim_pair(
+                    s,
+                    d,
+                    &[
+                        Layer::UnderlayFullSize,
+                        Layer::PodToPodFullSize,
+                        Layer::PodToPodFragmented,
+                        Layer::CorednsMetrics,
+                    ],
+                );
+                self.claim_balanced_near(s, d);
                 let (sn, dn) = (self.nm(s), self.nm(d));
                 self.push(
                     6,

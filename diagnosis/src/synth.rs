@@ -58,6 +58,9 @@ pub enum Fault {
     VtepChanged(usize),
     /// The node's subnet was never published: every peer lacks its overlay entries.
     Unpublished(usize),
+    /// The node's pod agent is silent (its pod is not running): its pod IP is unknown, so
+    /// nobody probes it, and it probes nothing.
+    PodSilent(usize),
     /// The node's kube-proxy lost the kube-dns service's rules: its pods cannot resolve
     /// through the service IP.
     DnsRulesMissing(usize),
@@ -79,6 +82,7 @@ impl Fault {
             | Fault::Loss(x, _)
             | Fault::NodeportRemoved(x)
             | Fault::AgentsSilent(x)
+            | Fault::PodSilent(x)
             | Fault::SickProber(x)
             | Fault::PathBlockedIn(x)
             | Fault::IcmpBlocked(x)
@@ -265,6 +269,15 @@ impl World<'_> {
             PodToPodFullSize => {
                 self.tunnel(s, d) && self.forwards(s) && self.forwards(d) && self.big(s, d)
             }
+            // Fragments fill the overlay MTU; a jumbo node's pods send (and answer) the
+            // whole packet unfragmented, larger than the fabric carries.
+            PodToPodFragmented => {
+                self.tunnel(s, d)
+                    && self.forwards(s)
+                    && self.forwards(d)
+                    && self.big(s, d)
+                    && !self.has(|f| matches!(f, Fault::JumboMtu(x) if *x == s || *x == d))
+            }
             DnsPod => {
                 !self.has(|f| matches!(f, Fault::DnsDown(p) if p == col))
                     && (s == d || (self.tunnel(s, d) && self.forwards(s) && self.forwards(d)))
@@ -273,11 +286,17 @@ impl World<'_> {
                 !self.has(|f| matches!(f, Fault::DnsDown(p) | Fault::MetricsBlocked(p) if p == col))
                     && (s == d || (self.tunnel(s, d) && self.forwards(d) && self.big(s, d)))
             }
-            Nodeport => self.under(s, d) && !self.has(|f| *f == Fault::NodeportRemoved(d)),
+            // The NodePort's backends are pods on any node: d forwards to them.
+            Nodeport => {
+                self.under(s, d)
+                    && self.forwards(d)
+                    && !self.has(|f| *f == Fault::NodeportRemoved(d))
+            }
             Ingress => self.under(s, d) && !self.has(|f| *f == Fault::IngressDown),
             // From a pod, the source node also forwards (and masquerades) the request.
             NodeportFromPod => {
                 self.forwards(s)
+                    && self.forwards(d)
                     && self.under(s, d)
                     && !self.has(|f| *f == Fault::NodeportRemoved(d))
             }
@@ -379,7 +398,9 @@ pub fn report(t: &Topology, faults: &[Fault], round: u64, settings: &PlanSetting
     let pod_ips = t
         .nodes
         .iter()
-        .map(|n| (n.name.clone(), n.pod_cidr.first_host()))
+        .enumerate()
+        .filter(|(i, _)| !faults.contains(&Fault::PodSilent(*i)))
+        .map(|(_, n)| (n.name.clone(), n.pod_cidr.first_host()))
         .collect();
     let mut plans = BTreeMap::new();
     let mut reports = BTreeMap::new();
@@ -388,6 +409,8 @@ pub fn report(t: &Topology, faults: &[Fault], round: u64, settings: &PlanSetting
         let silent = world.down(s) || faults.contains(&Fault::AgentsSilent(s));
         for kind in AgentKind::ALL {
             let plan = make_plan(t, &pod_ips, &node.name, kind, round, settings);
+            let silent =
+                silent || (kind == AgentKind::Pod && faults.contains(&Fault::PodSilent(s)));
             if !silent {
                 let mut results = Vec::new();
                 for (layer, col) in plan.cells() {

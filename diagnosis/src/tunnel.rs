@@ -439,7 +439,7 @@ impl Cx<'_> {
             let mut cells = 0;
             for &s in &sufferers {
                 self.explain_pair(&[Part::Network, Part::Pods, Part::Big], s, p);
-                cells += self.claim_pair(s, p, OVERLAY);
+                cells += self.claim_pair(s, p, OVERLAY) + self.claim_balanced_near(s, p);
             }
             self.push(
                 5,
@@ -478,6 +478,7 @@ impl Cx<'_> {
             cited.extend(self.chain_line(b, a));
             let (lacks_ab, lacks_ba) = (self.lacks(a, b), self.lacks(b, a));
             self.claim_pair(a, b, OVERLAY);
+            self.claim_balanced_near(a, b);
             for (me, peer, lacking) in [(a, b, lacks_ab), (b, a, lacks_ba)] {
                 if !lacking {
                     continue;

@@ -134,7 +134,7 @@ impl Cx<'_> {
             }
             let both = self.dead(Layer::Underlay, d, s);
             self.explain_pair(&[Part::Network, Part::Pods, Part::Big], s, d);
-            let cells = self.claim_pair(s, d, ALL);
+            let cells = self.claim_pair(s, d, ALL) + self.claim_balanced_near(s, d);
             let evidence = self.cite(Layer::Underlay, &[(s, d), (d, s)]);
             let (sn, dn, ip) = (self.nm(s), self.nm(d), self.node_ip(d));
             self.push(

@@ -19,7 +19,7 @@ fn random_fault(rng: &mut fastrand::Rng, n: usize) -> Fault {
     let x = rng.usize(0..n);
     let y = (x + rng.usize(1..n)) % n;
     let pod = if rng.bool() { "coredns-a" } else { "coredns-b" }.to_owned();
-    match rng.usize(0..21) {
+    match rng.usize(0..22) {
         0 => Fault::LinkDown(x),
         1 => Fault::VxlanIn(x),
         2 => Fault::VxlanOut(x),
@@ -40,6 +40,7 @@ fn random_fault(rng: &mut fastrand::Rng, n: usize) -> Fault {
         17 => Fault::VxlanPort(x),
         18 => Fault::VtepChanged(x),
         19 => Fault::Unpublished(x),
+        20 => Fault::PodSilent(x),
         _ => Fault::DnsRulesMissing(x),
     }
 }

@@ -120,7 +120,7 @@ fn each_single_fault_gives_exactly_its_cause() {
             ),
             (
                 Fault::JumboMtu(0),
-                one("mtu-mismatch", &["n1"], &[], "outbound"),
+                one("mtu-mismatch", &["n1"], &[], "both"),
             ),
             (
                 Fault::VxlanPort(1),
@@ -343,4 +343,36 @@ fn a_cordoned_node_with_silent_agents_gives_no_finding() {
         .expect("planned");
     assert_eq!(cell.state, meshprobe_core::CellState::Unknown);
     assert_eq!(cell.detail.as_deref(), Some("n4 is cordoned: not probed"));
+}
+
+#[test]
+fn evidence_beats_the_symptom_when_the_pod_agent_is_silent() {
+    // n3's pod agent is silent, so nothing probes its pod; its NodePort fails from every
+    // node. Its host agent reads ip_forward = 0: that is the finding, not nodeport-broken.
+    for n in [3, 6] {
+        let (f, _) = run(n, &[Fault::ForwardOff(2), Fault::PodSilent(2)]);
+        let got = shape(&f);
+        assert_eq!(
+            got[0],
+            one("ip-forward-disabled", &["n3"], &[], "both")[0],
+            "{n} nodes:\n{f:#?}"
+        );
+        assert!(
+            got.iter().all(|s| s.0 != "nodeport-broken"),
+            "{n} nodes: {got:?}"
+        );
+    }
+}
+
+#[test]
+fn several_nodes_lacking_one_peer_blame_the_peer() {
+    // Every node lacks n4's overlay entries (its subnet was never published): one finding
+    // on n4, none on the nodes that lack it.
+    let (f, _) = run(6, &[Fault::Unpublished(3)]);
+    let got = shape(&f);
+    assert_eq!(got.len(), 1, "{f:#?}");
+    assert_eq!(
+        (got[0].0.as_str(), got[0].1.clone()),
+        ("overlay-peer-missing", vec!["n4".to_owned()])
+    );
 }

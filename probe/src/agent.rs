@@ -447,6 +447,7 @@ pub async fn run_plan(
                 } else {
                     t.size
                 },
+                fragment: t.layer == Layer::PodToPodFragmented,
             })
             .collect();
         let schedule = Schedule {

@@ -49,6 +49,9 @@ pub struct Target {
     pub ip: Ipv4Addr,
     /// Total IP packet size, header included.
     pub size: u16,
+    /// Whether the packet may be fragmented (DF clear). Every other probe is sent with DF
+    /// set, so that a path that carries less than its size shows.
+    pub fragment: bool,
 }
 
 /// The outcome for one target.
@@ -120,6 +123,20 @@ impl Pinger {
         self.kind
     }
 
+    /// Sets or clears DF on the socket's packets. When it cannot be cleared, fragmentable
+    /// probes go with DF set and fail with "message too long", which names the reason.
+    fn set_df(&self, df: bool) {
+        use rustix::net::sockopt::{Ipv4PathMtuDiscovery, set_ip_mtu_discover};
+        let mode = if df {
+            Ipv4PathMtuDiscovery::DO
+        } else {
+            Ipv4PathMtuDiscovery::DONT
+        };
+        if let Err(e) = set_ip_mtu_discover(&self.socket, mode) {
+            tracing::debug!(error = %e, df, "cannot set IP_MTU_DISCOVER");
+        }
+    }
+
     /// Pings every target `schedule.count` times, all at once, and returns one outcome per
     /// target (same order). Never takes longer than
     /// `count * interval + timeout`.
@@ -173,7 +190,14 @@ impl Pinger {
                         }
                         break;
                     }
+                    // DF is per socket: cleared around the sends that may fragment (one
+                    // task sends, so no other send sees it cleared).
+                    let mut df = true;
                     for (t, target) in targets.iter().enumerate() {
+                        if target.fragment == df {
+                            df = !target.fragment;
+                            self.set_df(df);
+                        }
                         let seq = wave;
                         let packet = self.echo_request(round32, t as u32, seq, target.size);
                         let dest = SocketAddr::V4(SocketAddrV4::new(target.ip, 0));
@@ -185,6 +209,9 @@ impl Pinger {
                             }
                             Err(e) => tally.outcomes[t].detail = Some(describe_send_error(&e, target.size)),
                         }
+                    }
+                    if !df {
+                        self.set_df(true);
                     }
                     wave += 1;
                     next_wave += schedule.interval;
@@ -422,33 +449,23 @@ fn describe_icmp_error(ty: u8, code: u8) -> String {
 /// The MTU of the route to `ip` (`IP_MTU` on a connected UDP socket): the outgoing
 /// interface's MTU, or a smaller path MTU the kernel learned. Connecting a UDP socket sends
 /// nothing.
-#[expect(
-    unsafe_code,
-    reason = "IP_MTU has no safe wrapper in socket2 or nix; rustix is not a dependency"
-)]
 pub fn route_mtu(ip: Ipv4Addr) -> Option<u16> {
-    use std::os::fd::AsRawFd;
     let sock = Socket::new(Domain::IPV4, Type::DGRAM, None).ok()?;
     sock.connect(&std::net::SocketAddrV4::new(ip, 9).into())
         .ok()?;
-    let mut mtu: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: the fd belongs to `sock`, which outlives the call; the value points to an
-    // int on this stack frame and its exact size is passed, as ip(7) specifies.
-    let rc = unsafe {
-        libc::getsockopt(
-            sock.as_raw_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_MTU,
-            (&raw mut mtu).cast(),
-            &raw mut len,
-        )
-    };
-    (rc == 0).then(|| u16::try_from(mtu).ok()).flatten()
+    let mtu = rustix::net::sockopt::ip_mtu(&sock).ok()?;
+    Some(u16::try_from(mtu).unwrap_or(u16::MAX))
 }
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn route_mtu_reads_the_outgoing_interfaces_mtu() {
+        // Loopback's MTU (65536) is larger than a u16: it saturates.
+        assert_eq!(route_mtu(Ipv4Addr::LOCALHOST), Some(u16::MAX));
+    }
+
     use super::*;
 
     #[test]

@@ -5,8 +5,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::addr::{LabNode, LabPlan, NODE_PORT, PodKind, VXLAN_PORT};
-use crate::script::{Step, fdb_line, neigh_line, nodeport_rule, route_line};
+use crate::addr::{KUBE_DNS_SVC, LabNode, LabPlan, NODE_PORT, OVERLAY_MTU, PodKind, VXLAN_PORT};
+use crate::script::{Step, Vxlan, fdb_line, neigh_line, nodeport_rule, recreate_vxlan, route_line};
 
 /// A fault the lab can inject.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,6 +105,42 @@ pub enum Fault {
         /// Percent dropped in each direction.
         percent: u8,
     },
+    /// The node's host firewall drops ICMP echo requests arriving on its node IP (some
+    /// environments forbid ping); TCP and UDP get through.
+    IcmpBlocked {
+        /// Node.
+        node: String,
+    },
+    /// The node's NIC is set to jumbo frames (9000) and flannel followed (overlay, bridge
+    /// and pods at 8950), while the fabric carries 1500: large non-TCP packets from the
+    /// node vanish. The other half of `underlay-mtu`.
+    JumboMtu {
+        /// Node.
+        node: String,
+    },
+    /// The node's `flannel.1` was recreated with another UDP port (4789, the IANA one)
+    /// than the cluster's 8472.
+    VxlanPort {
+        /// Node.
+        node: String,
+    },
+    /// The node's `flannel.1` was recreated with another VNI than the cluster's.
+    VxlanVni {
+        /// Node.
+        node: String,
+    },
+    /// The node's `flannel.1` was recreated with a new MAC and its peers were never told:
+    /// they still send to the old one (a missed VtepMAC annotation update).
+    VtepChanged {
+        /// Node.
+        node: String,
+    },
+    /// kube-proxy on the node lost the kube-dns service's rule: only that node's pods
+    /// cannot resolve through the service IP. A fault seen by one node only.
+    DnsRulesMissing {
+        /// Node.
+        node: String,
+    },
     /// Event: `conntrack -F` on one node, or on every node (what a kube-proxy or CNI
     /// restart, or an operator, does): every NATed flow loses its mapping.
     ConntrackFlush {
@@ -148,7 +184,7 @@ pub enum Action {
 }
 
 /// The names of every fault kind, as the CLI takes them.
-pub const KINDS: [&str; 21] = [
+pub const KINDS: [&str; 27] = [
     "vxlan-drop-in",
     "vxlan-drop-out",
     "ip-forward-off",
@@ -170,6 +206,12 @@ pub const KINDS: [&str; 21] = [
     "firewall-reload",
     "coordinator-restart",
     "host-agent-restart",
+    "icmp-blocked",
+    "jumbo-mtu",
+    "vxlan-port",
+    "vxlan-vni",
+    "vtep-changed",
+    "dns-rules-missing",
 ];
 
 const TAG: &str = "-m comment --comment meshprobe-fault";
@@ -179,6 +221,15 @@ fn stale_mac(mac: &str) -> String {
     let mut parts: Vec<&str> = mac.split(':').collect();
     if parts.len() == 6 {
         parts[3] = "ff";
+    }
+    parts.join(":")
+}
+
+/// The MAC a recreated VTEP gets (the 4th byte set to 0xee).
+fn changed_mac(mac: &str) -> String {
+    let mut parts: Vec<&str> = mac.split(':').collect();
+    if parts.len() == 6 {
+        parts[3] = "ee";
     }
     parts.join(":")
 }
@@ -241,6 +292,12 @@ impl Fault {
             "firewall-reload" => Fault::FirewallReload { node: need_node()? },
             "coordinator-restart" => Fault::CoordinatorRestart,
             "host-agent-restart" => Fault::HostAgentRestart { node: need_node()? },
+            "icmp-blocked" => Fault::IcmpBlocked { node: need_node()? },
+            "jumbo-mtu" => Fault::JumboMtu { node: need_node()? },
+            "vxlan-port" => Fault::VxlanPort { node: need_node()? },
+            "vxlan-vni" => Fault::VxlanVni { node: need_node()? },
+            "vtep-changed" => Fault::VtepChanged { node: need_node()? },
+            "dns-rules-missing" => Fault::DnsRulesMissing { node: need_node()? },
             "loss" => {
                 let percent = percent.unwrap_or(50);
                 if !(1..=100).contains(&percent) {
@@ -276,6 +333,12 @@ impl Fault {
             | Fault::LinkDown { node }
             | Fault::FirewallReload { node }
             | Fault::HostAgentRestart { node }
+            | Fault::IcmpBlocked { node }
+            | Fault::JumboMtu { node }
+            | Fault::VxlanPort { node }
+            | Fault::VxlanVni { node }
+            | Fault::VtepChanged { node }
+            | Fault::DnsRulesMissing { node }
             | Fault::Loss { node, .. } => Some(node),
             Fault::ConntrackFlush { node } => node.as_deref(),
             Fault::DnsDown { .. }
@@ -380,6 +443,86 @@ impl Fault {
             Fault::CoordinatorRestart => return Action::Restart("coordinator".into()),
             Fault::HostAgentRestart { node } => {
                 return Action::Restart(format!("agent/{node}/host"));
+            }
+            Fault::IcmpBlocked { node: n } => {
+                let ns = node(n).map(|n| n.ns).unwrap_or_default();
+                vec![Step::iptables(
+                    &ns,
+                    &format!("{op} INPUT -i eth0 -p icmp --icmp-type echo-request {TAG} -j DROP"),
+                )]
+            }
+            Fault::JumboMtu { node: n } => {
+                let Some(n) = node(n) else {
+                    return Action::Steps(vec![]);
+                };
+                let (nic, inner) = if inject {
+                    (9000, 8950)
+                } else {
+                    (1500, OVERLAY_MTU)
+                };
+                // Raised from the pods out, lowered from the NIC in, so that no device is
+                // ever larger than the one it hands packets to.
+                let mut pods: Vec<Step> = n
+                    .pods
+                    .iter()
+                    .map(|k| Step::ip_batch(&n.pod_ns(*k), format!("link set eth0 mtu {inner}\n")))
+                    .collect();
+                let veths: String = n
+                    .pods
+                    .iter()
+                    .map(|k| format!("link set veth-{} mtu {inner}\n", k.suffix()))
+                    .collect();
+                let node_side = Step::ip_batch(
+                    &n.ns,
+                    if inject {
+                        // A VXLAN device is never larger than its lower device allows.
+                        format!(
+                            "{veths}link set cni0 mtu {inner}\nlink set eth0 mtu {nic}\nlink set flannel.1 mtu {inner}\n"
+                        )
+                    } else {
+                        format!(
+                            "link set flannel.1 mtu {inner}\nlink set eth0 mtu {nic}\nlink set cni0 mtu {inner}\n{veths}"
+                        )
+                    },
+                );
+                if inject {
+                    pods.push(node_side);
+                    pods
+                } else {
+                    let mut v = vec![node_side];
+                    v.extend(pods);
+                    v
+                }
+            }
+            Fault::VxlanPort { node: n }
+            | Fault::VxlanVni { node: n }
+            | Fault::VtepChanged { node: n } => {
+                let Some(n) = node(n) else {
+                    return Action::Steps(vec![]);
+                };
+                let mut v = Vxlan::of(&n);
+                if inject {
+                    match self {
+                        Fault::VxlanPort { .. } => v.port = 4789,
+                        Fault::VxlanVni { .. } => v.vni = 2,
+                        _ => v.mac = changed_mac(&n.vtep_mac),
+                    }
+                }
+                recreate_vxlan(plan, &n, &v)
+            }
+            Fault::DnsRulesMissing { node: n } => {
+                let ns = node(n).map(|n| n.ns).unwrap_or_default();
+                let rule = format!(
+                    "KUBE-SERVICES -d {KUBE_DNS_SVC}/32 -p udp -m udp --dport 53 -j KUBE-SVC-KUBEDNS"
+                );
+                vec![Step::iptables(
+                    &ns,
+                    &if inject {
+                        format!("-t nat -D {rule}")
+                    } else {
+                        format!("-t nat -I {rule}")
+                    },
+                )]
             }
             Fault::VxlanDropIn { node: n } => {
                 let ns = node(n).map(|n| n.ns).unwrap_or_default();
@@ -603,6 +746,12 @@ impl fmt::Display for Fault {
             Fault::FirewallReload { node } => write!(f, "firewall-reload on {node}"),
             Fault::CoordinatorRestart => write!(f, "coordinator-restart"),
             Fault::HostAgentRestart { node } => write!(f, "host-agent-restart on {node}"),
+            Fault::IcmpBlocked { node } => write!(f, "icmp-blocked on {node}"),
+            Fault::JumboMtu { node } => write!(f, "jumbo-mtu (9000) on {node}"),
+            Fault::VxlanPort { node } => write!(f, "vxlan-port 4789 on {node}"),
+            Fault::VxlanVni { node } => write!(f, "vxlan-vni 2 on {node}"),
+            Fault::VtepChanged { node } => write!(f, "vtep-changed on {node}"),
+            Fault::DnsRulesMissing { node } => write!(f, "dns-rules-missing on {node}"),
         }
     }
 }

@@ -125,22 +125,7 @@ pub fn node(plan: &LabPlan, n: &LabNode) -> Step {
     let _ = writeln!(b, "link add cni0 type bridge");
     let _ = writeln!(b, "addr add {}/24 dev cni0", n.gateway());
     let _ = writeln!(b, "link set cni0 up");
-    let _ = writeln!(
-        b,
-        "link add flannel.1 type vxlan id 1 local {} dev eth0 dstport {VXLAN_PORT} nolearning",
-        n.ip
-    );
-    let _ = writeln!(
-        b,
-        "link set flannel.1 mtu {OVERLAY_MTU} address {}",
-        n.vtep_mac
-    );
-    let _ = writeln!(b, "addr add {}/32 dev flannel.1", n.vtep_ip());
-    let _ = writeln!(b, "link set flannel.1 up");
-    for p in plan.nodes.iter().filter(|p| p.index != n.index) {
-        let _ = writeln!(b, "{}", route_line(p));
-        let _ = writeln!(b, "{}", neigh_line(p));
-    }
+    b += &vxlan_device(plan, n, &Vxlan::of(n));
     // Real nodes reach the service range through their default route; the sandbox has
     // no default route (nothing may leave it), so it routes only the service range.
     let _ = writeln!(b, "route add {SERVICE_CIDR} dev cni0 src {}", n.gateway());
@@ -158,6 +143,58 @@ pub fn node(plan: &LabPlan, n: &LabNode) -> Step {
         );
     }
     Step::ip_batch(&n.ns, b)
+}
+
+/// What flanneld gives a node's VXLAN device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Vxlan {
+    /// VNI.
+    pub vni: u32,
+    /// Destination UDP port.
+    pub port: u16,
+    /// The device's MAC (the node's VTEP MAC).
+    pub mac: String,
+}
+
+impl Vxlan {
+    /// The cluster's settings for node `n`.
+    pub fn of(n: &LabNode) -> Self {
+        Self {
+            vni: 1,
+            port: VXLAN_PORT,
+            mac: n.vtep_mac.clone(),
+        }
+    }
+}
+
+/// `ip -batch` lines creating node `n`'s `flannel.1` with `v`, its address, and its routes
+/// and neighbour entries for every peer (the fdb entries are `bridge`'s: [`fdb`]).
+pub fn vxlan_device(plan: &LabPlan, n: &LabNode, v: &Vxlan) -> String {
+    let mut b = String::new();
+    let _ = writeln!(
+        b,
+        "link add flannel.1 type vxlan id {} local {} dev eth0 dstport {} nolearning",
+        v.vni, n.ip, v.port
+    );
+    let _ = writeln!(b, "link set flannel.1 mtu {OVERLAY_MTU} address {}", v.mac);
+    let _ = writeln!(b, "addr add {}/32 dev flannel.1", n.vtep_ip());
+    let _ = writeln!(b, "link set flannel.1 up");
+    for p in plan.nodes.iter().filter(|p| p.index != n.index) {
+        let _ = writeln!(b, "{}", route_line(p));
+        let _ = writeln!(b, "{}", neigh_line(p));
+    }
+    b
+}
+
+/// Node `n`'s `flannel.1` deleted and created again with `v`, as flanneld does when its
+/// configuration changes: the device, its address, routes, neighbours and fdb entries.
+pub fn recreate_vxlan(plan: &LabPlan, n: &LabNode, v: &Vxlan) -> Vec<Step> {
+    let mut steps = vec![Step::ip_batch(
+        &n.ns,
+        format!("link del flannel.1\n{}", vxlan_device(plan, n, v)),
+    )];
+    steps.extend(fdb(plan, n));
+    steps
 }
 
 /// flanneld's route to a peer's pod CIDR (`replace`, as flanneld's netlink calls do, so the

@@ -129,6 +129,15 @@ pub fn check(lab: &Lab) -> (i32, CheckReport) {
             String::from_utf8_lossy(&out.stderr)
         )
     });
+    // No silent NOT HEALTHY, in every sandbox test: each failing cell is claimed by a
+    // finding.
+    let unclaimed = unclaimed(&report);
+    assert!(
+        unclaimed.is_empty(),
+        "round {}: failing cells no finding claims: {unclaimed:?}\nfindings: {:#?}",
+        report.round,
+        report.findings
+    );
     (code, report)
 }
 
@@ -181,4 +190,26 @@ pub fn seed(test: &str) -> u64 {
         });
     eprintln!("{test}: MESHPROBE_TEST_SEED={seed}");
     seed
+}
+
+/// Failing cells of the report that no finding lists in its `cells`.
+pub fn unclaimed(r: &CheckReport) -> Vec<String> {
+    let claimed: std::collections::BTreeSet<(String, String, String)> = r
+        .findings
+        .iter()
+        .flat_map(|f| &f.cells)
+        .map(|c| (c.layer.to_string(), c.from.to_string(), c.to.clone()))
+        .collect();
+    let mut v = Vec::new();
+    for (layer, m) in &r.layers {
+        for (src, row) in m {
+            for (dst, c) in row {
+                let key = (layer.to_string(), src.to_string(), dst.clone());
+                if c.state == CellState::Fail && !claimed.contains(&key) {
+                    v.push(format!("{layer} {src}->{dst}"));
+                }
+            }
+        }
+    }
+    v
 }
