@@ -116,6 +116,17 @@ async fn next(
             format!("node {node} is not in the topology"),
         );
     }
+    // A pod IP becomes every other node's pod-to-pod target: only one inside the node's
+    // own pod CIDR is taken.
+    if let Some(ip) = poll.pod_ip
+        && let Some(cidr) = c.topology().node(&node).map(|n| n.pod_cidr)
+        && !cidr.contains(ip)
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("podIP {ip} is not inside {node}'s pod CIDR {cidr}"),
+        );
+    }
     let wait = Duration::from_secs(poll.wait.unwrap_or(25)).min(MAX_WAIT);
     match poll.heartbeat_ms {
         Some(ms) => {
@@ -148,9 +159,10 @@ async fn report(
     };
     match c.report(report) {
         Ok(()) => StatusCode::ACCEPTED.into_response(),
-        Err(e @ crate::rounds::ReportError::NotRunning { .. }) => {
-            error(StatusCode::CONFLICT, e.to_string())
-        }
+        Err(
+            e @ (crate::rounds::ReportError::NotRunning { .. }
+            | crate::rounds::ReportError::Duplicate { .. }),
+        ) => error(StatusCode::CONFLICT, e.to_string()),
         Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
     }
 }
@@ -177,8 +189,13 @@ async fn offline(
             format!("node {} is not in the topology", r.node),
         );
     }
-    let accepted = c.offline(batch.reports);
-    (StatusCode::ACCEPTED, Json(OfflineAccepted { accepted })).into_response()
+    let (accepted, refused) = c.offline(batch.reports);
+    let refused: Vec<String> = refused.iter().take(16).map(ToString::to_string).collect();
+    (
+        StatusCode::ACCEPTED,
+        Json(OfflineAccepted { accepted, refused }),
+    )
+        .into_response()
 }
 
 async fn offline_list(State(c): State<Arc<Coordinator>>) -> Response {

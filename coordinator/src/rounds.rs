@@ -93,7 +93,10 @@ struct Inner {
     /// The next round captures packets (for `check --pcap`).
     capture_next: bool,
     /// Reports agents made while they could not reach the coordinator, newest last.
-    offline: VecDeque<AgentReport>,
+    /// Offline reports and the size of each (their JSON).
+    offline: VecDeque<(AgentReport, usize)>,
+    /// The sum of those sizes.
+    offline_bytes: usize,
     /// Packets of recent capture rounds: round -> node -> packets.
     packets: VecDeque<(
         u64,
@@ -116,8 +119,21 @@ impl Drop for PollGuard<'_> {
     }
 }
 
-/// Offline reports kept (from all agents together).
+/// Offline reports kept (from all agents together); the oldest go first.
 pub const OFFLINE_KEPT: usize = 4096;
+
+/// The most bytes of offline reports kept (their JSON), from all agents together.
+pub const OFFLINE_BYTES: usize = 64 << 20;
+
+/// Offline reports older than this are not kept: an agent buffers 64 rounds (about half
+/// an hour at the default offline interval), so anything older is not plausible.
+pub const OFFLINE_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(6 * 3600);
+
+/// No round number past this is plausible.
+pub const MAX_ROUND: u64 = 1 << 40;
+
+/// How far ahead of the coordinator's clock an agent's clock may be.
+pub const CLOCK_SKEW: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// Capture rounds whose packets are kept.
 const PACKET_ROUNDS: usize = 4;
@@ -142,6 +158,55 @@ pub enum ReportError {
         kind: AgentKind,
         /// Round.
         round: u64,
+    },
+    /// This agent already reported this round: the first report stands.
+    #[error(
+        "the {kind} agent on node {node} already reported round {round}; the first report stands"
+    )]
+    Duplicate {
+        /// Node.
+        node: NodeName,
+        /// Kind.
+        kind: AgentKind,
+        /// Round.
+        round: u64,
+    },
+}
+
+/// Why an offline report was not kept.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum OfflineRefusal {
+    /// It carries no time of its own.
+    #[error("{node}/{kind}: an offline report needs offlineAtMs")]
+    Untimed {
+        /// Node.
+        node: NodeName,
+        /// Kind.
+        kind: AgentKind,
+    },
+    /// Its time is in the future or older than [`OFFLINE_MAX_AGE`].
+    #[error("{node}/{kind}: offlineAtMs {at_ms} is outside the last {max_age_s} s")]
+    Implausible {
+        /// Node.
+        node: NodeName,
+        /// Kind.
+        kind: AgentKind,
+        /// Its time.
+        at_ms: u64,
+        /// The window.
+        max_age_s: u64,
+    },
+    /// Its plan's round is past this coordinator's and past any that could exist.
+    #[error("{node}/{kind}: round {round} cannot have existed (this coordinator's last: {last})")]
+    FutureRound {
+        /// Node.
+        node: NodeName,
+        /// Kind.
+        kind: AgentKind,
+        /// Its round.
+        round: u64,
+        /// The last round planned.
+        last: u64,
     },
 }
 
@@ -647,7 +712,6 @@ impl Coordinator {
     pub fn report(&self, report: AgentReport) -> Result<(), ReportError> {
         let mut inner = self.lock();
         let key = (report.node.clone(), report.kind);
-        self.touch(&mut inner, &key, None, None);
         let Some(r) = inner.running.as_mut() else {
             return Err(ReportError::NotRunning {
                 got: report.round,
@@ -667,10 +731,19 @@ impl Coordinator {
                 round: r.id,
             });
         }
-        r.reports.insert(key, report);
+        if r.reports.contains_key(&key) {
+            return Err(ReportError::Duplicate {
+                node: report.node,
+                kind: report.kind,
+                round: r.id,
+            });
+        }
+        r.reports.insert(key.clone(), report);
         if r.live.iter().all(|k| r.reports.contains_key(k)) {
             r.all_in.notify_one();
         }
+        // Only a planned agent's accepted report counts as hearing from it.
+        self.touch(&mut inner, &key, None, None);
         Ok(())
     }
 
@@ -755,23 +828,66 @@ impl Coordinator {
 
     /// Stores reports an agent made while it could not reach the coordinator (at most
     /// [`OFFLINE_KEPT`]; the oldest go first). Returns how many were taken.
-    pub fn offline(&self, reports: Vec<AgentReport>) -> usize {
+    ///
+    /// Only plausible reports are kept: timed within the last [`OFFLINE_MAX_AGE`] (and not
+    /// ahead of this clock by more than [`CLOCK_SKEW`]), for a round that could exist. The
+    /// store is bounded by count ([`OFFLINE_KEPT`]) and by bytes ([`OFFLINE_BYTES`]).
+    pub fn offline(&self, reports: Vec<AgentReport>) -> (usize, Vec<OfflineRefusal>) {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let oldest = now_ms.saturating_sub(OFFLINE_MAX_AGE.as_millis() as u64);
+        let newest = now_ms + CLOCK_SKEW.as_millis() as u64;
         let mut inner = self.lock();
-        let n = reports.len();
+        let (mut taken, mut refused) = (0, Vec::new());
         for r in reports {
+            let (node, kind) = (r.node.clone(), r.kind);
+            let refusal = match r.offline_at_ms {
+                None => Some(OfflineRefusal::Untimed { node, kind }),
+                Some(at) if at < oldest || at > newest => Some(OfflineRefusal::Implausible {
+                    node,
+                    kind,
+                    at_ms: at,
+                    max_age_s: OFFLINE_MAX_AGE.as_secs(),
+                }),
+                // A restarted coordinator counts rounds from 1 again, so a round past its
+                // own is plausible, up to a bound no cluster reaches (a round a second
+                // for 34,000 years).
+                Some(_) if r.round > inner.last_id && r.round > MAX_ROUND => {
+                    Some(OfflineRefusal::FutureRound {
+                        node,
+                        kind,
+                        round: r.round,
+                        last: inner.last_id,
+                    })
+                }
+                Some(_) => None,
+            };
+            if let Some(why) = refusal {
+                refused.push(why);
+                continue;
+            }
             let key = (r.node.clone(), r.kind);
             self.touch(&mut inner, &key, None, None);
-            if inner.offline.len() == OFFLINE_KEPT {
-                inner.offline.pop_front();
+            let bytes = serde_json::to_vec(&r).map_or(0, |v| v.len());
+            while !inner.offline.is_empty()
+                && (inner.offline.len() >= OFFLINE_KEPT
+                    || inner.offline_bytes + bytes > OFFLINE_BYTES)
+            {
+                if let Some((_, b)) = inner.offline.pop_front() {
+                    inner.offline_bytes -= b;
+                }
             }
-            inner.offline.push_back(r);
+            inner.offline_bytes += bytes;
+            inner.offline.push_back((r, bytes));
+            taken += 1;
         }
-        n
+        (taken, refused)
     }
 
     /// The reports agents delivered after an outage, oldest first.
     pub fn offline_reports(&self) -> Vec<AgentReport> {
-        self.lock().offline.iter().cloned().collect()
+        self.lock().offline.iter().map(|(r, _)| r.clone()).collect()
     }
 
     /// The Prometheus text exposition of the last round.

@@ -44,9 +44,15 @@ async fn fake_agent(
     fail: Option<(Layer, &'static str)>,
 ) {
     let http = reqwest::Client::new();
+    // "0.0.0.0": no pod IP to tell (host agents).
+    let pod_ip = if pod_ip == "0.0.0.0" {
+        String::new()
+    } else {
+        format!("&podIP={pod_ip}")
+    };
     let resp = http
         .get(format!(
-            "{base}/v1/agents/{node}/{kind}/next?after=0&epoch=0&wait=10&podIP={pod_ip}"
+            "{base}/v1/agents/{node}/{kind}/next?after=0&epoch=0&wait=10{pod_ip}"
         ))
         .send()
         .await
@@ -380,4 +386,140 @@ async fn a_streamed_poll_ends_with_the_plan() {
         pod.plan.relay,
         Some("192.168.77.12:7071".parse().expect("addr"))
     );
+}
+
+/// Issue 11, first bounds: a forged or replayed report, a pod IP outside the node's pod
+/// CIDR, made-up node names and implausible offline reports are refused, and nothing is
+/// kept for them.
+#[tokio::test]
+async fn forged_replayed_and_implausible_inputs_are_refused() {
+    let (base, c) = start().await;
+    let http = reqwest::Client::new();
+    // A pod IP outside n2's pod CIDR (or a link-local one) never becomes a probe target.
+    for ip in ["169.254.169.254", "127.0.0.1", "10.42.1.7"] {
+        let got = http
+            .get(format!(
+                "{base}/v1/agents/n2/pod/next?after=0&epoch=0&wait=0&podIP={ip}"
+            ))
+            .send()
+            .await
+            .expect("poll")
+            .status();
+        assert_eq!(got, 400, "podIP {ip} for n2");
+    }
+    assert!(
+        c.agents().agents.iter().all(|a| a.pod_ip.is_none()),
+        "{:?}",
+        c.agents()
+    );
+
+    // Made-up node names on the report endpoint are never listed as agents.
+    let mut forged = AgentReport {
+        round: 1,
+        node: "n1".parse().expect("name"),
+        kind: meshprobe_core::AgentKind::Host,
+        results: vec![],
+        warnings: vec![],
+        evidence: None,
+        capture: None,
+        packets: vec![],
+        offline_at_ms: None,
+    };
+    for i in 0..200 {
+        forged.node = format!("made-up-{i}").parse().expect("name");
+        let s = http
+            .post(format!("{base}/v1/reports"))
+            .json(&forged)
+            .send()
+            .await
+            .expect("post")
+            .status();
+        assert_eq!(s, 409, "no round is running");
+    }
+    assert!(
+        c.agents().agents.is_empty(),
+        "made-up nodes were registered: {}",
+        c.agents().agents.len()
+    );
+
+    // One report per agent per round: a second one for the same agent is refused, and
+    // the first one stands.
+    let agents: Vec<_> = [
+        ("n1", "10.42.1.10"),
+        ("n2", "10.42.2.10"),
+        ("n3", "10.42.3.10"),
+    ]
+    .into_iter()
+    .flat_map(|(n, ip)| {
+        [("host", "0.0.0.0"), ("pod", ip)]
+            .map(|(k, ip)| tokio::spawn(fake_agent(base.clone(), n, k, ip, None)))
+            .into_iter()
+    })
+    .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let round = c.trigger();
+    for a in agents {
+        a.await.expect("agent");
+    }
+    let replay = AgentReport {
+        round,
+        node: "n1".parse().expect("name"),
+        kind: meshprobe_core::AgentKind::Host,
+        results: vec![],
+        warnings: vec![],
+        evidence: None,
+        capture: None,
+        packets: vec![],
+        offline_at_ms: None,
+    };
+    let got = http
+        .post(format!("{base}/v1/reports"))
+        .json(&replay)
+        .send()
+        .await
+        .expect("post");
+    let status = got.status();
+    // The round may have finished already (409 not running) or still run (409 duplicate).
+    assert_eq!(status, 409, "{}", got.text().await.unwrap_or_default());
+    let r: CheckReport = http
+        .get(format!("{base}/v1/rounds/{round}?wait=10"))
+        .send()
+        .await
+        .expect("wait")
+        .json()
+        .await
+        .expect("report");
+    assert!(r.healthy, "the first reports stand: {:?}", r.findings);
+
+    // Offline reports: untimed, from the year 2100, or for a round never planned are not
+    // kept.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
+    let offline = |round: u64, at: Option<u64>| AgentReport {
+        round,
+        offline_at_ms: at,
+        ..replay.clone()
+    };
+    let batch = meshprobe_core::api::OfflineBatch {
+        reports: vec![
+            offline(round, None),
+            offline(round, Some(4_102_444_800_000)),
+            offline(u64::MAX, Some(now_ms)),
+            offline(round, Some(now_ms)),
+        ],
+    };
+    let got: meshprobe_core::api::OfflineAccepted = http
+        .post(format!("{base}/v1/reports/offline"))
+        .json(&batch)
+        .send()
+        .await
+        .expect("post")
+        .json()
+        .await
+        .expect("answer");
+    assert_eq!(got.accepted, 1, "{got:?}");
+    assert_eq!(got.refused.len(), 3, "{got:?}");
+    assert_eq!(c.offline_reports().len(), 1);
 }

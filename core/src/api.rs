@@ -175,11 +175,14 @@ pub struct OfflineBatch {
 }
 
 /// `POST /v1/reports/offline` answer (202).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct OfflineAccepted {
     /// Reports kept.
     pub accepted: usize,
+    /// Why the others were not kept (implausible times, rounds not yet planned).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refused: Vec<String>,
 }
 
 /// `GET /v1/reports/offline` answer: what agents delivered after an outage.

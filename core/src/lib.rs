@@ -22,6 +22,7 @@ pub mod matrix;
 pub mod plan;
 pub mod promtext;
 pub mod render;
+pub mod text;
 
 pub use cause::{Cause, Direction};
 pub use ids::{AgentKind, NodeName, PodCidr};

@@ -189,10 +189,13 @@ pub struct CheckReport {
     /// Diagnoses, most important first.
     pub findings: Vec<Finding>,
     /// Extension: how each node's agents took part.
+    #[serde(default)]
     pub agents: BTreeMap<NodeName, NodeAgents>,
     /// Extension: problems agents reported that are not probe results.
+    #[serde(default)]
     pub warnings: Vec<String>,
     /// Extension: how long the round took, in milliseconds.
+    #[serde(default)]
     pub duration_ms: u64,
     /// Extension: node-local evidence from each host agent.
     #[serde(default)]
@@ -339,7 +342,9 @@ pub fn build_report(input: RoundInput<'_>) -> CheckReport {
         capture,
     };
     let (_, fail, unknown) = report.counts();
-    report.healthy = fail == 0 && unknown == 0 && report.findings.is_empty();
+    // A round of no nodes proved nothing: never HEALTHY.
+    report.healthy =
+        !report.nodes.is_empty() && fail == 0 && unknown == 0 && report.findings.is_empty();
     report
 }
 

@@ -4,6 +4,7 @@ use std::fmt::Write as _;
 
 use crate::layer::Layer;
 use crate::matrix::{AgentState, Cell, CellState, CheckReport};
+use crate::text::{MAX_REMOTE_TEXT, printable_line};
 
 /// How to draw.
 #[derive(Clone, Copy, Debug, Default)]
@@ -52,7 +53,16 @@ fn cell_text(c: &Cell) -> String {
     }
 }
 
-/// The whole report as text.
+/// The most evidence lines the table prints per finding.
+const MAX_EVIDENCE_LINES: usize = 12;
+
+/// Remote text, on one line, control characters escaped, bounded.
+fn esc(s: &str) -> String {
+    printable_line(s, MAX_REMOTE_TEXT)
+}
+
+/// The whole report as text. Text that came from agents or the coordinator is printed
+/// with its control characters escaped, one line each, bounded.
 pub fn render(report: &CheckReport, style: Style) -> String {
     let mut out = String::new();
     let (ok, fail, unknown) = report.counts();
@@ -76,12 +86,30 @@ pub fn render(report: &CheckReport, style: Style) -> String {
     if !report.findings.is_empty() {
         let _ = writeln!(out, "\n{}", style.bold("Findings"));
         for (i, f) in report.findings.iter().enumerate() {
-            let _ = writeln!(out, "{}. {} [{}]", i + 1, style.red(&f.summary), f.cause);
-            let _ = writeln!(out, "   hop: {} (direction: {})", f.hop, f.direction);
-            for e in &f.evidence {
-                let _ = writeln!(out, "   - {e}");
+            let _ = writeln!(
+                out,
+                "{}. {} [{}]",
+                i + 1,
+                style.red(&esc(&f.summary)),
+                esc(f.cause.as_str())
+            );
+            let _ = writeln!(
+                out,
+                "   hop: {} (direction: {})",
+                esc(&f.hop),
+                esc(f.direction.as_str())
+            );
+            for e in f.evidence.iter().take(MAX_EVIDENCE_LINES) {
+                let _ = writeln!(out, "   - {}", esc(e));
             }
-            let _ = writeln!(out, "   next: {}", f.fix);
+            if f.evidence.len() > MAX_EVIDENCE_LINES {
+                let _ = writeln!(
+                    out,
+                    "   - ... and {} more lines (--output json has them all)",
+                    f.evidence.len() - MAX_EVIDENCE_LINES
+                );
+            }
+            let _ = writeln!(out, "   next: {}", esc(&f.fix));
         }
     }
 
@@ -107,7 +135,7 @@ pub fn render(report: &CheckReport, style: Style) -> String {
         );
     }
     for w in &report.warnings {
-        let _ = writeln!(out, "{} {w}", style.yellow("warning:"));
+        let _ = writeln!(out, "{} {}", style.yellow("warning:"), esc(w));
     }
 
     for layer in Layer::ALL {
@@ -157,7 +185,7 @@ pub fn render(report: &CheckReport, style: Style) -> String {
             .collect();
         let _ = write!(out, "  {:first_w$}", "from\\to");
         for (c, w) in columns.iter().zip(&widths) {
-            let _ = write!(out, "  {c:>w$}");
+            let _ = write!(out, "  {:>w$}", esc(c));
         }
         out.push('\n');
         let mut notes = Vec::new();
@@ -177,12 +205,13 @@ pub fn render(report: &CheckReport, style: Style) -> String {
                         };
                         if cell.state != CellState::Ok {
                             notes.push(format!(
-                                "{r} -> {c}: {}/{} ok{}",
+                                "{r} -> {}: {}/{} ok{}",
+                                esc(c),
                                 cell.ok,
                                 cell.sent,
                                 cell.detail
                                     .as_deref()
-                                    .map(|d| format!(" ({d})"))
+                                    .map(|d| format!(" ({})", esc(d)))
                                     .unwrap_or_default()
                             ));
                         }
@@ -199,4 +228,34 @@ pub fn render(report: &CheckReport, style: Style) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remote_text_never_reaches_the_terminal_as_escape_sequences() {
+        let evil = "\u{1b}]0;pwned\u{7}\u{1b}[2J";
+        let json = serde_json::json!({
+            "healthy": false,
+            "round": 1,
+            "nodes": ["n1", "n2"],
+            "layers": {"dns-service": {"n1": {"kube-dns\u{1b}[31m": {
+                "state": "fail", "lossPct": 100.0, "sent": 3, "ok": 0,
+                "detail": evil
+            }}}},
+            "findings": [{
+                "cause": format!("x{evil}"), "nodes": ["n1"], "peers": [],
+                "direction": "inbound", "hop": evil, "summary": evil,
+                "evidence": [evil, "line\nforged line"], "fix": evil
+            }],
+            "warnings": [evil],
+        });
+        let report: CheckReport = serde_json::from_value(json).expect("a report");
+        let out = render(&report, Style { color: false });
+        assert!(!out.contains('\u{1b}') && !out.contains('\u{7}'), "{out}");
+        assert!(out.contains("\\u{1b}]0;pwned"), "{out}");
+        assert!(!out.contains("\nforged line"), "{out}");
+    }
 }

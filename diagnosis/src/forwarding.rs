@@ -18,6 +18,9 @@ impl Cx<'_> {
 
     pub(crate) fn forwarding(&mut self) {
         for x in 0..self.n() {
+            if !self.ix.involved(x) {
+                continue;
+            }
             if self.broken.contains_key(&x) {
                 continue;
             }

@@ -82,6 +82,10 @@ pub(crate) struct Index<'a> {
     tcols: Vec<Vec<usize>>,
     /// Every failing cell, in (layer, src, column) order.
     pub(crate) failing: Vec<CellKey>,
+    /// Per node: whether it is the source or the destination of a failing cell. A node
+    /// that is neither cannot be the subject of a finding built on failing cells, so the
+    /// per-node detectors skip it: their work follows the failures, not the cluster.
+    involved: Vec<bool>,
 }
 
 pub(crate) fn layer_ix(layer: Layer) -> usize {
@@ -103,6 +107,7 @@ impl<'a> Index<'a> {
             tcells: FxMap::default(),
             tcols: Vec::new(),
             failing: Vec::new(),
+            involved: vec![false; n],
         };
         for (layer, m) in &r.layers {
             let li = layer_ix(*layer);
@@ -149,7 +154,19 @@ impl<'a> Index<'a> {
             }
         }
         ix.failing.sort_unstable();
+        for i in 0..ix.failing.len() {
+            let k = ix.failing[i];
+            ix.involved[k.src] = true;
+            if let Some(d) = ix.dst_node(k) {
+                ix.involved[d] = true;
+            }
+        }
         ix
+    }
+
+    /// Whether node `x` is the source or the destination of a failing cell.
+    pub(crate) fn involved(&self, x: usize) -> bool {
+        self.involved.get(x).copied().unwrap_or(false)
     }
 
     /// The id of a target column, added on first sight.

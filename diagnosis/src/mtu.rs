@@ -39,6 +39,9 @@ impl Cx<'_> {
             Layer::PodToPodFragmented,
         ];
         for x in 0..self.n() {
+            if !self.ix.involved(x) {
+                continue;
+            }
             if self.broken.contains_key(&x) {
                 continue;
             }

@@ -29,6 +29,9 @@ impl Cx<'_> {
         let port = self.t.cluster.overlay.port;
         let iface = self.t.cluster.overlay.interface.clone();
         for x in 0..self.n() {
+            if !self.ix.involved(x) {
+                continue;
+            }
             if self.broken.contains_key(&x) {
                 continue;
             }

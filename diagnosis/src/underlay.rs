@@ -61,6 +61,9 @@ impl Cx<'_> {
 
     pub(crate) fn unreachable(&mut self) {
         for x in 0..self.n() {
+            if !self.ix.involved(x) {
+                continue;
+            }
             let looked = self.ix.col(Layer::Underlay, x).to_vec();
             let dead: Vec<(usize, usize)> = looked
                 .iter()

@@ -271,34 +271,4 @@ impl CoordinatorClient {
     }
 }
 
-/// `s` cut to `max` characters, with control characters escaped: remote text must never
-/// reach a terminal as escape sequences.
-pub fn printable(s: &str, max: usize) -> String {
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i == max {
-            out.push_str(" [...]");
-            break;
-        }
-        if c.is_control() && c != '\n' {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn printable_escapes_control_characters_and_truncates() {
-        assert_eq!(
-            printable("a\u{1b}]0;pwned\u{7}b", 100),
-            "a\\u{1b}]0;pwned\\u{7}b"
-        );
-        assert_eq!(printable(&"x".repeat(10), 4), "xxxx [...]");
-    }
-}
+pub use meshprobe_core::text::printable;
