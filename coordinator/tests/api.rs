@@ -35,6 +35,21 @@ async fn start() -> (String, Arc<Coordinator>) {
     (format!("http://{addr}"), c)
 }
 
+/// A host agent's report with no results.
+fn empty_report(round: u64, node: &str) -> AgentReport {
+    AgentReport {
+        round,
+        node: node.parse().expect("name"),
+        kind: meshprobe_core::AgentKind::Host,
+        results: vec![],
+        warnings: vec![],
+        evidence: None,
+        capture: None,
+        packets: vec![],
+        offline_at_ms: None,
+    }
+}
+
 /// A fake agent: polls once, answers every planned cell with `ok` successes out of 20.
 async fn fake_agent(
     base: String,
@@ -232,17 +247,7 @@ async fn hostile_requests_get_4xx_and_the_server_keeps_serving() {
     assert!((400..500).contains(&no_ct), "wrong content type -> {no_ct}");
     let huge = post(vec![b'['; 9 << 20], "application/json").await;
     assert_eq!(huge, 413, "oversized body");
-    let stale = AgentReport {
-        round: 99,
-        node: "n1".parse().expect("name"),
-        kind: meshprobe_core::AgentKind::Host,
-        results: vec![],
-        warnings: vec![],
-        evidence: None,
-        capture: None,
-        packets: vec![],
-        offline_at_ms: None,
-    };
+    let stale = empty_report(99, "n1");
     let s = http
         .post(format!("{base}/v1/reports"))
         .json(&stale)
@@ -414,17 +419,7 @@ async fn forged_replayed_and_implausible_inputs_are_refused() {
     );
 
     // Made-up node names on the report endpoint are never listed as agents.
-    let mut forged = AgentReport {
-        round: 1,
-        node: "n1".parse().expect("name"),
-        kind: meshprobe_core::AgentKind::Host,
-        results: vec![],
-        warnings: vec![],
-        evidence: None,
-        capture: None,
-        packets: vec![],
-        offline_at_ms: None,
-    };
+    let mut forged = empty_report(1, "n1");
     for i in 0..200 {
         forged.node = format!("made-up-{i}").parse().expect("name");
         let s = http
@@ -461,17 +456,7 @@ async fn forged_replayed_and_implausible_inputs_are_refused() {
     for a in agents {
         a.await.expect("agent");
     }
-    let replay = AgentReport {
-        round,
-        node: "n1".parse().expect("name"),
-        kind: meshprobe_core::AgentKind::Host,
-        results: vec![],
-        warnings: vec![],
-        evidence: None,
-        capture: None,
-        packets: vec![],
-        offline_at_ms: None,
-    };
+    let replay = empty_report(round, "n1");
     let got = http
         .post(format!("{base}/v1/reports"))
         .json(&replay)
