@@ -286,9 +286,36 @@ fn report(r: anyhow::Result<()>) -> u8 {
 }
 
 /// Loads and validates an inventory file; the error names the file, and the line or field.
+///
+/// Only a regular file is read (a FIFO or a device would block or never end), and at most
+/// [`MAX_INVENTORY_BYTES`] of it.
 pub fn load_inventory(path: &PathBuf) -> anyhow::Result<Topology> {
-    let text = std::fs::read_to_string(path)
+    use meshprobe_core::inventory::MAX_INVENTORY_BYTES;
+    use std::io::Read as _;
+    // stat before open: opening a FIFO would block until a writer comes.
+    let meta = std::fs::metadata(path)
         .with_context(|| format!("cannot read inventory {}", path.display()))?;
+    if !meta.is_file() {
+        anyhow::bail!(
+            "inventory {} is not a regular file (a FIFO, a device or a directory)",
+            path.display()
+        );
+    }
+    if meta.len() > MAX_INVENTORY_BYTES as u64 {
+        anyhow::bail!(
+            "inventory {} is {} bytes; the most accepted is {MAX_INVENTORY_BYTES}",
+            path.display(),
+            meta.len()
+        );
+    }
+    let file = std::fs::File::open(path)
+        .with_context(|| format!("cannot read inventory {}", path.display()))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_INVENTORY_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read inventory {}", path.display()))?;
+    let text = String::from_utf8(bytes)
+        .map_err(|e| anyhow::anyhow!("inventory {} is not UTF-8: {e}", path.display()))?;
     Topology::from_inventory(&text).with_context(|| format!("inventory {}", path.display()))
 }
 
@@ -392,6 +419,12 @@ fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
         };
         tokio::spawn(Arc::clone(&c).schedule(interval));
         let stopping = Arc::clone(&c);
+        let limits = meshprobe_coordinator::listener::Limits::for_this_process();
+        tracing::info!(
+            max_connections = limits.max_connections,
+            "connections capped (the file-descriptor limit leaves room for this many)"
+        );
+        let listener = meshprobe_coordinator::listener::BoundedListener::new(listener, limits);
         let served = axum::serve(listener, meshprobe_coordinator::router(c))
             .with_graceful_shutdown(async move {
                 shutdown().await;

@@ -56,6 +56,22 @@ fn inventory_semantic_error_names_the_field() {
 }
 
 #[test]
+fn an_inventory_that_is_not_a_regular_file_is_refused_at_once() {
+    // A FIFO would block a reader for ever: it is refused without being opened for long.
+    let dir = std::env::temp_dir().join(format!("meshprobe-fifo-{}", std::process::id()));
+    let _ = std::fs::remove_file(&dir);
+    let made = Command::new("mkfifo").arg(&dir).status();
+    if !made.is_ok_and(|s| s.success()) {
+        eprintln!("mkfifo is not available: skipping");
+        return;
+    }
+    // Nothing ever writes to it: a reader that opened it would wait for ever.
+    let err = coordinator_refuses(&dir);
+    let _ = std::fs::remove_file(&dir);
+    assert!(err.contains("not a regular file"), "{err}");
+}
+
+#[test]
 fn unreachable_coordinator_is_a_clear_error_and_exit_2() {
     // Port 1 on loopback: nothing listens there, the connection is refused at once.
     let out = Command::new(BIN)

@@ -13,6 +13,7 @@ pub mod api;
 pub mod discovery;
 pub mod kube_source;
 pub mod lease;
+pub mod listener;
 pub mod metrics;
 pub mod rounds;
 pub mod source;

@@ -85,6 +85,8 @@ struct Inner {
     last_id: u64,
     running: Option<Running>,
     queued: bool,
+    /// A round whose plans are being made (it starts when they are).
+    planning: Option<u64>,
     done: VecDeque<Arc<CheckReport>>,
     /// Finding keys of recent rounds, oldest first: how long each finding has persisted.
     history: VecDeque<Vec<meshprobe_core::matrix::FindingKey>>,
@@ -371,10 +373,9 @@ impl Coordinator {
     pub fn trigger_with(self: &Arc<Self>, capture: bool) -> u64 {
         let mut inner = self.lock();
         inner.capture_next |= capture;
-        if let Some(r) = &inner.running {
-            let next = r.id + 1;
+        if let Some(current) = inner.running.as_ref().map(|r| r.id).or(inner.planning) {
             inner.queued = true;
-            return next;
+            return current + 1;
         }
         self.start_locked(&mut inner)
     }
@@ -386,17 +387,39 @@ impl Coordinator {
             return;
         }
         let mut inner = self.lock();
-        if inner.running.is_none() {
+        if inner.running.is_none() && inner.planning.is_none() {
             self.start_locked(&mut inner);
         }
     }
 
+    /// Reserves the next round and plans it off the lock (and, within a runtime, off the
+    /// async threads): planning thousands of nodes takes a while, and polls, reports and
+    /// `/healthz` must be served meanwhile. The round starts when its plans are made.
     fn start_locked(self: &Arc<Self>, inner: &mut Inner) -> u64 {
-        let topology = self.source.current();
+        inner.last_id += 1;
+        let id = inner.last_id;
+        inner.planning = Some(id);
+        let pod_ips = self.pod_ips(inner);
+        let capture = std::mem::take(&mut inner.capture_next);
+        let me = Arc::clone(self);
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn_blocking(move || me.plan_and_start(id, &pod_ips, capture));
+            }
+            // The coordinator always runs in a Tokio runtime; a round cannot run without.
+            Err(_) => {
+                tracing::error!(round = id, "a round needs a Tokio runtime: not started");
+                inner.planning = None;
+            }
+        }
+        id
+    }
+
+    /// Probe-pod IPs: what a live pod agent said when it polled, else what the API says
+    /// (so a new leader plans pod targets before every agent has polled it), else what an
+    /// agent said before it went quiet.
+    fn pod_ips(&self, inner: &Inner) -> BTreeMap<NodeName, Ipv4Addr> {
         let now = Instant::now();
-        // Probe-pod IPs: what a live pod agent said when it polled, else what the API
-        // says (so a new leader plans pod targets before every agent has polled it), else
-        // what an agent said before it went quiet.
         let registered = |live: bool| {
             inner
                 .agents
@@ -410,24 +433,46 @@ impl Coordinator {
         let mut pod_ips: BTreeMap<NodeName, Ipv4Addr> = registered(false).collect();
         pod_ips.extend(self.source.agent_pod_ips());
         pod_ips.extend(registered(true));
-        inner.last_id += 1;
-        let id = inner.last_id;
+        pod_ips
+    }
+
+    /// Plans round `id` (no lock held), then starts it.
+    fn plan_and_start(
+        self: &Arc<Self>,
+        id: u64,
+        pod_ips: &BTreeMap<NodeName, Ipv4Addr>,
+        capture: bool,
+    ) {
+        let topology = self.source.current();
         let mut plans = BTreeMap::new();
         for node in &topology.nodes {
             for kind in AgentKind::ALL {
                 let mut plan = make_plan(
                     &topology,
-                    &pod_ips,
+                    pod_ips,
                     &node.name,
                     kind,
                     id,
                     &self.settings.plan,
                 );
-                plan.capture_packets = inner.capture_next && kind == AgentKind::Host;
+                plan.capture_packets = capture && kind == AgentKind::Host;
                 plans.insert((node.name.clone(), kind), plan);
             }
         }
-        let capture = std::mem::take(&mut inner.capture_next);
+        let mut inner = self.lock();
+        self.begin_locked(&mut inner, id, topology, plans, capture);
+    }
+
+    fn begin_locked(
+        self: &Arc<Self>,
+        inner: &mut Inner,
+        id: u64,
+        topology: Arc<meshprobe_core::Topology>,
+        plans: BTreeMap<Key, meshprobe_core::Plan>,
+        capture: bool,
+    ) {
+        inner.planning = None;
+        let now = Instant::now();
         let mut running = Running {
             id,
             started: now,
@@ -481,7 +526,6 @@ impl Coordinator {
         });
         tracing::debug!(round = id, "round started");
         self.started_tx.send_replace(id);
-        id
     }
 
     fn finish(self: &Arc<Self>, id: u64) {
@@ -753,8 +797,8 @@ impl Coordinator {
         if let Some(rep) = inner.done.iter().find(|r| r.round == id) {
             return RoundStatus::Done(Arc::clone(rep));
         }
-        if inner.finishing == Some(id) {
-            // Its report is being built: a moment more, never "gone".
+        if inner.finishing == Some(id) || inner.planning == Some(id) {
+            // Its plans are being made, or its report built: a moment more, never "gone".
             return RoundStatus::Pending {
                 reported: 0,
                 expected: 0,

@@ -508,3 +508,115 @@ async fn forged_replayed_and_implausible_inputs_are_refused() {
     assert_eq!(got.refused.len(), 3, "{got:?}");
     assert_eq!(c.offline_reports().len(), 1);
 }
+
+/// Issue 11: planning a round of 2,000 nodes (4,000 plans) happens off the lock and off
+/// the async threads: `/healthz` and the agents' API answer meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planning_a_big_round_never_blocks_healthz() {
+    use std::fmt::Write as _;
+    let mut inv = String::from("cluster: {name: big}\nnodes:\n");
+    for i in 0..2000 {
+        let _ = writeln!(
+            inv,
+            "  - {{name: n{i}, internalIP: 10.1.{}.{}, podCIDR: 10.{}.{}.0/24}}",
+            i / 250,
+            i % 250 + 1,
+            64 + i / 256,
+            i % 256
+        );
+    }
+    let topo = Topology::from_inventory(&inv).expect("valid inventory");
+    let c = Coordinator::new(Box::new(StaticTopology::new(topo)), Settings::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, router(c)).await });
+    let http = reqwest::Client::new();
+    let started = std::time::Instant::now();
+    let post = {
+        let (http, base) = (http.clone(), base.clone());
+        tokio::spawn(async move {
+            http.post(format!("{base}/v1/rounds"))
+                .timeout(Duration::from_secs(5))
+                .send()
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The agents' side of the API takes the coordinator's lock: it must not wait for
+    // the planning (it did, for seconds, when rounds were planned under the lock).
+    let agents = http
+        .get(format!("{base}/v1/agents"))
+        .timeout(Duration::from_millis(1500))
+        .send()
+        .await
+        .expect("the API answers while the round is planned");
+    assert_eq!(agents.status(), 200);
+    let r = post
+        .await
+        .expect("task")
+        .expect("a round is accepted at once");
+    assert_eq!(r.status(), 202);
+    let mut slowest = Duration::ZERO;
+    for _ in 0..20 {
+        let t = std::time::Instant::now();
+        let h = http
+            .get(format!("{base}/healthz"))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .expect("healthz answers while the round is planned");
+        assert_eq!(h.status(), 200);
+        slowest = slowest.max(t.elapsed());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "2,000 nodes: round accepted and 20 healthz answered in {:?}; slowest healthz {slowest:?}",
+        started.elapsed()
+    );
+}
+
+/// Issue 11: idle connections cannot exhaust the coordinator. With a cap of 8 and 1 s to
+/// the first byte, 40 clients that connect and say nothing hold no slot for long:
+/// `/healthz` answers, and the server keeps accepting.
+#[tokio::test]
+async fn idle_connections_are_capped_and_closed() {
+    use meshprobe_coordinator::listener::{BoundedListener, Limits};
+    let topo = Topology::from_inventory(INVENTORY).expect("valid inventory");
+    let c = Coordinator::new(Box::new(StaticTopology::new(topo)), Settings::default());
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = tcp.local_addr().expect("addr");
+    let limits = Limits {
+        max_connections: 8,
+        first_bytes: Duration::from_secs(1),
+        idle: Duration::from_secs(2),
+    };
+    let listener = BoundedListener::new(tcp, limits);
+    tokio::spawn(async move { axum::serve(listener, router(c)).await });
+    let mut idle = Vec::new();
+    for _ in 0..40 {
+        idle.push(tokio::net::TcpStream::connect(addr).await.expect("connect"));
+    }
+    // Every slot is taken by a silent client now; within a few seconds they are closed
+    // and a real request gets through.
+    let http = reqwest::Client::new();
+    let h = http
+        .get(format!("http://{addr}/healthz"))
+        .timeout(Duration::from_secs(15))
+        .send()
+        .await
+        .expect("healthz answers once the silent clients are closed");
+    assert_eq!(h.status(), 200);
+    // The silent clients were closed by the server: reading gives end of file.
+    use tokio::io::AsyncReadExt as _;
+    let mut buf = [0u8; 1];
+    let first = idle.first_mut().expect("a client");
+    let n = tokio::time::timeout(Duration::from_secs(5), first.read(&mut buf))
+        .await
+        .expect("closed by the server, not left hanging")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+}

@@ -21,6 +21,24 @@ pub enum InventoryError {
         /// 1-based line of the error, where the parser knows it.
         line: Option<usize>,
     },
+    /// The document is larger than [`MAX_INVENTORY_BYTES`].
+    #[error("the inventory is {bytes} bytes; the most accepted is {max}")]
+    TooLarge {
+        /// Its size.
+        bytes: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The document nests deeper than any inventory does (line is 1-based).
+    #[error("line {line}: nested {depth} levels deep; an inventory needs at most {max}")]
+    TooDeep {
+        /// Where.
+        line: usize,
+        /// How deep.
+        depth: usize,
+        /// The limit.
+        max: usize,
+    },
     /// The document parsed but a value is wrong.
     #[error("{field}: {message}")]
     Invalid {
@@ -350,9 +368,67 @@ pub struct IngressPath {
     pub path: String,
 }
 
+/// The largest inventory accepted: a 5,000-node inventory is about 600 KB.
+pub const MAX_INVENTORY_BYTES: usize = 16 << 20;
+
+/// The deepest nesting accepted (flow brackets, or indentation columns plus block
+/// sequence dashes). An inventory needs about 8; parsers take time that grows faster than
+/// the depth, so a hostile document is refused before it is parsed.
+pub const MAX_NESTING: usize = 64;
+
+/// The deepest nesting of any line of `text`, and that line (1-based): `[`/`{` open
+/// outside quotes and comments, and for block structure the indentation plus the dashes
+/// that open nested sequences on the line.
+fn nesting(text: &str) -> (usize, usize) {
+    let (mut flow, mut worst, mut at) = (0usize, 0usize, 0usize);
+    for (i, line) in text.lines().enumerate() {
+        let indent = line.len() - line.trim_start_matches([' ', '\t']).len();
+        let mut rest = line.trim_start();
+        let mut dashes = 0;
+        while let Some(r) = rest.strip_prefix("- ").or_else(|| rest.strip_prefix("? ")) {
+            dashes += 1;
+            rest = r.trim_start();
+        }
+        let mut quote: Option<char> = None;
+        for c in line.chars() {
+            match (quote, c) {
+                (Some(q), c) if c == q => quote = None,
+                (Some(_), _) => {}
+                (None, '"' | '\'') => quote = Some(c),
+                (None, '#') => break,
+                (None, '[' | '{') => flow += 1,
+                (None, ']' | '}') => flow = flow.saturating_sub(1),
+                _ => {}
+            }
+        }
+        let depth = flow.max(indent / 2 + dashes);
+        if depth > worst {
+            (worst, at) = (depth, i + 1);
+        }
+    }
+    (worst, at)
+}
+
 impl Topology {
-    /// Parses and validates an inventory document (YAML, or JSON).
+    /// Parses and validates an inventory document (YAML, or JSON). A leading byte-order
+    /// mark is ignored; documents larger than [`MAX_INVENTORY_BYTES`] or nested deeper
+    /// than [`MAX_NESTING`] are refused before they are parsed.
     pub fn from_inventory(text: &str) -> Result<Self, InventoryError> {
+        if text.len() > MAX_INVENTORY_BYTES {
+            return Err(InventoryError::TooLarge {
+                bytes: text.len(),
+                max: MAX_INVENTORY_BYTES,
+            });
+        }
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        let (depth, line) = nesting(text);
+        if depth > MAX_NESTING {
+            return Err(InventoryError::TooDeep {
+                line,
+                depth,
+                max: MAX_NESTING,
+            });
+        }
         let raw: RawInventory =
             serde_yaml_ng::from_str(text).map_err(|e| InventoryError::Syntax {
                 line: e.location().map(|l| l.line()),
@@ -388,6 +464,32 @@ fn validate(raw: RawInventory) -> Result<Topology, InventoryError> {
     let c = raw.cluster;
     if c.name.trim().is_empty() {
         return Err(invalid("cluster.name", "must not be empty"));
+    }
+    // Names and paths end up in terminals, logs and HTTP requests: no control characters.
+    let texts = [("cluster.name".to_owned(), &c.name)]
+        .into_iter()
+        .chain(raw.node_ports.iter().enumerate().flat_map(|(i, p)| {
+            [
+                (format!("nodePorts[{i}].name"), &p.name),
+                (format!("nodePorts[{i}].path"), &p.path),
+            ]
+        }))
+        .chain(raw.ingresses.iter().enumerate().flat_map(|(i, g)| {
+            [
+                (format!("ingresses[{i}].host"), &g.host),
+                (format!("ingresses[{i}].path"), &g.path),
+            ]
+        }));
+    for (field, text) in texts {
+        if text.chars().any(char::is_control) {
+            return Err(invalid(
+                field,
+                format!(
+                    "{:?} contains a control character",
+                    crate::text::printable_line(text, 80)
+                ),
+            ));
+        }
     }
     if c.cluster_domain.trim().is_empty() || c.cluster_domain.contains(' ') {
         return Err(invalid(
@@ -557,6 +659,9 @@ fn validate(raw: RawInventory) -> Result<Topology, InventoryError> {
         if !g.path.starts_with('/') {
             return Err(invalid(at("path"), "must start with '/'"));
         }
+        if g.port == 0 {
+            return Err(invalid(at("port"), "must be 1-65535"));
+        }
         let address = parse_ip(&at("address"), &g.address)?;
         ingresses.push(IngressPath {
             host: g.host,
@@ -624,6 +729,46 @@ ingresses:
         // What we write back reads in again as the same topology.
         let again = Topology::from_inventory(&t.to_inventory_yaml()).expect("round trip");
         assert_eq!(again, t);
+    }
+
+    #[test]
+    fn hostile_documents_are_refused_quickly_and_by_name() {
+        // A byte-order mark is not "missing field `nodes`".
+        let bom = format!("\u{feff}{EXAMPLE}");
+        assert!(Topology::from_inventory(&bom).is_ok());
+        // Deep nesting, flow or block, is refused before the parser sees it.
+        let started = std::time::Instant::now();
+        let flow = format!("cluster: {}", "[".repeat(100_000));
+        assert!(matches!(
+            Topology::from_inventory(&flow),
+            Err(InventoryError::TooDeep { line: 1, .. })
+        ));
+        let block: String = (0..600)
+            .map(|i| format!("{}k{i}:\n", " ".repeat(i)))
+            .collect();
+        assert!(matches!(
+            Topology::from_inventory(&block),
+            Err(InventoryError::TooDeep { .. })
+        ));
+        let dashes = format!("nodes:\n{}x\n", "- ".repeat(1_000));
+        assert!(matches!(
+            Topology::from_inventory(&dashes),
+            Err(InventoryError::TooDeep { .. })
+        ));
+        let huge = "#".repeat(MAX_INVENTORY_BYTES + 1);
+        assert!(matches!(
+            Topology::from_inventory(&huge),
+            Err(InventoryError::TooLarge { .. })
+        ));
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        // Port 0 and control characters are named.
+        let port0 = EXAMPLE.replace("port: 80,", "port: 0,");
+        let e = Topology::from_inventory(&port0).expect_err("port 0");
+        assert!(e.to_string().contains("ingresses[0].port"), "{e}");
+        let escape = EXAMPLE.replace("host: web.lab.local", "host: \"web\\e[31m\"");
+        let e = Topology::from_inventory(&escape).expect_err("control character");
+        assert!(e.to_string().contains("ingresses[0].host"), "{e}");
+        assert!(!e.to_string().contains('\u{1b}'), "{e}");
     }
 
     #[test]

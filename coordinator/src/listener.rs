@@ -1,0 +1,200 @@
+//! The coordinator's listener: a cap on open connections, and connections that go quiet
+//! are closed, so that idle or slow clients can neither exhaust file descriptors nor hold
+//! the port.
+//!
+//! - At most [`Limits::max_connections`] connections are open; past that, new ones wait in
+//!   the kernel's backlog until one closes (never an `accept` error loop).
+//! - A connection must send its first bytes within [`Limits::first_bytes`].
+//! - A connection that neither reads nor writes for [`Limits::idle`] is closed. Long polls
+//!   are not idle: they write a heartbeat, or answer within the API's longest wait, which
+//!   `idle` exceeds.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Instant, Sleep};
+
+/// The listener's bounds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections open at once.
+    pub max_connections: usize,
+    /// Time from accept to a connection's first byte.
+    pub first_bytes: Duration,
+    /// Time a connection may neither read nor write.
+    pub idle: Duration,
+}
+
+/// File descriptors kept for everything but client connections (the Kubernetes client,
+/// logs, the runtime).
+const RESERVED_FDS: u64 = 64;
+
+impl Limits {
+    /// The defaults: 10 s to the first byte, 90 s idle (beyond the API's longest wait of
+    /// 60 s), and as many connections as the process's file-descriptor limit leaves room
+    /// for, at most 65,536.
+    pub fn for_this_process() -> Self {
+        let fds = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+            .current
+            .unwrap_or(65_536 + RESERVED_FDS);
+        Self {
+            max_connections: fds.saturating_sub(RESERVED_FDS).clamp(16, 65_536) as usize,
+            first_bytes: Duration::from_secs(10),
+            idle: crate::api::MAX_WAIT + Duration::from_secs(30),
+        }
+    }
+}
+
+/// A TCP listener with [`Limits`].
+pub struct BoundedListener {
+    inner: TcpListener,
+    permits: Arc<Semaphore>,
+    limits: Limits,
+}
+
+impl BoundedListener {
+    /// Wraps `inner`.
+    pub fn new(inner: TcpListener, limits: Limits) -> Self {
+        Self {
+            inner,
+            permits: Arc::new(Semaphore::new(limits.max_connections.max(1))),
+            limits,
+        }
+    }
+}
+
+impl axum::serve::Listener for BoundedListener {
+    type Io = Bounded;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        // The semaphore is never closed; should it be, serve without the cap.
+        let permit = Arc::clone(&self.permits).acquire_owned().await.ok();
+        loop {
+            match self.inner.accept().await {
+                Ok((io, addr)) => {
+                    let _ = io.set_nodelay(true);
+                    return (Bounded::new(io, permit, self.limits), addr);
+                }
+                Err(e) => {
+                    // Out of descriptors or a connection reset before accept: wait a
+                    // moment rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
+}
+
+/// An accepted connection that holds its slot and closes itself when quiet.
+pub struct Bounded {
+    io: TcpStream,
+    _permit: Option<OwnedSemaphorePermit>,
+    idle: Duration,
+    quiet: Pin<Box<Sleep>>,
+}
+
+impl Bounded {
+    fn new(io: TcpStream, permit: Option<OwnedSemaphorePermit>, limits: Limits) -> Self {
+        Self {
+            io,
+            _permit: permit,
+            idle: limits.idle,
+            quiet: Box::pin(tokio::time::sleep(limits.first_bytes)),
+        }
+    }
+
+    fn active(&mut self) {
+        let at = Instant::now() + self.idle;
+        self.quiet.as_mut().reset(at);
+    }
+
+    /// Whether the quiet timer has run out (and registers for its wake-up if not).
+    fn timed_out(&mut self, cx: &mut Context<'_>) -> bool {
+        self.quiet.as_mut().poll(cx).is_ready()
+    }
+}
+
+fn quiet_error() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, "connection quiet for too long")
+}
+
+impl AsyncRead for Bounded {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        match Pin::new(&mut this.io).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() > before {
+                    this.active();
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending if this.timed_out(cx) => Poll::Ready(Err(quiet_error())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl AsyncWrite for Bounded {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.io).poll_write(cx, data) {
+            Poll::Ready(Ok(n)) => {
+                if n > 0 {
+                    this.active();
+                }
+                Poll::Ready(Ok(n))
+            }
+            Poll::Pending if this.timed_out(cx) => Poll::Ready(Err(quiet_error())),
+            other => other,
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let n = ready!(Pin::new(&mut this.io).poll_write_vectored(cx, bufs))?;
+        if n > 0 {
+            this.active();
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
