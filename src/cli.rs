@@ -425,14 +425,18 @@ fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
             "connections capped (the file-descriptor limit leaves room for this many)"
         );
         let listener = meshprobe_coordinator::listener::BoundedListener::new(listener, limits);
-        let served = axum::serve(listener, meshprobe_coordinator::router(c))
-            .with_graceful_shutdown(async move {
-                shutdown().await;
-                // Open polls end now, so the graceful shutdown does not wait for them.
-                stopping.shut_down();
-            })
-            .await
-            .context("server");
+        let served = axum::serve(
+            listener,
+            meshprobe_coordinator::router(c)
+                .into_make_service_with_connect_info::<meshprobe_coordinator::listener::PeerAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            shutdown().await;
+            // Open polls end now, so the graceful shutdown does not wait for them.
+            stopping.shut_down();
+        })
+        .await
+        .context("server");
         // Hand over at once rather than after the Lease expires.
         if let Some(e) = election {
             e.release().await;

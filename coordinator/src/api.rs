@@ -205,7 +205,11 @@ async fn offline_list(State(c): State<Arc<Coordinator>>) -> Response {
     .into_response()
 }
 
-async fn trigger(State(c): State<Arc<Coordinator>>, body: axum::body::Bytes) -> Response {
+async fn trigger(
+    State(c): State<Arc<Coordinator>>,
+    peer: Option<axum::Extension<axum::extract::ConnectInfo<crate::listener::PeerAddr>>>,
+    body: axum::body::Bytes,
+) -> Response {
     if let Some(r) = standby(&c) {
         return r;
     }
@@ -217,8 +221,19 @@ async fn trigger(State(c): State<Arc<Coordinator>>, body: axum::body::Bytes) -> 
             Err(e) => return error(StatusCode::BAD_REQUEST, format!("round request: {e}")),
         }
     };
-    let round = c.trigger_with(req.capture);
-    (StatusCode::ACCEPTED, Json(RoundStarted { round })).into_response()
+    // Without the peer's address (a router served without connect info), all clients
+    // share one budget.
+    let client = peer.map_or(std::net::IpAddr::from([0, 0, 0, 0]), |p| p.0.0.0.ip());
+    match c.trigger_for(client, req.capture) {
+        Ok(round) => (StatusCode::ACCEPTED, Json(RoundStarted { round })).into_response(),
+        Err(e) => {
+            let mut r = error(StatusCode::TOO_MANY_REQUESTS, e.to_string());
+            if let Ok(v) = axum::http::HeaderValue::from_str(&e.retry_after_s.to_string()) {
+                r.headers_mut().insert(axum::http::header::RETRY_AFTER, v);
+            }
+            r
+        }
+    }
 }
 
 #[derive(Deserialize)]

@@ -198,3 +198,15 @@ impl AsyncWrite for Bounded {
         self.io.is_write_vectored()
     }
 }
+
+/// A client's address, as the handlers see it (`ConnectInfo<PeerAddr>`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerAddr(pub SocketAddr);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, BoundedListener>>
+    for PeerAddr
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, BoundedListener>) -> Self {
+        Self(*stream.remote_addr())
+    }
+}

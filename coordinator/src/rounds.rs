@@ -36,6 +36,42 @@ pub struct Settings {
     pub keep_rounds: usize,
     /// Diagnosis thresholds.
     pub diagnosis: meshprobe_diagnosis::Settings,
+    /// Rounds a client may start: `burst` at once, then one per `per_round` (default 20,
+    /// then four a second: above what back-to-back rounds of about a second each take,
+    /// so that only a flood meets it). A request that coalesces into a round already
+    /// queued is free.
+    pub round_limit: RoundLimit,
+}
+
+/// A per-client token bucket on starting rounds.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RoundLimit {
+    /// Rounds a client may start at once.
+    pub burst: u32,
+    /// Time for one more.
+    pub per_round: Duration,
+}
+
+impl Default for RoundLimit {
+    fn default() -> Self {
+        Self {
+            burst: 20,
+            per_round: Duration::from_millis(250),
+        }
+    }
+}
+
+/// Clients whose round budget is tracked; past this, the longest-idle is forgotten.
+const TRACKED_CLIENTS: usize = 4096;
+
+/// A client asked for more rounds than its budget allows.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("too many rounds from {client}: try again in {retry_after_s} s")]
+pub struct RateLimited {
+    /// The client.
+    pub client: std::net::IpAddr,
+    /// When a round may be started again.
+    pub retry_after_s: u64,
 }
 
 /// Rounds of finding history kept (for each finding's `rounds` count).
@@ -50,6 +86,7 @@ impl Default for Settings {
             silent_after: Duration::from_secs(3),
             keep_rounds: 32,
             diagnosis: meshprobe_diagnosis::Settings::default(),
+            round_limit: RoundLimit::default(),
         }
     }
 }
@@ -87,6 +124,8 @@ struct Inner {
     queued: bool,
     /// A round whose plans are being made (it starts when they are).
     planning: Option<u64>,
+    /// Each client's round budget: (tokens, when last counted).
+    budgets: std::collections::HashMap<std::net::IpAddr, (f64, Instant)>,
     done: VecDeque<Arc<CheckReport>>,
     /// Finding keys of recent rounds, oldest first: how long each finding has persisted.
     history: VecDeque<Vec<meshprobe_core::matrix::FindingKey>>,
@@ -367,6 +406,55 @@ impl Coordinator {
     /// id of the round that will hold fresh results.
     pub fn trigger(self: &Arc<Self>) -> u64 {
         self.trigger_with(false)
+    }
+
+    /// [`Coordinator::trigger_with`] for a client: a request that starts or queues a
+    /// round spends one of the client's [`RoundLimit`]; one that joins a round already
+    /// queued is free (a burst coalesces into one round).
+    pub fn trigger_for(
+        self: &Arc<Self>,
+        client: std::net::IpAddr,
+        capture: bool,
+    ) -> Result<u64, RateLimited> {
+        {
+            let mut inner = self.lock();
+            let busy = inner.running.as_ref().map(|r| r.id).or(inner.planning);
+            if let Some(current) = busy
+                && inner.queued
+            {
+                inner.capture_next |= capture;
+                return Ok(current + 1);
+            }
+            let limit = self.settings.round_limit;
+            let now = Instant::now();
+            if !inner.budgets.contains_key(&client) && inner.budgets.len() >= TRACKED_CLIENTS {
+                let oldest = inner
+                    .budgets
+                    .iter()
+                    .min_by_key(|(_, (_, at))| *at)
+                    .map(|(ip, _)| *ip);
+                if let Some(ip) = oldest {
+                    inner.budgets.remove(&ip);
+                }
+            }
+            let (tokens, at) = inner
+                .budgets
+                .entry(client)
+                .or_insert((f64::from(limit.burst), now));
+            let per = limit.per_round.as_secs_f64().max(1e-3);
+            *tokens =
+                (*tokens + now.duration_since(*at).as_secs_f64() / per).min(f64::from(limit.burst));
+            *at = now;
+            if *tokens < 1.0 {
+                let wait = ((1.0 - *tokens) * per).ceil() as u64;
+                return Err(RateLimited {
+                    client,
+                    retry_after_s: wait.max(1),
+                });
+            }
+            *tokens -= 1.0;
+        }
+        Ok(self.trigger_with(capture))
     }
 
     /// [`Coordinator::trigger`], asking host agents to send the round's captured packets.

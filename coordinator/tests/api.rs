@@ -620,3 +620,59 @@ async fn idle_connections_are_capped_and_closed() {
         .unwrap_or(0);
     assert_eq!(n, 0);
 }
+
+/// Issue 11: rounds are rate-limited per client (a flood of round requests cannot make
+/// the coordinator plan and keep round after round); the refusal says when to retry.
+#[tokio::test]
+async fn a_round_flood_is_rate_limited_per_client() {
+    use meshprobe_coordinator::listener::{BoundedListener, Limits, PeerAddr};
+    use meshprobe_coordinator::rounds::RoundLimit;
+    let topo = Topology::from_inventory(INVENTORY).expect("valid inventory");
+    let settings = Settings {
+        silent_after: Duration::from_millis(100),
+        round_limit: RoundLimit {
+            burst: 3,
+            per_round: Duration::from_secs(30),
+        },
+        ..Settings::default()
+    };
+    let c = Coordinator::new(Box::new(StaticTopology::new(topo)), settings);
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = tcp.local_addr().expect("addr");
+    let listener = BoundedListener::new(tcp, Limits::for_this_process());
+    let app = router(c).into_make_service_with_connect_info::<PeerAddr>();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    // Past silent_after, a round with nobody polling ends at once.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let http = reqwest::Client::new();
+    let base = format!("http://{addr}");
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        let r = http
+            .post(format!("{base}/v1/rounds"))
+            .send()
+            .await
+            .expect("post");
+        let status = r.status().as_u16();
+        let retry = r
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        if status == 202 {
+            let started: meshprobe_core::api::RoundStarted = r.json().await.expect("json");
+            let done = http
+                .get(format!("{base}/v1/rounds/{}?wait=5", started.round))
+                .send()
+                .await
+                .expect("wait");
+            assert_eq!(done.status(), 200);
+        } else {
+            assert!(retry.is_some_and(|s| s.parse::<u64>().is_ok_and(|s| (1..=30).contains(&s))));
+        }
+        statuses.push(status);
+    }
+    assert_eq!(statuses, [202, 202, 202, 429, 429]);
+}

@@ -304,7 +304,7 @@ impl Cx<'_> {
                 .filter(|&s| self.tcell(id, s).is_some_and(|c| c.ok == 0))
                 .filter(|&s| s == x || self.underlay_up(s, x))
                 .collect();
-            if !self.quorum(failing.len(), looked.len()) {
+            if !self.quorum(failing.len(), looked.len()) || self.backends_explain(id, &failing, x) {
                 continue;
             }
             let cited = self.tcite(id, &failing);
@@ -361,7 +361,10 @@ impl Cx<'_> {
                 .collect();
             let node_down =
                 node.is_some_and(|n| self.broken.get(&n) == Some(&Cause::NodeUnreachable));
-            if node_down || !self.quorum(failing.len(), looked.len()) {
+            if node_down
+                || !self.quorum(failing.len(), looked.len())
+                || self.backends_explain(id, &failing, node.unwrap_or(usize::MAX))
+            {
                 continue;
             }
             let mut evidence = self.tcite(id, &failing);
@@ -402,6 +405,25 @@ impl Cx<'_> {
                 ),
             );
         }
+    }
+}
+
+impl Cx<'_> {
+    /// A load-balanced target on `x` fails by timing out while another node's pods are
+    /// cut off: the requests may have landed on a backend there, which that node's
+    /// finding explains (and claims). Only a refused connection (nothing listens, no rule
+    /// sends it on) is the target's own fault.
+    fn backends_explain(&self, id: usize, failing: &[usize], x: usize) -> bool {
+        let refused = failing.iter().all(|&s| {
+            self.tcell(id, s)
+                .and_then(|c| c.detail.as_deref())
+                .is_some_and(|d| d.to_ascii_lowercase().contains("refused"))
+        });
+        let elsewhere = self
+            .broken
+            .iter()
+            .any(|(n, c)| *n != x && !matches!(c, Cause::PacketLoss | Cause::MtuMismatch));
+        elsewhere && !refused
     }
 }
 

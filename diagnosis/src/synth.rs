@@ -438,13 +438,29 @@ pub fn report(t: &Topology, faults: &[Fault], round: u64, settings: &PlanSetting
                     } else {
                         0
                     };
+                    // Nothing listening answers with a reset; a lost packet with silence.
+                    let refused = match layer {
+                        Layer::Nodeport | Layer::NodeportFromPod => {
+                            d.is_some_and(|d| faults.contains(&Fault::NodeportRemoved(d)))
+                        }
+                        Layer::Ingress | Layer::IngressFromPod => {
+                            faults.contains(&Fault::IngressDown)
+                        }
+                        _ => false,
+                    };
                     results.push(ProbeResult {
                         layer,
                         column: col.to_owned(),
                         sent,
                         ok,
                         rtt_ms: (ok > 0).then_some(0.3),
-                        detail: (ok < sent).then(|| "timeout".to_owned()),
+                        detail: (ok < sent).then(|| {
+                            if refused {
+                                "connect: Connection refused (os error 111)".to_owned()
+                            } else {
+                                "timeout".to_owned()
+                            }
+                        }),
                     });
                 }
                 let peers: Vec<usize> = plan

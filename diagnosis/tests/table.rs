@@ -234,6 +234,14 @@ fn two_faults_on_different_nodes_are_both_found() {
             ("overlay-peer-missing", "n1"),
             ("nodeport-broken", "n6"),
         ),
+        // A node whose pods are cut off may be any NodePort's backend: a NodePort that
+        // refuses connections is still its own node's fault.
+        (
+            Fault::ForwardOff(1),
+            Fault::NodeportRemoved(4),
+            ("ip-forward-disabled", "n2"),
+            ("nodeport-broken", "n5"),
+        ),
     ];
     for (a, b, wa, wb) in pairs {
         let (f, _) = run(6, &[a.clone(), b.clone()]);

@@ -208,8 +208,22 @@ impl CoordinatorClient {
         req: &RoundRequest,
         timeout: Duration,
     ) -> Result<RoundStarted, ClientError> {
-        let a = self.post(api::ROUNDS, req, timeout).await?;
-        self.parse(api::ROUNDS, &a.body)
+        // A coordinator that rate-limits rounds says when to come back (429, Retry-After):
+        // wait for it, within `timeout`.
+        let until = tokio::time::Instant::now() + timeout;
+        loop {
+            match self.post(api::ROUNDS, req, timeout).await {
+                Ok(a) => return self.parse(api::ROUNDS, &a.body),
+                Err(e) if e.status() == Some(429) => {
+                    let pause = Duration::from_secs(1);
+                    if tokio::time::Instant::now() + pause >= until {
+                        return Err(e);
+                    }
+                    tokio::time::sleep(pause).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Round `id`, waiting up to `wait` (whole seconds, at least 1) for it to finish.
