@@ -58,30 +58,38 @@ async fn exchange(server: SocketAddr, name: &str) -> Result<DnsOutcome, String> 
             _ => format!("receive: {e}"),
         })?;
         let rtt = start.elapsed();
-        let Ok(resp) = Message::from_vec(&buf[..n]) else {
-            continue;
-        };
-        if resp.metadata.id != id || resp.metadata.message_type != MessageType::Response {
-            continue; // not ours; keep waiting within the timeout
+        match read_answer(&buf[..n], id) {
+            None => continue, // not ours; keep waiting within the timeout
+            Some(Err(why)) => return Ok(DnsOutcome::Failed(why)),
+            Some(Ok(addrs)) => return Ok(DnsOutcome::Answer { addrs, rtt }),
         }
-        let rcode = resp.metadata.response_code;
-        if rcode != ResponseCode::NoError {
-            return Ok(DnsOutcome::Failed(format!("rcode {rcode}")));
-        }
-        let addrs: Vec<Ipv4Addr> = resp
-            .answers
-            .iter()
-            .filter_map(|r| match &r.data {
-                RData::A(a) => Some(a.0),
-                _ => None,
-            })
-            .collect();
-        return Ok(if addrs.is_empty() {
-            DnsOutcome::Failed("NOERROR without an A record".to_owned())
-        } else {
-            DnsOutcome::Answer { addrs, rtt }
-        });
     }
+}
+
+/// Reads a datagram as the answer to query `id`: `None` when it is not one (garbage, or
+/// another query's), else the A records, or why there are none.
+pub fn read_answer(datagram: &[u8], id: u16) -> Option<Result<Vec<Ipv4Addr>, String>> {
+    let resp = Message::from_vec(datagram).ok()?;
+    if resp.metadata.id != id || resp.metadata.message_type != MessageType::Response {
+        return None;
+    }
+    let rcode = resp.metadata.response_code;
+    if rcode != ResponseCode::NoError {
+        return Some(Err(format!("rcode {rcode}")));
+    }
+    let addrs: Vec<Ipv4Addr> = resp
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(a.0),
+            _ => None,
+        })
+        .collect();
+    Some(if addrs.is_empty() {
+        Err("NOERROR without an A record".to_owned())
+    } else {
+        Ok(addrs)
+    })
 }
 
 #[cfg(test)]
