@@ -206,11 +206,12 @@ pub async fn run(args: CheckArgs) -> u8 {
                     }
                 }
             }
-            // The coordinator's word is checked: a report of no nodes, or with a failing
-            // or unknown cell, is never HEALTHY, whatever its `healthy` says.
-            let (_, fail, unknown) = report.counts();
-            let healthy = report.healthy && !report.nodes.is_empty() && fail + unknown == 0;
-            if healthy { 0 } else { 1 }
+            // The coordinator's word is checked against the report's own content.
+            if report.healthy && report.is_healthy() {
+                0
+            } else {
+                1
+            }
         }
         Err(e) => {
             eprintln!("meshprobe check: error: {e}");

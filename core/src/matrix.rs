@@ -206,6 +206,13 @@ pub struct CheckReport {
 }
 
 impl CheckReport {
+    /// What `healthy` means, from the report's own content: some nodes, every cell ok,
+    /// no finding. A round of no nodes proved nothing, so it is never healthy.
+    pub fn is_healthy(&self) -> bool {
+        let (_, fail, unknown) = self.counts();
+        !self.nodes.is_empty() && fail == 0 && unknown == 0 && self.findings.is_empty()
+    }
+
     /// Counts of (ok, fail, unknown) cells over all layers.
     pub fn counts(&self) -> (usize, usize, usize) {
         let mut c = (0, 0, 0);
@@ -341,10 +348,7 @@ pub fn build_report(input: RoundInput<'_>) -> CheckReport {
         evidence,
         capture,
     };
-    let (_, fail, unknown) = report.counts();
-    // A round of no nodes proved nothing: never HEALTHY.
-    report.healthy =
-        !report.nodes.is_empty() && fail == 0 && unknown == 0 && report.findings.is_empty();
+    report.healthy = report.is_healthy();
     report
 }
 

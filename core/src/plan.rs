@@ -514,7 +514,7 @@ pub fn target_node<'t>(topology: &'t Topology, layer: Layer, column: &str) -> Op
             .map(|n| &n.name),
         Layer::DnsService => None,
         Layer::Nodeport | Layer::NodeportFromPod => {
-            let node = column.split_once('/').map_or(column, |(n, _)| n);
+            let node = nodeport_column_node(column);
             topology
                 .nodes
                 .iter()
@@ -536,6 +536,11 @@ pub fn nodeport_column(node: &NodeName, service: &str, services: usize) -> Strin
     } else {
         format!("{node}/{service}")
     }
+}
+
+/// The node of a NodePort cell's column: the inverse of [`nodeport_column`].
+pub fn nodeport_column_node(column: &str) -> &str {
+    column.split_once('/').map_or(column, |(n, _)| n)
 }
 
 /// An ingress cell's column: its host, and its path unless it is `/`.

@@ -85,6 +85,18 @@ pub(crate) fn name(s: &str) -> NodeName {
     NodeName::new(s).unwrap_or_else(|_| NodeName::new("unnamed").unwrap_or_else(|_| unreachable!()))
 }
 
+/// The next step for a node that does not forward, by cause.
+pub(crate) fn forwarding_fix(cause: &Cause, xn: &str) -> String {
+    match cause {
+        Cause::IpForwardDisabled => format!(
+            "on {xn}: `sysctl -w net.ipv4.ip_forward=1`, then find what resets it: `grep -rn ip_forward /etc/sysctl.conf /etc/sysctl.d/ /usr/lib/sysctl.d/`"
+        ),
+        _ => format!(
+            "on {xn}: `iptables -S FORWARD`; delete the REJECT above the CNI rules (`iptables -D FORWARD -j REJECT --reject-with icmp-host-prohibited`) or stop firewalld / trust the pod CIDR"
+        ),
+    }
+}
+
 pub(crate) fn lost_of(c: &Cell) -> u32 {
     c.sent.saturating_sub(c.ok)
 }

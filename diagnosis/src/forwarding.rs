@@ -76,11 +76,6 @@ impl Cx<'_> {
                 ));
             }
             let ev = self.evidence(x);
-            let ip_forward_off = ev.and_then(|e| e.ip_forward) == Some(false);
-            let blocking = ev
-                .and_then(|e| e.forward.as_ref())
-                .map(|f| f.blocking_rules.clone())
-                .unwrap_or_default();
             let prohibited = out.iter().chain(&inbound).any(|&(s, d)| {
                 [Layer::GatewayFromPod, Layer::PodToPod].iter().any(|l| {
                     self.cell(*l, s, d)
@@ -88,16 +83,24 @@ impl Cx<'_> {
                         .is_some_and(|t| t.contains("prohibited"))
                 })
             });
-            let cause = if ip_forward_off {
-                evidence.push(format!("{xn}: net.ipv4.ip_forward = 0"));
-                Cause::IpForwardDisabled
-            } else if !blocking.is_empty() || prohibited {
-                for r in &blocking {
-                    evidence.push(format!(
-                        "{xn}: iptables {} (before the CNI's accept rules)",
-                        r.rule
-                    ));
+            let fact = self.node_fact(x);
+            let named = fact.is_some() || prohibited;
+            let cause = match fact {
+                Some((cause, lines)) => {
+                    evidence.extend(lines);
+                    cause
                 }
+                None if prohibited => Cause::ForwardRejected,
+                None if ev.is_some() => {
+                    evidence.push(format!("{xn}: ip_forward is 1 and no REJECT/DROP precedes the CNI's FORWARD accepts; packets vanish silently (check a host security agent or nftables)"));
+                    Cause::ForwardRejected
+                }
+                None => {
+                    evidence.push(format!("{xn}'s host agent did not report; silent drops (no ICMP error) point at net.ipv4.ip_forward = 0"));
+                    Cause::IpForwardDisabled
+                }
+            };
+            if cause == Cause::ForwardRejected && named {
                 for c in ev
                     .and_then(|e| e.forward.as_ref())
                     .map(|f| f.foreign_chains.clone())
@@ -108,25 +111,11 @@ impl Cx<'_> {
                 if prohibited {
                     evidence.push("probes got ICMP \"administratively prohibited\": a REJECT rule answers them".to_owned());
                 }
-                Cause::ForwardRejected
-            } else if ev.is_some() {
-                evidence.push(format!("{xn}: ip_forward is 1 and no REJECT/DROP precedes the CNI's FORWARD accepts; packets vanish silently (check a host security agent or nftables)"));
-                Cause::ForwardRejected
-            } else {
-                evidence.push(format!("{xn}'s host agent did not report; silent drops (no ICMP error) point at net.ipv4.ip_forward = 0"));
-                Cause::IpForwardDisabled
-            };
+            }
             for a in ev.map(|e| e.security_agents.clone()).unwrap_or_default() {
                 evidence.push(format!("{xn}: security agent {a} is running"));
             }
-            let fix = match cause {
-                Cause::IpForwardDisabled => format!(
-                    "on {xn}: `sysctl -w net.ipv4.ip_forward=1`, then find what resets it: `grep -rn ip_forward /etc/sysctl.conf /etc/sysctl.d/ /usr/lib/sysctl.d/`"
-                ),
-                _ => format!(
-                    "on {xn}: `iptables -S FORWARD`; delete the REJECT above the CNI rules (`iptables -D FORWARD -j REJECT --reject-with icmp-host-prohibited`) or stop firewalld / trust the pod CIDR"
-                ),
-            };
+            let fix = forwarding_fix(&cause, &xn);
             let summary = match direction {
                 Direction::Outbound => {
                     format!("{xn} does not forward: its pods cannot reach other nodes")

@@ -3,7 +3,7 @@
 use std::collections::{HashMap, HashSet};
 
 use meshprobe_core::matrix::{Cell, CellState, CheckReport};
-use meshprobe_core::plan::target_node;
+use meshprobe_core::plan::{nodeport_column_node, target_node};
 use meshprobe_core::{Layer, Topology};
 
 /// FxHash (rustc's hasher): the index's keys are small integers and our own strings, so a
@@ -176,10 +176,9 @@ impl<'a> Index<'a> {
         }
         let node = match layer {
             // One column per node: looked up by name, not by a scan of the topology.
-            Layer::Nodeport | Layer::NodeportFromPod => self
-                .pos
-                .get(name.split_once('/').map_or(name, |(n, _)| n))
-                .copied(),
+            Layer::Nodeport | Layer::NodeportFromPod => {
+                self.pos.get(nodeport_column_node(name)).copied()
+            }
             _ => target_node(t, layer, name).and_then(|n| self.pos.get(n.as_str()).copied()),
         };
         let id = self.targets.len();

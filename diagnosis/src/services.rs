@@ -8,7 +8,7 @@ use meshprobe_core::matrix::CellState;
 use meshprobe_core::{Cause, Direction, Layer, NodeName};
 
 use crate::Part;
-use crate::cx::{BALANCED, Cx, POD_TRAFFIC};
+use crate::cx::{Cx, POD_TRAFFIC, forwarding_fix};
 use crate::index::Col;
 
 impl Cx<'_> {
@@ -50,14 +50,7 @@ impl Cx<'_> {
                 format!("{p:?}").to_lowercase()
             ));
         }
-        let fix = match cause {
-            Cause::IpForwardDisabled => format!(
-                "on {xn}: `sysctl -w net.ipv4.ip_forward=1`, then find what resets it: `grep -rn ip_forward /etc/sysctl.conf /etc/sysctl.d/ /usr/lib/sysctl.d/`"
-            ),
-            _ => format!(
-                "on {xn}: `iptables -S FORWARD`; delete the REJECT above the CNI rules or stop firewalld / trust the pod CIDR"
-            ),
-        };
+        let fix = forwarding_fix(&cause, &xn);
         self.broken.insert(x, cause.clone());
         self.explain_node(&[Part::Pods, Part::Big], x);
         let cells = self.claim_node(x, POD_TRAFFIC) + self.claim_balanced();
@@ -425,9 +418,4 @@ impl Cx<'_> {
             .any(|(n, c)| *n != x && !matches!(c, Cause::PacketLoss | Cause::MtuMismatch));
         elsewhere && !refused
     }
-}
-
-/// Whether a layer's target is load-balanced (kept for the unexplained finding's words).
-pub(crate) fn balanced(layer: Layer) -> bool {
-    BALANCED.contains(&layer)
 }

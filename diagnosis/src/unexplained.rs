@@ -7,9 +7,8 @@ use std::collections::BTreeSet;
 
 use meshprobe_core::{Cause, Direction, Layer};
 
-use crate::cx::{Cx, describe};
+use crate::cx::{BALANCED, Cx, describe};
 use crate::index::{CellKey, FxMap};
-use crate::services::balanced;
 
 /// At most this many `unexplained` findings; the rest of the cells go in one last finding.
 const MAX_UNEXPLAINED: usize = 8;
@@ -102,7 +101,7 @@ impl Cx<'_> {
                 format!("{p:?}").to_lowercase()
             ));
         }
-        let services_from_pods = out == cells.len() && layers.iter().all(|l| balanced(*l));
+        let services_from_pods = out == cells.len() && layers.iter().all(|l| BALANCED.contains(l));
         let (summary, fix) = if services_from_pods {
             (
                 format!(
