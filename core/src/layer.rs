@@ -130,6 +130,20 @@ impl Layer {
         )
     }
 
+    /// The loss at which a cell of this layer fails, given the threshold for one packet
+    /// each way. A fragmented echo is two fragments each way and is lost when any of its
+    /// four packets is, so it fails at the loss four packets at `base` give
+    /// (1 - (1 - base)^4: 68% for 25%); 1% loss must not make it fail.
+    pub fn fail_loss_pct(self, base: f64) -> f64 {
+        match self {
+            Layer::PodToPodFragmented => {
+                let keep = 1.0 - (base / 100.0).clamp(0.0, 1.0);
+                (1.0 - keep.powi(4)) * 100.0
+            }
+            _ => base,
+        }
+    }
+
     /// One line for table headings.
     pub fn describe(self) -> &'static str {
         match self {
@@ -181,6 +195,12 @@ mod tests {
             Layer::ALL[..7],
             "from the wire up, as ALL lists them"
         );
+    }
+
+    #[test]
+    fn a_fragmented_echo_fails_at_the_loss_four_packets_give() {
+        assert!((Layer::PodToPodFragmented.fail_loss_pct(25.0) - 68.359_375).abs() < 1e-9);
+        assert_eq!(Layer::PodToPod.fail_loss_pct(25.0), 25.0);
     }
 
     #[test]

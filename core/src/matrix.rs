@@ -315,7 +315,7 @@ pub fn build_report(input: RoundInput<'_>) -> CheckReport {
                     })
                 } else {
                     match results.get(&(layer, column)) {
-                        Some(r) => Cell::from_result(r, fail_at(plan)),
+                        Some(r) => Cell::from_result(r, r.layer.fail_loss_pct(fail_at(plan))),
                         None => Cell::unknown("the agent's report lacks this target"),
                     }
                 };
