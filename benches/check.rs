@@ -42,26 +42,17 @@ fn cpu_seconds(pid: i32) -> f64 {
 }
 
 /// `meshprobe check --output json` from the control namespace.
-fn run_check(ctl: &str, url: &str) -> std::process::Output {
+fn run_check(ctl: &str, env: &[(&'static str, String)]) -> std::process::Output {
     Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            ctl,
-            BIN,
-            "check",
-            "--output",
-            "json",
-            "--coordinator",
-            url,
-        ])
+        .args(["netns", "exec", ctl, BIN, "check", "--output", "json"])
+        .envs(env.iter().cloned())
         .output()
         .expect("run check")
 }
 
 /// Back-to-back rounds for 10 s (a busy overlay: every node pings every node's gateway and
 /// pod, full-size too, 20 times a round): the agents' CPU while their capture sees it all.
-fn busy_overlay(lab: &Lab, ctl: &str, url: &str) {
+fn busy_overlay(lab: &Lab, ctl: &str, url: &[(&'static str, String)]) {
     let agents = lab.pids("agent/");
     let before: Vec<f64> = agents.iter().map(|(_, p)| cpu_seconds(*p)).collect();
     let start = Instant::now();
@@ -101,7 +92,7 @@ fn busy_overlay(lab: &Lab, ctl: &str, url: &str) {
 
 /// Runs `check` `runs` times; the wall times, sorted. `want` is the exit code every run
 /// must give (0 healthy, 1 findings); a run that gives another is reported.
-fn checks(ctl: &str, url: &str, runs: usize, want: i32) -> Vec<Duration> {
+fn checks(ctl: &str, url: &[(&'static str, String)], runs: usize, want: i32) -> Vec<Duration> {
     let mut times: Vec<Duration> = Vec::with_capacity(runs);
     let mut off = 0;
     for _ in 0..runs {
@@ -154,7 +145,7 @@ fn main() {
         std::process::exit(2);
     }
     let meshed = t.elapsed() - built;
-    let url = lab.plan().coordinator_url();
+    let url = lab.client_env();
     let ctl = lab.plan().ctl_ns();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     println!(
@@ -195,7 +186,7 @@ fn main() {
     spec.state_root = std::env::temp_dir().join("meshprobe-bench-labs");
     let mut lab = Lab::up(spec).expect("lab up");
     lab.start_mesh().expect("mesh");
-    let (ctl, url) = (lab.plan().ctl_ns(), lab.plan().coordinator_url());
+    let (ctl, url) = (lab.plan().ctl_ns(), lab.client_env());
     let _ = checks(&ctl, &url, 3, 0);
     for kind in ["host", "pod"] {
         let rss: Vec<u64> = lab

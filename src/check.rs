@@ -6,7 +6,7 @@ use std::time::Duration;
 use meshprobe_core::api::RoundRequest;
 use meshprobe_core::render::{Style, render};
 use meshprobe_core::{CheckReport, NodeName};
-use meshprobe_probe::client::{ClientError, CoordinatorClient, RoundAnswer};
+use meshprobe_probe::client::{ClientError, ClientOptions, CoordinatorClient, RoundAnswer};
 use tokio::time::Instant;
 
 /// Output format.
@@ -29,6 +29,8 @@ pub struct CheckArgs {
     pub timeout: Duration,
     /// Write the failing pairs' captured packets as pcap files here.
     pub pcap: Option<std::path::PathBuf>,
+    /// The credential and the CA to verify the coordinator with.
+    pub client: ClientOptions,
 }
 
 /// `check` could not produce a result (exit 2).
@@ -60,7 +62,7 @@ pub enum CheckError {
 
 /// Triggers a round and waits for its report.
 pub async fn fetch(args: &CheckArgs) -> Result<CheckReport, CheckError> {
-    let client = CoordinatorClient::new(&args.coordinator)?;
+    let client = CoordinatorClient::with_options(&args.coordinator, &args.client)?;
     let deadline = Instant::now() + args.timeout;
     let started = client
         .start_round(
@@ -147,7 +149,7 @@ pub async fn write_pcaps(
     report: &CheckReport,
     dir: &std::path::Path,
 ) -> Result<Vec<std::path::PathBuf>, CheckError> {
-    let client = CoordinatorClient::new(&args.coordinator)?;
+    let client = CoordinatorClient::with_options(&args.coordinator, &args.client)?;
     let write_err = |path: &std::path::Path| {
         let path = path.to_owned();
         move |source| CheckError::Write { path, source }

@@ -61,6 +61,117 @@ pub struct CoordinatorArgs {
     /// What every round's plans carry, and how rounds end.
     #[command(flatten)]
     round: RoundFlags,
+    /// Who may talk to the coordinator, and over what.
+    #[command(flatten)]
+    auth: ServeAuthFlags,
+}
+
+/// The coordinator's authentication and TLS (CONTRACT §4).
+#[derive(clap::Args, Debug)]
+pub struct ServeAuthFlags {
+    /// The cluster secret (at least 16 printable bytes): agents and clients present it or
+    /// a credential derived from it (`meshprobe credential`).
+    #[arg(long, env = "MESHPROBE_TOKEN_FILE", value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// Accept everyone, unauthenticated (v1 behaviour): for experiments only; every round
+    /// warns.
+    #[arg(long, conflicts_with = "token_file")]
+    insecure_no_auth: bool,
+    /// Reads (the GET endpoints, /metrics) need a credential too (default: open, guarded
+    /// by a NetworkPolicy and port-forward as cluster dashboards are).
+    #[arg(long)]
+    auth_reads: bool,
+    /// Serve HTTPS with this certificate (PEM, chain first); needs --tls-key.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "tls_key",
+        env = "MESHPROBE_TLS_CERT"
+    )]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM); needs --tls-cert.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "tls_cert",
+        env = "MESHPROBE_TLS_KEY"
+    )]
+    tls_key: Option<PathBuf>,
+}
+
+/// How an agent or `check` reaches the coordinator (CONTRACT §4).
+#[derive(clap::Args, Debug, Clone)]
+pub struct ClientFlags {
+    /// A file holding this client's credential: a node's (agents), an operator's
+    /// (`check`), the cluster secret (the lab), or a projected ServiceAccount token
+    /// (agents in Kubernetes). Read at every request, so rotation needs no restart.
+    #[arg(long, env = "MESHPROBE_TOKEN_FILE", value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// The CA certificate(s) (PEM) that signed the coordinator's certificate: needed for
+    /// an https:// coordinator URL.
+    #[arg(long, env = "MESHPROBE_CA_FILE", value_name = "FILE")]
+    ca_file: Option<PathBuf>,
+    /// The name the coordinator's certificate must carry, when the URL's host is not it
+    /// (agents reach the Service by its ClusterIP, to need no DNS, and verify its DNS
+    /// name).
+    #[arg(long, env = "MESHPROBE_TLS_SERVER_NAME", value_name = "NAME")]
+    tls_server_name: Option<String>,
+}
+
+impl ClientFlags {
+    /// The client options these flags describe; the token file must be readable now.
+    pub fn options(&self) -> anyhow::Result<meshprobe_probe::client::ClientOptions> {
+        use meshprobe_probe::client::Credential;
+        let credential = match &self.token_file {
+            Some(path) => {
+                let c = Credential::File(path.clone());
+                c.header().with_context(|| "--token-file")?;
+                Some(c)
+            }
+            None => None,
+        };
+        let tls = match &self.ca_file {
+            Some(path) => {
+                let pem = read_small(path, 1 << 20).with_context(|| "--ca-file")?;
+                Some(meshprobe_probe::transport::client_tls(
+                    &path.display().to_string(),
+                    &pem,
+                )?)
+            }
+            None => None,
+        };
+        Ok(meshprobe_probe::client::ClientOptions {
+            credential,
+            tls,
+            server_name: self.tls_server_name.clone(),
+        })
+    }
+}
+
+/// Reads a regular file of at most `max` bytes; the error names it.
+pub fn read_small(path: &std::path::Path, max: u64) -> anyhow::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    anyhow::ensure!(meta.is_file(), "{} is not a regular file", path.display());
+    anyhow::ensure!(
+        meta.len() <= max,
+        "{} is {} bytes; the most accepted is {max}",
+        path.display(),
+        meta.len()
+    );
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(max).read_to_end(&mut bytes))
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(bytes)
+}
+
+/// Reads the cluster secret from `path`.
+pub fn read_secret(path: &std::path::Path) -> anyhow::Result<meshprobe_core::auth::ClusterSecret> {
+    let bytes = read_small(path, meshprobe_core::auth::MAX_SECRET_BYTES as u64 + 64)?;
+    meshprobe_core::auth::ClusterSecret::from_bytes(&bytes)
+        .with_context(|| format!("cluster secret {}", path.display()))
 }
 
 /// The round's settings (`PlanSettings` and the round engine's), each a flag and an env
@@ -181,13 +292,16 @@ pub struct ProbeArgs {
     /// the connection dead, and the agent polls again at once.
     #[arg(long, env = "MESHPROBE_HEARTBEAT", default_value = "300ms")]
     heartbeat: String,
+    /// The credential and the coordinator's CA.
+    #[command(flatten)]
+    client: ClientFlags,
 }
 
 /// The subcommands.
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the coordinator.
-    Coordinator(CoordinatorArgs),
+    Coordinator(Box<CoordinatorArgs>),
     /// Run one probe agent.
     Probe(ProbeArgs),
     /// Ask the coordinator for a fresh round and print matrices and findings.
@@ -205,6 +319,26 @@ pub enum Command {
         /// them, as pcap files into DIR.
         #[arg(long, value_name = "DIR")]
         pcap: Option<PathBuf>,
+        /// The credential (the cluster secret or an operator's) and the coordinator's CA.
+        #[command(flatten)]
+        client: ClientFlags,
+    },
+    /// Print a credential derived from the cluster secret: a node's (for its host and pod
+    /// agents only) or an operator's (for `check`).
+    Credential {
+        /// The file holding the cluster secret (the coordinator's --token-file).
+        #[arg(long, value_name = "FILE")]
+        token_file: PathBuf,
+        /// The node whose agents the credential is for.
+        #[arg(
+            long,
+            required_unless_present = "operator",
+            conflicts_with = "operator"
+        )]
+        node: Option<String>,
+        /// An operator's name (a person or a CI job): the credential starts rounds.
+        #[arg(long)]
+        operator: Option<String>,
     },
     /// Build a sandbox cluster on this machine, run the mesh and a check, clean up.
     Demo {
@@ -249,29 +383,58 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
     let code = match cli.command {
-        Command::Coordinator(args) => report(run_coordinator(args)),
+        Command::Coordinator(args) => report(run_coordinator(*args)),
         Command::Probe(args) => report(run_probe(args)),
         Command::Check {
             coordinator,
             output,
             timeout,
             pcap,
-        } => match runtime(false) {
-            Ok(rt) => rt.block_on(crate::check::run(CheckArgs {
+            client,
+        } => match (runtime(false), client.options()) {
+            (Ok(rt), Ok(client)) => rt.block_on(crate::check::run(CheckArgs {
                 coordinator,
                 output,
                 timeout,
                 pcap,
+                client,
             })),
-            Err(e) => {
+            (Err(e), _) => {
                 eprintln!("meshprobe: error: cannot start the runtime: {e}");
                 2
             }
+            (_, Err(e)) => {
+                eprintln!("meshprobe: error: {e:#}");
+                2
+            }
         },
+        Command::Credential {
+            token_file,
+            node,
+            operator,
+        } => report(print_credential(&token_file, node, operator)),
         Command::Demo { nodes } => crate::demo::run(nodes),
         Command::Lab { command } => crate::lab_cmd::run(command),
     };
     ExitCode::from(code)
+}
+
+fn print_credential(
+    token_file: &std::path::Path,
+    node: Option<String>,
+    operator: Option<String>,
+) -> anyhow::Result<()> {
+    use meshprobe_core::auth::Subject;
+    let secret = read_secret(token_file)?;
+    let subject = match (node, operator) {
+        (Some(n), _) => {
+            Subject::Node(NodeName::new(n).map_err(|e| anyhow::anyhow!("--node: {e}"))?)
+        }
+        (None, Some(o)) => Subject::operator(&o).context("--operator")?,
+        (None, None) => anyhow::bail!("give --node NAME or --operator NAME"),
+    };
+    println!("{}", secret.credential(&subject));
+    Ok(())
 }
 
 fn report(r: anyhow::Result<()>) -> u8 {
@@ -369,7 +532,39 @@ fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
         ..Default::default()
     };
     let (listen, interval) = (args.listen, args.interval);
-    let settings = args.round.settings()?;
+    let mut settings = args.round.settings()?;
+    let secret = args
+        .auth
+        .token_file
+        .as_deref()
+        .map(read_secret)
+        .transpose()?;
+    if secret.is_none() && !args.auth.insecure_no_auth && topology.is_some() {
+        anyhow::bail!(
+            "the coordinator refuses unauthenticated agents: pass --token-file FILE (the cluster \
+             secret; agents and clients present it, or a credential from `meshprobe credential`), \
+             or --insecure-no-auth for an experiment (CONTRACT §4)"
+        );
+    }
+    let tls = match (&args.auth.tls_cert, &args.auth.tls_key) {
+        (Some(cert), Some(key)) => Some(
+            meshprobe_coordinator::tls::server_config(cert, key).context("--tls-cert/--tls-key")?,
+        ),
+        _ => None,
+    };
+    let (insecure, auth_reads) = (args.auth.insecure_no_auth, args.auth.auth_reads);
+    // Said after the "listening on" line, which scripts read first.
+    let warning = if insecure {
+        Some(
+            "meshprobe coordinator: WARNING: --insecure-no-auth: anyone who reaches this port can forge reports and start rounds",
+        )
+    } else if tls.is_none() {
+        Some(
+            "meshprobe coordinator: WARNING: serving plain HTTP: credentials travel in clear (pass --tls-cert and --tls-key)",
+        )
+    } else {
+        None
+    };
     let rt = runtime(true).context("cannot start the runtime")?;
     rt.block_on(async move {
         let needs_api = topology.is_none() || lease.is_some();
@@ -378,6 +573,8 @@ fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
         } else {
             None
         };
+        let mut reviewer: Option<std::sync::Arc<dyn meshprobe_coordinator::auth::TokenReviewer>> =
+            None;
         let (source, what): (Box<dyn meshprobe_coordinator::TopologySource>, String) =
             match topology {
                 Some(t) => {
@@ -391,11 +588,23 @@ fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
                     let client = client
                         .clone()
                         .context("Kubernetes discovery needs an API client")?;
-                    let source =
-                        meshprobe_coordinator::kube_source::KubeTopology::start(client, discovery);
+                    let source = meshprobe_coordinator::kube_source::KubeTopology::start(
+                        client.clone(),
+                        discovery,
+                    );
+                    reviewer = Some(meshprobe_coordinator::kube_auth::KubeReviewer::new(
+                        client,
+                        source.meshprobe_pods(),
+                    ));
                     (Box::new(source), "Kubernetes discovery".to_owned())
                 }
             };
+        settings.auth = if insecure {
+            meshprobe_coordinator::auth::Auth::insecure()
+        } else {
+            meshprobe_coordinator::auth::Auth::required(secret, reviewer)
+                .with_closed_reads(auth_reads)
+        };
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
@@ -403,7 +612,11 @@ fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
             .local_addr()
             .context("cannot read the bound address")?;
         // Printed (not logged) so that scripts and tests binding port 0 learn the port.
-        eprintln!("meshprobe coordinator listening on {bound} ({what})");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        eprintln!("meshprobe coordinator listening on {bound} ({what}, {scheme})");
+        if let Some(w) = warning {
+            eprintln!("{w}");
+        }
         let c = meshprobe_coordinator::Coordinator::new(source, settings);
         let election = match (lease, client) {
             (Some(s), Some(client)) => {
@@ -424,7 +637,10 @@ fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
             max_connections = limits.max_connections,
             "connections capped (the file-descriptor limit leaves room for this many)"
         );
-        let listener = meshprobe_coordinator::listener::BoundedListener::new(listener, limits);
+        let mut listener = meshprobe_coordinator::listener::BoundedListener::new(listener, limits);
+        if let Some(tls) = tls {
+            listener = listener.with_tls(tls);
+        }
         let served = axum::serve(
             listener,
             meshprobe_coordinator::router(c)
@@ -467,7 +683,9 @@ fn run_probe(args: ProbeArgs) -> anyhow::Result<()> {
         offline_interval,
         poll_wait,
         heartbeat,
+        client,
     } = args;
+    let client = client.options()?;
     let node = NodeName::new(node).map_err(|e| anyhow::anyhow!("--node: {e}"))?;
     let heartbeat = match heartbeat.as_str() {
         "off" => None,
@@ -512,6 +730,7 @@ fn run_probe(args: ProbeArgs) -> anyhow::Result<()> {
         heartbeat,
         state_dir,
         offline_interval,
+        client,
         ..meshprobe_probe::AgentConfig::new(
             node,
             if pod { AgentKind::Pod } else { AgentKind::Host },

@@ -12,12 +12,15 @@ fn say(s: &str) {
 
 fn check(lab: &Lab, exe: &std::path::Path) -> Result<u8, String> {
     let ctl = lab.plan().ctl_ns();
-    let url = lab.plan().coordinator_url();
-    println!("$ meshprobe lab exec ctl -- meshprobe check --coordinator {url}");
+    println!(
+        "$ meshprobe lab exec --name {} ctl -- meshprobe check   # https, as operator `lab`",
+        lab.name()
+    );
     let status = Command::new("ip")
         .args(["netns", "exec", &ctl])
         .arg(exe)
-        .args(["check", "--coordinator", &url, "--timeout", "20s"])
+        .args(["check", "--timeout", "20s"])
+        .envs(lab.client_env())
         .status()
         .map_err(|e| format!("cannot run check: {e}"))?;
     Ok(status.code().unwrap_or(2) as u8)
@@ -103,7 +106,7 @@ fn run_inner(nodes: usize) -> Result<u8, String> {
         "  meshprobe lab fault vxlan-drop-in --node n3     # or: forward-reject, underlay-mtu, fdb-missing --peer n1, link-down, loss ..."
     );
     println!(
-        "  meshprobe lab exec ctl -- meshprobe check --coordinator http://192.168.77.2:7070 --output json"
+        "  meshprobe lab exec ctl -- meshprobe check --output json   # lab exec passes the coordinator's URL, CA and an operator credential"
     );
     println!("  meshprobe lab heal; meshprobe lab down");
     let ok = healthy == 0 && broken == 1;

@@ -246,8 +246,9 @@ fn run_inner(cmd: LabCommand) -> Result<(), String> {
             lab.keep();
             println!("\nnext:");
             if !no_mesh {
+                println!("  meshprobe lab exec --name {name} ctl -- meshprobe check");
                 println!(
-                    "  meshprobe lab exec --name {name} ctl -- meshprobe check --coordinator {coord}"
+                    "    (lab exec sets MESHPROBE_COORDINATOR={coord}, MESHPROBE_TOKEN_FILE and MESHPROBE_CA_FILE)"
                 );
             }
             println!("  meshprobe lab fault --name {name} vxlan-drop-in --node n2");
@@ -336,9 +337,12 @@ fn run_inner(cmd: LabCommand) -> Result<(), String> {
                     lab.name()
                 )
             })?;
+            // The coordinator's URL, the operator's credential and the lab's CA, for a
+            // `meshprobe check` with no flags (flags given win over these).
             let err = std::process::Command::new("ip")
                 .args(["netns", "exec", &ns])
                 .args(&command)
+                .envs(lab.client_env())
                 .exec();
             Err(format!("cannot run ip netns exec: {err}"))
         }

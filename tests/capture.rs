@@ -168,6 +168,8 @@ fn without_cap_net_raw_the_agent_warns_and_keeps_reporting() {
             "--inventory",
         ])
         .arg(&inv)
+        .arg("--token-file")
+        .arg(lab.creds_file(meshprobe_sandbox::creds::SECRET))
         .stderr(Stdio::null())
         .spawn()
         .expect("coordinator");
@@ -190,6 +192,8 @@ fn without_cap_net_raw_the_agent_warns_and_keeps_reporting() {
             "--relay-listen",
             "off",
         ])
+        .arg("--token-file")
+        .arg(lab.node_credential("n2"))
         .stderr(Stdio::null())
         .spawn()
         .expect("agent");
@@ -206,6 +210,8 @@ fn without_cap_net_raw_the_agent_warns_and_keeps_reporting() {
             "--coordinator",
             "http://192.168.77.2:7075",
         ])
+        .arg("--token-file")
+        .arg(lab.creds_file(meshprobe_sandbox::creds::OPERATOR))
         .output()
         .expect("check");
     let _ = agent.kill();

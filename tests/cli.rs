@@ -178,10 +178,17 @@ impl Drop for Coord {
     }
 }
 
+/// The cluster secret the tests' coordinators run with.
+const SECRET: &str = "cli-test-secret-0123456789abcdef";
+
 fn coordinator(inventory: &std::path::Path) -> Coord {
+    let secret = inventory.with_file_name("cluster-secret");
+    std::fs::write(&secret, format!("{SECRET}\n")).expect("secret");
     let mut child = Command::new(BIN)
         .args(["coordinator", "--listen", "127.0.0.1:0", "--inventory"])
         .arg(inventory)
+        .arg("--token-file")
+        .arg(&secret)
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
@@ -200,12 +207,95 @@ fn coordinator(inventory: &std::path::Path) -> Coord {
     Coord(child, format!("http://{addr}"))
 }
 
+/// Writes `text` as a token file next to `inventory`.
+fn token_file(inventory: &std::path::Path, name: &str, text: &str) -> std::path::PathBuf {
+    let p = inventory.with_file_name(name);
+    std::fs::write(&p, text).expect("token file");
+    p
+}
+
 #[test]
-fn check_with_no_agents_reports_unknown_exits_1_and_speaks_json() {
-    let p = write_tmp("check", GOOD);
+fn a_coordinator_without_credentials_refuses_to_start() {
+    let p = write_tmp("noauth", GOOD);
+    let err = coordinator_refuses(&p);
+    assert!(
+        err.contains("refuses unauthenticated agents")
+            && err.contains("--token-file")
+            && err.contains("--insecure-no-auth"),
+        "{err}"
+    );
+    // A weak secret is refused with its length named.
+    let weak = token_file(&p, "weak", "hunter2\n");
+    exits_2_saying(
+        &[
+            "coordinator",
+            "--listen",
+            "127.0.0.1:0",
+            "--inventory",
+            p.to_str().expect("utf-8"),
+            "--token-file",
+            weak.to_str().expect("utf-8"),
+        ],
+        "has 7 bytes",
+    );
+    // --insecure-no-auth and a secret contradict each other.
+    exits_2_saying(
+        &[
+            "coordinator",
+            "--insecure-no-auth",
+            "--token-file",
+            weak.to_str().expect("utf-8"),
+        ],
+        "cannot be used with",
+    );
+}
+
+#[test]
+fn credentials_are_derived_per_node_and_checked_by_role() {
+    let p = write_tmp("creds", GOOD);
+    let secret = token_file(&p, "secret", &format!("{SECRET}\n"));
+    let derive = |who: &[&str]| {
+        let out = Command::new(BIN)
+            .args(["credential", "--token-file"])
+            .arg(&secret)
+            .args(who)
+            .output()
+            .expect("credential");
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .expect("utf-8")
+            .trim()
+            .to_owned()
+    };
+    let n1 = derive(&["--node", "n1"]);
+    let n2 = derive(&["--node", "n2"]);
+    let op = derive(&["--operator", "ci"]);
+    assert!(
+        n1.starts_with("mp1.node.n1.") && n2.starts_with("mp1.node.n2."),
+        "{n1} {n2}"
+    );
+    assert_ne!(n1[12..], n2[12..], "each node's tag is its own");
+    assert_eq!(derive(&["--node", "n1"]), n1, "derivation is deterministic");
+    exits_2_saying(
+        &[
+            "credential",
+            "--token-file",
+            secret.to_str().expect("utf-8"),
+            "--node",
+            "Bad_Name",
+        ],
+        "--node",
+    );
+
     let c = coordinator(&p);
-    let out = Command::new(BIN)
-        .args([
+    let check = |token: Option<&str>| {
+        let mut cmd = Command::new(BIN);
+        cmd.args([
             "check",
             "--coordinator",
             &c.1,
@@ -213,7 +303,54 @@ fn check_with_no_agents_reports_unknown_exits_1_and_speaks_json() {
             "json",
             "--timeout",
             "10s",
-        ])
+        ]);
+        if let Some(t) = token {
+            cmd.arg("--token-file").arg(token_file(&p, "presented", t));
+        }
+        cmd.output().expect("check")
+    };
+    // No credential: 401, named.
+    let out = check(None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("401") && err.contains("requires a credential"),
+        "{err}"
+    );
+    // A forged credential (n1's tag under n2's name): 401.
+    let forged = format!("mp1.node.n2.{}", &n1["mp1.node.n1.".len()..]);
+    let out = check(Some(&forged));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
+    // A node's credential cannot start rounds: 403, saying what can.
+    let out = check(Some(&n1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("403") && err.contains("operator credential"),
+        "{err}"
+    );
+    // An operator's credential can; so can the secret itself.
+    for token in [op.as_str(), SECRET] {
+        let out = check(Some(token));
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "no agents: not healthy, but a report: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn check_with_no_agents_reports_unknown_exits_1_and_speaks_json() {
+    let p = write_tmp("check", GOOD);
+    let c = coordinator(&p);
+    let op = token_file(&p, "operator", SECRET);
+    let out = Command::new(BIN)
+        .args(["check", "--coordinator", &c.1, "--output", "json"])
+        .args(["--timeout", "10s", "--token-file"])
+        .arg(&op)
         .output()
         .expect("run check");
     assert_eq!(
@@ -244,6 +381,8 @@ fn check_with_no_agents_reports_unknown_exits_1_and_speaks_json() {
     // The table says the same in words.
     let out = Command::new(BIN)
         .args(["check", "--coordinator", &c.1])
+        .arg("--token-file")
+        .arg(&op)
         .env("NO_COLOR", "1")
         .output()
         .expect("run check");

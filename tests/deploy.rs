@@ -9,6 +9,7 @@ use std::process::Command;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{Namespace, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use serde::Deserialize;
@@ -77,6 +78,7 @@ fn validate(v: &Value) -> Result<(), String> {
         "DaemonSet" => round_trip::<DaemonSet>(v),
         "Service" => round_trip::<Service>(v),
         "PodDisruptionBudget" => round_trip::<PodDisruptionBudget>(v),
+        "NetworkPolicy" => round_trip::<NetworkPolicy>(v),
         other => Err(format!("unexpected kind {other:?}")),
     }
 }
@@ -208,16 +210,66 @@ fn security_posture_is_what_the_readme_promises() {
     );
     assert_eq!(host["dnsPolicy"], "Default");
 
-    // RBAC: read-only everywhere, but for its own Lease.
+    // RBAC: read-only everywhere, but for its own Lease and TokenReviews (issue 11).
     let cr = find(&all, "ClusterRole", "meshprobe-coordinator");
     for rule in cr["rules"].as_array().expect("rules") {
+        let token_reviews = rule["resources"] == serde_json::json!(["tokenreviews"])
+            && rule["apiGroups"] == serde_json::json!(["authentication.k8s.io"]);
         for verb in rule["verbs"].as_array().expect("verbs") {
+            let verb = verb.as_str().unwrap_or("");
             assert!(
-                ["get", "list", "watch"].contains(&verb.as_str().unwrap_or("")),
-                "ClusterRole verb {verb}"
+                ["get", "list", "watch"].contains(&verb) || (token_reviews && verb == "create"),
+                "ClusterRole verb {verb} on {}",
+                rule["resources"]
             );
         }
     }
+    assert!(
+        cr["rules"]
+            .as_array()
+            .expect("rules")
+            .iter()
+            .any(|r| r["resources"] == serde_json::json!(["tokenreviews"])),
+        "the coordinator verifies agents' tokens"
+    );
+
+    // Issue 11: agents present a projected token for audience meshprobe (no API token),
+    // the coordinator serves TLS and holds the cluster secret.
+    for ds in ["meshprobe-agent-host", "meshprobe-agent-pod"] {
+        let spec = &find(&all, "DaemonSet", ds)["spec"]["template"]["spec"];
+        let sources = spec["volumes"]
+            .as_array()
+            .expect("volumes")
+            .iter()
+            .find(|v| v["name"] == "identity")
+            .unwrap_or_else(|| panic!("{ds}: an identity volume"))["projected"]["sources"]
+            .clone();
+        assert_eq!(
+            sources[0]["serviceAccountToken"]["audience"], "meshprobe",
+            "{ds}"
+        );
+        let args = &spec["containers"][0]["args"];
+        assert!(
+            args.as_array()
+                .expect("args")
+                .windows(2)
+                .any(|w| w[0] == "--token-file" && w[1] == "/var/run/secrets/meshprobe/token"),
+            "{ds}: {args}"
+        );
+    }
+    assert!(
+        url.starts_with("https://"),
+        "host agents speak TLS to the coordinator: {url}"
+    );
+    for flag in ["--tls-cert", "--tls-key", "--token-file"] {
+        assert!(args.contains(&flag), "coordinator {flag}: {args:?}");
+    }
+    assert_eq!(cc["readinessProbe"]["httpGet"]["scheme"], "HTTPS");
+    let np = find(&all, "NetworkPolicy", "meshprobe-coordinator");
+    assert_eq!(
+        np["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"],
+        "coordinator"
+    );
     let lease = find(&all, "Role", "meshprobe-coordinator-lease");
     assert_eq!(
         lease["rules"][0]["resourceNames"],

@@ -6,12 +6,10 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::{check, check_until_healthy, kube_lab_or_skip, lab_or_skip};
 use meshprobe_sandbox::Fault;
-use meshprobe_sandbox::exec::http_get;
 
 #[test]
 fn agents_probe_through_a_coordinator_outage_and_deliver_afterwards() {
@@ -45,17 +43,12 @@ fn agents_probe_through_a_coordinator_outage_and_deliver_afterwards() {
 /// Waits until every agent's reports made while the coordinator was away (at least `min`
 /// rounds each) are at the coordinator.
 fn assert_every_agent_delivered(lab: &meshprobe_sandbox::Lab, min: usize) {
-    let addr = SocketAddr::from((lab.plan().ctl_ip(), 7070));
     let want = lab.plan().nodes.len() * 2;
     let mut per_agent: BTreeMap<String, usize> = BTreeMap::new();
     for _ in 0..40 {
-        let (status, body) = http_get(
-            &lab.plan().ctl_ns(),
-            addr,
-            "/v1/reports/offline",
-            Duration::from_secs(2),
-        )
-        .expect("GET");
+        let (status, body) = lab
+            .coordinator_get("/v1/reports/offline", Duration::from_secs(2))
+            .expect("GET");
         assert_eq!(status, 200, "{body}");
         let v: serde_json::Value = serde_json::from_str(&body).expect("json");
         per_agent.clear();

@@ -14,6 +14,8 @@
 //!   election, [`crate::lease`]); a standby answers agents and round requests with 503.
 //!
 //! Every malformed request gets a 4xx with a message; bodies are capped at [`MAX_BODY`].
+//! Every request passes [`crate::auth::layer`] first: agents act only for their own node,
+//! writes need an operator's credential (401/403 otherwise).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +35,7 @@ use meshprobe_core::plan::AgentReport;
 use meshprobe_core::{AgentKind, NodeName};
 use serde::Deserialize;
 
+use crate::auth::Caller;
 use crate::rounds::{Coordinator, RoundStatus};
 
 /// Largest accepted request body.
@@ -56,8 +59,17 @@ pub fn router(state: Arc<Coordinator>) -> Router {
         .route(wire::ROUND_PATTERN, get(round))
         .route(wire::PACKETS_PATTERN, get(packets))
         .route(wire::TOPOLOGY, get(topology))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            crate::auth::layer,
+        ))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
+}
+
+/// The 403 for a caller acting for a node its credential is not for.
+fn not_for(caller: &Caller, node: &NodeName) -> Response {
+    error(StatusCode::FORBIDDEN, caller.not_for(node))
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -92,6 +104,7 @@ fn standby(c: &Coordinator) -> Option<Response> {
 
 async fn next(
     State(c): State<Arc<Coordinator>>,
+    axum::Extension(caller): axum::Extension<Caller>,
     Path((node, kind)): Path<(String, String)>,
     query: Result<Query<AgentPoll>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
@@ -106,6 +119,9 @@ async fn next(
         Ok(n) => n,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
+    if !caller.may_act_for(&node) {
+        return not_for(&caller, &node);
+    }
     let kind: AgentKind = match kind.parse() {
         Ok(k) => k,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
@@ -148,6 +164,7 @@ async fn next(
 
 async fn report(
     State(c): State<Arc<Coordinator>>,
+    axum::Extension(caller): axum::Extension<Caller>,
     body: Result<Json<AgentReport>, JsonRejection>,
 ) -> Response {
     if let Some(r) = standby(&c) {
@@ -157,6 +174,9 @@ async fn report(
         Ok(b) => b,
         Err(e) => return error(e.status(), e.body_text()),
     };
+    if !caller.may_act_for(&report.node) {
+        return not_for(&caller, &report.node);
+    }
     match c.report(report) {
         Ok(()) => StatusCode::ACCEPTED.into_response(),
         Err(
@@ -169,6 +189,7 @@ async fn report(
 
 async fn offline(
     State(c): State<Arc<Coordinator>>,
+    axum::Extension(caller): axum::Extension<Caller>,
     body: Result<Json<OfflineBatch>, JsonRejection>,
 ) -> Response {
     if let Some(r) = standby(&c) {
@@ -178,6 +199,9 @@ async fn offline(
         Ok(b) => b,
         Err(e) => return error(e.status(), e.body_text()),
     };
+    if let Some(r) = batch.reports.iter().find(|r| !caller.may_act_for(&r.node)) {
+        return not_for(&caller, &r.node);
+    }
     let topology = c.topology();
     if let Some(r) = batch
         .reports

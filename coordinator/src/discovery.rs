@@ -22,9 +22,24 @@ pub const OPT_IN_LABEL: &str = "meshprobe.io/probe";
 pub const PATH_ANNOTATION: &str = "meshprobe.io/path";
 /// flannel's node annotation holding the VXLAN backend's data (`VtepMAC`).
 pub const FLANNEL_BACKEND_DATA: &str = "flannel.alpha.coreos.com/backend-data";
-/// The label selector of meshprobe's pod-network agents (deploy/agent-pod.yaml).
-pub const AGENT_POD_SELECTOR: &str =
-    "app.kubernetes.io/name=meshprobe,app.kubernetes.io/component=agent-pod";
+/// The label selector of meshprobe's own pods (deploy/): one watch serves both the pod
+/// agents' IPs and the binding of agents' tokens to their nodes ([`crate::kube_auth`]).
+pub const MESHPROBE_PODS_SELECTOR: &str = "app.kubernetes.io/name=meshprobe";
+/// The label that tells meshprobe's pods apart.
+pub const COMPONENT_LABEL: &str = "app.kubernetes.io/component";
+/// [`COMPONENT_LABEL`] of the pod-network agents (deploy/agent-pod.yaml).
+pub const AGENT_POD: &str = "agent-pod";
+/// [`COMPONENT_LABEL`] of the host-network agents (deploy/agent-host.yaml).
+pub const AGENT_HOST: &str = "agent-host";
+
+/// The pod's [`COMPONENT_LABEL`].
+pub fn component(p: &Pod) -> Option<&str> {
+    p.metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(COMPONENT_LABEL))
+        .map(String::as_str)
+}
 
 /// What the watches hold at one moment.
 #[derive(Clone, Debug, Default)]
@@ -77,7 +92,8 @@ fn opted_in(labels: Option<&std::collections::BTreeMap<String, String>>) -> bool
         .is_some_and(|v| v == "true")
 }
 
-/// The probe-pod IP of every node whose pod-network agent is running with an IP: the
+/// The probe-pod IP of every node whose pod-network agent (of `pods`, the others are
+/// skipped) is running with an IP: the
 /// targets of the pod-to-pod layers. A pod that is pending, has no IP yet, is being
 /// deleted or has finished is left out, so peers report its node's pod cells `unknown`
 /// with the reason rather than `fail`. With two agents on one node (a rolling update), the
@@ -86,6 +102,9 @@ pub fn agent_pod_ips<'a>(pods: impl IntoIterator<Item = &'a Pod>) -> BTreeMap<No
     let mut best: BTreeMap<NodeName, (Option<k8s_openapi::jiff::Timestamp>, Ipv4Addr)> =
         BTreeMap::new();
     for p in pods {
+        if component(p) != Some(AGENT_POD) {
+            continue;
+        }
         let status = p.status.as_ref();
         if p.metadata.deletion_timestamp.is_some()
             || status.and_then(|s| s.phase.as_deref()) != Some("Running")

@@ -20,7 +20,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use meshprobe_core::{NodeName, Topology};
 
 use crate::discovery::{
-    AGENT_POD_SELECTOR, ClusterObjects, DiscoverySettings, OPT_IN_LABEL, agent_pod_ips, build,
+    ClusterObjects, DiscoverySettings, MESHPROBE_PODS_SELECTOR, OPT_IN_LABEL, agent_pod_ips, build,
 };
 use crate::source::TopologySource;
 
@@ -85,6 +85,11 @@ where
 }
 
 impl KubeTopology {
+    /// The watch of meshprobe's pods (agents' tokens are bound to nodes through it).
+    pub fn meshprobe_pods(&self) -> Store<Pod> {
+        self.agents.clone()
+    }
+
     /// Starts the watches (must be called inside a Tokio runtime).
     pub fn start(client: kube::Client, settings: DiscoverySettings) -> Self {
         let (nodes, h1) = reflect(
@@ -115,8 +120,8 @@ impl KubeTopology {
         );
         let (agents, h6) = reflect(
             Api::<Pod>::all(client.clone()),
-            watcher::Config::default().labels(AGENT_POD_SELECTOR),
-            "meshprobe's pod agents",
+            watcher::Config::default().labels(MESHPROBE_PODS_SELECTOR),
+            "meshprobe's pods",
         );
         let api_up = Arc::new(AtomicBool::new(false));
         let up = Arc::clone(&api_up);

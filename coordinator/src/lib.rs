@@ -10,13 +10,16 @@
 //! an agent's cells are `unknown`, never `fail`.
 
 pub mod api;
+pub mod auth;
 pub mod discovery;
+pub mod kube_auth;
 pub mod kube_source;
 pub mod lease;
 pub mod listener;
 pub mod metrics;
 pub mod rounds;
 pub mod source;
+pub mod tls;
 
 pub use api::router;
 pub use rounds::{Coordinator, Settings};

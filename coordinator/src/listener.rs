@@ -8,6 +8,9 @@
 //! - A connection that neither reads nor writes for [`Limits::idle`] is closed. Long polls
 //!   are not idle: they write a heartbeat, or answer within the API's longest wait, which
 //!   `idle` exceeds.
+//! - With TLS ([`BoundedListener::with_tls`]), the handshake runs on the connection's own
+//!   first reads and writes, never in `accept`: a slow handshake holds its own slot only,
+//!   and must finish within [`Limits::first_bytes`] like any first request.
 
 use std::future::Future;
 use std::io;
@@ -58,6 +61,7 @@ pub struct BoundedListener {
     inner: TcpListener,
     permits: Arc<Semaphore>,
     limits: Limits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl BoundedListener {
@@ -67,7 +71,14 @@ impl BoundedListener {
             inner,
             permits: Arc::new(Semaphore::new(limits.max_connections.max(1))),
             limits,
+            tls: None,
         }
+    }
+
+    /// Serves TLS with `config` on every connection.
+    pub fn with_tls(mut self, config: Arc<tokio_rustls::rustls::ServerConfig>) -> Self {
+        self.tls = Some(tokio_rustls::TlsAcceptor::from(config));
+        self
     }
 }
 
@@ -82,6 +93,10 @@ impl axum::serve::Listener for BoundedListener {
             match self.inner.accept().await {
                 Ok((io, addr)) => {
                     let _ = io.set_nodelay(true);
+                    let io = match &self.tls {
+                        Some(acceptor) => Stream::Handshake(Box::new(acceptor.accept(io))),
+                        None => Stream::Plain(io),
+                    };
                     return (Bounded::new(io, permit, self.limits), addr);
                 }
                 Err(e) => {
@@ -99,16 +114,120 @@ impl axum::serve::Listener for BoundedListener {
     }
 }
 
+/// A connection's byte stream: plain, or TLS (handshaking, then established).
+pub enum Stream {
+    /// Plain TCP.
+    Plain(TcpStream),
+    /// The TLS handshake, driven by the first reads and writes.
+    Handshake(Box<tokio_rustls::Accept<TcpStream>>),
+    /// Established TLS.
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    /// The handshake failed.
+    Failed,
+}
+
+impl Stream {
+    /// Drives a handshake to its end; `Ready(Ok)` once the stream carries data.
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if let Stream::Handshake(accept) = self {
+            match ready!(Pin::new(accept.as_mut()).poll(cx)) {
+                Ok(tls) => *self = Stream::Tls(Box::new(tls)),
+                Err(e) => {
+                    *self = Stream::Failed;
+                    return Poll::Ready(Err(e));
+                }
+            }
+        }
+        match self {
+            Stream::Failed => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "the TLS handshake failed",
+            ))),
+            _ => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_ready(cx))?;
+        match this {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Stream::Handshake(_) | Stream::Failed => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        ready!(this.poll_ready(cx))?;
+        match this {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, data),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, data),
+            Stream::Handshake(_) | Stream::Failed => Poll::Ready(Ok(0)),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Stream::Handshake(_) | Stream::Failed => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Stream::Handshake(_) | Stream::Failed => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        ready!(this.poll_ready(cx))?;
+        match this {
+            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            Stream::Handshake(_) | Stream::Failed => Poll::Ready(Ok(0)),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Plain(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
+            Stream::Handshake(_) | Stream::Failed => false,
+        }
+    }
+}
+
 /// An accepted connection that holds its slot and closes itself when quiet.
 pub struct Bounded {
-    io: TcpStream,
+    io: Stream,
     _permit: Option<OwnedSemaphorePermit>,
     idle: Duration,
     quiet: Pin<Box<Sleep>>,
 }
 
 impl Bounded {
-    fn new(io: TcpStream, permit: Option<OwnedSemaphorePermit>, limits: Limits) -> Self {
+    fn new(io: Stream, permit: Option<OwnedSemaphorePermit>, limits: Limits) -> Self {
         Self {
             io,
             _permit: permit,

@@ -18,6 +18,9 @@ use crate::source::TopologySource;
 
 type Key = (NodeName, AgentKind);
 
+/// The warning every round carries while authentication is off.
+pub const INSECURE_WARNING: &str = "auth: the coordinator runs with --insecure-no-auth; reports are not authenticated and anyone who reaches it can forge them";
+
 /// Coordinator settings, with their defaults.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -41,6 +44,9 @@ pub struct Settings {
     /// so that only a flood meets it). A request that coalesces into a round already
     /// queued is free.
     pub round_limit: RoundLimit,
+    /// Who may do what ([`crate::auth`]); the default is authentication off, for tests
+    /// and embedding (the binary sets it from its flags).
+    pub auth: crate::auth::Auth,
 }
 
 /// A per-client token bucket on starting rounds.
@@ -87,6 +93,7 @@ impl Default for Settings {
             keep_rounds: 32,
             diagnosis: meshprobe_diagnosis::Settings::default(),
             round_limit: RoundLimit::default(),
+            auth: crate::auth::Auth::default(),
         }
     }
 }
@@ -300,6 +307,11 @@ enum Outlook {
 }
 
 impl Coordinator {
+    /// Who may do what.
+    pub fn auth(&self) -> &crate::auth::Auth {
+        &self.settings.auth
+    }
+
     /// A coordinator planning from `source`.
     pub fn new(source: Box<dyn TopologySource>, settings: Settings) -> Arc<Self> {
         Arc::new(Self {
@@ -659,6 +671,13 @@ impl Coordinator {
             report.warnings.push(
                 "topology: the Kubernetes API server is unreachable; planning from the last known topology".to_owned(),
             );
+        }
+        if self.settings.auth.is_insecure() {
+            tracing::warn!(
+                round = id,
+                "authentication is off (--insecure-no-auth): anyone who reaches the coordinator can forge this round's reports"
+            );
+            report.warnings.push(INSECURE_WARNING.to_owned());
         }
         let diagnosis =
             meshprobe_diagnosis::diagnose(&r.topology, &report, &history, &self.settings.diagnosis);

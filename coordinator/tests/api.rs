@@ -18,11 +18,16 @@ coreDNS: [{name: coredns-a, node: n1, ip: 10.42.1.53}]
 ";
 
 async fn start() -> (String, Arc<Coordinator>) {
+    start_with(meshprobe_coordinator::auth::Auth::insecure()).await
+}
+
+async fn start_with(auth: meshprobe_coordinator::auth::Auth) -> (String, Arc<Coordinator>) {
     let topo = Topology::from_inventory(INVENTORY).expect("valid inventory");
     // Agents are known silent after 500 ms (3 s by default), so that tests which want a
     // round to stop waiting for nobody need not sleep long.
     let settings = Settings {
         silent_after: Duration::from_millis(500),
+        auth,
         ..Settings::default()
     };
     let c = Coordinator::new(Box::new(StaticTopology::new(topo)), settings);
@@ -58,7 +63,33 @@ async fn fake_agent(
     pod_ip: &'static str,
     fail: Option<(Layer, &'static str)>,
 ) {
-    let http = reqwest::Client::new();
+    fake_agent_as(base, node, kind, pod_ip, fail, None).await;
+}
+
+/// [`fake_agent`] presenting `token`.
+async fn fake_agent_as(
+    base: String,
+    node: &'static str,
+    kind: &'static str,
+    pod_ip: &'static str,
+    fail: Option<(Layer, &'static str)>,
+    token: Option<String>,
+) {
+    let http = reqwest::Client::builder()
+        .default_headers(
+            token
+                .map(|t| {
+                    let mut h = reqwest::header::HeaderMap::new();
+                    h.insert(
+                        reqwest::header::AUTHORIZATION,
+                        format!("Bearer {t}").parse().expect("header"),
+                    );
+                    h
+                })
+                .unwrap_or_default(),
+        )
+        .build()
+        .expect("client");
     // "0.0.0.0": no pod IP to tell (host agents).
     let pod_ip = if pod_ip == "0.0.0.0" {
         String::new()
@@ -112,6 +143,25 @@ async fn fake_agent(
         "{}",
         resp.text().await.unwrap_or_default()
     );
+}
+
+/// The six agents of [`INVENTORY`] (a host and a pod agent per node), all healthy, each
+/// presenting `token(node)`.
+fn spawn_agents(
+    base: &str,
+    token: impl Fn(&'static str) -> Option<String>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    [
+        ("n1", "10.42.1.10"),
+        ("n2", "10.42.2.10"),
+        ("n3", "10.42.3.10"),
+    ]
+    .into_iter()
+    .flat_map(|(n, ip)| {
+        [("host", "0.0.0.0"), ("pod", ip)]
+            .map(|(k, ip)| tokio::spawn(fake_agent_as(base.to_owned(), n, k, ip, None, token(n))))
+    })
+    .collect()
 }
 
 #[tokio::test]
@@ -295,7 +345,12 @@ async fn round_now(http: &reqwest::Client, base: &str) -> CheckReport {
         .json()
         .await
         .expect("json");
-    http.get(format!("{base}/v1/rounds/{}?wait=10", started.round))
+    round_report(http, base, started.round).await
+}
+
+/// Round `id`'s report, waiting up to 10 s for it.
+async fn round_report(http: &reqwest::Client, base: &str, id: u64) -> CheckReport {
+    http.get(format!("{base}/v1/rounds/{id}?wait=10"))
         .send()
         .await
         .expect("wait")
@@ -439,18 +494,7 @@ async fn forged_replayed_and_implausible_inputs_are_refused() {
 
     // One report per agent per round: a second one for the same agent is refused, and
     // the first one stands.
-    let agents: Vec<_> = [
-        ("n1", "10.42.1.10"),
-        ("n2", "10.42.2.10"),
-        ("n3", "10.42.3.10"),
-    ]
-    .into_iter()
-    .flat_map(|(n, ip)| {
-        [("host", "0.0.0.0"), ("pod", ip)]
-            .map(|(k, ip)| tokio::spawn(fake_agent(base.clone(), n, k, ip, None)))
-            .into_iter()
-    })
-    .collect();
+    let agents = spawn_agents(&base, |_| None);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let round = c.trigger();
     for a in agents {
@@ -466,14 +510,7 @@ async fn forged_replayed_and_implausible_inputs_are_refused() {
     let status = got.status();
     // The round may have finished already (409 not running) or still run (409 duplicate).
     assert_eq!(status, 409, "{}", got.text().await.unwrap_or_default());
-    let r: CheckReport = http
-        .get(format!("{base}/v1/rounds/{round}?wait=10"))
-        .send()
-        .await
-        .expect("wait")
-        .json()
-        .await
-        .expect("report");
+    let r = round_report(&http, &base, round).await;
     assert!(r.healthy, "the first reports stand: {:?}", r.findings);
 
     // Offline reports: untimed, from the year 2100, or for a round never planned are not
@@ -675,4 +712,252 @@ async fn a_round_flood_is_rate_limited_per_client() {
         statuses.push(status);
     }
     assert_eq!(statuses, [202, 202, 202, 429, 429]);
+}
+
+/// Issue 11: with credentials required, every agent acts for its own node only. A
+/// forged report (no credential, a made-up one, another node's), a replayed one and a
+/// node credential starting rounds are each refused, and the round's verdict is the one
+/// the real agents' reports give.
+#[tokio::test]
+async fn reports_are_bound_to_the_node_whose_credential_sent_them() {
+    use meshprobe_core::auth::{ClusterSecret, Subject};
+    let secret = ClusterSecret::from_bytes(b"api-test-secret-0123456789").expect("secret");
+    let cred = |n: &str| secret.credential(&Subject::Node(n.parse().expect("name")));
+    let operator = secret.credential(&Subject::operator("tester").expect("name"));
+    let (base, c) = start_with(meshprobe_coordinator::auth::Auth::required(
+        Some(secret.clone()),
+        None,
+    ))
+    .await;
+    let http = reqwest::Client::new();
+    let status_of = |req: reqwest::RequestBuilder| async move {
+        let r = req.send().await.expect("send");
+        (r.status().as_u16(), r.text().await.unwrap_or_default())
+    };
+
+    // No credential, a made-up one, n1's credential renamed to n3: 401.
+    let forged = empty_report(1, "n3");
+    let renamed = cred("n1").replacen("mp1.node.n1.", "mp1.node.n3.", 1);
+    for token in [None, Some("mp1.node.n3.00"), Some(renamed.as_str())] {
+        let mut req = http.post(format!("{base}/v1/reports")).json(&forged);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let (s, body) = status_of(req).await;
+        assert_eq!(s, 401, "{token:?}: {body}");
+    }
+    // n1's valid credential, polling or reporting as n3: 403, named.
+    let (s, body) = status_of(
+        http.get(format!(
+            "{base}/v1/agents/n3/host/next?after=0&epoch=0&wait=0"
+        ))
+        .bearer_auth(cred("n1")),
+    )
+    .await;
+    assert_eq!(s, 403, "{body}");
+    assert!(
+        body.contains("node n1") && body.contains("node n3"),
+        "{body}"
+    );
+    // A node credential cannot start rounds; reads are open.
+    let (s, body) = status_of(
+        http.post(format!("{base}/v1/rounds"))
+            .bearer_auth(cred("n1")),
+    )
+    .await;
+    assert_eq!(s, 403, "{body}");
+    assert_eq!(
+        status_of(http.get(format!("{base}/v1/agents"))).await.0,
+        200
+    );
+    assert_eq!(status_of(http.get(format!("{base}/healthz"))).await.0, 200);
+
+    // The real agents, each with its own node's credential.
+    let agents = spawn_agents(&base, |n| Some(cred(n)));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (s, body) = status_of(
+        http.post(format!("{base}/v1/rounds"))
+            .bearer_auth(&operator),
+    )
+    .await;
+    assert_eq!(s, 202, "{body}");
+    let round: meshprobe_core::api::RoundStarted = serde_json::from_str(&body).expect("started");
+    // While it runs: n1's credential forging an all-fail report for n3 is refused.
+    let mut all_fail = empty_report(round.round, "n3");
+    all_fail.results = vec![ProbeResult {
+        layer: Layer::Underlay,
+        column: "n1".into(),
+        sent: 20,
+        ok: 0,
+        rtt_ms: None,
+        detail: Some("forged".into()),
+    }];
+    let (s, _) = status_of(
+        http.post(format!("{base}/v1/reports"))
+            .bearer_auth(cred("n1"))
+            .json(&all_fail),
+    )
+    .await;
+    assert_eq!(s, 403);
+    for a in agents {
+        a.await.expect("agent");
+    }
+    // A replay of n1's report with n1's own credential: 409.
+    let (s, body) = status_of(
+        http.post(format!("{base}/v1/reports"))
+            .bearer_auth(cred("n1"))
+            .json(&empty_report(round.round, "n1")),
+    )
+    .await;
+    assert_eq!(s, 409, "{body}");
+    let r = round_report(&http, &base, round.round).await;
+    assert!(r.healthy, "the forgeries changed nothing: {:?}", r.findings);
+    assert!(
+        !r.warnings
+            .iter()
+            .any(|w| w == meshprobe_coordinator::rounds::INSECURE_WARNING),
+        "{:?}",
+        r.warnings
+    );
+    assert_eq!(c.agents().agents.len(), 6);
+}
+
+/// Issue 11: with `--auth-reads`, reads need a credential too (any valid one).
+#[tokio::test]
+async fn closed_reads_need_a_credential() {
+    use meshprobe_core::auth::{ClusterSecret, Subject};
+    let secret = ClusterSecret::from_bytes(b"api-test-secret-0123456789").expect("secret");
+    let node = secret.credential(&Subject::Node("n2".parse().expect("name")));
+    let (base, _c) = start_with(
+        meshprobe_coordinator::auth::Auth::required(Some(secret), None).with_closed_reads(true),
+    )
+    .await;
+    let http = reqwest::Client::new();
+    for path in [
+        "/v1/agents",
+        "/v1/topology",
+        "/metrics",
+        "/v1/rounds/latest",
+    ] {
+        let r = http.get(format!("{base}{path}")).send().await.expect("get");
+        assert_eq!(r.status(), 401, "{path}");
+        assert!(r.headers().contains_key("www-authenticate"), "{path}");
+        let r = http
+            .get(format!("{base}{path}"))
+            .bearer_auth(&node)
+            .send()
+            .await
+            .expect("get");
+        assert_ne!(r.status(), 401, "{path}");
+    }
+    let r = http
+        .get(format!("{base}/healthz"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 200, "liveness stays open");
+}
+
+/// Issue 11: in insecure mode every round says so.
+#[tokio::test]
+async fn an_insecure_coordinator_warns_in_every_round() {
+    let (_base, c) = start().await;
+    let id = c.trigger();
+    let meshprobe_coordinator::rounds::RoundStatus::Done(r) =
+        c.wait_for(id, Duration::from_secs(10)).await
+    else {
+        panic!("round {id} did not finish");
+    };
+    assert!(
+        r.warnings
+            .iter()
+            .any(|w| w == meshprobe_coordinator::rounds::INSECURE_WARNING),
+        "{:?}",
+        r.warnings
+    );
+}
+
+/// Issue 11: the coordinator serves TLS with the certificate it is given; a client that
+/// trusts the CA gets through, one that trusts another CA does not, and plain HTTP to the
+/// TLS port gets no answer.
+#[tokio::test]
+async fn tls_is_served_and_verified_against_the_ca() {
+    use meshprobe_probe::client::{ClientOptions, CoordinatorClient, Credential};
+    let dir = std::env::temp_dir().join(format!("meshprobe-tls-{}", std::process::id()));
+    let other = dir.join("other");
+    std::fs::create_dir_all(&other).expect("dir");
+    let n1: meshprobe_core::NodeName = "n1".parse().expect("name");
+    meshprobe_sandbox::creds::write(&dir, std::slice::from_ref(&n1), [127, 0, 0, 1].into())
+        .expect("creds");
+    meshprobe_sandbox::creds::write(&other, &[n1], [127, 0, 0, 1].into()).expect("creds");
+    let topo = Topology::from_inventory(INVENTORY).expect("valid inventory");
+    let c = Coordinator::new(Box::new(StaticTopology::new(topo)), Settings::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let config = meshprobe_coordinator::tls::server_config(
+        &dir.join(meshprobe_sandbox::creds::CERT),
+        &dir.join(meshprobe_sandbox::creds::KEY),
+    )
+    .expect("server config");
+    let listener = meshprobe_coordinator::listener::BoundedListener::new(
+        listener,
+        meshprobe_coordinator::listener::Limits::for_this_process(),
+    )
+    .with_tls(config);
+    tokio::spawn(async move { axum::serve(listener, router(c)).await });
+    let ca = |d: &std::path::Path| {
+        let path = d.join(meshprobe_sandbox::creds::CA);
+        let pem = std::fs::read(&path).expect("ca");
+        meshprobe_probe::transport::client_tls(&path.display().to_string(), &pem).expect("tls")
+    };
+    let url = format!("https://{addr}");
+    let options = |tls, name: Option<&str>| ClientOptions {
+        credential: Some(Credential::File(
+            dir.join(meshprobe_sandbox::creds::OPERATOR),
+        )),
+        tls: Some(tls),
+        server_name: name.map(str::to_owned),
+    };
+    let good = CoordinatorClient::with_options(&url, &options(ca(&dir), None)).expect("client");
+    let started = good
+        .start_round(&Default::default(), Duration::from_secs(5))
+        .await
+        .expect("a round over TLS");
+    assert!(started.round >= 1);
+    // By the certificate's DNS name (as agents reaching a ClusterIP verify the Service's
+    // name), and not by a name it does not carry.
+    let named =
+        CoordinatorClient::with_options(&url, &options(ca(&dir), Some("meshprobe-coordinator")))
+            .expect("client");
+    named
+        .start_round(&Default::default(), Duration::from_secs(5))
+        .await
+        .expect("verified by name");
+    let misnamed = CoordinatorClient::with_options(&url, &options(ca(&dir), Some("evil.example")))
+        .expect("client");
+    assert!(
+        misnamed
+            .start_round(&Default::default(), Duration::from_secs(5))
+            .await
+            .is_err(),
+        "a certificate for another name is refused"
+    );
+    let bad = CoordinatorClient::with_options(&url, &options(ca(&other), None)).expect("client");
+    let err = bad
+        .start_round(&Default::default(), Duration::from_secs(5))
+        .await
+        .expect_err("another CA's certificate is refused");
+    assert!(err.to_string().contains("TLS"), "{err}");
+    // https without a CA is refused before any connection.
+    assert!(CoordinatorClient::new(&url).is_err());
+    // Plain HTTP to the TLS port: no HTTP answer.
+    let plain = reqwest::Client::new()
+        .get(format!("http://{addr}/healthz"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await;
+    assert!(plain.is_err(), "{plain:?}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

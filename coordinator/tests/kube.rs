@@ -52,13 +52,23 @@ fn agent_pods() -> Vec<Value> {
         }
         p
     };
+    let mut host = pod("worker-b", "Running", Some("192.168.1.12"));
+    host["metadata"]["name"] = json!("meshprobe-agent-host-worker-b");
+    host["metadata"]["labels"]["app.kubernetes.io/component"] = json!("agent-host");
+    // The host agent is running with the node's IP: it is no pod-network agent.
     vec![
+        host,
         pod("worker-a", "Running", Some("10.244.1.10")),
         pod("worker-b", "Pending", None),
     ]
 }
 
 async fn start() -> (Arc<FakeApi>, KubeTopology) {
+    let (f, src, _) = start_with_client().await;
+    (f, src)
+}
+
+async fn start_with_client() -> (Arc<FakeApi>, KubeTopology, kube::Client) {
     let mut objects = fixture_items("nodes.json", "Node");
     objects.extend(fixture_items("pods-coredns.json", "Pod"));
     objects.extend(fixture_items("services.json", "Service"));
@@ -82,7 +92,8 @@ async fn start() -> (Arc<FakeApi>, KubeTopology) {
     tokio::spawn(Arc::clone(&f).serve(listener));
     let config = kube::Config::new(url.parse().expect("uri"));
     let client = kube::Client::try_from(config).expect("client");
-    (f, KubeTopology::start(client, DiscoverySettings::default()))
+    let src = KubeTopology::start(client.clone(), DiscoverySettings::default());
+    (f, src, client)
 }
 
 /// Polls `cond` on the topology source for up to `secs`.
@@ -240,4 +251,95 @@ async fn with_the_api_server_down_the_coordinator_keeps_the_last_topology_and_sa
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("never fresh again after the API came back");
+}
+
+/// Issue 11: an agent's projected ServiceAccount token is verified with a TokenReview
+/// (the fixture answers with the pod claims a real API server sends) and bound to the
+/// node its pod runs on, from the coordinator's own watch; verdicts are cached, and a
+/// known token keeps working while the API server is down.
+#[tokio::test]
+async fn agent_tokens_are_reviewed_and_bound_to_their_pods_node() {
+    use meshprobe_coordinator::auth::{ReviewError, TokenReviewer as _};
+    use meshprobe_coordinator::kube_auth::{AUDIENCE, KubeReviewer};
+    let (f, src, client) = start_with_client().await;
+    until(&src, 10, "agent pods watched", |s| {
+        s.fresh() && s.meshprobe_pods().state().len() == 3
+    })
+    .await;
+    let reviewer = KubeReviewer::new(client, src.meshprobe_pods());
+    let node = |n: &str| NodeName::new(n).expect("name");
+    let pod_a = f.issue_token(
+        "meshprobe",
+        "meshprobe-agent-pod-worker-a",
+        "meshprobe-agent",
+        AUDIENCE,
+    );
+    let host_b = f.issue_token(
+        "meshprobe",
+        "meshprobe-agent-host-worker-b",
+        "meshprobe-agent",
+        AUDIENCE,
+    );
+    assert_eq!(
+        reviewer.review(&pod_a).await.expect("pod agent"),
+        node("worker-a")
+    );
+    assert_eq!(
+        reviewer.review(&host_b).await.expect("host agent"),
+        node("worker-b")
+    );
+
+    // A token for another audience, a made-up token, a token of a pod that is not an
+    // agent (CoreDNS on worker-a): refused, each saying why.
+    let wrong_aud = f.issue_token(
+        "meshprobe",
+        "meshprobe-agent-pod-worker-a",
+        "meshprobe-agent",
+        "kubernetes",
+    );
+    assert!(
+        matches!(reviewer.review(&wrong_aud).await, Err(ReviewError::Rejected(m)) if m.contains("audiences"))
+    );
+    assert!(matches!(
+        reviewer.review("eyJmade.up.token").await,
+        Err(ReviewError::Rejected(_))
+    ));
+    let dns = f.issue_token(
+        "kube-system",
+        "coredns-7db6d8ff4d-x2k9p",
+        "coredns",
+        AUDIENCE,
+    );
+    assert!(
+        matches!(reviewer.review(&dns).await, Err(ReviewError::NotAnAgent(m)) if m.contains("not a meshprobe agent pod")),
+    );
+
+    // Cached: asking again costs the API server nothing.
+    let reviews = f.reviews();
+    for _ in 0..10 {
+        assert_eq!(
+            reviewer.review(&pod_a).await.expect("cached"),
+            node("worker-a")
+        );
+    }
+    assert_eq!(f.reviews(), reviews, "every repeat came from the cache");
+
+    // The API server goes away: a known token still works; a new one cannot be verified
+    // (503 at the coordinator, which agents treat as unreachable).
+    f.set_down(true);
+    assert_eq!(
+        reviewer.review(&host_b).await.expect("known token"),
+        node("worker-b")
+    );
+    let new = f.issue_token(
+        "meshprobe",
+        "meshprobe-agent-pod-worker-b",
+        "meshprobe-agent",
+        AUDIENCE,
+    );
+    assert!(matches!(
+        reviewer.review(&new).await,
+        Err(ReviewError::Unavailable { .. })
+    ));
+    f.set_down(false);
 }

@@ -6,12 +6,14 @@
 //!
 //! - [`inventory`] parses and validates the static inventory file into a [`Topology`].
 //! - [`plan`] turns a topology into the probe plan of one agent.
+//! - [`auth`] derives and verifies static-mode credentials (CONTRACT §4).
 //! - [`api`] is the coordinator's HTTP API: every route, request and response.
 //! - [`matrix`] turns plans and agent reports into per-layer matrices and a [`CheckReport`].
 //! - [`promtext`] checks that a body is Prometheus text exposition format.
 //! - [`render`] draws a report as text tables for people.
 
 pub mod api;
+pub mod auth;
 pub mod capture;
 pub mod cause;
 pub mod evidence;

@@ -40,6 +40,9 @@ pub struct AgentConfig {
     pub state_dir: Option<std::path::PathBuf>,
     /// While the coordinator is unreachable, run the last plan this often (default 30 s).
     pub offline_interval: Duration,
+    /// The credential presented to the coordinator (and passed on by the relay), and the
+    /// CA its certificate is verified against.
+    pub client: crate::client::ClientOptions,
 }
 
 impl AgentConfig {
@@ -55,6 +58,7 @@ impl AgentConfig {
             heartbeat: Some(Duration::from_millis(300)),
             state_dir: None,
             offline_interval: Duration::from_secs(30),
+            client: crate::client::ClientOptions::default(),
         }
     }
 
@@ -149,7 +153,7 @@ impl Endpoints {
     /// A plan named the relay: switch to it (a no-op when it is the URL given).
     fn learn(&mut self, relay: Option<std::net::SocketAddrV4>) {
         let Some(addr) = relay else { return };
-        let client = CoordinatorClient::relay(addr);
+        let client = self.given.relay(addr);
         if client.url() == self.given.url() {
             self.relay = None;
         } else if self.relay.as_ref().is_none_or(|r| r.url() != client.url()) {
@@ -195,8 +199,9 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
             .map_err(|source| AgentError::Relay { addr, source })?;
         relay_port = listener.local_addr().ok().map(|a| a.port());
         let upstream = cfg.coordinator.clone();
+        let options = cfg.client.clone();
         tokio::spawn(async move {
-            if let Err(e) = crate::relay::serve(listener, upstream).await {
+            if let Err(e) = crate::relay::serve(listener, upstream, options).await {
                 tracing::error!(error = %e, "relay stopped");
             }
         });
@@ -219,7 +224,8 @@ pub async fn agent_loop(
         (_, ip) => ip,
     };
     let mut endpoints = Endpoints {
-        given: CoordinatorClient::new(&cfg.coordinator).map_err(AgentError::Url)?,
+        given: CoordinatorClient::with_options(&cfg.coordinator, &cfg.client)
+            .map_err(AgentError::Url)?,
         relay: None,
         relay_failed: false,
     };
@@ -303,7 +309,11 @@ pub async fn agent_loop(
                         ..
                     }
                 );
-                tracing::warn!(error = %e, endpoint = %endpoints.current().url(), "cannot poll the coordinator");
+                if e.is_auth() {
+                    tracing::error!(error = %e, "the coordinator refuses this agent's credential: check --token-file (this node's credential from `meshprobe credential --node NODE`, or the cluster secret)");
+                } else {
+                    tracing::warn!(error = %e, endpoint = %endpoints.current().url(), "cannot poll the coordinator");
+                }
                 endpoints.failed();
                 if let Some(plan) = &last_plan
                     && Instant::now() >= next_offline

@@ -2,9 +2,11 @@
 //! reports and offline deliveries, and `check`'s rounds and packets. It is the only client
 //! of the coordinator in the workspace, over the one transport ([`crate::transport`]).
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use hyper::body::Bytes;
+use hyper::header::HeaderValue;
 use hyper::{Method, StatusCode};
 use meshprobe_core::api::{
     self, AgentPoll, ApiError, Assignment, OfflineAccepted, OfflineBatch, PacketsAnswer,
@@ -14,7 +16,85 @@ use meshprobe_core::plan::AgentReport;
 use meshprobe_core::{AgentKind, CheckReport, NodeName};
 use serde::de::DeserializeOwned;
 
-use crate::transport::{self, Answer, Base, TransportError};
+use crate::transport::{self, Answer, Base, TlsConfig, TransportError};
+
+/// Longest token file read (a projected ServiceAccount token is about 1 KiB).
+pub const MAX_TOKEN_FILE: u64 = 8192;
+
+/// What a client presents as `Authorization: Bearer`.
+#[derive(Clone)]
+pub enum Credential {
+    /// A token given directly.
+    Token(HeaderValue),
+    /// A token file, read at every request: kubelet rotates projected ServiceAccount
+    /// tokens in place.
+    File(PathBuf),
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credential::Token(_) => f.write_str("Token(..)"),
+            Credential::File(p) => f.debug_tuple("File").field(p).finish(),
+        }
+    }
+}
+
+impl Credential {
+    /// A bearer token given as text (the token itself, whitespace trimmed).
+    pub fn token(token: &str) -> Result<Self, ClientError> {
+        Ok(Credential::Token(bearer(token.trim(), "the token")?))
+    }
+
+    /// The `Authorization` header value.
+    pub fn header(&self) -> Result<HeaderValue, ClientError> {
+        match self {
+            Credential::Token(v) => Ok(v.clone()),
+            Credential::File(path) => {
+                use std::io::Read as _;
+                let shown = path.display().to_string();
+                let fail = |reason: String| ClientError::Credential {
+                    path: shown.clone(),
+                    reason,
+                };
+                let file = std::fs::File::open(path).map_err(|e| fail(e.to_string()))?;
+                let mut text = String::new();
+                file.take(MAX_TOKEN_FILE + 1)
+                    .read_to_string(&mut text)
+                    .map_err(|e| fail(e.to_string()))?;
+                if text.len() as u64 > MAX_TOKEN_FILE {
+                    return Err(fail(format!("longer than {MAX_TOKEN_FILE} bytes")));
+                }
+                let token = text.trim();
+                if token.is_empty() {
+                    return Err(fail("is empty".to_owned()));
+                }
+                bearer(token, &shown)
+            }
+        }
+    }
+}
+
+fn bearer(token: &str, what: &str) -> Result<HeaderValue, ClientError> {
+    let mut v =
+        HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| ClientError::Credential {
+            path: what.to_owned(),
+            reason: "holds characters a header cannot carry".to_owned(),
+        })?;
+    v.set_sensitive(true);
+    Ok(v)
+}
+
+/// How a client reaches the coordinator: whom it trusts, and who it is.
+#[derive(Clone, Debug, Default)]
+pub struct ClientOptions {
+    /// The credential presented with every request.
+    pub credential: Option<Credential>,
+    /// For `https://` URLs: the CA to verify the coordinator's certificate against.
+    pub tls: Option<TlsConfig>,
+    /// The name the coordinator's certificate must carry, when not the URL's host.
+    pub server_name: Option<String>,
+}
 
 /// Longest error message kept from an answer body (a hostile or broken server may send
 /// megabytes).
@@ -46,6 +126,14 @@ pub enum ClientError {
         /// control characters escaped.
         message: String,
     },
+    /// The credential cannot be read or sent.
+    #[error("credential {path}: {reason}")]
+    Credential {
+        /// The token file (or what the token was).
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// A success whose body does not parse.
     #[error("coordinator {url} sent an unreadable answer: {source}")]
     Garbled {
@@ -58,6 +146,11 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    /// Whether the coordinator refused the credential (401) or what it allows (403).
+    pub fn is_auth(&self) -> bool {
+        matches!(self.status(), Some(401 | 403))
+    }
+
     /// The HTTP status, for errors that have one.
     pub fn status(&self) -> Option<u16> {
         match self {
@@ -81,25 +174,41 @@ pub enum RoundAnswer {
 pub struct CoordinatorClient {
     url: String,
     base: Base,
+    credential: Option<Credential>,
 }
 
 impl CoordinatorClient {
-    /// `url` is like `http://10.0.0.1:7070`.
+    /// `url` is like `http://10.0.0.1:7070`; no credential, no TLS.
     pub fn new(url: &str) -> Result<Self, ClientError> {
-        let url = url.trim_end_matches('/').to_owned();
-        let base = transport::parse_base(&url).map_err(ClientError::Url)?;
-        Ok(Self { url, base })
+        Self::with_options(url, &ClientOptions::default())
     }
 
-    /// A client of the relay at `addr`.
-    pub fn relay(addr: std::net::SocketAddrV4) -> Self {
+    /// A client of `url` (`http://` or, with `options.tls`, `https://`) presenting
+    /// `options.credential`.
+    pub fn with_options(url: &str, options: &ClientOptions) -> Result<Self, ClientError> {
+        let url = url.trim_end_matches('/').to_owned();
+        let base =
+            transport::parse_base(&url, options.tls.as_ref(), options.server_name.as_deref())
+                .map_err(ClientError::Url)?;
+        Ok(Self {
+            url,
+            base,
+            credential: options.credential.clone(),
+        })
+    }
+
+    /// A client of the relay at `addr` (plain HTTP to the node's own address), with this
+    /// client's credential: the relay passes it on.
+    pub fn relay(&self, addr: std::net::SocketAddrV4) -> Self {
         Self {
             url: format!("http://{addr}"),
-            base: Base {
-                authority: addr.to_string(),
-                prefix: String::new(),
-            },
+            base: Base::plain(addr.into()),
+            credential: self.credential.clone(),
         }
+    }
+
+    fn authorization(&self) -> Result<Option<HeaderValue>, ClientError> {
+        self.credential.as_ref().map(Credential::header).transpose()
     }
 
     /// The base URL.
@@ -121,11 +230,13 @@ impl CoordinatorClient {
         body: Option<Bytes>,
         timeout: Duration,
     ) -> Result<Answer, ClientError> {
+        let auth = self.authorization()?;
         transport::send(
             &self.base,
             method,
             path,
             body.map(|b| ("application/json", b)),
+            auth.as_ref(),
             timeout,
         )
         .await
@@ -164,9 +275,17 @@ impl CoordinatorClient {
         let overall = Duration::from_secs(poll.wait.unwrap_or(25) + 5);
         let a = match poll.heartbeat_ms {
             Some(_) => {
-                let resp = transport::open(&self.base, Method::GET, &path, None, idle.max(overall))
-                    .await
-                    .map_err(|e| self.unreachable(e))?;
+                let auth = self.authorization()?;
+                let resp = transport::open(
+                    &self.base,
+                    Method::GET,
+                    &path,
+                    None,
+                    auth.as_ref(),
+                    idle.max(overall),
+                )
+                .await
+                .map_err(|e| self.unreachable(e))?;
                 transport::collect_idle(&self.base.authority, resp, idle, overall)
                     .await
                     .map_err(|e| self.unreachable(e))?

@@ -24,7 +24,7 @@ use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
 use meshprobe_core::api::{self, ApiError};
 
-use crate::transport::{self, Base};
+use crate::transport::{self, Base, TlsConfig};
 
 /// Reports larger than this are refused (a 5,000-node report is under 2 MiB).
 pub const MAX_BODY: usize = 8 << 20;
@@ -40,10 +40,14 @@ struct Relay {
 }
 
 /// The relay's routes: only what a pod agent needs, nothing else of the coordinator API.
-pub fn router(upstream: &str) -> Result<Router, transport::TransportError> {
+pub fn router(
+    upstream: &str,
+    tls: Option<&TlsConfig>,
+    server_name: Option<&str>,
+) -> Result<Router, transport::TransportError> {
     let url = upstream.trim_end_matches('/').to_owned();
     let relay = Relay {
-        upstream: transport::parse_base(&url)?,
+        upstream: transport::parse_base(&url, tls, server_name)?,
         url,
     };
     Ok(Router::new()
@@ -55,8 +59,17 @@ pub fn router(upstream: &str) -> Result<Router, transport::TransportError> {
 }
 
 /// Serves the relay on `listener` until the task is dropped.
-pub async fn serve(listener: tokio::net::TcpListener, upstream: String) -> std::io::Result<()> {
-    let app = router(&upstream).map_err(std::io::Error::other)?;
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    upstream: String,
+    options: crate::client::ClientOptions,
+) -> std::io::Result<()> {
+    let app = router(
+        &upstream,
+        options.tls.as_ref(),
+        options.server_name.as_deref(),
+    )
+    .map_err(std::io::Error::other)?;
     axum::serve(listener, app).await
 }
 
@@ -73,6 +86,7 @@ async fn poll(
     State(relay): State<Relay>,
     Path((_node, kind)): Path<(String, String)>,
     uri: Uri,
+    headers: HeaderMap,
 ) -> Response {
     // Only pod agents' polls: the relay is not a way into the rest of the API.
     if kind != "pod" {
@@ -81,7 +95,7 @@ async fn poll(
             "the relay forwards pod agents' polls only".to_owned(),
         );
     }
-    pass(&relay, Method::GET, &uri, None).await
+    pass(&relay, Method::GET, &uri, &headers, None).await
 }
 
 async fn forward(
@@ -97,13 +111,20 @@ async fn forward(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/octet-stream")
         .to_owned();
-    pass(&relay, method, &uri, Some((ct, body))).await
+    pass(&relay, method, &uri, &headers, Some((ct, body))).await
 }
 
-async fn pass(relay: &Relay, method: Method, uri: &Uri, body: Option<(String, Bytes)>) -> Response {
+async fn pass(
+    relay: &Relay,
+    method: Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Option<(String, Bytes)>,
+) -> Response {
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
     let body = body.as_ref().map(|(ct, b)| (ct.as_str(), b.clone()));
-    match transport::open(&relay.upstream, method, path, body, UPSTREAM_HEAD).await {
+    let auth = headers.get(header::AUTHORIZATION);
+    match transport::open(&relay.upstream, method, path, body, auth, UPSTREAM_HEAD).await {
         Ok(resp) => {
             let (parts, incoming) = resp.into_parts();
             let mut out = Response::new(Body::new(incoming));

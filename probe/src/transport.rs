@@ -9,20 +9,29 @@
 //!   answers stay small too) and our own segments never exceed it.
 //! - **A fresh connection per request.** An agent sends a few per round, and a fresh
 //!   connection never rides one that a conntrack flush or a NAT rewrite killed.
+//! - **TLS when the URL says `https://`**, verified against the CA the operator gave
+//!   (`--ca-file`, [`client_tls`]); rustls with the workspace's one crypto provider, ring.
+//! - **Credentials per request.** The caller passes the `Authorization` value; the relay
+//!   passes on its pod agent's own.
 //! - **Idle-bounded reads.** A heartbeat-streamed poll ([`meshprobe_core::api`]) is read
 //!   with an idle limit: a connection that goes quiet for longer is dead, and the caller
 //!   knows in about a second instead of at the poll's timeout.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode, header};
 use hyper_util::rt::TokioIo;
+use rustls_pki_types::ServerName;
 use socket2::SockRef;
 use tokio::net::TcpSocket;
 use tokio::time::Instant;
+
+/// A TLS client configuration: whom to trust.
+pub type TlsConfig = Arc<tokio_rustls::rustls::ClientConfig>;
 
 /// The clamped MSS: 1200-byte segments fit any underlay that carries IPv4 minimum-MTU
 /// plus common tunnel overheads.
@@ -72,6 +81,51 @@ pub enum TransportError {
     /// The answer is larger than [`MAX_ANSWER`].
     #[error("answer larger than {MAX_ANSWER} bytes")]
     TooLarge,
+    /// The TLS handshake failed (an unknown CA, a name mismatch, a plain-HTTP server).
+    #[error("TLS with {authority}: {source}")]
+    Tls {
+        /// host:port.
+        authority: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The CA file is unusable.
+    #[error("CA file {path}: {reason}")]
+    CaFile {
+        /// The file.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// A TLS client configuration that trusts the CA certificates in `pem` (the content of
+/// `path`, named in errors).
+pub fn client_tls(path: &str, pem: &[u8]) -> Result<TlsConfig, TransportError> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject as _;
+    let bad = |reason: String| TransportError::CaFile {
+        path: path.to_owned(),
+        reason,
+    };
+    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pem) {
+        let cert = cert.map_err(|e| bad(format!("not PEM certificates: {e}")))?;
+        roots
+            .add(cert)
+            .map_err(|e| bad(format!("a certificate is unusable: {e}")))?;
+    }
+    if roots.is_empty() {
+        return Err(bad("holds no certificate".to_owned()));
+    }
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let config = tokio_rustls::rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(format!("TLS setup: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
 }
 
 /// An answer: status, content type, body.
@@ -86,23 +140,59 @@ pub struct Answer {
 }
 
 /// A base URL split into what a connection needs.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct Base {
-    /// `host:port` (port 80 when the URL has none).
+    /// `host:port` (port 80 or 443 when the URL has none).
     pub authority: String,
     /// The path prefix, without a trailing slash (usually empty).
     pub prefix: String,
+    /// For `https://`: the TLS configuration and the name the certificate must carry.
+    pub tls: Option<(TlsConfig, ServerName<'static>)>,
 }
 
-/// Splits `http://host:port/prefix` into its authority and prefix.
-pub fn parse_base(base: &str) -> Result<Base, TransportError> {
+impl std::fmt::Debug for Base {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Base")
+            .field("authority", &self.authority)
+            .field("prefix", &self.prefix)
+            .field("tls", &self.tls.as_ref().map(|(_, name)| name))
+            .finish()
+    }
+}
+
+impl Base {
+    /// A plain-HTTP base for `addr` (the relay).
+    pub fn plain(addr: SocketAddr) -> Self {
+        Self {
+            authority: addr.to_string(),
+            prefix: String::new(),
+            tls: None,
+        }
+    }
+}
+
+/// Splits `http://host:port/prefix` (or `https://`, which needs `tls`) into its authority
+/// and prefix. The certificate must name the URL's host, or `server_name` when given (an
+/// agent that connects to the Service's ClusterIP, to need no DNS, verifies the Service's
+/// DNS name).
+pub fn parse_base(
+    base: &str,
+    tls: Option<&TlsConfig>,
+    server_name: Option<&str>,
+) -> Result<Base, TransportError> {
     let url_err = |reason| TransportError::Url {
         url: base.to_owned(),
         reason,
     };
-    let rest = base
-        .strip_prefix("http://")
-        .ok_or_else(|| url_err("the coordinator URL must start with http://"))?;
+    let (rest, secure) = if let Some(rest) = base.strip_prefix("https://") {
+        (rest, true)
+    } else if let Some(rest) = base.strip_prefix("http://") {
+        (rest, false)
+    } else {
+        return Err(url_err(
+            "the coordinator URL must start with http:// or https://",
+        ));
+    };
     let (authority, prefix) = rest
         .split_once('/')
         .map_or((rest, String::new()), |(a, p)| {
@@ -119,12 +209,34 @@ pub fn parse_base(base: &str) -> Result<Base, TransportError> {
     if authority.is_empty() {
         return Err(url_err("the URL has no host"));
     }
+    let host = match authority.rsplit_once(':') {
+        Some((h, _)) => h,
+        None => authority,
+    };
+    let tls = if secure {
+        let config = tls.ok_or_else(|| {
+            url_err("an https:// coordinator needs --ca-file (the CA that signed its certificate)")
+        })?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let name = ServerName::try_from(server_name.unwrap_or(host).to_owned()).map_err(|_| {
+            url_err("the host (or --tls-server-name) is not a valid TLS server name")
+        })?;
+        Some((Arc::clone(config), name))
+    } else {
+        None
+    };
     let authority = if authority.contains(':') {
         authority.to_owned()
+    } else if secure {
+        format!("{authority}:443")
     } else {
         format!("{authority}:80")
     };
-    Ok(Base { authority, prefix })
+    Ok(Base {
+        authority,
+        prefix,
+        tls,
+    })
 }
 
 /// Sends one request to `base` + `path` and returns the answer's head, within `timeout`;
@@ -135,9 +247,10 @@ pub async fn open(
     method: Method,
     path: &str,
     body: Option<(&str, Bytes)>,
+    auth: Option<&header::HeaderValue>,
     timeout: Duration,
 ) -> Result<Response<Incoming>, TransportError> {
-    tokio::time::timeout(timeout, exchange(base, method, path, body))
+    tokio::time::timeout(timeout, exchange(base, method, path, body, auth))
         .await
         .map_err(|_| TransportError::Timeout(timeout))?
 }
@@ -148,10 +261,11 @@ pub async fn send(
     method: Method,
     path: &str,
     body: Option<(&str, Bytes)>,
+    auth: Option<&header::HeaderValue>,
     timeout: Duration,
 ) -> Result<Answer, TransportError> {
     let deadline = Instant::now() + timeout;
-    let resp = open(base, method, path, body, timeout).await?;
+    let resp = open(base, method, path, body, auth, timeout).await?;
     let left = deadline.saturating_duration_since(Instant::now());
     tokio::time::timeout(left, collect(&base.authority, resp))
         .await
@@ -226,6 +340,7 @@ async fn exchange(
     method: Method,
     path: &str,
     body: Option<(&str, Bytes)>,
+    auth: Option<&header::HeaderValue>,
 ) -> Result<Response<Incoming>, TransportError> {
     let authority = base.authority.as_str();
     let io = |what, source| TransportError::Io {
@@ -253,16 +368,30 @@ async fn exchange(
         .set_tcp_mss(REPORT_MSS)
         .map_err(|e| io("clamp MSS for", e))?;
     let stream = sock.connect(addr).await.map_err(|e| io("connect", e))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| http("handshake with", e))?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
+    let mut sender = match &base.tls {
+        None => handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| http("handshake with", e))?,
+        Some((config, name)) => {
+            let tls = tokio_rustls::TlsConnector::from(Arc::clone(config))
+                .connect(name.clone(), stream)
+                .await
+                .map_err(|source| TransportError::Tls {
+                    authority: authority.to_owned(),
+                    source,
+                })?;
+            handshake(TokioIo::new(tls))
+                .await
+                .map_err(|e| http("handshake with", e))?
+        }
+    };
     let mut req = Request::builder()
         .method(method)
         .uri(format!("{}{path}", base.prefix))
         .header(header::HOST, authority);
+    if let Some(v) = auth {
+        req = req.header(header::AUTHORIZATION, v.clone());
+    }
     let payload = match body {
         Some((ct, bytes)) => {
             req = req.header(header::CONTENT_TYPE, ct);
@@ -282,27 +411,40 @@ async fn exchange(
         .map_err(|e| http("request to", e))
 }
 
+/// An HTTP/1 handshake over `io`, its connection driven by a task of its own.
+async fn handshake<T>(
+    io: T,
+) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, hyper::Error>
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(io).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn base_urls() {
-        let b = |a: &str, p: &str| Base {
-            authority: a.into(),
-            prefix: p.into(),
+        let b = |url: &str| {
+            let b = parse_base(url, None, None).expect("ok");
+            (b.authority, b.prefix)
         };
         assert_eq!(
-            parse_base("http://10.0.0.1:7070").expect("ok"),
-            b("10.0.0.1:7070", "")
+            b("http://10.0.0.1:7070"),
+            ("10.0.0.1:7070".into(), "".into())
         );
-        assert_eq!(
-            parse_base("http://coord/api/").expect("ok"),
-            b("coord:80", "/api")
-        );
-        assert_eq!(parse_base("http://coord/").expect("ok"), b("coord:80", ""));
-        assert!(parse_base("https://x").is_err());
-        assert!(parse_base("http://").is_err());
+        assert_eq!(b("http://coord/api/"), ("coord:80".into(), "/api".into()));
+        assert_eq!(b("http://coord/"), ("coord:80".into(), "".into()));
+        // https needs a CA to verify against.
+        assert!(parse_base("https://x", None, None).is_err());
+        assert!(parse_base("ftp://x", None, None).is_err());
+        assert!(parse_base("http://", None, None).is_err());
     }
 
     async fn serve(app: axum::Router) -> Base {
@@ -311,7 +453,7 @@ mod tests {
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         tokio::spawn(async move { axum::serve(listener, app).await });
-        parse_base(&format!("http://{addr}")).expect("base")
+        parse_base(&format!("http://{addr}"), None, None).expect("base")
     }
 
     #[tokio::test]
@@ -326,15 +468,17 @@ mod tests {
             Method::POST,
             "/x",
             Some(("text/plain", Bytes::from_static(b"hi"))),
+            None,
             Duration::from_secs(5),
         )
         .await
         .expect("answer");
         assert_eq!((a.status, &a.body[..]), (StatusCode::OK, &b"got hi"[..]));
         let refused = send(
-            &parse_base("http://127.0.0.1:1").expect("base"),
+            &parse_base("http://127.0.0.1:1", None, None).expect("base"),
             Method::GET,
             "/",
+            None,
             None,
             Duration::from_secs(5),
         )
@@ -370,7 +514,7 @@ mod tests {
         ))
         .await;
         let started = Instant::now();
-        let resp = open(&base, Method::GET, "/s", None, Duration::from_secs(5))
+        let resp = open(&base, Method::GET, "/s", None, None, Duration::from_secs(5))
             .await
             .expect("head");
         let r = collect_idle(

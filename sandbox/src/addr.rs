@@ -193,7 +193,7 @@ impl LabPlan {
     }
     /// The coordinator's URL, as agents reach it.
     pub fn coordinator_url(&self) -> String {
-        format!("http://{}:{COORDINATOR_PORT}", self.ctl_ip())
+        format!("https://{}:{COORDINATOR_PORT}", self.ctl_ip())
     }
     /// Every namespace, in creation order.
     pub fn namespaces(&self) -> Vec<String> {

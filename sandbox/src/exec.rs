@@ -131,25 +131,57 @@ pub fn http_get(
     timeout: Duration,
 ) -> io::Result<(u16, String)> {
     in_netns(ns, || -> io::Result<(u16, String)> {
-        let mut s = TcpStream::connect_timeout(&addr, timeout)?;
-        s.set_read_timeout(Some(timeout))?;
-        s.set_write_timeout(Some(timeout))?;
-        write!(
-            s,
-            "GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-        )?;
-        let mut resp = Vec::new();
-        s.take(1 << 20).read_to_end(&mut resp)?;
-        let text = String::from_utf8_lossy(&resp);
-        let status = text
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .ok_or_else(|| io::Error::other("malformed HTTP response"))?;
-        let body = text
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default();
-        Ok((status, body))
+        let s = connect(addr, timeout)?;
+        get_over(s, addr, path)
     })?
+}
+
+/// [`http_get`] over TLS, verified with `tls` (the lab's CA).
+pub fn https_get(
+    ns: &str,
+    addr: SocketAddr,
+    path: &str,
+    tls: &std::sync::Arc<rustls::ClientConfig>,
+    timeout: Duration,
+) -> io::Result<(u16, String)> {
+    in_netns(ns, || -> io::Result<(u16, String)> {
+        let s = connect(addr, timeout)?;
+        let name = rustls_pki_types::ServerName::IpAddress(addr.ip().into());
+        let conn = rustls::ClientConnection::new(std::sync::Arc::clone(tls), name)
+            .map_err(io::Error::other)?;
+        get_over(rustls::StreamOwned::new(conn, s), addr, path)
+    })?
+}
+
+fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+    let s = TcpStream::connect_timeout(&addr, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    Ok(s)
+}
+
+fn get_over(mut s: impl Read + Write, addr: SocketAddr, path: &str) -> io::Result<(u16, String)> {
+    write!(
+        s,
+        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    s.flush()?;
+    let mut resp = Vec::new();
+    match s.take(1 << 20).read_to_end(&mut resp) {
+        Ok(_) => {}
+        // A TLS peer that closes without close_notify: what arrived is the answer.
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof && !resp.is_empty() => {}
+        Err(e) => return Err(e),
+    }
+    let text = String::from_utf8_lossy(&resp);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| io::Error::other("malformed HTTP response"))?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
 }

@@ -4,7 +4,11 @@
 //! patches, and server-side apply with field ownership and conflicts (what leader election
 //! on a Lease relies on).
 //!
-//! It is a fixture, not an API server: no authentication, no admission, no validation
+//! It also answers `TokenReview`s for the ServiceAccount tokens it issued
+//! ([`FakeApi::issue_token`]), with the pod claims a real API server adds to projected
+//! tokens.
+//!
+//! It is a fixture, not an API server: no authentication of its own clients, no admission, no validation
 //! beyond what the clients under test depend on. Strategic-merge patches are applied as
 //! JSON merge patches (the same thing for the maps-only objects patched here). What it
 //! serves at the start comes from [`lab_objects`] for the sandbox, or from the test.
@@ -114,7 +118,22 @@ pub struct FakeApi {
     /// Watches from before this resource version get 410 Gone.
     compacted: AtomicU64,
     watches: AtomicU64,
+    /// Issued ServiceAccount tokens: token -> what it was issued for.
+    tokens: Mutex<BTreeMap<String, Issued>>,
+    reviews: AtomicU64,
 }
+
+/// What a fake ServiceAccount token was issued for (a projected token of a pod).
+#[derive(Clone, Debug)]
+struct Issued {
+    namespace: String,
+    pod: String,
+    service_account: String,
+    audience: String,
+}
+
+/// The API group path of TokenReview.
+const TOKEN_REVIEWS: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
 
 /// How long the fake holds a watch open before ending it (the client then re-watches from
 /// its last resource version). Real servers hold it for the client's `timeoutSeconds`.
@@ -133,6 +152,8 @@ impl FakeApi {
             down: AtomicBool::new(false),
             compacted: AtomicU64::new(0),
             watches: AtomicU64::new(0),
+            tokens: Mutex::new(BTreeMap::new()),
+            reviews: AtomicU64::new(0),
         });
         for o in objects {
             api.apply(o)?;
@@ -237,6 +258,109 @@ impl FakeApi {
         drop(inner);
         self.compacted.store(rv, Ordering::SeqCst);
         self.changed.send_modify(|v| *v += 1);
+    }
+
+    /// Issues a projected ServiceAccount token for pod `namespace/pod` (which must exist
+    /// when the token is reviewed) with `audience`, as the kubelet would.
+    pub fn issue_token(
+        &self,
+        namespace: &str,
+        pod: &str,
+        service_account: &str,
+        audience: &str,
+    ) -> String {
+        let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        let token = format!(
+            "eyJhbGciOiJSUzI1NiJ9.fixture-{}-{namespace}-{pod}.sig",
+            tokens.len()
+        );
+        tokens.insert(
+            token.clone(),
+            Issued {
+                namespace: namespace.to_owned(),
+                pod: pod.to_owned(),
+                service_account: service_account.to_owned(),
+                audience: audience.to_owned(),
+            },
+        );
+        token
+    }
+
+    /// TokenReviews answered so far.
+    pub fn reviews(&self) -> u64 {
+        self.reviews.load(Ordering::SeqCst)
+    }
+
+    /// Answers a TokenReview as the API server does: the user and its pod claims when
+    /// the token is one it issued for an existing pod and one of the requested audiences;
+    /// `authenticated: false` with an error otherwise.
+    fn review(&self, body: &Bytes) -> Response {
+        self.reviews.fetch_add(1, Ordering::SeqCst);
+        let review = match parse_body(body) {
+            Ok(v) => v,
+            Err(e) => return status(StatusCode::BAD_REQUEST, "BadRequest", &e),
+        };
+        let token = review["spec"]["token"].as_str().unwrap_or("");
+        let wanted: Vec<&str> = review["spec"]["audiences"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let issued = self
+            .tokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(token)
+            .cloned();
+        let denied = |error: &str| {
+            (
+                StatusCode::CREATED,
+                axum::Json(json!({
+                    "kind": "TokenReview", "apiVersion": "authentication.k8s.io/v1",
+                    "metadata": { "creationTimestamp": null },
+                    "spec": review["spec"].clone(),
+                    "status": { "user": {}, "error": error },
+                })),
+            )
+                .into_response()
+        };
+        let Some(i) = issued else {
+            return denied("[invalid bearer token, token lookup failed]");
+        };
+        if !wanted.is_empty() && !wanted.contains(&i.audience.as_str()) {
+            return denied(
+                "[invalid bearer token, token audiences [\"kubernetes\"] is invalid for the target audiences]",
+            );
+        }
+        let Some(pod) = self.get("Pod", Some(&i.namespace), &i.pod) else {
+            return denied(&format!(
+                "[invalid bearer token, pods \"{}\" not found]",
+                i.pod
+            ));
+        };
+        let node = pod["spec"]["nodeName"].as_str().unwrap_or("");
+        (
+            StatusCode::CREATED,
+            axum::Json(json!({
+                "kind": "TokenReview", "apiVersion": "authentication.k8s.io/v1",
+                "metadata": { "creationTimestamp": null },
+                "spec": review["spec"].clone(),
+                "status": {
+                    "authenticated": true,
+                    "user": {
+                        "username": format!("system:serviceaccount:{}:{}", i.namespace, i.service_account),
+                        "uid": format!("uid-sa-{}-{}", i.namespace, i.service_account),
+                        "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{}", i.namespace), "system:authenticated"],
+                        "extra": {
+                            "authentication.kubernetes.io/node-name": [node],
+                            "authentication.kubernetes.io/pod-name": [i.pod],
+                            "authentication.kubernetes.io/pod-uid": [pod["metadata"]["uid"].clone()],
+                        },
+                    },
+                    "audiences": [i.audience],
+                },
+            })),
+        )
+            .into_response()
     }
 
     /// Watch requests served so far.
@@ -402,6 +526,12 @@ async fn handle(State(api): State<Arc<FakeApi>>, req: Request) -> Response {
             "goVersion": "go1.24", "compiler": "gc", "platform": "linux/amd64",
         }))
         .into_response();
+    }
+    if path == TOKEN_REVIEWS && req.method() == Method::POST {
+        return match axum::body::to_bytes(req.into_body(), 1 << 20).await {
+            Ok(b) => api.review(&b),
+            Err(e) => status(StatusCode::BAD_REQUEST, "BadRequest", &e.to_string()),
+        };
     }
     let Some((res, ns, name)) = route(&path) else {
         return status(

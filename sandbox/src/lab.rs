@@ -55,6 +55,9 @@ pub enum LabError {
     /// Something did not come up in time.
     #[error("{0}")]
     NotReady(String),
+    /// The lab's credentials or certificates.
+    #[error(transparent)]
+    Creds(#[from] crate::creds::CredsError),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> LabError + '_ {
@@ -184,6 +187,14 @@ impl Lab {
         let inventory = lab.dir.join("inventory.yaml");
         std::fs::write(&inventory, lab.plan.topology().to_inventory_yaml())
             .map_err(io_err(&inventory))?;
+        let names: Vec<meshprobe_core::NodeName> = lab
+            .plan
+            .topology()
+            .nodes
+            .iter()
+            .map(|n| n.name.clone())
+            .collect();
+        crate::creds::write(&lab.dir, &names, lab.plan.ctl_ip())?;
         if lab.state.kube_api {
             let objects = lab.dir.join("kube-objects.json");
             let text = serde_json::to_string_pretty(&crate::kube_api::lab_objects(&lab.plan))
@@ -423,8 +434,12 @@ impl Lab {
                 continue;
             };
             loop {
-                if matches!(exec::http_get(&ns, addr, path, Duration::from_millis(300)), Ok((s, _)) if s < 500)
-                {
+                let answer = if name == "coordinator" {
+                    self.coordinator_get(path, Duration::from_millis(300))
+                } else {
+                    exec::http_get(&ns, addr, path, Duration::from_millis(300))
+                };
+                if matches!(answer, Ok((s, _)) if s < 500) {
                     break;
                 }
                 if Instant::now() > until {
@@ -500,6 +515,12 @@ impl Lab {
             state_dir,
             "--offline-interval".into(),
             "1s".into(),
+            "--token-file".into(),
+            crate::creds::node_credential_path(&self.dir, &n.name)
+                .display()
+                .to_string(),
+            "--ca-file".into(),
+            self.dir.join(crate::creds::CA).display().to_string(),
         ]);
         Some(ProcSpec {
             name: format!("agent/{}/{kind}", n.name),
@@ -538,9 +559,16 @@ impl Lab {
         };
         let mut args = vec!["coordinator".into()];
         args.extend(source);
+        let file = |f: &str| self.dir.join(f).display().to_string();
         args.extend([
             "--listen".into(),
             format!("{}:{COORDINATOR_PORT}", p.ctl_ip()),
+            "--token-file".into(),
+            file(crate::creds::SECRET),
+            "--tls-cert".into(),
+            file(crate::creds::CERT),
+            "--tls-key".into(),
+            file(crate::creds::KEY),
         ]);
         ProcSpec {
             name: "coordinator".into(),
@@ -566,6 +594,36 @@ impl Lab {
         })
     }
 
+    /// A GET of the coordinator's `path` from the control namespace, over TLS verified
+    /// with the lab's CA, as the operator (reads are open; this works either way).
+    pub fn coordinator_get(&self, path: &str, timeout: Duration) -> std::io::Result<(u16, String)> {
+        let tls = crate::creds::client_tls(&self.dir).map_err(std::io::Error::other)?;
+        let addr = SocketAddr::from((self.plan.ctl_ip(), COORDINATOR_PORT));
+        exec::https_get(&self.plan.ctl_ns(), addr, path, &tls, timeout)
+    }
+
+    /// What a client in the control namespace needs to reach the coordinator: its URL,
+    /// the operator's credential and the lab's CA, as environment variables (the same
+    /// ones `check`'s flags read).
+    pub fn client_env(&self) -> Vec<(&'static str, String)> {
+        let file = |f: &str| self.dir.join(f).display().to_string();
+        vec![
+            ("MESHPROBE_COORDINATOR", self.plan.coordinator_url()),
+            ("MESHPROBE_TOKEN_FILE", file(crate::creds::OPERATOR)),
+            ("MESHPROBE_CA_FILE", file(crate::creds::CA)),
+        ]
+    }
+
+    /// `node`'s credential file.
+    pub fn node_credential(&self, node: &str) -> PathBuf {
+        crate::creds::node_credential_path(&self.dir, node)
+    }
+
+    /// A file of the lab's credentials ([`crate::creds`]), by name.
+    pub fn creds_file(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
     /// The kubeconfig that reaches the lab's fake API (from the control namespace).
     pub fn kubeconfig_path(&self) -> PathBuf {
         self.dir.join("kubeconfig")
@@ -585,10 +643,10 @@ impl Lab {
     pub fn wait_agents(&self, timeout: Duration) -> Result<(), LabError> {
         let p = &self.plan;
         let want = p.nodes.len() * 2;
-        let addr = SocketAddr::from((p.ctl_ip(), COORDINATOR_PORT));
         let until = Instant::now() + timeout;
         loop {
-            let seen = exec::http_get(&p.ctl_ns(), addr, api::AGENTS, Duration::from_secs(1))
+            let seen = self
+                .coordinator_get(api::AGENTS, Duration::from_secs(1))
                 .ok()
                 .and_then(|(_, body)| serde_json::from_str::<api::AgentsList>(&body).ok())
                 .map_or(0, |list| {

@@ -17,6 +17,7 @@
 //! namespace gets no address, route or device.
 
 pub mod addr;
+pub mod creds;
 pub mod exec;
 pub mod fault;
 pub mod kube_api;

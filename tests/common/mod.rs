@@ -113,7 +113,7 @@ pub fn run_check(lab: &Lab, extra: &[&str]) -> std::process::Output {
             "--timeout",
             "30s",
         ])
-        .args(["--coordinator", &lab.plan().coordinator_url()])
+        .envs(lab.client_env())
         .args(extra)
         .output()
         .expect("run check")
