@@ -12,8 +12,11 @@ use tokio::time::Instant;
 /// Output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Output {
-    /// Findings and per-layer tables for people.
+    /// The verdict and findings, then one line per healthy layer and a compact grid per
+    /// layer with failures.
     Table,
+    /// Like `table`, with every layer's full matrix (RTT and loss per cell).
+    Wide,
     /// CONTRACT §3 JSON.
     Json,
 }
@@ -31,6 +34,21 @@ pub struct CheckArgs {
     pub pcap: Option<std::path::PathBuf>,
     /// The credential and the CA to verify the coordinator with.
     pub client: ClientOptions,
+    /// Save this round as a baseline of this name.
+    pub save_baseline: Option<String>,
+    /// Compare this round with this baseline (or `latest-healthy`), and print what changed
+    /// first.
+    pub baseline: Option<String>,
+}
+
+/// `--output json` with `--baseline`: the report (CONTRACT §3) and, as an extension, what
+/// changed since the baseline.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct WithDiff<'a> {
+    #[serde(flatten)]
+    report: &'a CheckReport,
+    baseline: &'a meshprobe_core::diff::ReportDiff,
 }
 
 /// `check` could not produce a result (exit 2).
@@ -174,18 +192,74 @@ pub async fn write_pcaps(
 /// Runs `check` and prints the result; returns the exit code (0 healthy, 1 findings or
 /// failing cells, 2 could not check).
 pub async fn run(args: CheckArgs) -> u8 {
+    // The baseline is read before the round: `latest-healthy` must not be this round.
+    let before = match &args.baseline {
+        Some(name) => {
+            let got = CoordinatorClient::with_options(&args.coordinator, &args.client)
+                .map_err(CheckError::from);
+            let got = match got {
+                Ok(c) => c
+                    .baseline(name, args.timeout)
+                    .await
+                    .map_err(CheckError::from),
+                Err(e) => Err(e),
+            };
+            match got {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    eprintln!("meshprobe check: error: --baseline {name}: {e}");
+                    return 2;
+                }
+            }
+        }
+        None => None,
+    };
     match fetch(&args).await {
         Ok(report) => {
+            let diff = before
+                .as_ref()
+                .map(|b| meshprobe_core::diff::compare(b, &report));
             let mut out = std::io::stdout().lock();
+            let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
             match args.output {
                 Output::Json => {
-                    let text = serde_json::to_string_pretty(&report).unwrap_or_default();
+                    let text = match &diff {
+                        Some(d) => serde_json::to_string_pretty(&WithDiff {
+                            report: &report,
+                            baseline: d,
+                        }),
+                        None => serde_json::to_string_pretty(&report),
+                    }
+                    .unwrap_or_default();
                     let _ = writeln!(out, "{text}");
                 }
-                Output::Table => {
-                    let color =
-                        std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-                    let _ = write!(out, "{}", render(&report, Style { color }));
+                Output::Table | Output::Wide => {
+                    if let Some(d) = &diff {
+                        let _ = writeln!(out, "{}", meshprobe_core::diff::render_diff(d, 20));
+                    }
+                    let text = if args.output == Output::Wide {
+                        meshprobe_core::render::render_wide(&report, Style { color })
+                    } else {
+                        render(&report, Style { color })
+                    };
+                    let _ = write!(out, "{text}");
+                }
+            }
+            drop(out);
+            if let Some(name) = &args.save_baseline {
+                let saved = match CoordinatorClient::with_options(&args.coordinator, &args.client) {
+                    Ok(c) => {
+                        c.save_baseline(name, Some(report.round), args.timeout)
+                            .await
+                    }
+                    Err(e) => Err(e),
+                };
+                match saved {
+                    Ok(s) => eprintln!("baseline {} saved: round {}", s.name, s.round),
+                    Err(e) => {
+                        eprintln!("meshprobe check: error: --save-baseline {name}: {e}");
+                        return 2;
+                    }
                 }
             }
             if let Some(dir) = &args.pcap {

@@ -64,6 +64,17 @@ pub struct CoordinatorArgs {
     /// Who may talk to the coordinator, and over what.
     #[command(flatten)]
     auth: ServeAuthFlags,
+    /// Keep rounds, findings and baselines in DIR (a SQLite database that survives
+    /// restarts); without it they are kept in memory.
+    #[arg(long, env = "MESHPROBE_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Rounds and findings older than this many hours leave the history (default: 7 days).
+    #[arg(long, env = "MESHPROBE_HISTORY_HOURS", default_value_t = 168, value_parser = clap::value_parser!(u64).range(1..=87_600))]
+    history_hours: u64,
+    /// The rounds' reports kept at most, in MiB (older rounds keep their verdict and
+    /// findings, not their report).
+    #[arg(long, env = "MESHPROBE_HISTORY_MIB", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+    history_mib: u64,
 }
 
 /// The coordinator's authentication and TLS (CONTRACT §4).
@@ -322,6 +333,13 @@ pub enum Command {
         /// The credential (the cluster secret or an operator's) and the coordinator's CA.
         #[command(flatten)]
         client: ClientFlags,
+        /// Save this round as baseline NAME (on the coordinator, in its history).
+        #[arg(long, value_name = "NAME", value_parser = baseline_name)]
+        save_baseline: Option<String>,
+        /// Print what changed since baseline NAME (or `latest-healthy`) before the report:
+        /// cells that broke, cells that recovered, latency shifts.
+        #[arg(long, value_name = "NAME", value_parser = baseline_name)]
+        baseline: Option<String>,
     },
     /// Print a credential derived from the cluster secret: a node's (for its host and pod
     /// agents only) or an operator's (for `check`).
@@ -345,6 +363,10 @@ pub enum Command {
         /// Number of nodes.
         #[arg(long, default_value_t = 3)]
         nodes: usize,
+        /// Leave the lab (with the fault in force) and the web view running, at
+        /// https://127.0.0.1:7070/, until Ctrl-C; then remove everything.
+        #[arg(long)]
+        keep: bool,
     },
     /// The sandbox cluster: build, break, heal and remove it.
     Lab {
@@ -391,6 +413,8 @@ pub fn main() -> ExitCode {
             timeout,
             pcap,
             client,
+            save_baseline,
+            baseline,
         } => match (runtime(false), client.options()) {
             (Ok(rt), Ok(client)) => rt.block_on(crate::check::run(CheckArgs {
                 coordinator,
@@ -398,6 +422,8 @@ pub fn main() -> ExitCode {
                 timeout,
                 pcap,
                 client,
+                save_baseline,
+                baseline,
             })),
             (Err(e), _) => {
                 eprintln!("meshprobe: error: cannot start the runtime: {e}");
@@ -413,10 +439,18 @@ pub fn main() -> ExitCode {
             node,
             operator,
         } => report(print_credential(&token_file, node, operator)),
-        Command::Demo { nodes } => crate::demo::run(nodes),
+        Command::Demo { nodes, keep } => crate::demo::run(nodes, keep),
         Command::Lab { command } => crate::lab_cmd::run(command),
     };
     ExitCode::from(code)
+}
+
+fn baseline_name(s: &str) -> Result<String, String> {
+    if meshprobe_core::api::is_baseline_name(s) {
+        Ok(s.to_owned())
+    } else {
+        Err("a baseline name is 1 to 63 of a-z A-Z 0-9 - _ .".to_owned())
+    }
 }
 
 fn print_credential(
@@ -552,6 +586,14 @@ fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
         ),
         _ => None,
     };
+    let history = meshprobe_coordinator::history::History::open(
+        args.data_dir.as_deref(),
+        meshprobe_coordinator::history::Retention {
+            max_age: Duration::from_secs(args.history_hours * 3600),
+            max_report_bytes: args.history_mib << 20,
+        },
+    )?;
+    settings.history = Some(Arc::new(history));
     let (insecure, auth_reads) = (args.auth.insecure_no_auth, args.auth.auth_reads);
     // Said after the "listening on" line, which scripts read first.
     let warning = if insecure {

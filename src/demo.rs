@@ -26,9 +26,13 @@ fn check(lab: &Lab, exe: &std::path::Path) -> Result<u8, String> {
     Ok(status.code().unwrap_or(2) as u8)
 }
 
-/// Runs the demo; returns the exit code (0 when both checks said what they should).
-pub fn run(nodes: usize) -> u8 {
-    match run_inner(nodes) {
+/// Where `demo --keep` serves the web view.
+pub const VIEW_ADDR: &str = "127.0.0.1:7070";
+
+/// Runs the demo; returns the exit code (0 when both checks said what they should). With
+/// `keep`, the lab and the web view stay up until Ctrl-C.
+pub fn run(nodes: usize, keep: bool) -> u8 {
+    match run_inner(nodes, keep) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("meshprobe demo: error: {e}");
@@ -37,7 +41,7 @@ pub fn run(nodes: usize) -> u8 {
     }
 }
 
-fn run_inner(nodes: usize) -> Result<u8, String> {
+fn run_inner(nodes: usize, keep: bool) -> Result<u8, String> {
     let exe =
         std::env::current_exe().map_err(|e| format!("cannot find the meshprobe binary: {e}"))?;
     let spec = LabSpec::new(nodes, exe.clone());
@@ -94,6 +98,26 @@ fn run_inner(nodes: usize) -> Result<u8, String> {
     ));
     lab.inject(fault.clone()).map_err(|e| e.to_string())?;
     let broken = check(&lab, &exe)?;
+    if keep {
+        let listener = std::net::TcpListener::bind(VIEW_ADDR)
+            .map_err(|e| format!("cannot serve the web view on {VIEW_ADDR}: {e}"))?;
+        say(&format!(
+            "The live view: https://{VIEW_ADDR}/ (Ctrl-C removes the lab)"
+        ));
+        println!(
+            "The lab's CA is {} (import it, or accept the warning). {victim} is still broken; in another terminal:",
+            lab.creds_file(meshprobe_sandbox::creds::CA).display()
+        );
+        println!("  meshprobe lab heal --name {name}          # watch it turn green");
+        println!("  meshprobe lab fault --name {name} vxlan-drop-in --node n3");
+        println!("  meshprobe lab exec --name {name} ctl -- meshprobe check");
+        let (ns, target) = lab.coordinator_target();
+        lab.keep();
+        // The Ctrl-C thread removes the lab by name and exits.
+        return meshprobe_sandbox::exec::forward(listener, &ns, target)
+            .map(|()| 0)
+            .map_err(|e| format!("web view: {e}"));
+    }
     lab.heal(&fault).map_err(|e| e.to_string())?;
 
     say("Cleaning up");
@@ -101,6 +125,9 @@ fn run_inner(nodes: usize) -> Result<u8, String> {
     println!("lab {name} removed: namespaces deleted, processes stopped");
 
     say("What to try next");
+    println!(
+        "  meshprobe demo --keep                           # the same, then the live view at https://{VIEW_ADDR}/"
+    );
     println!("  meshprobe lab up --nodes 6                      # a lab that stays up");
     println!(
         "  meshprobe lab fault vxlan-drop-in --node n3     # or: forward-reject, underlay-mtu, fdb-missing --peer n1, link-down, loss ..."

@@ -28,8 +28,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use meshprobe_core::api::{
-    self as wire, AgentPoll, ApiError, OfflineAccepted, OfflineBatch, PacketsAnswer, RoundProgress,
-    RoundRequest, RoundStarted, RoundState, TopologyAnswer,
+    self as wire, AgentPoll, ApiError, BaselineRequest, BaselineSaved, OfflineAccepted,
+    OfflineBatch, PacketsAnswer, RoundProgress, RoundRequest, RoundStarted, RoundState,
+    TopologyAnswer,
 };
 use meshprobe_core::plan::AgentReport;
 use meshprobe_core::{AgentKind, NodeName};
@@ -59,6 +60,14 @@ pub fn router(state: Arc<Coordinator>) -> Router {
         .route(wire::ROUND_PATTERN, get(round))
         .route(wire::PACKETS_PATTERN, get(packets))
         .route(wire::TOPOLOGY, get(topology))
+        .route(wire::FINDINGS, get(findings))
+        .route(wire::STATUS, get(status))
+        .route(wire::PCAP_PATTERN, get(pcap))
+        .route("/", get(crate::web::index))
+        .route("/ui/app.js", get(crate::web::app))
+        .route("/ui/style.css", get(crate::web::style))
+        .route("/ui/favicon.svg", get(crate::web::icon))
+        .route(wire::BASELINE_PATTERN, get(baseline).put(save_baseline))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),
             crate::auth::layer,
@@ -293,7 +302,24 @@ async fn round(
             }),
         )
             .into_response(),
-        RoundStatus::Evicted => error(StatusCode::GONE, format!("round {id} is no longer kept")),
+        RoundStatus::Evicted => {
+            // Out of memory's window, maybe still in the history.
+            let kept = match c.history() {
+                Some(h) => {
+                    let h = Arc::clone(h);
+                    tokio::task::spawn_blocking(move || h.round(id))
+                        .await
+                        .ok()
+                        .and_then(Result::ok)
+                        .flatten()
+                }
+                None => None,
+            };
+            match kept {
+                Some(report) => Json(report).into_response(),
+                None => error(StatusCode::GONE, format!("round {id} is no longer kept")),
+            }
+        }
         RoundStatus::Unknown => error(StatusCode::NOT_FOUND, format!("round {id} does not exist")),
     }
 }
@@ -304,42 +330,63 @@ struct PacketsQuery {
     peer: String,
 }
 
+/// The packets `node` captured with `peer` in round `id` (the shared part of the packets
+/// and pcap routes).
+fn captured(
+    c: &Coordinator,
+    id: &str,
+    query: Result<Query<PacketsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<
+    (
+        u64,
+        NodeName,
+        NodeName,
+        Vec<meshprobe_core::capture::CapturedPacket>,
+    ),
+    Box<Response>,
+> {
+    let Ok(id) = id.parse::<u64>() else {
+        return Err(Box::new(error(
+            StatusCode::BAD_REQUEST,
+            format!("round id {id:?} is not a number"),
+        )));
+    };
+    let Query(q) = query.map_err(|e| Box::new(error(StatusCode::BAD_REQUEST, e.body_text())))?;
+    let (Ok(node), Ok(peer)) = (NodeName::new(q.node), NodeName::new(q.peer)) else {
+        return Err(Box::new(error(
+            StatusCode::BAD_REQUEST,
+            "node and peer must be node names",
+        )));
+    };
+    let Some(peer_ip) = c.topology().node(&peer).map(|n| n.internal_ip) else {
+        return Err(Box::new(error(
+            StatusCode::NOT_FOUND,
+            format!("no node {peer} in the topology"),
+        )));
+    };
+    match c.packets(id, &node, peer_ip) {
+        Some(packets) => Ok((id, node, peer, packets)),
+        None => Err(Box::new(error(
+            StatusCode::NOT_FOUND,
+            format!("round {id} captured no packets (`check --pcap` asks for a capture round)"),
+        ))),
+    }
+}
+
 async fn packets(
     State(c): State<Arc<Coordinator>>,
     Path(id): Path<String>,
     query: Result<Query<PacketsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let Ok(id) = id.parse::<u64>() else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            format!("round id {id:?} is not a number"),
-        );
-    };
-    let Query(q) = match query {
-        Ok(q) => q,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
-    };
-    let (Ok(node), Ok(peer)) = (NodeName::new(q.node), NodeName::new(q.peer)) else {
-        return error(StatusCode::BAD_REQUEST, "node and peer must be node names");
-    };
-    let Some(peer_ip) = c.topology().node(&peer).map(|n| n.internal_ip) else {
-        return error(
-            StatusCode::NOT_FOUND,
-            format!("no node {peer} in the topology"),
-        );
-    };
-    match c.packets(id, &node, peer_ip) {
-        Some(packets) => Json(PacketsAnswer {
-            round: id,
+    match captured(&c, &id, query) {
+        Ok((round, node, peer, packets)) => Json(PacketsAnswer {
+            round,
             node,
             peer,
             packets,
         })
         .into_response(),
-        None => error(
-            StatusCode::NOT_FOUND,
-            format!("round {id} captured no packets (`check --pcap` asks for a capture round)"),
-        ),
+        Err(r) => *r,
     }
 }
 
@@ -372,4 +419,163 @@ async fn topology(State(c): State<Arc<Coordinator>>) -> Response {
         topology: &topology,
     })
     .into_response()
+}
+
+#[derive(Deserialize)]
+struct SinceQuery {
+    #[serde(default)]
+    since: u64,
+}
+
+/// Runs a history read or write off the async threads; 503 without a history, 500 when
+/// the database fails.
+async fn with_history<T: Send + 'static>(
+    c: &Coordinator,
+    f: impl FnOnce(&crate::history::History) -> Result<T, crate::history::HistoryError> + Send + 'static,
+) -> Result<T, Response> {
+    let Some(h) = c.history().cloned() else {
+        return Err(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this coordinator keeps no history (its database could not be opened)",
+        ));
+    };
+    match tokio::task::spawn_blocking(move || f(&h)).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+        Err(e) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+    }
+}
+
+async fn findings(
+    State(c): State<Arc<Coordinator>>,
+    query: Result<Query<SinceQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let since = match query {
+        Ok(Query(q)) => q.since,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    match with_history(&c, move |h| h.findings_since(since)).await {
+        Ok(a) => Json(a).into_response(),
+        Err(r) => r,
+    }
+}
+
+fn bad_baseline_name(name: &str) -> Option<Response> {
+    (!wire::is_baseline_name(name)).then(|| {
+        error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "baseline name {:?} must be 1 to 63 of a-z A-Z 0-9 - _ .",
+                meshprobe_core::text::printable(name, 80)
+            ),
+        )
+    })
+}
+
+async fn baseline(State(c): State<Arc<Coordinator>>, Path(name): Path<String>) -> Response {
+    if let Some(r) = bad_baseline_name(&name) {
+        return r;
+    }
+    let n = name.clone();
+    let found = with_history(&c, move |h| {
+        if n == wire::LATEST_HEALTHY {
+            h.latest_healthy()
+        } else {
+            h.baseline(&n)
+        }
+    })
+    .await;
+    match found {
+        Ok(Some(report)) => Json(report).into_response(),
+        Ok(None) if name == wire::LATEST_HEALTHY => {
+            error(StatusCode::NOT_FOUND, "no healthy round is kept")
+        }
+        Ok(None) => error(
+            StatusCode::NOT_FOUND,
+            format!("no baseline {name} (save one with `check --save-baseline {name}`)"),
+        ),
+        Err(r) => r,
+    }
+}
+
+async fn save_baseline(
+    State(c): State<Arc<Coordinator>>,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Some(r) = bad_baseline_name(&name) {
+        return r;
+    }
+    if name == wire::LATEST_HEALTHY {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("{} is computed, not saved", wire::LATEST_HEALTHY),
+        );
+    }
+    let req: BaselineRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        BaselineRequest::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(r) => r,
+            Err(e) => return error(StatusCode::BAD_REQUEST, format!("baseline request: {e}")),
+        }
+    };
+    let report = match req.round {
+        None => c.latest(),
+        Some(id) => match c.status(id) {
+            RoundStatus::Done(r) => Some(r),
+            _ => with_history(&c, move |h| h.round(id))
+                .await
+                .ok()
+                .flatten()
+                .map(Arc::new),
+        },
+    };
+    let Some(report) = report else {
+        return error(
+            StatusCode::NOT_FOUND,
+            match req.round {
+                Some(id) => format!("round {id} is not kept"),
+                None => "no round has finished yet".to_owned(),
+            },
+        );
+    };
+    let round = report.round;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let n = name.clone();
+    match with_history(&c, move |h| h.save_baseline(&n, &report, now_ms)).await {
+        Ok(()) => Json(BaselineSaved { name, round }).into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn status(State(c): State<Arc<Coordinator>>) -> Response {
+    Json(c.status_answer()).into_response()
+}
+
+/// The frames `node` captured with `peer` in round `id`, as a pcap file.
+async fn pcap(
+    State(c): State<Arc<Coordinator>>,
+    Path(id): Path<String>,
+    query: Result<Query<PacketsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    match captured(&c, &id, query) {
+        Ok((id, node, peer, packets)) => (
+            [
+                (
+                    axum::http::header::CONTENT_TYPE,
+                    "application/vnd.tcpdump.pcap".to_owned(),
+                ),
+                (
+                    axum::http::header::CONTENT_DISPOSITION,
+                    format!("attachment; filename=\"round-{id}-{node}-{peer}.at-{node}.pcap\""),
+                ),
+            ],
+            meshprobe_core::capture::pcap(&packets, 65_535),
+        )
+            .into_response(),
+        Err(r) => *r,
+    }
 }

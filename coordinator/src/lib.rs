@@ -12,6 +12,7 @@
 pub mod api;
 pub mod auth;
 pub mod discovery;
+pub mod history;
 pub mod kube_auth;
 pub mod kube_source;
 pub mod lease;
@@ -20,6 +21,7 @@ pub mod metrics;
 pub mod rounds;
 pub mod source;
 pub mod tls;
+pub mod web;
 
 pub use api::router;
 pub use rounds::{Coordinator, Settings};

@@ -47,6 +47,9 @@ pub struct Settings {
     /// Who may do what ([`crate::auth`]); the default is authentication off, for tests
     /// and embedding (the binary sets it from its flags).
     pub auth: crate::auth::Auth,
+    /// Where finished rounds, findings and baselines are kept ([`crate::history`]);
+    /// `None`: an in-memory history.
+    pub history: Option<Arc<crate::history::History>>,
 }
 
 /// A per-client token bucket on starting rounds.
@@ -94,6 +97,7 @@ impl Default for Settings {
             diagnosis: meshprobe_diagnosis::Settings::default(),
             round_limit: RoundLimit::default(),
             auth: crate::auth::Auth::default(),
+            history: None,
         }
     }
 }
@@ -136,6 +140,8 @@ struct Inner {
     done: VecDeque<Arc<CheckReport>>,
     /// Finding keys of recent rounds, oldest first: how long each finding has persisted.
     history: VecDeque<Vec<meshprobe_core::matrix::FindingKey>>,
+    /// When the newest round in `done` finished.
+    latest_at: Option<Instant>,
     /// A round taken out of `running` whose report is being built (outside the lock).
     finishing: Option<u64>,
     /// The next round captures packets (for `check --pcap`).
@@ -279,6 +285,9 @@ pub enum RoundStatus {
 /// The coordinator's shared state.
 pub struct Coordinator {
     inner: Mutex<Inner>,
+    /// Rounds, findings and baselines kept ([`crate::history`]); `None` only when not even
+    /// an in-memory database could be opened.
+    history: Option<Arc<crate::history::History>>,
     metrics: crate::metrics::Metrics,
     source: Box<dyn TopologySource>,
     settings: Settings,
@@ -314,8 +323,29 @@ impl Coordinator {
 
     /// A coordinator planning from `source`.
     pub fn new(source: Box<dyn TopologySource>, settings: Settings) -> Arc<Self> {
+        let history = settings.history.clone().or_else(|| {
+            crate::history::History::open(None, crate::history::Retention::default())
+                .map_err(
+                    |e| tracing::warn!(error = %e, "no history: cannot open an in-memory database"),
+                )
+                .ok()
+                .map(Arc::new)
+        });
+        // Round numbers go on from the history's, so that a restarted coordinator's rounds
+        // never reuse a number the history (and a client) already knows.
+        let last_id = history
+            .as_ref()
+            .map_or(Ok(0), |h| h.last_round())
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "cannot read the history's last round");
+                0
+            });
         Arc::new(Self {
-            inner: Mutex::new(Inner::default()),
+            inner: Mutex::new(Inner {
+                last_id,
+                ..Inner::default()
+            }),
+            history,
             metrics: crate::metrics::Metrics::default(),
             source,
             settings,
@@ -694,6 +724,14 @@ impl Coordinator {
             "round done"
         );
         self.metrics.observe(&report, self.source.fresh());
+        if let Some(h) = &self.history {
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            if let Err(e) = h.record(&report, now_ms) {
+                tracing::warn!(round = id, error = %e, "round not kept in the history");
+            }
+        }
         let mut inner = self.lock();
         inner.finishing = None;
         inner.history.push_back(keys);
@@ -707,6 +745,7 @@ impl Coordinator {
             }
         }
         inner.done.push_back(Arc::new(report));
+        inner.latest_at = Some(Instant::now());
         while inner.done.len() > self.settings.keep_rounds {
             inner.done.pop_front();
         }
@@ -1046,9 +1085,42 @@ impl Coordinator {
         self.metrics.encode()
     }
 
-    /// The latest finished round.
+    /// The latest finished round (from the history after a restart).
     pub fn latest(&self) -> Option<Arc<CheckReport>> {
-        self.lock().done.back().cloned()
+        if let Some(r) = self.lock().done.back().cloned() {
+            return Some(r);
+        }
+        self.history
+            .as_ref()
+            .and_then(|h| h.latest().ok().flatten())
+            .map(Arc::new)
+    }
+
+    /// The state the web view polls.
+    pub fn status_answer(&self) -> meshprobe_core::api::StatusAnswer {
+        let (latest, at, capture_rounds) = {
+            let inner = self.lock();
+            (
+                inner.done.back().cloned(),
+                inner.latest_at,
+                inner.packets.iter().map(|(id, _)| *id).collect(),
+            )
+        };
+        let latest = latest.or_else(|| self.latest());
+        meshprobe_core::api::StatusAnswer {
+            latest_round: latest.as_ref().map(|r| r.round),
+            latest_age_ms: at.map(|t| t.elapsed().as_millis() as u64),
+            healthy: latest.as_ref().map(|r| r.healthy && r.is_healthy()),
+            leader: self.is_leader(),
+            topology_fresh: self.topology_fresh(),
+            insecure: self.settings.auth.is_insecure(),
+            capture_rounds,
+        }
+    }
+
+    /// The history, if one could be opened.
+    pub fn history(&self) -> Option<&Arc<crate::history::History>> {
+        self.history.as_ref()
     }
 
     /// Every agent heard from.

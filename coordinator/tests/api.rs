@@ -961,3 +961,123 @@ async fn tls_is_served_and_verified_against_the_ca() {
     assert!(plain.is_err(), "{plain:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Issue 12: the web view's assets (with their CSP), the status it polls, the findings'
+/// timeline and baselines (saving needs an operator; `latest-healthy` is computed).
+#[tokio::test]
+async fn the_view_status_history_and_baselines_are_served() {
+    use meshprobe_core::auth::{ClusterSecret, Subject};
+    let secret = ClusterSecret::from_bytes(b"api-test-secret-0123456789").expect("secret");
+    let node = secret.credential(&Subject::Node("n1".parse().expect("name")));
+    let operator = secret.credential(&Subject::operator("tester").expect("name"));
+    let (base, c) = start_with(meshprobe_coordinator::auth::Auth::required(
+        Some(secret),
+        None,
+    ))
+    .await;
+    let http = reqwest::Client::new();
+    for (path, ct) in [
+        ("/", "text/html"),
+        ("/ui/app.js", "text/javascript"),
+        ("/ui/style.css", "text/css"),
+        ("/ui/favicon.svg", "image/svg+xml"),
+    ] {
+        let r = http.get(format!("{base}{path}")).send().await.expect("get");
+        assert_eq!(r.status(), 200, "{path}");
+        let h = r.headers();
+        assert!(
+            h["content-type"].to_str().unwrap_or("").starts_with(ct),
+            "{path}"
+        );
+        let csp = h["content-security-policy"].to_str().unwrap_or("");
+        assert!(
+            csp.contains("script-src 'self'") && !csp.contains("unsafe"),
+            "{csp}"
+        );
+    }
+    let status = status_now(&http, &base).await;
+    assert_eq!((status.latest_round, status.leader), (None, true));
+
+    // Two rounds with all six agents (healthy), one with nobody (not healthy).
+    for _ in 0..2 {
+        let agents = spawn_agents(&base, |n| Some(secret_cred(n)));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let id = c.trigger();
+        for a in agents {
+            a.await.expect("agent");
+        }
+        assert!(round_report(&http, &base, id).await.healthy);
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let id = c.trigger();
+    let r = round_report(&http, &base, id).await;
+    assert!(!r.healthy);
+    let status = status_now(&http, &base).await;
+    assert_eq!(
+        (status.latest_round, status.healthy),
+        (Some(id), Some(false))
+    );
+    assert!(status.latest_age_ms.is_some_and(|a| a < 10_000));
+
+    let t: meshprobe_core::api::FindingsAnswer = http
+        .get(format!("{base}/v1/findings?since=0"))
+        .send()
+        .await
+        .expect("findings")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(t.newest_round, Some(id));
+    assert!(
+        t.findings
+            .iter()
+            .all(|f| f.last_round == id && f.first_round == id),
+        "{t:?}"
+    );
+    assert!(!t.findings.is_empty());
+
+    // Baselines: a node cannot save one, an operator can; latest-healthy is round 2.
+    let put = |token: &str| {
+        http.put(format!("{base}/v1/baselines/pre-upgrade"))
+            .bearer_auth(token.to_owned())
+            .json(&meshprobe_core::api::BaselineRequest { round: Some(1) })
+            .send()
+    };
+    assert_eq!(put(&node).await.expect("put").status(), 403);
+    assert_eq!(put(&operator).await.expect("put").status(), 200);
+    let get = |name: &str| http.get(format!("{base}/v1/baselines/{name}")).send();
+    let saved: CheckReport = get("pre-upgrade")
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(saved.round, 1);
+    let healthy: CheckReport = get("latest-healthy")
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(healthy.round, 2);
+    assert_eq!(get("nope").await.expect("get").status(), 404);
+    assert_eq!(get("bad%20name").await.expect("get").status(), 400);
+}
+
+/// n's credential under the secret the view test uses.
+fn secret_cred(n: &str) -> String {
+    use meshprobe_core::auth::{ClusterSecret, Subject};
+    ClusterSecret::from_bytes(b"api-test-secret-0123456789")
+        .expect("secret")
+        .credential(&Subject::Node(n.parse().expect("name")))
+}
+
+async fn status_now(http: &reqwest::Client, base: &str) -> meshprobe_core::api::StatusAnswer {
+    http.get(format!("{base}/v1/status"))
+        .send()
+        .await
+        .expect("status")
+        .json()
+        .await
+        .expect("json")
+}

@@ -53,6 +53,17 @@ pub const ROUND_PATTERN: &str = "/v1/rounds/{id}";
 pub const PACKETS_PATTERN: &str = "/v1/rounds/{id}/packets";
 /// `GET`: the topology the next round plans from ([`TopologyAnswer`]).
 pub const TOPOLOGY: &str = "/v1/topology";
+/// `GET`: the findings' timeline since a round (`?since=R`; 0 for everything kept).
+pub const FINDINGS: &str = "/v1/findings";
+/// `PUT` `{"round": N}` saves round N (default: the latest) as baseline `name`; `GET`
+/// answers the saved round's report (`latest-healthy`: the latest healthy round kept).
+pub const BASELINE_PATTERN: &str = "/v1/baselines/{name}";
+/// `GET`: the coordinator's state in a few bytes (what the web view polls).
+pub const STATUS: &str = "/v1/status";
+/// `GET ?node=A&peer=B`: the frames A captured with B in a capture round, as a pcap file.
+pub const PCAP_PATTERN: &str = "/v1/rounds/{id}/pcap";
+/// The baseline name that always means the latest healthy round kept.
+pub const LATEST_HEALTHY: &str = "latest-healthy";
 
 /// Heartbeat periods a poll may ask for, in milliseconds (clamped into this range).
 pub const HEARTBEAT_MS: std::ops::RangeInclusive<u32> = 100..=5_000;
@@ -239,6 +250,102 @@ pub struct PacketsAnswer {
     pub peer: NodeName,
     /// The frames.
     pub packets: Vec<crate::capture::CapturedPacket>,
+}
+
+/// The path of baseline `name`.
+pub fn baseline_path(name: &str) -> String {
+    format!("/v1/baselines/{name}")
+}
+
+/// Whether `name` may name a baseline: 1 to 63 of `a-z A-Z 0-9 - _ .`, and not only dots.
+pub fn is_baseline_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && !name.bytes().all(|b| b == b'.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// One finding's life in the history: when it was first and last made, and in which
+/// rounds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FindingHistory {
+    /// Its cause.
+    pub cause: crate::Cause,
+    /// The node(s) at fault.
+    pub nodes: Vec<NodeName>,
+    /// The other end(s).
+    pub peers: Vec<NodeName>,
+    /// Its summary when last made.
+    pub summary: String,
+    /// The first round kept that made it.
+    pub first_round: u64,
+    /// When (Unix milliseconds).
+    pub first_seen_ms: u64,
+    /// The last round that made it.
+    pub last_round: u64,
+    /// When (Unix milliseconds).
+    pub last_seen_ms: u64,
+    /// The rounds that made it, newest last (at most [`MAX_FINDING_ROUNDS`]).
+    pub rounds: Vec<u64>,
+}
+
+/// The most rounds listed per finding in [`FindingHistory::rounds`].
+pub const MAX_FINDING_ROUNDS: usize = 500;
+
+/// `GET /v1/findings?since=R`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FindingsAnswer {
+    /// The oldest round kept.
+    pub oldest_round: Option<u64>,
+    /// The newest round kept.
+    pub newest_round: Option<u64>,
+    /// Findings made in a round after `since`, most recently seen first.
+    pub findings: Vec<FindingHistory>,
+}
+
+/// `GET /v1/status`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusAnswer {
+    /// The newest finished round.
+    pub latest_round: Option<u64>,
+    /// How long ago it finished, in milliseconds (unknown after a restart until the next
+    /// round: `null`).
+    pub latest_age_ms: Option<u64>,
+    /// Its verdict.
+    pub healthy: Option<bool>,
+    /// Whether this replica is the active one.
+    pub leader: bool,
+    /// Whether the topology is current (the API server answers, or static mode).
+    pub topology_fresh: bool,
+    /// Whether authentication is off.
+    pub insecure: bool,
+    /// Rounds whose captured packets are kept (`GET /v1/rounds/{id}/pcap`).
+    #[serde(default)]
+    pub capture_rounds: Vec<u64>,
+}
+
+/// `PUT /v1/baselines/{name}`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BaselineRequest {
+    /// The round to save (default: the latest finished).
+    #[serde(default)]
+    pub round: Option<u64>,
+}
+
+/// The answer to saving a baseline.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BaselineSaved {
+    /// Its name.
+    pub name: String,
+    /// The round saved.
+    pub round: u64,
 }
 
 /// Every 4xx and 5xx answer's body.

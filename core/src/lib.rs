@@ -16,6 +16,7 @@ pub mod api;
 pub mod auth;
 pub mod capture;
 pub mod cause;
+pub mod diff;
 pub mod evidence;
 pub mod ids;
 pub mod inventory;

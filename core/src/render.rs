@@ -1,4 +1,8 @@
-//! Text rendering of a [`CheckReport`] for people: findings first, then one table per layer.
+//! Text rendering of a [`CheckReport`] for people: the verdict and the findings first,
+//! then the layers. [`render`] is the compact view (`check`'s default): a layer whose
+//! cells are all ok is one line, and a layer with failures is a grid of one mark per cell
+//! that fits 100 columns at 16 nodes. [`render_wide`] prints every layer's full matrix
+//! with RTTs (`check --output wide`).
 
 use std::fmt::Write as _;
 
@@ -61,9 +65,170 @@ fn esc(s: &str) -> String {
     printable_line(s, MAX_REMOTE_TEXT)
 }
 
-/// The whole report as text. Text that came from agents or the coordinator is printed
-/// with its control characters escaped, one line each, bounded.
+/// The report, compact: verdict, findings, agents, warnings, then one line per healthy
+/// layer and a grid per layer with failures. Text that came from agents or the
+/// coordinator is printed with its control characters escaped, one line each, bounded.
 pub fn render(report: &CheckReport, style: Style) -> String {
+    let mut out = head(report, style);
+    compact_layers(report, style, &mut out);
+    out
+}
+
+/// The report with every layer's full matrix (RTT and loss per cell).
+pub fn render_wide(report: &CheckReport, style: Style) -> String {
+    let mut out = head(report, style);
+    wide_layers(report, style, &mut out);
+    out
+}
+
+/// The most failing cells listed under a compact grid.
+const MAX_GRID_NOTES: usize = 8;
+
+/// The mark of a cell in the compact grid.
+fn mark(c: &Cell, style: Style) -> String {
+    match c.state {
+        CellState::Ok if c.loss_pct.unwrap_or(0.0) > 0.0 => style.yellow("~"),
+        CellState::Ok => style.green("."),
+        CellState::Fail => style.red("X"),
+        CellState::Unknown => style.yellow("?"),
+    }
+}
+
+/// A layer's columns: node columns in topology order, then anything else.
+fn columns_of(report: &CheckReport, layer: Layer, matrix: &crate::matrix::Matrix) -> Vec<String> {
+    let mut columns: Vec<String> = Vec::new();
+    if layer.columns_are_nodes() {
+        for n in &report.nodes {
+            if matrix.values().any(|row| row.contains_key(n.as_str())) {
+                columns.push(n.to_string());
+            }
+        }
+    }
+    for row in matrix.values() {
+        for c in row.keys() {
+            if !columns.contains(c) {
+                columns.push(c.clone());
+            }
+        }
+    }
+    columns
+}
+
+/// A layer's rows, in topology order.
+fn rows_of<'a>(report: &'a CheckReport, matrix: &crate::matrix::Matrix) -> Vec<&'a str> {
+    report
+        .nodes
+        .iter()
+        .map(|n| n.as_str())
+        .filter(|n| matrix.contains_key(*n))
+        .collect()
+}
+
+fn note(r: &str, c: &str, cell: &Cell) -> String {
+    format!(
+        "{r} -> {}: {}/{} ok{}",
+        esc(c),
+        cell.ok,
+        cell.sent,
+        cell.detail
+            .as_deref()
+            .map(|d| format!(" ({})", esc(d)))
+            .unwrap_or_default()
+    )
+}
+
+fn compact_layers(report: &CheckReport, style: Style, out: &mut String) {
+    let _ = writeln!(
+        out,
+        "
+{} {}",
+        style.bold("Layers"),
+        style.dim("(. ok  ~ ok with loss  X fail  ? unknown; --output wide for RTTs)")
+    );
+    for layer in Layer::ALL {
+        let Some(matrix) = report.layers.get(&layer) else {
+            continue;
+        };
+        let cells: Vec<&Cell> = matrix.values().flat_map(|r| r.values()).collect();
+        let bad = cells.iter().filter(|c| c.state != CellState::Ok).count();
+        if bad == 0 {
+            let mut rtts: Vec<f64> = cells.iter().filter_map(|c| c.rtt_ms).collect();
+            rtts.sort_by(f64::total_cmp);
+            let rtt = match (rtts.get(rtts.len() / 2), rtts.last()) {
+                (Some(m), Some(x)) => format!(", RTT median {m:.2} ms, max {x:.2} ms"),
+                _ => String::new(),
+            };
+            let _ = writeln!(
+                out,
+                "  {} {:<24} {} cells{rtt}",
+                style.green("ok  "),
+                layer.as_str(),
+                cells.len()
+            );
+            continue;
+        }
+        let _ = writeln!(
+            out,
+            "  {} {:<24} {bad} of {} cells fail or unknown {}",
+            style.red("FAIL"),
+            layer.as_str(),
+            cells.len(),
+            style.dim(&format!("({})", layer.describe()))
+        );
+        let columns = columns_of(report, layer, matrix);
+        let rows = rows_of(report, matrix);
+        let first_w = rows.iter().map(|r| r.len()).max().unwrap_or(0).max(4);
+        // Columns by number, named once below the grid.
+        let _ = write!(out, "    {:first_w$}", "");
+        for i in 1..=columns.len() {
+            let _ = write!(out, "{i:>3}");
+        }
+        out.push('\n');
+        let mut notes = Vec::new();
+        for r in &rows {
+            let _ = write!(out, "    {r:first_w$}");
+            for c in &columns {
+                let m = match matrix.get(*r).and_then(|row| row.get(c)) {
+                    None => " ".to_owned(),
+                    Some(cell) => {
+                        if cell.state != CellState::Ok {
+                            notes.push(note(r, c, cell));
+                        }
+                        mark(cell, style)
+                    }
+                };
+                let _ = write!(out, "  {m}");
+            }
+            out.push('\n');
+        }
+        let names: Vec<String> = columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{}={}", i + 1, esc(c)))
+            .collect();
+        let _ = writeln!(
+            out,
+            "    {}",
+            style.dim(&format!("columns: {}", names.join(" ")))
+        );
+        for n in notes.iter().take(MAX_GRID_NOTES) {
+            let _ = writeln!(out, "    {}", style.dim(n));
+        }
+        if notes.len() > MAX_GRID_NOTES {
+            let _ = writeln!(
+                out,
+                "    {}",
+                style.dim(&format!(
+                    "... and {} more cells",
+                    notes.len() - MAX_GRID_NOTES
+                ))
+            );
+        }
+    }
+}
+
+/// The verdict, the findings, the agents not reporting and the warnings.
+fn head(report: &CheckReport, style: Style) -> String {
     let mut out = String::new();
     let (ok, fail, unknown) = report.counts();
     let total = ok + fail + unknown;
@@ -137,7 +302,10 @@ pub fn render(report: &CheckReport, style: Style) -> String {
     for w in &report.warnings {
         let _ = writeln!(out, "{} {}", style.yellow("warning:"), esc(w));
     }
+    out
+}
 
+fn wide_layers(report: &CheckReport, style: Style, out: &mut String) {
     for layer in Layer::ALL {
         let Some(matrix) = report.layers.get(&layer) else {
             continue;
@@ -148,28 +316,8 @@ pub fn render(report: &CheckReport, style: Style) -> String {
             style.bold(layer.as_str()),
             style.dim(&format!("({})", layer.describe()))
         );
-        let mut columns: Vec<String> = Vec::new();
-        if layer.columns_are_nodes() {
-            // Node columns in topology order, then anything else (e.g. "n1/web").
-            for n in &report.nodes {
-                if matrix.values().any(|row| row.contains_key(n.as_str())) {
-                    columns.push(n.to_string());
-                }
-            }
-        }
-        for row in matrix.values() {
-            for c in row.keys() {
-                if !columns.contains(c) {
-                    columns.push(c.clone());
-                }
-            }
-        }
-        let rows: Vec<&str> = report
-            .nodes
-            .iter()
-            .map(|n| n.as_str())
-            .filter(|n| matrix.contains_key(*n))
-            .collect();
+        let columns = columns_of(report, layer, matrix);
+        let rows = rows_of(report, matrix);
         let first_w = rows.iter().map(|r| r.len()).max().unwrap_or(0).max(7);
         let widths: Vec<usize> = columns
             .iter()
@@ -204,16 +352,7 @@ pub fn render(report: &CheckReport, style: Style) -> String {
                             CellState::Unknown => style.yellow(&t),
                         };
                         if cell.state != CellState::Ok {
-                            notes.push(format!(
-                                "{r} -> {}: {}/{} ok{}",
-                                esc(c),
-                                cell.ok,
-                                cell.sent,
-                                cell.detail
-                                    .as_deref()
-                                    .map(|d| format!(" ({})", esc(d)))
-                                    .unwrap_or_default()
-                            ));
+                            notes.push(note(r, c, cell));
                         }
                         (t, p)
                     }
@@ -227,12 +366,67 @@ pub fn render(report: &CheckReport, style: Style) -> String {
             let _ = writeln!(out, "    {}", style.dim(&n));
         }
     }
-    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 12: at 16 nodes with a node down, the compact table fits 100 columns, leads
+    /// with the verdict, and gives healthy layers one line each.
+    #[test]
+    fn the_compact_table_fits_100_columns_at_16_nodes() {
+        let nodes: Vec<String> = (1..=16).map(|i| format!("worker-{i:02}")).collect();
+        let mut layers = serde_json::Map::new();
+        for (layer, broken) in [("underlay", false), ("pod-to-pod", true)] {
+            let mut m = serde_json::Map::new();
+            for a in &nodes {
+                let mut row = serde_json::Map::new();
+                for b in &nodes {
+                    let fail = broken && (b == "worker-07" || a == "worker-07") && a != b;
+                    row.insert(
+                        b.clone(),
+                        serde_json::json!({
+                            "state": if fail { "fail" } else { "ok" },
+                            "lossPct": if fail { 100.0 } else { 0.0 },
+                            "rttMs": if fail { None } else { Some(0.42) },
+                            "sent": 20, "ok": if fail { 0 } else { 20 },
+                            "detail": if fail { Some("timeout") } else { None },
+                        }),
+                    );
+                }
+                m.insert(a.clone(), serde_json::Value::Object(row));
+            }
+            layers.insert(layer.to_owned(), serde_json::Value::Object(m));
+        }
+        let report: CheckReport = serde_json::from_value(serde_json::json!({
+            "healthy": false, "round": 9, "nodes": nodes, "layers": layers, "findings": [],
+        }))
+        .expect("a report");
+        let out = render(&report, Style { color: false });
+        let widest = out.lines().map(|l| l.chars().count()).max().unwrap_or(0);
+        let grid = out
+            .lines()
+            .filter(|l| l.trim_start().starts_with("worker-") && !l.contains("->"))
+            .count();
+        assert!(out.starts_with("meshprobe check: round 9"), "{out}");
+        assert_eq!(grid, 16, "one grid, for the failing layer only: {out}");
+        assert!(out.contains("ok   underlay"), "{out}");
+        // The grid lines fit; the column legend may wrap only past them.
+        let grid_widest = out
+            .lines()
+            .filter(|l| l.trim_start().starts_with("worker-") || l.trim_start().starts_with('1'))
+            .map(|l| l.chars().count())
+            .max()
+            .unwrap_or(0);
+        assert!(grid_widest <= 100, "{grid_widest} columns: {out}");
+        assert!(widest < 400, "{widest}");
+        assert!(
+            out.contains("... and"),
+            "at most {MAX_GRID_NOTES} cells listed: {out}"
+        );
+        assert!(render_wide(&report, Style { color: false }).lines().count() > out.lines().count());
+    }
 
     #[test]
     fn remote_text_never_reaches_the_terminal_as_escape_sequences() {
@@ -253,9 +447,13 @@ mod tests {
             "warnings": [evil],
         });
         let report: CheckReport = serde_json::from_value(json).expect("a report");
-        let out = render(&report, Style { color: false });
-        assert!(!out.contains('\u{1b}') && !out.contains('\u{7}'), "{out}");
-        assert!(out.contains("\\u{1b}]0;pwned"), "{out}");
-        assert!(!out.contains("\nforged line"), "{out}");
+        for out in [
+            render(&report, Style { color: false }),
+            render_wide(&report, Style { color: false }),
+        ] {
+            assert!(!out.contains('\u{1b}') && !out.contains('\u{7}'), "{out}");
+            assert!(out.contains("\\u{1b}]0;pwned"), "{out}");
+            assert!(!out.contains("\nforged line"), "{out}");
+        }
     }
 }

@@ -381,9 +381,53 @@ impl CoordinatorClient {
         self.parse(path, &a.body)
     }
 
+    /// Saves round `round` (default: the latest) as baseline `name`.
+    pub async fn save_baseline(
+        &self,
+        name: &str,
+        round: Option<u64>,
+        timeout: Duration,
+    ) -> Result<api::BaselineSaved, ClientError> {
+        let path = api::baseline_path(name);
+        let a = self
+            .write(Method::PUT, &path, &api::BaselineRequest { round }, timeout)
+            .await?;
+        self.parse(&path, &a.body)
+    }
+
+    /// Baseline `name`'s report (`latest-healthy`: the latest healthy round kept).
+    pub async fn baseline(
+        &self,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<CheckReport, ClientError> {
+        self.get(&api::baseline_path(name), timeout).await
+    }
+
+    /// The findings' timeline since round `since`.
+    pub async fn findings(
+        &self,
+        since: u64,
+        timeout: Duration,
+    ) -> Result<api::FindingsAnswer, ClientError> {
+        self.get(&format!("{}?since={since}", api::FINDINGS), timeout)
+            .await
+    }
+
     /// POSTs `body` as JSON to `path`; any non-2xx answer is an error.
     async fn post(
         &self,
+        path: &str,
+        body: &impl serde::Serialize,
+        timeout: Duration,
+    ) -> Result<Answer, ClientError> {
+        self.write(Method::POST, path, body, timeout).await
+    }
+
+    /// Sends `body` as JSON to `path` with `method`; any non-2xx answer is an error.
+    async fn write(
+        &self,
+        method: Method,
         path: &str,
         body: &impl serde::Serialize,
         timeout: Duration,
@@ -395,7 +439,7 @@ impl CoordinatorClient {
                     source,
                 })?,
             );
-        let a = self.send(Method::POST, path, Some(bytes), timeout).await?;
+        let a = self.send(method, path, Some(bytes), timeout).await?;
         if a.status.is_success() {
             Ok(a)
         } else {

@@ -116,9 +116,16 @@ pub fn write(dir: &Path, nodes: &[NodeName], coordinator_ip: Ipv4Addr) -> Result
     ];
     let ca_key = rcgen::KeyPair::generate()?;
     let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key)?;
-    let mut leaf = rcgen::CertificateParams::new(vec!["meshprobe-coordinator".to_owned()])?;
+    // Its address in the lab, and loopback, where `lab forward` (and `demo --keep`) serve
+    // it to a browser on this machine.
+    let mut leaf = rcgen::CertificateParams::new(vec![
+        "meshprobe-coordinator".to_owned(),
+        "localhost".to_owned(),
+    ])?;
     leaf.subject_alt_names
         .push(rcgen::SanType::IpAddress(coordinator_ip.into()));
+    leaf.subject_alt_names
+        .push(rcgen::SanType::IpAddress(Ipv4Addr::LOCALHOST.into()));
     leaf.distinguished_name
         .push(rcgen::DnType::CommonName, "meshprobe coordinator (lab)");
     let leaf_key = rcgen::KeyPair::generate()?;

@@ -185,3 +185,40 @@ fn get_over(mut s: impl Read + Write, addr: SocketAddr, path: &str) -> io::Resul
         .unwrap_or_default();
     Ok((status, body))
 }
+
+/// Forwards TCP connections accepted on `local` (a loopback address in this namespace)
+/// to `target` inside namespace `ns`, as `kubectl port-forward` does for a pod: the root
+/// namespace gets no route to the lab, only a socket on loopback. Runs until `listener`
+/// fails; one pair of copying threads per connection.
+pub fn forward(listener: std::net::TcpListener, ns: &str, target: SocketAddr) -> io::Result<()> {
+    for conn in listener.incoming() {
+        let client = match conn {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "forward: accept failed");
+                continue;
+            }
+        };
+        // The socket is made inside the namespace; it works from any thread afterwards.
+        let upstream = match in_netns(ns, || {
+            TcpStream::connect_timeout(&target, Duration::from_secs(5))
+        }) {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) | Err(e) => {
+                tracing::warn!(error = %e, %target, "forward: cannot reach the target");
+                continue;
+            }
+        };
+        let (Ok(c2), Ok(u2)) = (client.try_clone(), upstream.try_clone()) else {
+            continue;
+        };
+        std::thread::spawn(move || pipe(client, upstream));
+        std::thread::spawn(move || pipe(u2, c2));
+    }
+    Ok(())
+}
+
+fn pipe(mut from: TcpStream, mut to: TcpStream) {
+    let _ = io::copy(&mut from, &mut to);
+    let _ = to.shutdown(std::net::Shutdown::Write);
+}

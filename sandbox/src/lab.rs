@@ -569,6 +569,8 @@ impl Lab {
             file(crate::creds::CERT),
             "--tls-key".into(),
             file(crate::creds::KEY),
+            "--data-dir".into(),
+            self.data_dir().display().to_string(),
         ]);
         ProcSpec {
             name: "coordinator".into(),
@@ -612,6 +614,20 @@ impl Lab {
             ("MESHPROBE_TOKEN_FILE", file(crate::creds::OPERATOR)),
             ("MESHPROBE_CA_FILE", file(crate::creds::CA)),
         ]
+    }
+
+    /// The coordinator's namespace and address (what [`exec::forward`] serves on
+    /// loopback, for a browser on this machine).
+    pub fn coordinator_target(&self) -> (String, SocketAddr) {
+        (
+            self.plan.ctl_ns(),
+            SocketAddr::from((self.plan.ctl_ip(), COORDINATOR_PORT)),
+        )
+    }
+
+    /// Where the coordinator keeps its history (`--data-dir`).
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
     }
 
     /// `node`'s credential file.

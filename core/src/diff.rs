@@ -1,0 +1,378 @@
+//! Before and after a change: what differs between a baseline round and a new one
+//! (`check --baseline NAME`).
+//!
+//! - **Broke**: a cell `ok` in the baseline and `fail` now.
+//! - **Recovered**: `fail` in the baseline and `ok` now.
+//! - **Latency shifts**: a cell `ok` in both whose mean RTT moved by at least
+//!   [`RTT_SHIFT_MS`] *and* by a factor of at least [`RTT_SHIFT_RATIO`] either way. Both
+//!   must hold: sub-millisecond RTTs double on noise alone, and a 2 ms move on a 100 ms
+//!   path is noise too.
+//! - Findings that are new, and findings that are gone (by cause and nodes).
+//!
+//! Cells only one of the two rounds has (a node joined or left) are counted, not listed.
+
+use serde::{Deserialize, Serialize};
+
+use crate::matrix::{CellState, CheckReport};
+use crate::{Cause, Layer, NodeName};
+
+/// The least RTT change, in milliseconds, that counts as a shift.
+pub const RTT_SHIFT_MS: f64 = 2.0;
+/// The least RTT ratio (after/before or before/after) that counts as a shift.
+pub const RTT_SHIFT_RATIO: f64 = 1.5;
+/// The most cells listed per kind of change (the counts have them all).
+pub const MAX_LISTED: usize = 200;
+
+/// One cell that changed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CellChange {
+    /// Its layer.
+    pub layer: Layer,
+    /// Its row.
+    pub from: String,
+    /// Its column.
+    pub to: String,
+    /// Its mean RTT in the baseline.
+    pub before_rtt_ms: Option<f64>,
+    /// Its mean RTT now.
+    pub after_rtt_ms: Option<f64>,
+    /// Its loss now.
+    pub after_loss_pct: Option<f64>,
+    /// The last failure now (or in the baseline, for a recovered cell).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// A finding by what identifies it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FindingId {
+    /// Its cause.
+    pub cause: Cause,
+    /// Its nodes.
+    pub nodes: Vec<NodeName>,
+    /// Its peers.
+    pub peers: Vec<NodeName>,
+    /// Its summary (from the round that has it).
+    pub summary: String,
+}
+
+/// What changed from `baseline_round` to `round`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReportDiff {
+    /// The baseline's round.
+    pub baseline_round: u64,
+    /// The new round.
+    pub round: u64,
+    /// Cells that broke (at most [`MAX_LISTED`]).
+    pub broke: Vec<CellChange>,
+    /// How many broke.
+    pub broke_count: usize,
+    /// Cells that recovered (at most [`MAX_LISTED`]).
+    pub recovered: Vec<CellChange>,
+    /// How many recovered.
+    pub recovered_count: usize,
+    /// Cells whose latency shifted (at most [`MAX_LISTED`], biggest ratio first).
+    pub latency: Vec<CellChange>,
+    /// How many shifted.
+    pub latency_count: usize,
+    /// Cells in only one of the two rounds.
+    pub unmatched_cells: usize,
+    /// Findings the new round has and the baseline had not.
+    pub new_findings: Vec<FindingId>,
+    /// Findings the baseline had and the new round has not.
+    pub gone_findings: Vec<FindingId>,
+}
+
+impl ReportDiff {
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.broke_count == 0
+            && self.recovered_count == 0
+            && self.latency_count == 0
+            && self.new_findings.is_empty()
+            && self.gone_findings.is_empty()
+    }
+}
+
+fn shifted(before: f64, after: f64) -> bool {
+    let (lo, hi) = if before <= after {
+        (before, after)
+    } else {
+        (after, before)
+    };
+    hi - lo >= RTT_SHIFT_MS && (lo <= 0.0 || hi / lo >= RTT_SHIFT_RATIO)
+}
+
+fn ids(r: &CheckReport) -> Vec<FindingId> {
+    let mut v: Vec<FindingId> = r
+        .findings
+        .iter()
+        .map(|f| FindingId {
+            cause: f.cause.clone(),
+            nodes: f.nodes.clone(),
+            peers: f.peers.clone(),
+            summary: f.summary.clone(),
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// What changed from `before` to `after`.
+pub fn compare(before: &CheckReport, after: &CheckReport) -> ReportDiff {
+    let mut d = ReportDiff {
+        baseline_round: before.round,
+        round: after.round,
+        ..ReportDiff::default()
+    };
+    let mut latency: Vec<(f64, CellChange)> = Vec::new();
+    for (layer, matrix) in &after.layers {
+        for (from, row) in matrix {
+            for (to, now) in row {
+                let Some(was) = before
+                    .layers
+                    .get(layer)
+                    .and_then(|m| m.get(from))
+                    .and_then(|r| r.get(to))
+                else {
+                    d.unmatched_cells += 1;
+                    continue;
+                };
+                let change = |detail: Option<&String>| CellChange {
+                    layer: *layer,
+                    from: from.clone(),
+                    to: to.clone(),
+                    before_rtt_ms: was.rtt_ms,
+                    after_rtt_ms: now.rtt_ms,
+                    after_loss_pct: now.loss_pct,
+                    detail: detail.cloned(),
+                };
+                match (was.state, now.state) {
+                    (CellState::Ok, CellState::Fail) => {
+                        d.broke_count += 1;
+                        if d.broke.len() < MAX_LISTED {
+                            d.broke.push(change(now.detail.as_ref()));
+                        }
+                    }
+                    (CellState::Fail, CellState::Ok) => {
+                        d.recovered_count += 1;
+                        if d.recovered.len() < MAX_LISTED {
+                            d.recovered.push(change(was.detail.as_ref()));
+                        }
+                    }
+                    (CellState::Ok, CellState::Ok) => {
+                        if let (Some(b), Some(a)) = (was.rtt_ms, now.rtt_ms)
+                            && shifted(b, a)
+                        {
+                            let ratio = if b > 0.0 && a > 0.0 {
+                                (a / b).max(b / a)
+                            } else {
+                                f64::INFINITY
+                            };
+                            latency.push((ratio, change(None)));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    for (layer, matrix) in &before.layers {
+        for (from, row) in matrix {
+            for to in row.keys() {
+                let in_after = after
+                    .layers
+                    .get(layer)
+                    .and_then(|m| m.get(from))
+                    .is_some_and(|r| r.contains_key(to));
+                if !in_after {
+                    d.unmatched_cells += 1;
+                }
+            }
+        }
+    }
+    d.latency_count = latency.len();
+    latency.sort_by(|a, b| b.0.total_cmp(&a.0));
+    d.latency = latency
+        .into_iter()
+        .take(MAX_LISTED)
+        .map(|(_, c)| c)
+        .collect();
+    let (was, now) = (ids(before), ids(after));
+    let key = |f: &FindingId| (f.cause.clone(), f.nodes.clone(), f.peers.clone());
+    d.new_findings = now
+        .iter()
+        .filter(|f| !was.iter().any(|w| key(w) == key(f)))
+        .cloned()
+        .collect();
+    d.gone_findings = was
+        .iter()
+        .filter(|f| !now.iter().any(|n| key(n) == key(f)))
+        .cloned()
+        .collect();
+    d
+}
+
+/// The diff for people: counts first, then the cells (at most `limit` of each kind).
+pub fn render_diff(d: &ReportDiff, limit: usize) -> String {
+    let p = |s: &str| crate::text::printable_line(s, crate::text::MAX_REMOTE_TEXT);
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Since baseline round {}: {} cells broke, {} recovered, {} latency shifts (>= {RTT_SHIFT_MS} ms and x{RTT_SHIFT_RATIO}){}",
+        d.baseline_round,
+        d.broke_count,
+        d.recovered_count,
+        d.latency_count,
+        if d.unmatched_cells > 0 {
+            format!(
+                ", {} cells in only one of the two rounds",
+                d.unmatched_cells
+            )
+        } else {
+            String::new()
+        }
+    );
+    if d.is_empty() {
+        let _ = writeln!(out, "  nothing changed");
+    }
+    let ms = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.2}ms"));
+    let mut section =
+        |title: &str, cells: &[CellChange], count: usize, line: &dyn Fn(&CellChange) -> String| {
+            if count == 0 {
+                return;
+            }
+            let _ = writeln!(out, "  {title}:");
+            for c in cells.iter().take(limit) {
+                let _ = writeln!(
+                    out,
+                    "    {} {} -> {}: {}",
+                    c.layer,
+                    p(&c.from),
+                    p(&c.to),
+                    line(c)
+                );
+            }
+            if count > limit.min(cells.len()) {
+                let _ = writeln!(
+                    out,
+                    "    ... and {} more (--output json lists them)",
+                    count - limit.min(cells.len())
+                );
+            }
+        };
+    section("broke", &d.broke, d.broke_count, &|c| {
+        format!(
+            "was ok ({}), now fails{}",
+            ms(c.before_rtt_ms),
+            c.detail
+                .as_deref()
+                .map(|x| format!(" ({})", p(x)))
+                .unwrap_or_default()
+        )
+    });
+    section("recovered", &d.recovered, d.recovered_count, &|c| {
+        format!("failed, now ok ({})", ms(c.after_rtt_ms))
+    });
+    section("latency", &d.latency, d.latency_count, &|c| {
+        format!("{} -> {}", ms(c.before_rtt_ms), ms(c.after_rtt_ms))
+    });
+    for (title, list) in [
+        ("new findings", &d.new_findings),
+        ("gone findings", &d.gone_findings),
+    ] {
+        if !list.is_empty() {
+            let _ = writeln!(out, "  {title}:");
+            for f in list {
+                let _ = writeln!(out, "    [{}] {}", f.cause, p(&f.summary));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::matrix::Cell;
+
+    fn cell(state: CellState, rtt: Option<f64>) -> Cell {
+        Cell {
+            state,
+            loss_pct: Some(if state == CellState::Fail { 100.0 } else { 0.0 }),
+            rtt_ms: rtt,
+            sent: 20,
+            ok: if state == CellState::Fail { 0 } else { 20 },
+            detail: (state == CellState::Fail).then(|| "timeout".to_owned()),
+        }
+    }
+
+    fn report(round: u64, cells: &[(&str, &str, CellState, Option<f64>)]) -> CheckReport {
+        let mut r: CheckReport = serde_json::from_str(&format!(
+            r#"{{"healthy": true, "round": {round}, "nodes": [], "layers": {{}}, "findings": []}}"#
+        ))
+        .expect("minimal report");
+        for (from, to, state, rtt) in cells {
+            r.layers
+                .entry(Layer::Underlay)
+                .or_default()
+                .entry((*from).to_owned())
+                .or_default()
+                .insert((*to).to_owned(), cell(*state, *rtt));
+        }
+        r
+    }
+
+    #[test]
+    fn broke_recovered_and_shifted_cells_are_told_apart() {
+        use CellState::{Fail, Ok};
+        let before = report(
+            1,
+            &[
+                ("n1", "n2", Ok, Some(0.4)),
+                ("n1", "n3", Fail, None),
+                ("n2", "n1", Ok, Some(0.3)),
+                ("n2", "n3", Ok, Some(0.2)),
+                ("n3", "n1", Ok, Some(50.0)),
+                ("n3", "n2", Ok, Some(1.0)),
+            ],
+        );
+        let after = report(
+            2,
+            &[
+                ("n1", "n2", Fail, None),
+                ("n1", "n3", Ok, Some(0.5)),
+                // 0.3 -> 0.9 ms: three times, but under 2 ms: noise.
+                ("n2", "n1", Ok, Some(0.9)),
+                // 0.2 -> 12 ms: a shift.
+                ("n2", "n3", Ok, Some(12.0)),
+                // 50 -> 53 ms: 3 ms, but x1.06: noise.
+                ("n3", "n1", Ok, Some(53.0)),
+                ("n4", "n1", Ok, Some(1.0)),
+            ],
+        );
+        let d = compare(&before, &after);
+        let cells = |v: &[CellChange]| -> Vec<(String, String)> {
+            v.iter().map(|c| (c.from.clone(), c.to.clone())).collect()
+        };
+        assert_eq!(cells(&d.broke), [("n1".into(), "n2".into())]);
+        assert_eq!(cells(&d.recovered), [("n1".into(), "n3".into())]);
+        assert_eq!(cells(&d.latency), [("n2".into(), "n3".into())]);
+        // n4 -> n1 is new, n3 -> n2 is gone.
+        assert_eq!(d.unmatched_cells, 2);
+        let text = render_diff(&d, 10);
+        assert!(
+            text.contains("1 cells broke, 1 recovered, 1 latency shifts"),
+            "{text}"
+        );
+        assert!(
+            text.contains("underlay n2 -> n3: 0.20ms -> 12.00ms"),
+            "{text}"
+        );
+        assert!(compare(&before, &before).is_empty());
+    }
+}
