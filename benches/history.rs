@@ -1,6 +1,7 @@
 //! Benchmark: what the coordinator's history costs, per round, at 8 and at 1,000 nodes
 //! (synthetic rounds through the real planner and report builder, one node broken), and
-//! how long recording a round takes. Run with `cargo bench --bench history`.
+//! how long recording a round takes; and the series `/metrics` exposes at each size. Run
+//! with `cargo bench --bench history`.
 
 use std::time::Instant;
 
@@ -55,5 +56,13 @@ fn main() {
             per.as_secs_f64() * 1000.0
         );
         let _ = std::fs::remove_dir_all(&dir);
+        let m = meshprobe_coordinator::metrics::Metrics::default();
+        m.observe(&report, true);
+        let series = m
+            .encode()
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .count();
+        println!("         /metrics: {series} series");
     }
 }

@@ -19,6 +19,8 @@ pub enum Output {
     Wide,
     /// CONTRACT §3 JSON.
     Json,
+    /// JUnit XML (one testcase per layer and per finding), for CI.
+    Junit,
 }
 
 /// What `check` needs.
@@ -39,6 +41,8 @@ pub struct CheckArgs {
     /// Compare this round with this baseline (or `latest-healthy`), and print what changed
     /// first.
     pub baseline: Option<String>,
+    /// Also write the round as JUnit XML to this file.
+    pub junit: Option<std::path::PathBuf>,
 }
 
 /// `--output json` with `--baseline`: the report (CONTRACT §3) and, as an extension, what
@@ -233,6 +237,9 @@ pub async fn run(args: CheckArgs) -> u8 {
                     .unwrap_or_default();
                     let _ = writeln!(out, "{text}");
                 }
+                Output::Junit => {
+                    let _ = write!(out, "{}", meshprobe_core::junit::to_junit(&report));
+                }
                 Output::Table | Output::Wide => {
                     if let Some(d) = &diff {
                         let _ = writeln!(out, "{}", meshprobe_core::diff::render_diff(d, 20));
@@ -246,6 +253,12 @@ pub async fn run(args: CheckArgs) -> u8 {
                 }
             }
             drop(out);
+            if let Some(path) = &args.junit
+                && let Err(e) = std::fs::write(path, meshprobe_core::junit::to_junit(&report))
+            {
+                eprintln!("meshprobe check: error: --junit {}: {e}", path.display());
+                return 2;
+            }
             if let Some(name) = &args.save_baseline {
                 let saved = match CoordinatorClient::with_options(&args.coordinator, &args.client) {
                     Ok(c) => {

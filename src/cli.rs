@@ -340,6 +340,9 @@ pub enum Command {
         /// cells that broke, cells that recovered, latency shifts.
         #[arg(long, value_name = "NAME", value_parser = baseline_name)]
         baseline: Option<String>,
+        /// Also write the round as JUnit XML (a testcase per layer and per finding) to FILE.
+        #[arg(long, value_name = "FILE")]
+        junit: Option<PathBuf>,
     },
     /// Print a credential derived from the cluster secret: a node's (for its host and pod
     /// agents only) or an operator's (for `check`).
@@ -415,6 +418,7 @@ pub fn main() -> ExitCode {
             client,
             save_baseline,
             baseline,
+            junit,
         } => match (runtime(false), client.options()) {
             (Ok(rt), Ok(client)) => rt.block_on(crate::check::run(CheckArgs {
                 coordinator,
@@ -424,6 +428,7 @@ pub fn main() -> ExitCode {
                 client,
                 save_baseline,
                 baseline,
+                junit,
             })),
             (Err(e), _) => {
                 eprintln!("meshprobe: error: cannot start the runtime: {e}");

@@ -377,6 +377,7 @@ fn check_with_no_agents_reports_unknown_exits_1_and_speaks_json() {
         .collect();
     assert_eq!(causes, [("agent-missing", "n1"), ("agent-missing", "n2")]);
     assert_eq!(v["layers"]["underlay"]["n1"]["n2"]["state"], "unknown");
+    junit_matches(&c.1, &op, &p);
     assert_eq!(v["agents"]["n2"]["host"], "absent");
     // The table says the same in words.
     let out = Command::new(BIN)
@@ -413,4 +414,72 @@ fn coordinator_without_inventory_or_api_access_says_so_and_exits_2() {
         err.contains("no Kubernetes API access") && err.contains("--inventory"),
         "{err}"
     );
+}
+
+/// Issue 13: `check --junit FILE` writes a document a JUnit reader (quick-xml here) takes:
+/// one testcase per layer and per finding, failing ones as failures, with the numbers the
+/// JSON report gives.
+fn junit_matches(url: &str, token: &std::path::Path, near: &std::path::Path) {
+    let file = near.with_file_name("junit.xml");
+    let out = Command::new(BIN)
+        .args([
+            "check",
+            "--coordinator",
+            url,
+            "--output",
+            "json",
+            "--timeout",
+            "10s",
+        ])
+        .arg("--token-file")
+        .arg(token)
+        .arg("--junit")
+        .arg(&file)
+        .output()
+        .expect("check");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let xml = std::fs::read_to_string(&file).expect("junit file");
+    let mut reader = quick_xml::Reader::from_str(&xml);
+    let (mut suites, mut cases, mut failures) = (0, 0, 0);
+    let mut names = Vec::new();
+    loop {
+        match reader
+            .read_event()
+            .unwrap_or_else(|e| panic!("not well-formed: {e}\n{xml}"))
+        {
+            quick_xml::events::Event::Start(e) | quick_xml::events::Event::Empty(e) => {
+                match e.name().as_ref() {
+                    b"testsuite" => suites += 1,
+                    b"testcase" => {
+                        cases += 1;
+                        let name = e
+                            .try_get_attribute("name")
+                            .ok()
+                            .flatten()
+                            .map(|a| String::from_utf8_lossy(&a.value).into_owned())
+                            .unwrap_or_default();
+                        names.push(name);
+                    }
+                    b"failure" => failures += 1,
+                    _ => {}
+                }
+            }
+            quick_xml::events::Event::Eof => break,
+            _ => {}
+        }
+    }
+    let layers = v["layers"].as_object().expect("layers").len();
+    let findings = v["findings"].as_array().expect("findings").len();
+    assert_eq!(suites, 2, "{xml}");
+    assert_eq!(cases, layers + findings, "{xml}");
+    // No agents: every layer's cells are unknown, and every finding fails.
+    assert_eq!(failures, layers + findings, "{xml}");
+    assert!(names.iter().any(|n| n == "underlay"), "{names:?}");
+    assert!(names.iter().any(|n| n == "agent-missing n1"), "{names:?}");
 }

@@ -2,6 +2,15 @@
 //!
 //! Per node and per layer, never per pair: a 5,000-node cluster exposes thousands of
 //! series, not millions. Names are the constants below (counters gain `_total`).
+//!
+//! The SLIs are counters PromQL can rate: probes sent and probes answered, per layer (with
+//! its SLO group), and per node as the probes' source and as their destination. Every
+//! label value comes from a fixed set (layers, groups, directions, causes) or is a node
+//! name. With N nodes the coordinator exposes `14·2 + 14·3 + 5N + F + C + A + 5` series:
+//! probes per layer, cells per layer and state, four node-probe series and one
+//! failing-cells series per node, F finding series (one per node a finding names), C
+//! causes found, A (at most 6) agent states, and 5 single gauges and counters. That is
+//! 5,000-odd at 1,000 nodes (the tests below check the formula).
 
 use std::sync::atomic::AtomicU64;
 
@@ -31,6 +40,18 @@ pub const AGENTS: &str = "meshprobe_agents";
 pub const TOPOLOGY_FRESH: &str = "meshprobe_topology_fresh";
 /// 1 while this replica is the active coordinator (holds the Lease), 0 on the standby.
 pub const LEADER: &str = "meshprobe_coordinator_leader";
+/// Probes sent, by `layer` and its SLO `group` (a counter: `meshprobe_probes_total`).
+pub const PROBES: &str = "meshprobe_probes";
+/// Probes answered, by `layer` and `group` (`meshprobe_probes_ok_total`).
+pub const PROBES_OK: &str = "meshprobe_probes_ok";
+/// Probes sent, by `node` and `direction` (`out`: the node probed; `in`: it was probed),
+/// over the node-to-node layers (`meshprobe_node_probes_total`).
+pub const NODE_PROBES: &str = "meshprobe_node_probes";
+/// Probes answered, likewise (`meshprobe_node_probes_ok_total`).
+pub const NODE_PROBES_OK: &str = "meshprobe_node_probes_ok";
+/// One series per finding of the last round, by `cause` and `node` (each node it names),
+/// with its `summary` and `fix`: the value is how many rounds in a row it has been made.
+pub const FINDING: &str = "meshprobe_finding";
 
 type Labels = Vec<(String, String)>;
 
@@ -46,6 +67,13 @@ pub struct Metrics {
     agents: Family<Labels, Gauge>,
     fresh: Gauge,
     leader: Gauge,
+    probes: Family<Labels, Counter>,
+    probes_ok: Family<Labels, Counter>,
+    node_probes: Family<Labels, Counter>,
+    node_probes_ok: Family<Labels, Counter>,
+    finding: Family<Labels, Gauge>,
+    /// The nodes of the last round (whose node counters exist).
+    known_nodes: std::sync::Mutex<Vec<String>>,
 }
 
 impl Default for Metrics {
@@ -61,6 +89,12 @@ impl Default for Metrics {
             agents: Family::default(),
             fresh: Gauge::default(),
             leader: Gauge::default(),
+            probes: Family::default(),
+            probes_ok: Family::default(),
+            node_probes: Family::default(),
+            node_probes_ok: Family::default(),
+            finding: Family::default(),
+            known_nodes: std::sync::Mutex::new(Vec::new()),
             registry: Registry::default(),
         };
         m.leader.set(1);
@@ -105,9 +139,37 @@ impl Default for Metrics {
             "1 while the topology source is current",
             m.fresh.clone(),
         );
+        registry.register(
+            PROBES,
+            "Probes sent, by layer and SLO group",
+            m.probes.clone(),
+        );
+        registry.register(
+            PROBES_OK,
+            "Probes answered, by layer and SLO group",
+            m.probes_ok.clone(),
+        );
+        registry.register(
+            NODE_PROBES,
+            "Node-to-node probes sent, by node as source (out) or destination (in)",
+            m.node_probes.clone(),
+        );
+        registry.register(
+            NODE_PROBES_OK,
+            "Node-to-node probes answered, by node as source (out) or destination (in)",
+            m.node_probes_ok.clone(),
+        );
+        registry.register(
+            FINDING,
+            "Findings of the last round by cause and node: rounds in a row it has been made",
+            m.finding.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
+
+/// The longest `summary` or `fix` label value exposed.
+const MAX_LABEL_TEXT: usize = 200;
 
 fn labels(pairs: &[(&str, &str)]) -> Labels {
     pairs
@@ -177,6 +239,22 @@ impl Metrics {
                 .get_or_create(&labels(&[("cause", f.cause.as_str())]))
                 .inc();
         }
+        self.finding.clear();
+        for f in &r.findings {
+            let summary = meshprobe_core::text::printable_line(&f.summary, MAX_LABEL_TEXT);
+            let fix = meshprobe_core::text::printable_line(&f.fix, MAX_LABEL_TEXT);
+            for node in &f.nodes {
+                self.finding
+                    .get_or_create(&labels(&[
+                        ("cause", f.cause.as_str()),
+                        ("node", node.as_str()),
+                        ("summary", &summary),
+                        ("fix", &fix),
+                    ]))
+                    .set(i64::from(f.rounds));
+            }
+        }
+        self.count_probes(r);
         for a in r.agents.values() {
             for (kind, state) in [("host", a.host), ("pod", a.pod)] {
                 let s = match state {
@@ -191,11 +269,178 @@ impl Metrics {
         }
     }
 
+    /// Adds the round's probes to the SLI counters. Node counters cover the node-to-node
+    /// layers (columns that are nodes); a node no longer in the round loses its series.
+    fn count_probes(&self, r: &CheckReport) {
+        let mut per_node: std::collections::BTreeMap<(&str, &str), (u64, u64)> =
+            std::collections::BTreeMap::new();
+        for (layer, m) in &r.layers {
+            let (mut sent, mut ok) = (0u64, 0u64);
+            for (from, row) in m {
+                for (to, c) in row {
+                    if c.state == CellState::Unknown {
+                        continue;
+                    }
+                    let (s, o) = (u64::from(c.sent), u64::from(c.ok.min(c.sent)));
+                    sent += s;
+                    ok += o;
+                    if layer.columns_are_nodes() && from != to {
+                        for key in [(from.as_str(), "out"), (to.as_str(), "in")] {
+                            let e = per_node.entry(key).or_default();
+                            e.0 += s;
+                            e.1 += o;
+                        }
+                    }
+                }
+            }
+            let l = labels(&[("layer", layer.as_str()), ("group", layer.slo_group())]);
+            self.probes.get_or_create(&l).inc_by(sent);
+            self.probes_ok.get_or_create(&l).inc_by(ok);
+        }
+        let known: std::collections::BTreeSet<&str> = r.nodes.iter().map(|n| n.as_str()).collect();
+        for (&(node, direction), &(sent, ok)) in &per_node {
+            if !known.contains(node) {
+                continue;
+            }
+            let l = labels(&[("node", node), ("direction", direction)]);
+            self.node_probes.get_or_create(&l).inc_by(sent);
+            self.node_probes_ok.get_or_create(&l).inc_by(ok);
+        }
+        // Nodes that left the cluster: their counters go (a counter that vanishes is a
+        // reset to PromQL, which rate() handles).
+        for family in [&self.node_probes, &self.node_probes_ok] {
+            let gone: Vec<Labels> = self
+                .known_nodes
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .iter()
+                .filter(|n| !known.contains(n.as_str()))
+                .flat_map(|n| {
+                    ["out", "in"].map(|d| labels(&[("node", n.as_str()), ("direction", d)]))
+                })
+                .collect();
+            for l in gone {
+                family.remove(&l);
+            }
+        }
+        *self
+            .known_nodes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            known.iter().map(|n| (*n).to_owned()).collect();
+    }
+
     /// The text exposition.
     pub fn encode(&self) -> String {
         let mut s = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut s, &self.registry);
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meshprobe_core::plan::PlanSettings;
+    use meshprobe_diagnosis::synth::{self, Fault};
+
+    /// A synthetic round of `topo` with `faults`, diagnosed.
+    fn round(topo: &meshprobe_core::Topology, faults: &[Fault], id: u64) -> CheckReport {
+        let mut r = synth::report(topo, faults, id, &PlanSettings::default());
+        r.findings =
+            meshprobe_diagnosis::diagnose(topo, &r, &[], &meshprobe_diagnosis::Settings::default())
+                .findings;
+        r
+    }
+
+    /// The series a round leaves, by metric name.
+    fn series(text: &str) -> std::collections::BTreeMap<String, usize> {
+        let mut by = std::collections::BTreeMap::new();
+        for l in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+        {
+            let name = l.split(['{', ' ']).next().unwrap_or("").to_owned();
+            *by.entry(name).or_default() += 1;
+        }
+        by
+    }
+
+    /// Issue 13: the series count follows the documented formula at 8 and at 200 nodes,
+    /// and the SLI counters add up to the round's probes.
+    #[test]
+    fn series_grow_with_n_not_n_squared() {
+        // 1,000 nodes: `cargo bench --bench history` measures it (a debug build takes half
+        // a minute to synthesise that round).
+        for n in [8usize, 200] {
+            let topo = synth::topology(n);
+            // The findings' series are counted at 8 (diagnosis is for the other tests).
+            let r = if n <= 8 {
+                round(&topo, &[Fault::ForwardOff(1)], 1)
+            } else {
+                synth::report(&topo, &[Fault::ForwardOff(1)], 1, &PlanSettings::default())
+            };
+            assert!(n > 8 || !r.findings.is_empty());
+            let m = Metrics::default();
+            m.observe(&r, true);
+            m.observe(&r, true);
+            let text = m.encode();
+            meshprobe_core::promtext::validate(&text).unwrap_or_else(|e| panic!("{e}"));
+            let s = series(&text);
+            let layers = r.layers.len();
+            assert_eq!(s["meshprobe_probes_total"], layers, "{n}");
+            assert_eq!(s["meshprobe_probes_ok_total"], layers, "{n}");
+            assert_eq!(s["meshprobe_node_probes_total"], 2 * n, "{n}");
+            assert_eq!(s["meshprobe_node_probes_ok_total"], 2 * n, "{n}");
+            assert_eq!(s["meshprobe_node_failing_cells"], n, "{n}");
+            let named: usize = r.findings.iter().map(|f| f.nodes.len()).sum();
+            assert_eq!(
+                s.get("meshprobe_finding").copied().unwrap_or(0),
+                named,
+                "{n}"
+            );
+            let total: usize = s.values().sum();
+            // 2 per layer (probes) + 3 per layer (cells) + 4N + N + findings + causes
+            // + agents (kind x state seen) + 5 singles.
+            let agents = s.get("meshprobe_agents").copied().unwrap_or(0);
+            let causes = s.get("meshprobe_findings").copied().unwrap_or(0);
+            assert_eq!(
+                total,
+                2 * layers + 3 * layers + 5 * n + named + causes + agents + 5,
+                "{n}: {s:?}"
+            );
+            eprintln!("{n} nodes: {total} series");
+            // The counters hold two rounds' probes.
+            let sent: u64 = r
+                .layers
+                .values()
+                .flat_map(|m| m.values())
+                .flat_map(|row| row.values())
+                .filter(|c| c.state != CellState::Unknown)
+                .map(|c| u64::from(c.sent))
+                .sum();
+            let counted: u64 = text
+                .lines()
+                .filter(|l| l.starts_with("meshprobe_probes_total{"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+                .sum();
+            assert_eq!(counted, 2 * sent);
+        }
+    }
+
+    /// A node that leaves takes its series with it; a finding that clears leaves nothing.
+    #[test]
+    fn departed_nodes_and_cleared_findings_leave_no_series() {
+        let big = synth::topology(5);
+        let m = Metrics::default();
+        m.observe(&round(&big, &[Fault::ForwardOff(4)], 1), true);
+        assert!(m.encode().contains("node=\"n5\""));
+        assert!(m.encode().contains("meshprobe_finding{"));
+        let small = synth::topology(4);
+        m.observe(&round(&small, &[], 2), true);
+        let text = m.encode();
+        assert!(!text.contains("node=\"n5\""), "{text}");
+        assert!(!text.contains("meshprobe_finding{"), "{text}");
     }
 }

@@ -67,6 +67,23 @@ impl Layer {
         Layer::IngressFromPod,
     ];
 
+    /// The SLO group the layer counts toward (a fixed set: `node-network`, `pod-network`,
+    /// `dns`, `services`), each with its own objective (README, "Continuous SLO").
+    pub fn slo_group(self) -> &'static str {
+        match self {
+            Layer::Underlay | Layer::UnderlayFullSize => "node-network",
+            Layer::GatewayFromHost
+            | Layer::GatewayFromPod
+            | Layer::PodToPod
+            | Layer::PodToPodFullSize
+            | Layer::PodToPodFragmented => "pod-network",
+            Layer::DnsService | Layer::DnsPod | Layer::CorednsMetrics => "dns",
+            Layer::Nodeport | Layer::Ingress | Layer::NodeportFromPod | Layer::IngressFromPod => {
+                "services"
+            }
+        }
+    }
+
     /// The ICMP echo layers: node to node, where loss is measured over many probes.
     pub const ICMP: [Layer; 7] = [
         Layer::Underlay,

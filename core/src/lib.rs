@@ -20,6 +20,7 @@ pub mod diff;
 pub mod evidence;
 pub mod ids;
 pub mod inventory;
+pub mod junit;
 pub mod layer;
 pub mod matrix;
 pub mod plan;
