@@ -640,8 +640,11 @@ fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
                         discovery,
                     );
                     reviewer = Some(meshprobe_coordinator::kube_auth::KubeReviewer::new(
-                        client,
+                        client.clone(),
                         source.meshprobe_pods(),
+                    ));
+                    settings.signals = Some(Arc::new(
+                        meshprobe_coordinator::node_signals::NodeSignals::new(client),
                     ));
                     (Box::new(source), "Kubernetes discovery".to_owned())
                 }

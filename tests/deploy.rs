@@ -213,12 +213,16 @@ fn security_posture_is_what_the_readme_promises() {
     // RBAC: read-only everywhere, but for its own Lease and TokenReviews (issue 11).
     let cr = find(&all, "ClusterRole", "meshprobe-coordinator");
     for rule in cr["rules"].as_array().expect("rules") {
-        let token_reviews = rule["resources"] == serde_json::json!(["tokenreviews"])
-            && rule["apiGroups"] == serde_json::json!(["authentication.k8s.io"]);
+        // The writes: TokenReviews, node conditions and Events (issues 11 and 13).
+        let write = match rule["resources"][0].as_str().unwrap_or("") {
+            "tokenreviews" | "events" => Some("create"),
+            "nodes/status" => Some("patch"),
+            _ => None,
+        };
         for verb in rule["verbs"].as_array().expect("verbs") {
             let verb = verb.as_str().unwrap_or("");
             assert!(
-                ["get", "list", "watch"].contains(&verb) || (token_reviews && verb == "create"),
+                ["get", "list", "watch"].contains(&verb) || write == Some(verb),
                 "ClusterRole verb {verb} on {}",
                 rule["resources"]
             );

@@ -18,6 +18,7 @@ pub mod kube_source;
 pub mod lease;
 pub mod listener;
 pub mod metrics;
+pub mod node_signals;
 pub mod rounds;
 pub mod source;
 pub mod tls;

@@ -50,6 +50,8 @@ pub struct Settings {
     /// Where finished rounds, findings and baselines are kept ([`crate::history`]);
     /// `None`: an in-memory history.
     pub history: Option<Arc<crate::history::History>>,
+    /// Node conditions and Events in discovery mode ([`crate::node_signals`]).
+    pub signals: Option<Arc<crate::node_signals::NodeSignals>>,
 }
 
 /// A per-client token bucket on starting rounds.
@@ -98,6 +100,7 @@ impl Default for Settings {
             round_limit: RoundLimit::default(),
             auth: crate::auth::Auth::default(),
             history: None,
+            signals: None,
         }
     }
 }
@@ -732,6 +735,13 @@ impl Coordinator {
                 tracing::warn!(round = id, error = %e, "round not kept in the history");
             }
         }
+        let report = Arc::new(report);
+        if let (Some(s), true) = (&self.settings.signals, self.is_leader())
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            let (s, r) = (Arc::clone(s), Arc::clone(&report));
+            rt.spawn(async move { s.after_round(&r).await });
+        }
         let mut inner = self.lock();
         inner.finishing = None;
         inner.history.push_back(keys);
@@ -744,7 +754,7 @@ impl Coordinator {
                 inner.packets.pop_front();
             }
         }
-        inner.done.push_back(Arc::new(report));
+        inner.done.push_back(report);
         inner.latest_at = Some(Instant::now());
         while inner.done.len() > self.settings.keep_rounds {
             inner.done.pop_front();

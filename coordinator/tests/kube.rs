@@ -343,3 +343,85 @@ async fn agent_tokens_are_reviewed_and_bound_to_their_pods_node() {
     ));
     f.set_down(false);
 }
+
+/// Issue 13: a finding persisting 3 rounds sets `MeshprobeNetworkProblem` on its node
+/// (merged beside the kubelet's conditions) and creates one Event; repeats within the
+/// rate limit write nothing; a cleared finding turns the condition False.
+#[tokio::test]
+async fn persisting_findings_set_a_node_condition_and_an_event() {
+    use meshprobe_coordinator::node_signals::{CONDITION, NodeSignals};
+    let (f, _src, client) = start_with_client().await;
+    let signals = NodeSignals::new(client);
+    let report = |rounds: u32, broken: bool| -> meshprobe_core::CheckReport {
+        let findings = if broken {
+            json!([{
+                "cause": "ip-forward-disabled", "nodes": ["worker-a"], "peers": [],
+                "direction": "both", "hop": "forwarding on worker-a",
+                "summary": "worker-a does not forward", "evidence": [],
+                "fix": "sysctl -w net.ipv4.ip_forward=1", "rounds": rounds,
+            }])
+        } else {
+            json!([])
+        };
+        serde_json::from_value(json!({
+            "healthy": !broken, "round": rounds, "nodes": ["worker-a", "worker-b"],
+            "layers": {}, "findings": findings,
+        }))
+        .expect("report")
+    };
+    let condition = || {
+        f.get("Node", None, "worker-a").expect("node")["status"]["conditions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
+    let ours = || condition().into_iter().find(|c| c["type"] == CONDITION);
+    let ready_before = condition().iter().any(|c| c["type"] == "Ready");
+    assert!(
+        ready_before,
+        "the fixture's node has the kubelet's Ready condition"
+    );
+
+    signals.after_round(&report(2, true)).await;
+    assert!(ours().is_none(), "two rounds do not persist");
+    signals.after_round(&report(3, true)).await;
+    let c = ours().expect("the condition is set");
+    assert_eq!(
+        (
+            c["status"].as_str(),
+            c["reason"].as_str(),
+            c["message"].as_str()
+        ),
+        (
+            Some("True"),
+            Some("IpForwardDisabled"),
+            Some("worker-a does not forward")
+        )
+    );
+    assert!(
+        condition().iter().any(|c| c["type"] == "Ready"),
+        "the kubelet's conditions stay: {:?}",
+        condition()
+    );
+    let events = f.list("Event");
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["involvedObject"]["name"], "worker-a");
+    assert_eq!(events[0]["reason"], "IpForwardDisabled");
+    assert_eq!(events[0]["type"], "Warning");
+
+    // The next rounds: nothing new to write (rate limit and no new finding).
+    let rv = f.get("Node", None, "worker-a").expect("node")["metadata"]["resourceVersion"].clone();
+    signals.after_round(&report(4, true)).await;
+    signals.after_round(&report(5, true)).await;
+    assert_eq!(
+        f.get("Node", None, "worker-a").expect("node")["metadata"]["resourceVersion"],
+        rv
+    );
+    assert_eq!(f.list("Event").len(), 1);
+
+    // Cleared.
+    signals.after_round(&report(6, false)).await;
+    let c = ours().expect("still there, now False");
+    assert_eq!(c["status"], "False");
+    assert_eq!(c["reason"], "NoNetworkProblem");
+}

@@ -42,7 +42,7 @@ struct Resource {
     namespaced: bool,
 }
 
-const RESOURCES: [Resource; 6] = [
+const RESOURCES: [Resource; 7] = [
     Resource {
         plural: "nodes",
         kind: "Node",
@@ -77,6 +77,12 @@ const RESOURCES: [Resource; 6] = [
         plural: "leases",
         kind: "Lease",
         api_version: "coordination.k8s.io/v1",
+        namespaced: true,
+    },
+    Resource {
+        plural: "events",
+        kind: "Event",
+        api_version: "v1",
         namespaced: true,
     },
 ];
@@ -233,6 +239,19 @@ impl FakeApi {
                 name.to_owned(),
             ))
             .map(|s| s.object.clone())
+    }
+
+    /// Every stored object of `kind`.
+    pub fn list(&self, kind: &str) -> Vec<Value> {
+        let Some(res) = resource_of_kind(kind) else {
+            return Vec::new();
+        };
+        self.lock()
+            .objects
+            .iter()
+            .filter(|((p, _, _), _)| *p == res.plural)
+            .map(|(_, s)| s.object.clone())
+            .collect()
     }
 
     /// Takes the API server down (every request gets 503 and open watches end) or brings
@@ -491,9 +510,12 @@ fn route(path: &str) -> Option<(Resource, String, Option<String>)> {
     };
     let (ns, plural, name) = match rest {
         ["namespaces", ns, plural] => (*ns, *plural, None),
-        ["namespaces", ns, plural, name] => (*ns, *plural, Some(*name)),
+        // The status subresource is served as the object itself.
+        ["namespaces", ns, plural, name] | ["namespaces", ns, plural, name, "status"] => {
+            (*ns, *plural, Some(*name))
+        }
         [plural] => ("", *plural, None),
-        [plural, name] => ("", *plural, Some(*name)),
+        [plural, name] | [plural, name, "status"] => ("", *plural, Some(*name)),
         _ => return None,
     };
     let res = RESOURCES
@@ -770,6 +792,24 @@ fn patch(
         }
         None => return not_found(res, &name),
     };
+    let mut body = body;
+    // Strategic merge of `status.conditions`: merged by `type`, as the API server does
+    // (a JSON merge patch would replace the list, and the kubelet's conditions with it).
+    if media == "application/strategic-merge-patch+json"
+        && let Some(new) = body["status"]["conditions"].as_array().cloned()
+    {
+        let mut merged: Vec<Value> = obj["status"]["conditions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        for c in new {
+            match merged.iter_mut().find(|m| m["type"] == c["type"]) {
+                Some(m) => *m = c,
+                None => merged.push(c),
+            }
+        }
+        body["status"]["conditions"] = Value::Array(merged);
+    }
     let config = without_identity(&body);
     if apply {
         let Some(manager) = manager else {
