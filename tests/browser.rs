@@ -9,6 +9,7 @@
 
 mod common;
 
+use std::os::unix::process::CommandExt as _;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -17,12 +18,16 @@ use common::{check, lab_or_skip};
 use meshprobe_sandbox::Fault;
 use serde_json::{Value, json};
 
-/// chromedriver, killed on drop.
+/// chromedriver in a process group of its own, which the browsers it starts share: the
+/// whole group is killed on drop, so a failing test leaves no browser behind.
 struct Driver(Child);
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        let _ = self.0.kill();
+        // The group's id is chromedriver's PID (`process_group(0)`): an exact id.
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.0.id())])
+            .status();
         let _ = self.0.wait();
     }
 }
@@ -116,6 +121,7 @@ fn the_web_view_shows_a_fault_and_a_cells_probes() {
     };
     let _driver = Driver(
         Command::new("chromedriver")
+            .process_group(0)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -141,7 +147,8 @@ fn the_web_view_shows_a_fault_and_a_cells_probes() {
                     "goog:chromeOptions": {
                         "binary": "/usr/bin/chromium",
                         "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
-                                 "--window-size=1400,1000", "--disable-dev-shm-usage"],
+                                 "--window-size=1400,1000", "--disable-dev-shm-usage",
+                                 "--disable-crash-reporter", "--disable-breakpad"],
                     },
                 }}}))
                 .send()
