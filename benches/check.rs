@@ -11,35 +11,10 @@ use std::time::{Duration, Instant};
 use meshprobe_sandbox::Fault;
 use meshprobe_sandbox::lab::{Lab, LabSpec};
 
+mod common;
+use common::{cpu_seconds, env_or, peak_rss_kib};
+
 const BIN: &str = env!("CARGO_BIN_EXE_meshprobe");
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// VmHWM (peak resident set) of a process, in KiB.
-fn peak_rss_kib(pid: i32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// CPU seconds (user + system) a process has used.
-fn cpu_seconds(pid: i32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let Some(close) = stat.rfind(')') else {
-        return 0.0;
-    };
-    let f: Vec<u64> = stat[close + 2..]
-        .split_whitespace()
-        .map(|x| x.parse().unwrap_or(0))
-        .collect();
-    // Fields 14 and 15 of the whole line: utime, stime, in USER_HZ (100 on Linux).
-    (f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)) as f64 / 100.0
-}
 
 /// `meshprobe check --output json` from the control namespace.
 fn run_check(ctl: &str, env: &[(&'static str, String)]) -> std::process::Output {

@@ -40,12 +40,13 @@ fn main() {
     ];
     let report = synth::report(&topo, &faults, 1, &settings);
     let built = t0.elapsed();
-    let cells: usize = report
+    let cells: usize = report.layers.values().map(|m| m.len()).sum();
+    let matrix_mib = report
         .layers
         .values()
-        .flat_map(|m| m.values())
-        .map(|r| r.len())
-        .sum();
+        .map(|m| m.heap_bytes())
+        .sum::<usize>() as f64
+        / (1024.0 * 1024.0);
     let rss_before = peak_rss_mib();
 
     let mut times = Vec::new();
@@ -82,7 +83,7 @@ fn main() {
         times[4].as_secs_f64() * 1000.0
     );
     println!(
-        "  peak RSS: {:.0} MiB (report alone: {:.0} MiB)",
+        "  peak RSS: {:.0} MiB (after building the round: {:.0} MiB; its matrices hold {matrix_mib:.0} MiB)",
         peak_rss_mib(),
         rss_before
     );

@@ -27,12 +27,10 @@ fn main() {
         let topo = synth::topology(n);
         let report = synth::report(&topo, &[Fault::ForwardOff(1)], 1, &PlanSettings::default());
         let json = serde_json::to_vec(&report).map(|v| v.len()).unwrap_or(0);
-        let cells: usize = report
-            .layers
-            .values()
-            .flat_map(|m| m.values())
-            .map(|r| r.len())
-            .sum();
+        let cells = {
+            let (ok, fail, unknown) = report.counts();
+            ok + fail + unknown
+        };
         let dir = std::env::temp_dir().join(format!("meshprobe-bench-history-{n}"));
         let _ = std::fs::remove_dir_all(&dir);
         let h = History::open(Some(&dir), Retention::default()).expect("open");

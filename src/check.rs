@@ -83,8 +83,10 @@ pub enum CheckError {
 }
 
 /// Triggers a round and waits for its report.
-pub async fn fetch(args: &CheckArgs) -> Result<CheckReport, CheckError> {
-    let client = CoordinatorClient::with_options(&args.coordinator, &args.client)?;
+pub async fn fetch(
+    client: &CoordinatorClient,
+    args: &CheckArgs,
+) -> Result<CheckReport, CheckError> {
     let deadline = Instant::now() + args.timeout;
     let started = client
         .start_round(
@@ -144,15 +146,9 @@ pub fn failing_pairs(report: &CheckReport) -> Vec<(NodeName, NodeName)> {
         Layer::PodToPod,
         Layer::PodToPodFullSize,
     ] {
-        for (s, row) in report.layers.get(&layer).into_iter().flatten() {
-            for (d, c) in row {
-                if s != d && c.state == CellState::Fail {
-                    pairs.insert(if s < d {
-                        (s.clone(), d.clone())
-                    } else {
-                        (d.clone(), s.clone())
-                    });
-                }
+        for (s, d, c) in report.layers.get(&layer).into_iter().flat_map(|m| m.iter()) {
+            if s != d && c.state == CellState::Fail {
+                pairs.insert(if s < d { (s, d) } else { (d, s) });
             }
         }
     }
@@ -167,11 +163,11 @@ pub fn failing_pairs(report: &CheckReport) -> Vec<(NodeName, NodeName)> {
 /// Fetches the packets both ends of every failing pair captured and writes them as pcap
 /// files (`round-R-A-B.at-A.pcap`): what tcpdump would have shown on each end.
 pub async fn write_pcaps(
+    client: &CoordinatorClient,
     args: &CheckArgs,
     report: &CheckReport,
     dir: &std::path::Path,
 ) -> Result<Vec<std::path::PathBuf>, CheckError> {
-    let client = CoordinatorClient::with_options(&args.coordinator, &args.client)?;
     let write_err = |path: &std::path::Path| {
         let path = path.to_owned();
         move |source| CheckError::Write { path, source }
@@ -196,29 +192,25 @@ pub async fn write_pcaps(
 /// Runs `check` and prints the result; returns the exit code (0 healthy, 1 findings or
 /// failing cells, 2 could not check).
 pub async fn run(args: CheckArgs) -> u8 {
+    let client = match CoordinatorClient::with_options(&args.coordinator, &args.client) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("meshprobe check: error: {}", CheckError::from(e));
+            return 2;
+        }
+    };
     // The baseline is read before the round: `latest-healthy` must not be this round.
     let before = match &args.baseline {
-        Some(name) => {
-            let got = CoordinatorClient::with_options(&args.coordinator, &args.client)
-                .map_err(CheckError::from);
-            let got = match got {
-                Ok(c) => c
-                    .baseline(name, args.timeout)
-                    .await
-                    .map_err(CheckError::from),
-                Err(e) => Err(e),
-            };
-            match got {
-                Ok(r) => Some(r),
-                Err(e) => {
-                    eprintln!("meshprobe check: error: --baseline {name}: {e}");
-                    return 2;
-                }
+        Some(name) => match client.baseline(name, args.timeout).await {
+            Ok(r) => Some(r),
+            Err(e) => {
+                eprintln!("meshprobe check: error: --baseline {name}: {e}");
+                return 2;
             }
-        }
+        },
         None => None,
     };
-    match fetch(&args).await {
+    match fetch(&client, &args).await {
         Ok(report) => {
             let diff = before
                 .as_ref()
@@ -260,14 +252,10 @@ pub async fn run(args: CheckArgs) -> u8 {
                 return 2;
             }
             if let Some(name) = &args.save_baseline {
-                let saved = match CoordinatorClient::with_options(&args.coordinator, &args.client) {
-                    Ok(c) => {
-                        c.save_baseline(name, Some(report.round), args.timeout)
-                            .await
-                    }
-                    Err(e) => Err(e),
-                };
-                match saved {
+                match client
+                    .save_baseline(name, Some(report.round), args.timeout)
+                    .await
+                {
                     Ok(s) => eprintln!("baseline {} saved: round {}", s.name, s.round),
                     Err(e) => {
                         eprintln!("meshprobe check: error: --save-baseline {name}: {e}");
@@ -276,7 +264,7 @@ pub async fn run(args: CheckArgs) -> u8 {
                 }
             }
             if let Some(dir) = &args.pcap {
-                match write_pcaps(&args, &report, dir).await {
+                match write_pcaps(&client, &args, &report, dir).await {
                     Ok(files) if files.is_empty() => {
                         eprintln!("pcap: no failing overlay pair, nothing written")
                     }

@@ -230,6 +230,17 @@ pub struct RoundFlags {
     /// Finished rounds kept for clients to read.
     #[arg(long, env = "MESHPROBE_KEEP_ROUNDS", default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     keep_rounds: u64,
+    /// Agents' polls held open at once; past it an agent is told to come back in 1-5 s
+    /// (503 with Retry-After). Default: both agents of 10,000 nodes.
+    #[arg(long, env = "MESHPROBE_MAX_POLLS", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    max_polls: u64,
+    /// Reports read at once; the others wait their turn up to 5 s, then are told to come
+    /// back in a second.
+    #[arg(long, env = "MESHPROBE_MAX_REPORTS", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    max_reports: u64,
+    /// The largest report body accepted, in KiB (larger gets 413).
+    #[arg(long, env = "MESHPROBE_MAX_REPORT_KIB", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(16..=65_536))]
+    max_report_kib: u64,
 }
 
 impl RoundFlags {
@@ -265,6 +276,12 @@ impl RoundFlags {
             grace: self.grace,
             silent_after: self.silent_after,
             keep_rounds: self.keep_rounds as usize,
+            limits: meshprobe_coordinator::rounds::AgentLimits {
+                max_polls: self.max_polls as usize,
+                max_reports: self.max_reports as usize,
+                max_report_bytes: (self.max_report_kib as usize) << 10,
+                ..meshprobe_coordinator::rounds::AgentLimits::default()
+            },
             ..meshprobe_coordinator::Settings::default()
         })
     }
@@ -572,6 +589,18 @@ fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
     };
     let (listen, interval) = (args.listen, args.interval);
     let mut settings = args.round.settings()?;
+    // Polls past the limit are told to come back (503); connections past the listener's
+    // cap would wait unseen in the kernel's backlog. So polls meet their limit first, with
+    // a quarter of the connections left for reports, clients and Prometheus.
+    let connections = meshprobe_coordinator::listener::Limits::for_this_process().max_connections;
+    if settings.limits.max_polls > connections / 4 * 3 {
+        tracing::warn!(
+            max_polls = settings.limits.max_polls,
+            connections,
+            "--max-polls lowered to three quarters of the connections the file-descriptor limit allows: raise `ulimit -n` for more"
+        );
+        settings.limits.max_polls = (connections / 4 * 3).max(1);
+    }
     let secret = args
         .auth
         .token_file

@@ -141,6 +141,12 @@ async fn next(
             format!("node {node} is not in the topology"),
         );
     }
+    let key = (node, kind);
+    let slot = match c.poll_slot(&key) {
+        Ok(s) => s,
+        Err(e) => return overloaded(&e),
+    };
+    let (node, kind) = key;
     // A pod IP becomes every other node's pod-to-pod target: only one inside the node's
     // own pod CIDR is taken.
     if let Some(ip) = poll.pod_ip
@@ -156,32 +162,92 @@ async fn next(
     match poll.heartbeat_ms {
         Some(ms) => {
             let (lo, hi) = (*wire::HEARTBEAT_MS.start(), *wire::HEARTBEAT_MS.end());
-            let heartbeat = Duration::from_millis(u64::from(ms.clamp(lo, hi)));
-            let stream = c.next_stream((node, kind), poll, wait, heartbeat);
+            let clamp = |ms: u32| Duration::from_millis(u64::from(ms.clamp(lo, hi)));
+            let heartbeat = c.heartbeat_for(clamp(ms), poll.heartbeat_max_ms.map(clamp));
+            // The poll's slot is held as long as its stream is.
+            let stream = futures_util::StreamExt::map(
+                c.next_stream((node, kind), poll, wait, heartbeat),
+                move |item| {
+                    let _held = &slot;
+                    item
+                },
+            );
             (
-                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                [
+                    (
+                        axum::http::header::CONTENT_TYPE,
+                        "application/json".to_owned(),
+                    ),
+                    (
+                        axum::http::HeaderName::from_static(wire::HEARTBEAT_HEADER),
+                        heartbeat.as_millis().to_string(),
+                    ),
+                ],
                 axum::body::Body::from_stream(stream),
             )
                 .into_response()
         }
-        None => match c.next((node, kind), &poll, wait).await {
-            Some(a) => Json(a).into_response(),
-            None => StatusCode::NO_CONTENT.into_response(),
-        },
+        None => {
+            let answer = match c.next((node, kind), &poll, wait).await {
+                Some(a) => Json(a).into_response(),
+                None => StatusCode::NO_CONTENT.into_response(),
+            };
+            drop(slot);
+            answer
+        }
     }
+}
+
+/// 503 with `Retry-After`: the coordinator is at a limit; the agent waits as told.
+fn overloaded(e: &crate::rounds::Overloaded) -> Response {
+    let mut r = error(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+    r.headers_mut().insert(
+        axum::http::header::RETRY_AFTER,
+        axum::http::HeaderValue::from(e.retry_after_s),
+    );
+    r
 }
 
 async fn report(
     State(c): State<Arc<Coordinator>>,
     axum::Extension(caller): axum::Extension<Caller>,
-    body: Result<Json<AgentReport>, JsonRejection>,
+    body: axum::body::Body,
 ) -> Response {
     if let Some(r) = standby(&c) {
         return r;
     }
-    let Json(report) = match body {
+    // A turn first, then the body: a burst of reports holds at most `max_reports` bodies.
+    let _turn = match c.report_slot().await {
+        Ok(t) => t,
+        Err(e) => return overloaded(&e),
+    };
+    let limit = c.settings().limits.max_report_bytes;
+    let bytes = match axum::body::to_bytes(body, limit).await {
         Ok(b) => b,
-        Err(e) => return error(e.status(), e.body_text()),
+        Err(e) => {
+            let too_big = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            return if too_big {
+                error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("a report may be at most {limit} bytes"),
+                )
+            } else {
+                error(
+                    StatusCode::BAD_REQUEST,
+                    format!("cannot read the report: {e}"),
+                )
+            };
+        }
+    };
+    let report: AgentReport = match serde_json::from_slice(&bytes) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("not a report: {e}"),
+            );
+        }
     };
     if !caller.may_act_for(&report.node) {
         return not_for(&caller, &report.node);
@@ -273,6 +339,55 @@ async fn trigger(
 struct WaitQuery {
     #[serde(default)]
     wait: u64,
+    #[serde(default)]
+    cells: Option<Cells>,
+}
+
+/// `?cells=`: which cells a report answer lists.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum Cells {
+    /// Every cell (CONTRACT §3 as is).
+    All,
+    /// Failing and unknown cells; the ok ones counted in `summary`.
+    Failing,
+}
+
+#[derive(Deserialize)]
+struct CellsQuery {
+    #[serde(default)]
+    cells: Option<Cells>,
+}
+
+/// A report as JSON: in full, or summarised when asked or, by default, above
+/// [`SUMMARY_ABOVE`](meshprobe_core::matrix::SUMMARY_ABOVE) cells. A big report is
+/// summarised and serialised off the async threads: 1.5 million cells take a while.
+async fn report_answer(report: Arc<meshprobe_core::CheckReport>, cells: Option<Cells>) -> Response {
+    let big = report.cell_count() > meshprobe_core::matrix::SUMMARY_ABOVE;
+    let summarise = report.summary.is_none()
+        && cells.unwrap_or(if big { Cells::Failing } else { Cells::All }) == Cells::Failing;
+    if !big && !summarise {
+        return Json(&*report).into_response();
+    }
+    let body = tokio::task::spawn_blocking(move || {
+        if summarise {
+            serde_json::to_vec(&report.summarised())
+        } else {
+            serde_json::to_vec(&*report)
+        }
+    })
+    .await;
+    match body {
+        Ok(Ok(bytes)) => (
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            bytes,
+        )
+            .into_response(),
+        _ => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the report cannot be serialised",
+        ),
+    }
 }
 
 async fn round(
@@ -286,12 +401,12 @@ async fn round(
             format!("round id {id:?} is not a number"),
         );
     };
-    let wait = match query {
-        Ok(Query(q)) => Duration::from_secs(q.wait).min(MAX_WAIT),
+    let (wait, cells) = match query {
+        Ok(Query(q)) => (Duration::from_secs(q.wait).min(MAX_WAIT), q.cells),
         Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
     };
     match c.wait_for(id, wait).await {
-        RoundStatus::Done(report) => Json(&*report).into_response(),
+        RoundStatus::Done(report) => report_answer(report, cells).await,
         RoundStatus::Pending { reported, expected } => (
             StatusCode::ACCEPTED,
             Json(RoundProgress {
@@ -316,7 +431,7 @@ async fn round(
                 None => None,
             };
             match kept {
-                Some(report) => Json(report).into_response(),
+                Some(report) => report_answer(Arc::new(report), cells).await,
                 None => error(StatusCode::GONE, format!("round {id} is no longer kept")),
             }
         }
@@ -336,15 +451,7 @@ fn captured(
     c: &Coordinator,
     id: &str,
     query: Result<Query<PacketsQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<
-    (
-        u64,
-        NodeName,
-        NodeName,
-        Vec<meshprobe_core::capture::CapturedPacket>,
-    ),
-    Box<Response>,
-> {
+) -> Result<PacketsAnswer, Box<Response>> {
     let Ok(id) = id.parse::<u64>() else {
         return Err(Box::new(error(
             StatusCode::BAD_REQUEST,
@@ -365,7 +472,12 @@ fn captured(
         )));
     };
     match c.packets(id, &node, peer_ip) {
-        Some(packets) => Ok((id, node, peer, packets)),
+        Some(packets) => Ok(PacketsAnswer {
+            round: id,
+            node,
+            peer,
+            packets,
+        }),
         None => Err(Box::new(error(
             StatusCode::NOT_FOUND,
             format!("round {id} captured no packets (`check --pcap` asks for a capture round)"),
@@ -379,20 +491,21 @@ async fn packets(
     query: Result<Query<PacketsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     match captured(&c, &id, query) {
-        Ok((round, node, peer, packets)) => Json(PacketsAnswer {
-            round,
-            node,
-            peer,
-            packets,
-        })
-        .into_response(),
+        Ok(answer) => Json(answer).into_response(),
         Err(r) => *r,
     }
 }
 
-async fn latest(State(c): State<Arc<Coordinator>>) -> Response {
+async fn latest(
+    State(c): State<Arc<Coordinator>>,
+    query: Result<Query<CellsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let cells = match query {
+        Ok(Query(q)) => q.cells,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
     match c.latest() {
-        Some(r) => Json(&*r).into_response(),
+        Some(r) => report_answer(r, cells).await,
         None => error(StatusCode::NOT_FOUND, "no round has finished yet"),
     }
 }
@@ -486,7 +599,7 @@ async fn baseline(State(c): State<Arc<Coordinator>>, Path(name): Path<String>) -
     })
     .await;
     match found {
-        Ok(Some(report)) => Json(report).into_response(),
+        Ok(Some(report)) => report_answer(Arc::new(report), None).await,
         Ok(None) if name == wire::LATEST_HEALTHY => {
             error(StatusCode::NOT_FOUND, "no healthy round is kept")
         }
@@ -562,7 +675,12 @@ async fn pcap(
     query: Result<Query<PacketsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     match captured(&c, &id, query) {
-        Ok((id, node, peer, packets)) => (
+        Ok(PacketsAnswer {
+            round: id,
+            node,
+            peer,
+            packets,
+        }) => (
             [
                 (
                     axum::http::header::CONTENT_TYPE,

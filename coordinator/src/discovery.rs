@@ -364,6 +364,7 @@ pub fn build(objs: &ClusterObjects, s: &DiscoverySettings) -> Discovered {
             core_dns,
             node_ports,
             ingresses,
+            index: Default::default(),
         },
         notes,
     }

@@ -123,6 +123,17 @@ CREATE TABLE IF NOT EXISTS baselines (
 );
 ";
 
+/// What the history keeps of a report: the report, or above
+/// [`SUMMARY_ABOVE`](meshprobe_core::matrix::SUMMARY_ABOVE) cells its summary (failing and
+/// unknown cells listed, ok ones counted): a 5,000-node round is 170 MB of JSON in full.
+fn kept_form(report: &CheckReport) -> std::borrow::Cow<'_, CheckReport> {
+    if report.cell_count() > meshprobe_core::matrix::SUMMARY_ABOVE {
+        std::borrow::Cow::Owned(report.summarised())
+    } else {
+        std::borrow::Cow::Borrowed(report)
+    }
+}
+
 fn join(names: &[NodeName]) -> String {
     names
         .iter()
@@ -210,8 +221,10 @@ impl History {
     }
 
     /// Records a finished round at `at_ms`, then applies the retention.
+    /// Big reports are kept summarised ([`kept_form`]).
     pub fn record(&self, report: &CheckReport, at_ms: u64) -> Result<(), HistoryError> {
-        let json = serde_json::to_string(report).map_err(|source| HistoryError::Corrupt {
+        let report = kept_form(report);
+        let json = serde_json::to_string(&*report).map_err(|source| HistoryError::Corrupt {
             round: report.round,
             source,
         })?;
@@ -283,6 +296,19 @@ impl History {
         )
     }
 
+    /// The newest round's number and verdict, without reading its report (what
+    /// `/v1/status` needs after a restart, every two seconds).
+    pub fn latest_verdict(&self) -> Result<Option<(u64, bool)>, HistoryError> {
+        self.lock()
+            .query_row(
+                "SELECT id, healthy FROM rounds ORDER BY id DESC LIMIT 1",
+                [],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? != 0)),
+            )
+            .optional()
+            .map_err(|e| self.db(e))
+    }
+
     /// The newest healthy round's report.
     pub fn latest_healthy(&self) -> Result<Option<CheckReport>, HistoryError> {
         self.report_where(
@@ -298,7 +324,8 @@ impl History {
         report: &CheckReport,
         at_ms: u64,
     ) -> Result<(), HistoryError> {
-        let json = serde_json::to_string(report).map_err(|source| HistoryError::Corrupt {
+        let report = kept_form(report);
+        let json = serde_json::to_string(&*report).map_err(|source| HistoryError::Corrupt {
             round: report.round,
             source,
         })?;
@@ -465,6 +492,8 @@ mod tests {
             round,
             nodes: vec![n("n1"), n("n2")],
             layers: Default::default(),
+            timings: Default::default(),
+            summary: None,
             findings: finding_on
                 .map(|node| Finding {
                     cause: Cause::IpForwardDisabled,

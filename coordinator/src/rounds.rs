@@ -9,7 +9,7 @@ use std::time::Duration;
 use axum::body::Bytes;
 use meshprobe_core::api::{AgentEntry, AgentPoll, AgentsList, PollResult};
 use meshprobe_core::matrix::{RoundInput, build_report};
-use meshprobe_core::plan::{AgentReport, Assignment, Plan, PlanSettings, make_plan};
+use meshprobe_core::plan::{AgentReport, Assignment, Plan, PlanSettings, Planner};
 use meshprobe_core::{AgentKind, CheckReport, NodeName};
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
@@ -52,6 +52,60 @@ pub struct Settings {
     pub history: Option<Arc<crate::history::History>>,
     /// Node conditions and Events in discovery mode ([`crate::node_signals`]).
     pub signals: Option<Arc<crate::node_signals::NodeSignals>>,
+    /// What the coordinator takes on at once from agents.
+    pub limits: AgentLimits,
+    /// Finished rounds kept in memory hold at most this many cells in all (default
+    /// 4,000,000: 32 rounds at 100 nodes, 3 at 5,000); older ones are read from the
+    /// history.
+    pub keep_cells: usize,
+}
+
+/// What the coordinator takes on at once from agents, and how it says no: a request past
+/// a limit gets 503 with `Retry-After`, is counted in `meshprobe_backoffs_total`, and a
+/// round that misses the agent's report says so in its warnings. Agents wait as told.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AgentLimits {
+    /// Polls held open at once (default 20,000: both agents of 10,000 nodes). A poll past
+    /// it is told to come back in 1 to 5 s (spread by node, so the retries do not arrive
+    /// together).
+    pub max_polls: usize,
+    /// Reports read and parsed at once (default 64): the rest wait for a turn, for at most
+    /// `report_wait`, then are told to come back in 1 s. This bounds the memory a burst
+    /// of 10,000 reports takes to 64 bodies.
+    pub max_reports: usize,
+    /// How long a report waits for its turn (default 5 s).
+    pub report_wait: Duration,
+    /// The largest report body (default 4 MiB: a capture round's report carries up to a
+    /// few thousand frames); larger gets 413.
+    pub max_report_bytes: usize,
+    /// Heartbeats a second the coordinator aims to send over all open polls (default
+    /// 4,000). An agent that allows it (`heartbeatMaxMs`) gets its period stretched to
+    /// open polls / this, within what it allows: 10,000 polls at 300 ms took 1.4 cores.
+    pub heartbeats_per_s: u32,
+}
+
+impl Default for AgentLimits {
+    fn default() -> Self {
+        Self {
+            max_polls: 20_000,
+            max_reports: 64,
+            report_wait: Duration::from_secs(5),
+            max_report_bytes: 4 << 20,
+            heartbeats_per_s: 4_000,
+        }
+    }
+}
+
+/// A request the coordinator has no room for now: come back after `retry_after_s`.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("the coordinator is at its limit of {limit} {what} at once: retry in {retry_after_s} s")]
+pub struct Overloaded {
+    /// What ran out ("open polls", "reports").
+    pub what: &'static str,
+    /// The limit.
+    pub limit: usize,
+    /// When to come back.
+    pub retry_after_s: u64,
 }
 
 /// A per-client token bucket on starting rounds.
@@ -85,6 +139,9 @@ pub struct RateLimited {
     pub retry_after_s: u64,
 }
 
+/// A refused poll counts against the rounds that start within this long after it.
+const REFUSAL_COUNTS: Duration = Duration::from_secs(10);
+
 /// Rounds of finding history kept (for each finding's `rounds` count).
 const HISTORY: usize = 16;
 
@@ -101,6 +158,8 @@ impl Default for Settings {
             auth: crate::auth::Auth::default(),
             history: None,
             signals: None,
+            limits: AgentLimits::default(),
+            keep_cells: 4_000_000,
         }
     }
 }
@@ -120,10 +179,15 @@ struct Seen {
 struct Running {
     id: u64,
     started: Instant,
+    /// How long its plans took to make.
+    plan_ms: u64,
     topology: Arc<meshprobe_core::Topology>,
     plans: BTreeMap<Key, Plan>,
     /// The agents the round waits for: live at the start, or handed their plan since.
     live: BTreeSet<Key>,
+    /// How many of `live` have reported (so that each report checks "all in" in O(1):
+    /// a walk of `live` per report made 10,000 reports cost 10^8 lookups).
+    live_reported: usize,
     /// When each agent was handed its plan.
     assigned: BTreeMap<Key, Instant>,
     reports: BTreeMap<Key, AgentReport>,
@@ -133,6 +197,10 @@ struct Running {
 #[derive(Default)]
 struct Inner {
     agents: BTreeMap<Key, Seen>,
+    /// When each agent was last told to back off (its poll refused at the limit).
+    backed_off: BTreeMap<Key, Instant>,
+    /// Reports told to come back later since the running round started.
+    reports_refused: u64,
     last_id: u64,
     running: Option<Running>,
     queued: bool,
@@ -304,6 +372,10 @@ pub struct Coordinator {
     born: Instant,
     /// Set when the process shuts down: open polls end at once, so the server can stop.
     stopping: watch::Sender<bool>,
+    /// One permit per poll held open ([`AgentLimits::max_polls`]).
+    polls: Arc<tokio::sync::Semaphore>,
+    /// One permit per report being read ([`AgentLimits::max_reports`]).
+    reports_in: Arc<tokio::sync::Semaphore>,
 }
 
 /// Whether an agent that has not reported may still report in a round.
@@ -319,6 +391,63 @@ enum Outlook {
 }
 
 impl Coordinator {
+    /// A slot for one open poll; past [`AgentLimits::max_polls`], how long the agent is
+    /// to wait (1 to 5 s, spread by node and kind so that retries do not come together).
+    pub fn poll_slot(&self, key: &Key) -> Result<tokio::sync::OwnedSemaphorePermit, Overloaded> {
+        Arc::clone(&self.polls).try_acquire_owned().map_err(|_| {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            key.hash(&mut h);
+            self.metrics.backed_off("polls");
+            self.lock().backed_off.insert(key.clone(), Instant::now());
+            Overloaded {
+                what: "open polls",
+                limit: self.settings.limits.max_polls,
+                retry_after_s: 1 + h.finish() % 5,
+            }
+        })
+    }
+
+    /// A turn to read and parse one report, waiting up to [`AgentLimits::report_wait`];
+    /// after that, the agent is to come back in a second.
+    pub async fn report_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Overloaded> {
+        let turn = Arc::clone(&self.reports_in).acquire_owned();
+        match tokio::time::timeout(self.settings.limits.report_wait, turn).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => {
+                self.metrics.backed_off("reports");
+                self.lock().reports_refused += 1;
+                Err(Overloaded {
+                    what: "reports",
+                    limit: self.settings.limits.max_reports,
+                    retry_after_s: 1,
+                })
+            }
+        }
+    }
+
+    /// The heartbeat period for a poll that asked for `asked` and allows up to `max`:
+    /// stretched so that all open polls together send about
+    /// [`AgentLimits::heartbeats_per_s`].
+    pub fn heartbeat_for(&self, asked: Duration, max: Option<Duration>) -> Duration {
+        let Some(max) = max else {
+            return asked;
+        };
+        let open = self
+            .settings
+            .limits
+            .max_polls
+            .saturating_sub(self.polls.available_permits()) as u64;
+        let per_s = u64::from(self.settings.limits.heartbeats_per_s.max(1));
+        let spread = Duration::from_millis(open.saturating_mul(1000) / per_s);
+        spread.clamp(asked, max.max(asked))
+    }
+
+    /// The settings it runs with.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
     /// Who may do what.
     pub fn auth(&self) -> &crate::auth::Auth {
         &self.settings.auth
@@ -351,7 +480,6 @@ impl Coordinator {
             history,
             metrics: crate::metrics::Metrics::default(),
             source,
-            settings,
             // Never zero, so an agent that has never seen an epoch always differs.
             epoch: fastrand::u64(1..),
             started_tx: watch::channel(0).0,
@@ -359,6 +487,9 @@ impl Coordinator {
             leading: AtomicBool::new(true),
             born: Instant::now(),
             stopping: watch::channel(false).0,
+            polls: Arc::new(tokio::sync::Semaphore::new(settings.limits.max_polls)),
+            reports_in: Arc::new(tokio::sync::Semaphore::new(settings.limits.max_reports)),
+            settings,
         })
     }
 
@@ -576,24 +707,20 @@ impl Coordinator {
         pod_ips: &BTreeMap<NodeName, Ipv4Addr>,
         capture: bool,
     ) {
+        let planning = std::time::Instant::now();
         let topology = self.source.current();
         let mut plans = BTreeMap::new();
+        let planner = Planner::new(&topology, pod_ips, id, &self.settings.plan);
         for node in &topology.nodes {
             for kind in AgentKind::ALL {
-                let mut plan = make_plan(
-                    &topology,
-                    pod_ips,
-                    &node.name,
-                    kind,
-                    id,
-                    &self.settings.plan,
-                );
+                let mut plan = planner.plan(&node.name, kind);
                 plan.capture_packets = capture && kind == AgentKind::Host;
                 plans.insert((node.name.clone(), kind), plan);
             }
         }
+        let plan_ms = planning.elapsed().as_millis() as u64;
         let mut inner = self.lock();
-        self.begin_locked(&mut inner, id, topology, plans, capture);
+        self.begin_locked(&mut inner, id, topology, (plans, plan_ms), capture);
     }
 
     fn begin_locked(
@@ -601,7 +728,7 @@ impl Coordinator {
         inner: &mut Inner,
         id: u64,
         topology: Arc<meshprobe_core::Topology>,
-        plans: BTreeMap<Key, meshprobe_core::Plan>,
+        (plans, plan_ms): (BTreeMap<Key, meshprobe_core::Plan>, u64),
         capture: bool,
     ) {
         inner.planning = None;
@@ -609,9 +736,11 @@ impl Coordinator {
         let mut running = Running {
             id,
             started: now,
+            plan_ms,
             topology,
             plans,
             live: BTreeSet::new(),
+            live_reported: 0,
             assigned: BTreeMap::new(),
             reports: BTreeMap::new(),
             all_in: Arc::new(Notify::new()),
@@ -628,6 +757,7 @@ impl Coordinator {
             all_in.notify_one();
         }
         inner.running = Some(running);
+        inner.reports_refused = 0;
         // Capture rounds carry up to thousands of frames per host agent: more time to send.
         let capture_grace = if capture {
             Duration::from_secs(3)
@@ -664,11 +794,12 @@ impl Coordinator {
     fn finish(self: &Arc<Self>, id: u64) {
         // Take the round out, then build and diagnose it without holding the lock: at
         // thousands of nodes that takes a while, and agents and clients keep being served.
-        let (r, live, history) = {
+        let (r, live, history, overload) = {
             let mut inner = self.lock();
             let Some(r) = inner.running.take_if(|r| r.id == id) else {
                 return;
             };
+            let overload = self.overload_warnings(&inner, &r);
             inner.finishing = Some(id);
             // Agents that did not report are `silent` when the coordinator has heard from
             // them lately, `absent` when it never has (or not for long).
@@ -683,7 +814,12 @@ impl Coordinator {
                 })
                 .cloned()
                 .collect();
-            (r, heard, inner.history.iter().cloned().collect::<Vec<_>>())
+            (
+                r,
+                heard,
+                inner.history.iter().cloned().collect::<Vec<_>>(),
+                overload,
+            )
         };
         let captured: BTreeMap<NodeName, Vec<meshprobe_core::capture::CapturedPacket>> = r
             .reports
@@ -691,15 +827,22 @@ impl Coordinator {
             .filter(|(_, rep)| !rep.packets.is_empty())
             .map(|((n, _), rep)| (n.clone(), rep.packets.clone()))
             .collect();
+        let collect_ms = r.started.elapsed().as_millis() as u64;
+        let phase = std::time::Instant::now();
         let mut report = build_report(RoundInput {
             round: r.id,
             topology: &r.topology,
             plans: &r.plans,
             reports: &r.reports,
             live: &|n, k| live.contains(&(n.clone(), k)),
-            duration_ms: r.started.elapsed().as_millis() as u64,
+            duration_ms: collect_ms,
             findings: Vec::new(),
         });
+        let build_ms = phase.elapsed().as_millis() as u64;
+        let reported = r.reports.len();
+        // The reports are in the matrices now: free them before the diagnosis allocates.
+        drop(r.reports);
+        report.warnings.extend(overload);
         if !self.source.fresh() {
             report.warnings.push(
                 "topology: the Kubernetes API server is unreachable; planning from the last known topology".to_owned(),
@@ -712,8 +855,15 @@ impl Coordinator {
             );
             report.warnings.push(INSECURE_WARNING.to_owned());
         }
+        let phase = std::time::Instant::now();
         let diagnosis =
             meshprobe_diagnosis::diagnose(&r.topology, &report, &history, &self.settings.diagnosis);
+        report.timings = meshprobe_core::matrix::RoundTimings {
+            plan_ms: r.plan_ms,
+            collect_ms,
+            build_ms,
+            diagnose_ms: phase.elapsed().as_millis() as u64,
+        };
         let keys = diagnosis.findings.iter().map(|f| f.key()).collect();
         report.findings = diagnosis.findings;
         report.warnings.extend(diagnosis.warnings);
@@ -722,10 +872,11 @@ impl Coordinator {
             round = id,
             healthy = report.healthy,
             findings = report.findings.len(),
-            reported = r.reports.len(),
+            reported,
             expected = r.live.len(),
             "round done"
         );
+        let phase = std::time::Instant::now();
         self.metrics.observe(&report, self.source.fresh());
         if let Some(h) = &self.history {
             let now_ms = std::time::SystemTime::now()
@@ -735,6 +886,8 @@ impl Coordinator {
                 tracing::warn!(round = id, error = %e, "round not kept in the history");
             }
         }
+        self.metrics
+            .observe_phases(&report.timings, phase.elapsed().as_millis() as u64);
         let report = Arc::new(report);
         if let (Some(s), true) = (&self.settings.signals, self.is_leader())
             && let Ok(rt) = tokio::runtime::Handle::try_current()
@@ -756,13 +909,59 @@ impl Coordinator {
         }
         inner.done.push_back(report);
         inner.latest_at = Some(Instant::now());
-        while inner.done.len() > self.settings.keep_rounds {
+        // Kept by count and by size: at thousands of nodes a round holds over a million
+        // cells, and older rounds are in the history anyway.
+        let cells = |r: &CheckReport| r.layers.values().map(|m| m.len()).sum::<usize>();
+        while inner.done.len() > self.settings.keep_rounds
+            || (inner.done.len() > 1
+                && inner.done.iter().map(|r| cells(r)).sum::<usize>() > self.settings.keep_cells)
+        {
             inner.done.pop_front();
         }
         self.done_tx.send_replace(id);
         if std::mem::take(&mut inner.queued) {
             self.start_locked(&mut inner);
         }
+    }
+
+    /// What a round says about the agents and reports the limits turned away: nobody is
+    /// dropped silently.
+    fn overload_warnings(&self, inner: &Inner, r: &Running) -> Vec<String> {
+        let mut out = Vec::new();
+        let refused: Vec<&Key> = r
+            .plans
+            .keys()
+            .filter(|k| {
+                !r.reports.contains_key(*k)
+                    // Refused during the round, or shortly before it (told to come
+                    // back in at most 5 s, it may not have got in by the start).
+                    && inner
+                        .backed_off
+                        .get(*k)
+                        .is_some_and(|t| *t + REFUSAL_COUNTS >= r.started)
+            })
+            .collect();
+        if !refused.is_empty() {
+            let names: Vec<String> = refused
+                .iter()
+                .take(8)
+                .map(|(n, k)| format!("{n}/{k}"))
+                .collect();
+            out.push(format!(
+                "overload: {} agents were told to back off (the coordinator is at its limit of {} open polls) and did not report: {}{}",
+                refused.len(),
+                self.settings.limits.max_polls,
+                names.join(", "),
+                if refused.len() > names.len() { ", ..." } else { "" }
+            ));
+        }
+        if inner.reports_refused > 0 {
+            out.push(format!(
+                "overload: {} reports were told to come back later (the coordinator reads at most {} at once)",
+                inner.reports_refused, self.settings.limits.max_reports
+            ));
+        }
+        out
     }
 
     /// Records that an agent is alive (and its pod IP or relay port, when it says).
@@ -785,13 +984,6 @@ impl Coordinator {
         }
         if relay_port.is_some() {
             e.relay_port = relay_port;
-        }
-    }
-
-    /// A heartbeat went out on an agent's open poll.
-    fn heartbeat(&self, key: &Key) {
-        if let Some(s) = self.lock().agents.get_mut(key) {
-            s.at = Instant::now();
         }
     }
 
@@ -884,25 +1076,20 @@ impl Coordinator {
     ) -> impl futures_util::Stream<Item = Result<Bytes, std::convert::Infallible>> + Send + 'static
     {
         let me = Arc::clone(self);
-        let hb_key = key.clone();
         let answer: std::pin::Pin<
             Box<dyn std::future::Future<Output = Option<Assignment>> + Send>,
         > = Box::pin(async move { me.next(key, &poll, wait).await });
-        let me = Arc::clone(self);
-        futures_util::stream::unfold(Some(answer), move |state| {
-            let me = Arc::clone(&me);
-            let key = hb_key.clone();
-            async move {
-                let mut answer = state?;
-                tokio::select! {
-                    assignment = &mut answer => {
-                        let body = serde_json::to_vec(&PollResult { assignment }).unwrap_or_default();
-                        Some((Ok(Bytes::from(body)), None))
-                    }
-                    () = tokio::time::sleep(heartbeat) => {
-                        me.heartbeat(&key);
-                        Some((Ok(Bytes::from_static(b"\n")), Some(answer)))
-                    }
+        // A heartbeat takes no lock: while the poll is open (its guard holds `polling`),
+        // the agent counts as heard from; 10,000 agents send 33,000 heartbeats a second.
+        futures_util::stream::unfold(Some(answer), move |state| async move {
+            let mut answer = state?;
+            tokio::select! {
+                assignment = &mut answer => {
+                    let body = serde_json::to_vec(&PollResult { assignment }).unwrap_or_default();
+                    Some((Ok(Bytes::from(body)), None))
+                }
+                () = tokio::time::sleep(heartbeat) => {
+                    Some((Ok(Bytes::from_static(b"\n")), Some(answer)))
                 }
             }
         })
@@ -939,7 +1126,10 @@ impl Coordinator {
             });
         }
         r.reports.insert(key.clone(), report);
-        if r.live.iter().all(|k| r.reports.contains_key(k)) {
+        if r.live.contains(&key) {
+            r.live_reported += 1;
+        }
+        if r.live_reported >= r.live.len() {
             r.all_in.notify_one();
         }
         // Only a planned agent's accepted report counts as hearing from it.
@@ -1116,11 +1306,21 @@ impl Coordinator {
                 inner.packets.iter().map(|(id, _)| *id).collect(),
             )
         };
-        let latest = latest.or_else(|| self.latest());
+        // After a restart, before the first round: the history's last verdict (its row,
+        // not its report).
+        let verdict = match latest {
+            Some(r) => Some((r.round, r.healthy)),
+            None => self.history.as_ref().and_then(|h| {
+                h.latest_verdict()
+                    .map_err(|e| tracing::warn!(error = %e, "cannot read the history's last round"))
+                    .ok()
+                    .flatten()
+            }),
+        };
         meshprobe_core::api::StatusAnswer {
-            latest_round: latest.as_ref().map(|r| r.round),
+            latest_round: verdict.map(|v| v.0),
             latest_age_ms: at.map(|t| t.elapsed().as_millis() as u64),
-            healthy: latest.as_ref().map(|r| r.healthy && r.is_healthy()),
+            healthy: verdict.map(|v| v.1),
             leader: self.is_leader(),
             topology_fresh: self.topology_fresh(),
             insecure: self.settings.auth.is_insecure(),
@@ -1144,7 +1344,12 @@ impl Coordinator {
                 .map(|((n, k), s)| AgentEntry {
                     node: n.clone(),
                     kind: *k,
-                    last_seen_seconds_ago: now.duration_since(s.at).as_secs_f64(),
+                    // An open poll is hearing from the agent now.
+                    last_seen_seconds_ago: if s.polling > 0 {
+                        0.0
+                    } else {
+                        now.duration_since(s.at).as_secs_f64()
+                    },
                     pod_ip: s.pod_ip,
                     polling: s.polling > 0,
                     relay_port: s.relay_port,

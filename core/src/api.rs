@@ -68,6 +68,19 @@ pub const LATEST_HEALTHY: &str = "latest-healthy";
 /// Heartbeat periods a poll may ask for, in milliseconds (clamped into this range).
 pub const HEARTBEAT_MS: std::ops::RangeInclusive<u32> = 100..=5_000;
 
+/// The response header of a streamed poll naming the heartbeat period the coordinator
+/// chose, in milliseconds.
+pub const HEARTBEAT_HEADER: &str = "meshprobe-heartbeat-ms";
+
+/// Heartbeats a reader may miss before it calls the connection dead.
+pub const HEARTBEATS_MISSED: u32 = 3;
+
+/// How long a streamed poll may go quiet before its reader calls the connection dead:
+/// [`HEARTBEATS_MISSED`] periods and a little slack.
+pub fn idle_limit(heartbeat: std::time::Duration) -> std::time::Duration {
+    heartbeat * HEARTBEATS_MISSED + std::time::Duration::from_millis(100)
+}
+
 /// The query of an agent's poll for its next plan.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -87,6 +100,11 @@ pub struct AgentPoll {
     /// Stream a heartbeat this often while holding the poll (see the module docs).
     #[serde(default)]
     pub heartbeat_ms: Option<u32>,
+    /// The longest heartbeat period the agent accepts: a coordinator holding thousands of
+    /// polls may stretch the period up to this, and says which it chose in the
+    /// [`HEARTBEAT_HEADER`] of its answer (agents that do not send this keep theirs).
+    #[serde(default)]
+    pub heartbeat_max_ms: Option<u32>,
     /// A host agent's relay port: the coordinator tells the node's pod agent to report
     /// through `node IP:relayPort`.
     #[serde(default)]
@@ -105,6 +123,9 @@ impl AgentPoll {
         }
         if let Some(h) = self.heartbeat_ms {
             let _ = write!(q, "&heartbeatMs={h}");
+        }
+        if let Some(h) = self.heartbeat_max_ms {
+            let _ = write!(q, "&heartbeatMaxMs={h}");
         }
         if let Some(p) = self.relay_port {
             let _ = write!(q, "&relayPort={p}");
@@ -370,12 +391,13 @@ mod tests {
             wait: Some(10),
             pod_ip: Some(Ipv4Addr::new(10, 42, 1, 9)),
             heartbeat_ms: Some(500),
+            heartbeat_max_ms: Some(2000),
             relay_port: Some(7071),
         };
         let q = poll.to_query();
         assert_eq!(
             q,
-            "after=7&epoch=99&wait=10&podIP=10.42.1.9&heartbeatMs=500&relayPort=7071"
+            "after=7&epoch=99&wait=10&podIP=10.42.1.9&heartbeatMs=500&heartbeatMaxMs=2000&relayPort=7071"
         );
         let from_query: std::collections::BTreeMap<String, serde_json::Value> = q
             .split('&')

@@ -13,7 +13,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::matrix::{CellState, CheckReport};
+use crate::matrix::{CellState, CellView, CheckReport};
 use crate::{Cause, Layer, NodeName};
 
 /// The least RTT change, in milliseconds, that counts as a shift.
@@ -129,38 +129,53 @@ pub fn compare(before: &CheckReport, after: &CheckReport) -> ReportDiff {
         ..ReportDiff::default()
     };
     let mut latency: Vec<(f64, CellChange)> = Vec::new();
+    // A summarised report lists only the cells that are not ok: one it leaves out of a
+    // layer whose ok cells it counted was ok (with no RTT to compare), not unmatched.
+    let implied_ok = |r: &CheckReport, layer: &Layer| {
+        r.summary
+            .as_ref()
+            .is_some_and(|s| s.ok_cells_omitted.get(layer).is_some_and(|&n| n > 0))
+    };
+    let ok_cell = CellView {
+        state: CellState::Ok,
+        loss_pct: Some(0.0),
+        rtt_ms: None,
+        sent: 0,
+        ok: 0,
+        detail: None,
+    };
     for (layer, matrix) in &after.layers {
-        for (from, row) in matrix {
-            for (to, now) in row {
-                let Some(was) = before
+        {
+            for (from, to, now) in matrix.iter() {
+                let was = before
                     .layers
                     .get(layer)
-                    .and_then(|m| m.get(from))
-                    .and_then(|r| r.get(to))
-                else {
+                    .and_then(|m| m.get(from, to))
+                    .or_else(|| implied_ok(before, layer).then_some(ok_cell));
+                let Some(was) = was else {
                     d.unmatched_cells += 1;
                     continue;
                 };
-                let change = |detail: Option<&String>| CellChange {
+                let change = |detail: Option<&str>| CellChange {
                     layer: *layer,
-                    from: from.clone(),
-                    to: to.clone(),
+                    from: from.to_owned(),
+                    to: to.to_owned(),
                     before_rtt_ms: was.rtt_ms,
                     after_rtt_ms: now.rtt_ms,
                     after_loss_pct: now.loss_pct,
-                    detail: detail.cloned(),
+                    detail: detail.map(str::to_owned),
                 };
                 match (was.state, now.state) {
                     (CellState::Ok, CellState::Fail) => {
                         d.broke_count += 1;
                         if d.broke.len() < MAX_LISTED {
-                            d.broke.push(change(now.detail.as_ref()));
+                            d.broke.push(change(now.detail));
                         }
                     }
                     (CellState::Fail, CellState::Ok) => {
                         d.recovered_count += 1;
                         if d.recovered.len() < MAX_LISTED {
-                            d.recovered.push(change(was.detail.as_ref()));
+                            d.recovered.push(change(was.detail));
                         }
                     }
                     (CellState::Ok, CellState::Ok) => {
@@ -181,15 +196,28 @@ pub fn compare(before: &CheckReport, after: &CheckReport) -> ReportDiff {
         }
     }
     for (layer, matrix) in &before.layers {
-        for (from, row) in matrix {
-            for to in row.keys() {
-                let in_after = after
-                    .layers
-                    .get(layer)
-                    .and_then(|m| m.get(from))
-                    .is_some_and(|r| r.contains_key(to));
-                if !in_after {
-                    d.unmatched_cells += 1;
+        for (from, to, was) in matrix.iter() {
+            let in_after = after
+                .layers
+                .get(layer)
+                .is_some_and(|m| m.position(from, to).is_some());
+            if in_after {
+                continue;
+            }
+            if !implied_ok(after, layer) {
+                d.unmatched_cells += 1;
+            } else if was.state == CellState::Fail {
+                d.recovered_count += 1;
+                if d.recovered.len() < MAX_LISTED {
+                    d.recovered.push(CellChange {
+                        layer: *layer,
+                        from: from.to_owned(),
+                        to: to.to_owned(),
+                        before_rtt_ms: was.rtt_ms,
+                        after_rtt_ms: None,
+                        after_loss_pct: Some(0.0),
+                        detail: was.detail.map(str::to_owned),
+                    });
                 }
             }
         }
@@ -320,11 +348,57 @@ mod tests {
             r.layers
                 .entry(Layer::Underlay)
                 .or_default()
-                .entry((*from).to_owned())
-                .or_default()
-                .insert((*to).to_owned(), cell(*state, *rtt));
+                .insert(from, to, &cell(*state, *rtt));
         }
         r
+    }
+
+    /// A summarised report (a big cluster's default) diffs as its full self would: a
+    /// cell it leaves out was ok, so a cell failing now broke, and one failing before and
+    /// left out now recovered; nothing is "unmatched".
+    #[test]
+    fn a_summarised_report_diffs_as_if_its_ok_cells_were_listed() {
+        let ok = CellState::Ok;
+        let fail = CellState::Fail;
+        let before = report(
+            1,
+            &[
+                ("a", "b", ok, Some(0.5)),
+                ("a", "c", fail, None),
+                ("b", "c", ok, Some(0.5)),
+            ],
+        );
+        let after = report(
+            2,
+            &[
+                ("a", "b", fail, None),
+                ("a", "c", ok, Some(0.5)),
+                ("b", "c", ok, Some(0.5)),
+            ],
+        );
+        let full = compare(&before, &after);
+        for (b, a) in [
+            (before.summarised(), after.clone()),
+            (before.clone(), after.summarised()),
+            (before.summarised(), after.summarised()),
+        ] {
+            let d = compare(&b, &a);
+            assert_eq!(
+                (d.broke_count, d.recovered_count, d.unmatched_cells),
+                (1, 1, 0)
+            );
+            assert_eq!(d.broke[0].to, full.broke[0].to);
+            assert_eq!(d.recovered[0].to, full.recovered[0].to);
+        }
+        let s = after.summarised();
+        assert_eq!(s.cell_count(), 1, "only the failing cell is listed");
+        assert_eq!(
+            s.summary
+                .as_ref()
+                .map(|x| x.ok_cells_omitted[&Layer::Underlay]),
+            Some(2)
+        );
+        assert_eq!(s.is_healthy(), after.is_healthy());
     }
 
     #[test]

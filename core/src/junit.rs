@@ -46,10 +46,7 @@ pub fn to_junit(r: &CheckReport) -> String {
             continue;
         };
         layer_tests += 1;
-        let cells: Vec<(&String, &String, &crate::matrix::Cell)> = m
-            .iter()
-            .flat_map(|(from, row)| row.iter().map(move |(to, c)| (from, to, c)))
-            .collect();
+        let cells: Vec<(&str, &str, crate::matrix::CellView<'_>)> = m.iter().collect();
         let fail = cells
             .iter()
             .filter(|c| c.2.state == CellState::Fail)
@@ -91,10 +88,7 @@ pub fn to_junit(r: &CheckReport) -> String {
                         },
                         c.ok,
                         c.sent,
-                        c.detail
-                            .as_deref()
-                            .map(|d| format!(" ({d})"))
-                            .unwrap_or_default()
+                        c.detail.map(|d| format!(" ({d})")).unwrap_or_default()
                     ))
                 );
             }

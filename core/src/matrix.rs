@@ -171,8 +171,7 @@ pub struct NodeAgents {
     pub pod: AgentState,
 }
 
-/// Rows (source node) → columns (destination) → cell.
-pub type Matrix = BTreeMap<String, BTreeMap<String, Cell>>;
+pub use crate::compact::{CellView, Matrix, MatrixBuilder};
 
 /// The result of one round (CONTRACT §3, plus the documented extensions).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -203,6 +202,42 @@ pub struct CheckReport {
     /// Extension: each host agent's overlay capture of the round.
     #[serde(default)]
     pub capture: BTreeMap<NodeName, crate::capture::CaptureSummary>,
+    /// Extension: where the coordinator's time went.
+    #[serde(default)]
+    pub timings: RoundTimings,
+    /// Extension: present when this copy of the report is summarised
+    /// ([`CheckReport::summarised`]): its matrices list only the cells that are not ok.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<Summary>,
+}
+
+/// Above this many cells, the coordinator answers and keeps a report summarised: about
+/// 11 MB of JSON, a 100-node full mesh. A 5,000-node round has 1.5 million cells, 170 MB
+/// of JSON, almost all of them ok.
+pub const SUMMARY_ABOVE: usize = 100_000;
+
+/// What a summarised report left out (extension).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Summary {
+    /// The ok cells left out, per layer. Every failing and unknown cell is listed.
+    pub ok_cells_omitted: BTreeMap<Layer, u64>,
+}
+
+/// Where the coordinator's wall time went in one round, in milliseconds (extension).
+/// Planning happens before the round starts; `collectMs` is the agents' time (their
+/// probing and their reports), the rest is the coordinator's own work on the results.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RoundTimings {
+    /// Making every agent's plan.
+    pub plan_ms: u64,
+    /// From the round's start to its last report (or its deadline).
+    pub collect_ms: u64,
+    /// Building the matrices from the reports.
+    pub build_ms: u64,
+    /// The diagnosis.
+    pub diagnose_ms: u64,
 }
 
 impl CheckReport {
@@ -216,12 +251,7 @@ impl CheckReport {
     /// Counts of (ok, fail, unknown) cells over all layers.
     pub fn counts(&self) -> (usize, usize, usize) {
         let mut c = (0, 0, 0);
-        for cell in self
-            .layers
-            .values()
-            .flat_map(|m| m.values())
-            .flat_map(|r| r.values())
-        {
+        for cell in self.layers.values().flat_map(Matrix::cells) {
             match cell.state {
                 CellState::Ok => c.0 += 1,
                 CellState::Fail => c.1 += 1,
@@ -231,9 +261,52 @@ impl CheckReport {
         c
     }
 
+    /// Cells in all layers.
+    pub fn cell_count(&self) -> usize {
+        self.layers.values().map(Matrix::len).sum()
+    }
+
+    /// This report with its ok cells counted instead of listed: every failing and unknown
+    /// cell, every finding, the agents, warnings, evidence and timings stay. What a client
+    /// gets by default above [`SUMMARY_ABOVE`] cells, and what the history keeps.
+    pub fn summarised(&self) -> CheckReport {
+        let mut summary = self.summary.clone().unwrap_or_default();
+        let layers = self
+            .layers
+            .iter()
+            .map(|(layer, m)| {
+                let mut b = MatrixBuilder::default();
+                let mut ok = 0u64;
+                for (from, to, c) in m.iter() {
+                    if c.state == CellState::Ok {
+                        ok += 1;
+                    } else {
+                        b.push_view(from, to, c);
+                    }
+                }
+                *summary.ok_cells_omitted.entry(*layer).or_default() += ok;
+                (*layer, b.finish())
+            })
+            .collect();
+        CheckReport {
+            healthy: self.healthy,
+            round: self.round,
+            nodes: self.nodes.clone(),
+            layers,
+            findings: self.findings.clone(),
+            agents: self.agents.clone(),
+            warnings: self.warnings.clone(),
+            duration_ms: self.duration_ms,
+            evidence: self.evidence.clone(),
+            capture: self.capture.clone(),
+            timings: self.timings,
+            summary: Some(summary),
+        }
+    }
+
     /// The cell at (layer, src, dst), if planned.
-    pub fn cell(&self, layer: Layer, src: &str, dst: &str) -> Option<&Cell> {
-        self.layers.get(&layer)?.get(src)?.get(dst)
+    pub fn cell(&self, layer: Layer, src: &str, dst: &str) -> Option<CellView<'_>> {
+        self.layers.get(&layer)?.get(src, dst)
     }
 }
 
@@ -257,7 +330,7 @@ pub struct RoundInput<'a> {
 
 /// Builds the report of one round.
 pub fn build_report(input: RoundInput<'_>) -> CheckReport {
-    let mut layers: BTreeMap<Layer, Matrix> = BTreeMap::new();
+    let mut layers: BTreeMap<Layer, MatrixBuilder> = BTreeMap::new();
     let mut agents = BTreeMap::new();
     let mut warnings = Vec::new();
     let mut evidence = BTreeMap::new();
@@ -303,28 +376,33 @@ pub fn build_report(input: RoundInput<'_>) -> CheckReport {
                 .iter()
                 .map(|u| ((u.layer, u.column.as_str()), u.reason.as_str()))
                 .collect();
+            // One cell per target: the silent agent's reason is written once, not per cell.
+            let missing = report.is_none().then(|| {
+                Cell::unknown(match states[i] {
+                    AgentState::Silent => {
+                        format!("{kind} agent on {} did not report in time", node.name)
+                    }
+                    _ => format!("{kind} agent on {} is not running", node.name),
+                })
+            });
             for (layer, column) in plan.cells() {
+                let made;
                 let cell = if let Some(reason) = unresolved.get(&(layer, column)) {
-                    Cell::unknown(*reason)
-                } else if report.is_none() {
-                    Cell::unknown(match states[i] {
-                        AgentState::Silent => {
-                            format!("{kind} agent on {} did not report in time", node.name)
-                        }
-                        _ => format!("{kind} agent on {} is not running", node.name),
-                    })
+                    made = Cell::unknown(*reason);
+                    &made
+                } else if let Some(missing) = &missing {
+                    missing
                 } else {
-                    match results.get(&(layer, column)) {
+                    made = match results.get(&(layer, column)) {
                         Some(r) => Cell::from_result(r, r.layer.fail_loss_pct(fail_at(plan))),
                         None => Cell::unknown("the agent's report lacks this target"),
-                    }
+                    };
+                    &made
                 };
                 layers
                     .entry(layer)
                     .or_default()
-                    .entry(node.name.to_string())
-                    .or_default()
-                    .insert(column.to_owned(), cell);
+                    .push(node.name.as_str(), column, cell);
             }
         }
         agents.insert(
@@ -340,13 +418,15 @@ pub fn build_report(input: RoundInput<'_>) -> CheckReport {
         healthy: false,
         round: input.round,
         nodes: input.topology.node_names(),
-        layers,
+        layers: layers.into_iter().map(|(l, b)| (l, b.finish())).collect(),
         findings: input.findings,
         agents,
         warnings,
         duration_ms: input.duration_ms,
         evidence,
         capture,
+        timings: RoundTimings::default(),
+        summary: None,
     };
     report.healthy = report.is_healthy();
     report
@@ -467,7 +547,7 @@ mod tests {
         assert!(!r.healthy);
         let cell = r.cell(Layer::Underlay, "a", "b").expect("planned");
         assert_eq!(
-            (cell.state, cell.loss_pct, cell.detail.as_deref()),
+            (cell.state, cell.loss_pct, cell.detail),
             (CellState::Fail, Some(25.0), Some("timeout"))
         );
         assert_eq!(
@@ -476,13 +556,7 @@ mod tests {
         );
         let silent = r.cell(Layer::Underlay, "b", "a").expect("planned");
         assert_eq!(silent.state, CellState::Unknown);
-        assert!(
-            silent
-                .detail
-                .as_deref()
-                .unwrap_or("")
-                .contains("not running")
-        );
+        assert!(silent.detail.unwrap_or("").contains("not running"));
         assert_eq!(
             r.agents[&b],
             NodeAgents {

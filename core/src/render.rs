@@ -7,7 +7,7 @@
 use std::fmt::Write as _;
 
 use crate::layer::Layer;
-use crate::matrix::{AgentState, Cell, CellState, CheckReport};
+use crate::matrix::{AgentState, CellState, CellView, CheckReport};
 use crate::text::{MAX_REMOTE_TEXT, printable_line};
 
 /// How to draw.
@@ -42,7 +42,7 @@ impl Style {
     }
 }
 
-fn cell_text(c: &Cell) -> String {
+fn cell_text(c: &CellView<'_>) -> String {
     match c.state {
         CellState::Ok => match (c.rtt_ms, c.loss_pct) {
             (Some(rtt), Some(loss)) if loss > 0.0 => format!("{rtt:.2}ms {loss:.0}%"),
@@ -85,7 +85,7 @@ pub fn render_wide(report: &CheckReport, style: Style) -> String {
 const MAX_GRID_NOTES: usize = 8;
 
 /// The mark of a cell in the compact grid.
-fn mark(c: &Cell, style: Style) -> String {
+fn mark(c: &CellView<'_>, style: Style) -> String {
     match c.state {
         CellState::Ok if c.loss_pct.unwrap_or(0.0) > 0.0 => style.yellow("~"),
         CellState::Ok => style.green("."),
@@ -96,21 +96,27 @@ fn mark(c: &Cell, style: Style) -> String {
 
 /// A layer's columns: node columns in topology order, then anything else.
 fn columns_of(report: &CheckReport, layer: Layer, matrix: &crate::matrix::Matrix) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    let mut in_order: Vec<&str> = Vec::new();
+    for (_, to, _) in matrix.iter() {
+        if seen.insert(to) {
+            in_order.push(to);
+        }
+    }
     let mut columns: Vec<String> = Vec::new();
     if layer.columns_are_nodes() {
         for n in &report.nodes {
-            if matrix.values().any(|row| row.contains_key(n.as_str())) {
+            if seen.remove(n.as_str()) {
                 columns.push(n.to_string());
             }
         }
     }
-    for row in matrix.values() {
-        for c in row.keys() {
-            if !columns.contains(c) {
-                columns.push(c.clone());
-            }
-        }
-    }
+    columns.extend(
+        in_order
+            .into_iter()
+            .filter(|c| seen.contains(c))
+            .map(str::to_owned),
+    );
     columns
 }
 
@@ -120,18 +126,17 @@ fn rows_of<'a>(report: &'a CheckReport, matrix: &crate::matrix::Matrix) -> Vec<&
         .nodes
         .iter()
         .map(|n| n.as_str())
-        .filter(|n| matrix.contains_key(*n))
+        .filter(|n| matrix.has_row(n))
         .collect()
 }
 
-fn note(r: &str, c: &str, cell: &Cell) -> String {
+fn note(r: &str, c: &str, cell: &CellView<'_>) -> String {
     format!(
         "{r} -> {}: {}/{} ok{}",
         esc(c),
         cell.ok,
         cell.sent,
         cell.detail
-            .as_deref()
             .map(|d| format!(" ({})", esc(d)))
             .unwrap_or_default()
     )
@@ -149,7 +154,7 @@ fn compact_layers(report: &CheckReport, style: Style, out: &mut String) {
         let Some(matrix) = report.layers.get(&layer) else {
             continue;
         };
-        let cells: Vec<&Cell> = matrix.values().flat_map(|r| r.values()).collect();
+        let cells: Vec<CellView<'_>> = matrix.cells().collect();
         let bad = cells.iter().filter(|c| c.state != CellState::Ok).count();
         if bad == 0 {
             let mut rtts: Vec<f64> = cells.iter().filter_map(|c| c.rtt_ms).collect();
@@ -188,13 +193,13 @@ fn compact_layers(report: &CheckReport, style: Style, out: &mut String) {
         for r in &rows {
             let _ = write!(out, "    {r:first_w$}");
             for c in &columns {
-                let m = match matrix.get(*r).and_then(|row| row.get(c)) {
+                let m = match matrix.get(r, c) {
                     None => " ".to_owned(),
                     Some(cell) => {
                         if cell.state != CellState::Ok {
-                            notes.push(note(r, c, cell));
+                            notes.push(note(r, c, &cell));
                         }
-                        mark(cell, style)
+                        mark(&cell, style)
                     }
                 };
                 let _ = write!(out, "  {m}");
@@ -323,9 +328,9 @@ fn wide_layers(report: &CheckReport, style: Style, out: &mut String) {
             .iter()
             .map(|c| {
                 matrix
-                    .values()
-                    .filter_map(|row| row.get(c))
-                    .map(|cell| cell_text(cell).len())
+                    .iter()
+                    .filter(|(_, to, _)| to == c)
+                    .map(|(_, _, cell)| cell_text(&cell).len())
                     .max()
                     .unwrap_or(1)
                     .max(c.len())
@@ -340,11 +345,11 @@ fn wide_layers(report: &CheckReport, style: Style, out: &mut String) {
         for r in &rows {
             let _ = write!(out, "  {r:first_w$}");
             for (c, w) in columns.iter().zip(&widths) {
-                let cell = matrix.get(*r).and_then(|row| row.get(c));
+                let cell = matrix.get(r, c);
                 let (text, painted) = match cell {
                     None => ("·".to_owned(), style.dim("·")),
                     Some(cell) => {
-                        let t = cell_text(cell);
+                        let t = cell_text(&cell);
                         let p = match cell.state {
                             CellState::Ok if cell.loss_pct.unwrap_or(0.0) > 0.0 => style.yellow(&t),
                             CellState::Ok => style.green(&t),
@@ -352,7 +357,7 @@ fn wide_layers(report: &CheckReport, style: Style, out: &mut String) {
                             CellState::Unknown => style.yellow(&t),
                         };
                         if cell.state != CellState::Ok {
-                            notes.push(note(r, c, cell));
+                            notes.push(note(r, c, &cell));
                         }
                         (t, p)
                     }

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use meshprobe_core::matrix::{AgentState, Cell, CellState};
+use meshprobe_core::matrix::{AgentState, CellState};
 use meshprobe_core::{Layer, NodeName};
 
 use meshprobe_core::{Cause, Direction};

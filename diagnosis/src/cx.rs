@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use meshprobe_core::evidence::NodeEvidence;
 use meshprobe_core::matrix::{
-    AgentState, Cell, CellRef, CellState, CheckReport, Finding, MAX_FINDING_CELLS,
+    AgentState, CellRef, CellState, CellView, CheckReport, Finding, MAX_FINDING_CELLS,
 };
 use meshprobe_core::{Layer, NodeName, Topology};
 
@@ -97,16 +97,12 @@ pub(crate) fn forwarding_fix(cause: &Cause, xn: &str) -> String {
     }
 }
 
-pub(crate) fn lost_of(c: &Cell) -> u32 {
+pub(crate) fn lost_of(c: CellView<'_>) -> u32 {
     c.sent.saturating_sub(c.ok)
 }
 
-pub(crate) fn describe(c: &Cell) -> String {
-    let what = c
-        .detail
-        .as_deref()
-        .map(|d| format!(" ({d})"))
-        .unwrap_or_default();
+pub(crate) fn describe(c: CellView<'_>) -> String {
+    let what = c.detail.map(|d| format!(" ({d})")).unwrap_or_default();
     format!("{}/{} ok{what}", c.ok, c.sent)
 }
 
@@ -250,13 +246,13 @@ impl<'a> Cx<'a> {
     pub(crate) fn nm(&self, i: usize) -> String {
         self.ix.names[i].to_owned()
     }
-    pub(crate) fn cell(&self, layer: Layer, s: usize, d: usize) -> Option<&'a Cell> {
+    pub(crate) fn cell(&self, layer: Layer, s: usize, d: usize) -> Option<CellView<'a>> {
         self.ix.get(layer, s, d)
     }
-    pub(crate) fn tcell(&self, id: usize, s: usize) -> Option<&'a Cell> {
+    pub(crate) fn tcell(&self, id: usize, s: usize) -> Option<CellView<'a>> {
         self.ix.tget(id, s)
     }
-    pub(crate) fn is_dead(&self, c: Option<&Cell>) -> bool {
+    pub(crate) fn is_dead(&self, c: Option<CellView<'_>>) -> bool {
         c.is_some_and(|c| {
             c.state == CellState::Fail && c.loss_pct.unwrap_or(0.0) >= self.s.dead_loss_pct
         })

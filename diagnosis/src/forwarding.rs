@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use meshprobe_core::matrix::{AgentState, Cell, CellState};
+use meshprobe_core::matrix::{AgentState, CellState};
 use meshprobe_core::{Layer, NodeName};
 
 use meshprobe_core::{Cause, Direction};
@@ -79,7 +79,7 @@ impl Cx<'_> {
             let prohibited = out.iter().chain(&inbound).any(|&(s, d)| {
                 [Layer::GatewayFromPod, Layer::PodToPod].iter().any(|l| {
                     self.cell(*l, s, d)
-                        .and_then(|c| c.detail.as_deref())
+                        .and_then(|c| c.detail)
                         .is_some_and(|t| t.contains("prohibited"))
                 })
             });

@@ -1,41 +1,10 @@
 //! The report's known cells, indexed by integer node ids.
 
-use std::collections::{HashMap, HashSet};
-
-use meshprobe_core::matrix::{Cell, CellState, CheckReport};
+use meshprobe_core::matrix::{CellState, CellView, CheckReport, Matrix};
 use meshprobe_core::plan::{nodeport_column_node, target_node};
 use meshprobe_core::{Layer, Topology};
 
-/// FxHash (rustc's hasher): the index's keys are small integers and our own strings, so a
-/// fast non-cryptographic hash is right; SipHash would double the diagnosis time.
-#[derive(Default, Clone, Copy)]
-pub(crate) struct Fx(u64);
-
-impl std::hash::Hasher for Fx {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut b = [0u8; 8];
-            b[..chunk.len()].copy_from_slice(chunk);
-            self.write_u64(u64::from_le_bytes(b));
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-    fn write_usize(&mut self, n: usize) {
-        self.write_u64(n as u64);
-    }
-    fn write_u8(&mut self, n: u8) {
-        self.write_u64(u64::from(n));
-    }
-}
-
-pub(crate) type FxBuild = std::hash::BuildHasherDefault<Fx>;
-pub(crate) type FxMap<K, V> = HashMap<K, V, FxBuild>;
-pub(crate) type FxSet<K> = HashSet<K, FxBuild>;
+pub(crate) use meshprobe_core::fxhash::{FxMap, FxSet};
 
 /// A cell's column: another node, or a named target (an index into [`Index::targets`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -69,15 +38,17 @@ pub(crate) struct Target<'a> {
 pub(crate) struct Index<'a> {
     pub(crate) names: Vec<&'a str>,
     pub(crate) pos: FxMap<&'a str, usize>,
-    /// [layer][src] -> (dst, cell), sorted by dst.
-    pub(crate) rows: Vec<Vec<Vec<(usize, &'a Cell)>>>,
+    /// Each layer's matrix, where the cells live.
+    mats: Vec<Option<&'a Matrix>>,
+    /// [layer][src] -> (dst, the cell's position in its matrix), sorted by dst.
+    pub(crate) rows: Vec<Vec<Vec<(u32, u32)>>>,
     /// [layer][dst] -> srcs.
     pub(crate) cols: Vec<Vec<Vec<usize>>>,
     /// Every target column, in the report's order.
     pub(crate) targets: Vec<Target<'a>>,
     target_pos: FxMap<(Layer, &'a str), usize>,
-    /// (target, src) -> cell.
-    tcells: FxMap<(usize, usize), &'a Cell>,
+    /// (target, src) -> the cell's position in its layer's matrix.
+    tcells: FxMap<(usize, usize), u32>,
     /// [target] -> srcs.
     tcols: Vec<Vec<usize>>,
     /// Every failing cell, in (layer, src, column) order.
@@ -100,6 +71,7 @@ impl<'a> Index<'a> {
         let mut ix = Index {
             names,
             pos,
+            mats: vec![None; Layer::ALL.len()],
             rows: vec![Vec::new(); Layer::ALL.len()],
             cols: vec![Vec::new(); Layer::ALL.len()],
             targets: Vec::new(),
@@ -111,40 +83,50 @@ impl<'a> Index<'a> {
         };
         for (layer, m) in &r.layers {
             let li = layer_ix(*layer);
+            ix.mats[li] = Some(m);
             let node_cols = Layer::ICMP.contains(layer);
             if node_cols {
                 ix.rows[li] = vec![Vec::new(); n];
                 ix.cols[li] = vec![Vec::new(); n];
             }
-            for (src, row) in m {
-                let Some(&s) = ix.pos.get(src.as_str()) else {
+            // Rows come in name order: look each source up once.
+            let mut src: Option<(&str, Option<usize>)> = None;
+            for (p, (from, dst, cell)) in m.iter().enumerate() {
+                if cell.state == CellState::Unknown {
+                    continue;
+                }
+                let s = match src {
+                    Some((name, s)) if name == from => s,
+                    _ => {
+                        let s = ix.pos.get(from).copied();
+                        src = Some((from, s));
+                        s
+                    }
+                };
+                let Some(s) = s else {
                     continue;
                 };
-                for (dst, cell) in row {
-                    if cell.state == CellState::Unknown {
-                        continue;
+                let p = p as u32;
+                let col = match (node_cols, ix.pos.get(dst).copied()) {
+                    (true, Some(d)) => {
+                        ix.rows[li][s].push((d as u32, p));
+                        ix.cols[li][d].push(s);
+                        Col::Node(d)
                     }
-                    let col = match (node_cols, ix.pos.get(dst.as_str()).copied()) {
-                        (true, Some(d)) => {
-                            ix.rows[li][s].push((d, cell));
-                            ix.cols[li][d].push(s);
-                            Col::Node(d)
-                        }
-                        (true, None) => continue,
-                        (false, _) => {
-                            let id = ix.target(t, *layer, dst.as_str());
-                            ix.tcells.insert((id, s), cell);
-                            ix.tcols[id].push(s);
-                            Col::Target(id)
-                        }
-                    };
-                    if cell.state == CellState::Fail {
-                        ix.failing.push(CellKey {
-                            layer: *layer,
-                            src: s,
-                            col,
-                        });
+                    (true, None) => continue,
+                    (false, _) => {
+                        let id = ix.target(t, *layer, dst);
+                        ix.tcells.insert((id, s), p);
+                        ix.tcols[id].push(s);
+                        Col::Target(id)
                     }
+                };
+                if cell.state == CellState::Fail {
+                    ix.failing.push(CellKey {
+                        layer: *layer,
+                        src: s,
+                        col,
+                    });
                 }
             }
         }
@@ -187,11 +169,14 @@ impl<'a> Index<'a> {
         self.tcols.push(Vec::new());
         id
     }
-    pub(crate) fn get(&self, layer: Layer, s: usize, d: usize) -> Option<&'a Cell> {
+    /// The cell at a position of a layer's matrix.
+    fn at(&self, layer: Layer, p: u32) -> Option<CellView<'a>> {
+        self.mats[layer_ix(layer)].map(|m| m.at(p as usize))
+    }
+    pub(crate) fn get(&self, layer: Layer, s: usize, d: usize) -> Option<CellView<'a>> {
         let row = self.rows[layer_ix(layer)].get(s)?;
-        row.binary_search_by_key(&d, |(x, _)| *x)
-            .ok()
-            .map(|i| row[i].1)
+        let i = row.binary_search_by_key(&(d as u32), |(x, _)| *x).ok()?;
+        self.at(layer, row[i].1)
     }
     pub(crate) fn col(&self, layer: Layer, d: usize) -> &[usize] {
         self.cols[layer_ix(layer)].get(d).map_or(&[], Vec::as_slice)
@@ -201,17 +186,24 @@ impl<'a> Index<'a> {
             .get(s)
             .into_iter()
             .flatten()
-            .map(|(d, _)| *d)
+            .map(|(d, _)| *d as usize)
     }
     pub(crate) fn row(&self, layer: Layer, s: usize) -> Vec<usize> {
         self.row_targets(layer, s).collect()
     }
     /// Every known cell of a node-column layer: (src, dst, cell).
-    pub(crate) fn all(&self, layer: Layer) -> impl Iterator<Item = (usize, usize, &'a Cell)> + '_ {
+    pub(crate) fn all(
+        &self,
+        layer: Layer,
+    ) -> impl Iterator<Item = (usize, usize, CellView<'a>)> + '_ {
+        let m = self.mats[layer_ix(layer)];
         self.rows[layer_ix(layer)]
             .iter()
             .enumerate()
-            .flat_map(|(s, row)| row.iter().map(move |(d, c)| (s, *d, *c)))
+            .flat_map(move |(s, row)| {
+                row.iter()
+                    .filter_map(move |&(d, p)| Some((s, d as usize, m?.at(p as usize))))
+            })
     }
     /// A target column's id.
     pub(crate) fn target_id(&self, layer: Layer, name: &str) -> Option<usize> {
@@ -228,11 +220,12 @@ impl<'a> Index<'a> {
         self.tcols.get(id).map_or(&[], Vec::as_slice)
     }
     /// A target cell.
-    pub(crate) fn tget(&self, id: usize, s: usize) -> Option<&'a Cell> {
-        self.tcells.get(&(id, s)).copied()
+    pub(crate) fn tget(&self, id: usize, s: usize) -> Option<CellView<'a>> {
+        let p = *self.tcells.get(&(id, s))?;
+        self.at(self.targets[id].layer, p)
     }
     /// Any cell by key.
-    pub(crate) fn cell(&self, k: CellKey) -> Option<&'a Cell> {
+    pub(crate) fn cell(&self, k: CellKey) -> Option<CellView<'a>> {
         match k.col {
             Col::Node(d) => self.get(k.layer, k.src, d),
             Col::Target(id) => self.tget(id, k.src),

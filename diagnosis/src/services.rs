@@ -409,7 +409,7 @@ impl Cx<'_> {
     fn backends_explain(&self, id: usize, failing: &[usize], x: usize) -> bool {
         let refused = failing.iter().all(|&s| {
             self.tcell(id, s)
-                .and_then(|c| c.detail.as_deref())
+                .and_then(|c| c.detail)
                 .is_some_and(|d| d.to_ascii_lowercase().contains("refused"))
         });
         let elsewhere = self

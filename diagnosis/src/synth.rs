@@ -12,7 +12,7 @@ use meshprobe_core::evidence::{
     OverlayEvidence,
 };
 use meshprobe_core::matrix::{RoundInput, build_report};
-use meshprobe_core::plan::{AgentReport, PlanSettings, ProbeResult, make_plan};
+use meshprobe_core::plan::{AgentReport, Plan, PlanSettings, Planner, ProbeResult};
 use meshprobe_core::{AgentKind, CheckReport, Layer, NodeName, Topology};
 
 /// A fault in the model. Node arguments are indices into the topology's nodes.
@@ -131,6 +131,11 @@ fn new_vtep_mac(i: usize) -> String {
 /// A topology of `n` nodes (n1..), two CoreDNS pods on the first two nodes, a NodePort and
 /// an ingress on the last node.
 pub fn topology(n: usize) -> Topology {
+    Topology::from_inventory(&inventory(n)).unwrap_or_else(|e| panic!("synthetic topology: {e}"))
+}
+
+/// The inventory file of [`topology`]`(n)` (CONTRACT §2).
+pub fn inventory(n: usize) -> String {
     let ip = |i: usize| format!("10.{}.{}.{}", 1 + (i >> 16), (i >> 8) & 0xff, i & 0xff);
     let mut t = String::from("cluster: {name: synth, dnsServiceIP: 10.96.0.10}\nnodes:\n");
     for i in 0..n {
@@ -152,7 +157,7 @@ pub fn topology(n: usize) -> Topology {
         "nodePorts: [{{name: web, port: 30080}}]\ningresses: [{{host: web.example, address: {}}}]\n",
         ip(n - 1)
     );
-    Topology::from_inventory(&t).unwrap_or_else(|e| panic!("synthetic topology: {e}"))
+    t
 }
 
 struct World<'a> {
@@ -374,128 +379,169 @@ fn lost(sent: u32, loss: f64, salt: u64) -> u32 {
     (base as u32 + u32::from(r < frac)).min(sent)
 }
 
+/// A cluster with faults, as its agents see it: what each agent would report for the
+/// plan it was given. [`report`] runs it for every agent of a round; the scale benchmark
+/// runs it inside thousands of simulated agents, on the plans the coordinator hands out.
+pub struct Model<'a> {
+    t: &'a Topology,
+    faults: &'a [Fault],
+    world: World<'a>,
+    pos: BTreeMap<&'a str, usize>,
+    icmp_count: u32,
+}
+
+impl<'a> Model<'a> {
+    /// The model of `t` with `faults`.
+    pub fn new(t: &'a Topology, faults: &'a [Fault], settings: &PlanSettings) -> Self {
+        let pos: BTreeMap<&str, usize> = t
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.name.as_str(), i))
+            .collect();
+        let world = World {
+            faults,
+            dns_nodes: t
+                .core_dns
+                .iter()
+                .map(|p| (p.name.clone(), pos[p.node.as_str()]))
+                .collect(),
+            ingress_node: t
+                .ingresses
+                .first()
+                .and_then(|g| t.nodes.iter().position(|n| n.internal_ip == g.address))
+                .unwrap_or(0),
+        };
+        Self {
+            t,
+            faults,
+            world,
+            pos,
+            icmp_count: u32::from(settings.icmp_count),
+        }
+    }
+
+    /// The pod agents' IPs (the first host of each pod CIDR), without the silent ones.
+    pub fn pod_ips(&self) -> BTreeMap<NodeName, std::net::Ipv4Addr> {
+        self.t
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !self.faults.contains(&Fault::PodSilent(*i)))
+            .map(|(_, n)| (n.name.clone(), n.pod_cidr.first_host()))
+            .collect()
+    }
+
+    /// Whether the agent of `kind` on `node` is silent under the faults.
+    pub fn silent(&self, node: &str, kind: AgentKind) -> bool {
+        let Some(&s) = self.pos.get(node) else {
+            return true;
+        };
+        self.world.down(s)
+            || self.faults.contains(&Fault::AgentsSilent(s))
+            || (kind == AgentKind::Pod && self.faults.contains(&Fault::PodSilent(s)))
+    }
+
+    /// What the agent given `plan` reports; `None` when it is silent. `salt` spreads
+    /// fractional loss over the cells (pass the same counter through a round's agents).
+    pub fn agent_report(&self, plan: &Plan, salt: &mut u64) -> Option<AgentReport> {
+        let (t, faults, world, pos) = (self.t, self.faults, &self.world, &self.pos);
+        let kind = plan.kind;
+        if self.silent(plan.node.as_str(), kind) {
+            return None;
+        }
+        let s = *pos.get(plan.node.as_str())?;
+        let mut results = Vec::new();
+        for (layer, col) in plan.cells() {
+            let d = pos.get(col).copied();
+            let sent: u32 = match layer {
+                Layer::DnsService | Layer::DnsPod => 10,
+                Layer::CorednsMetrics => 1,
+                Layer::Nodeport
+                | Layer::Ingress
+                | Layer::NodeportFromPod
+                | Layer::IngressFromPod => 3,
+                _ => self.icmp_count,
+            };
+            let works = world.works(layer, s, col, d);
+            let path_loss = match (layer, d) {
+                (Layer::DnsPod | Layer::CorednsMetrics, _) => {
+                    world.dns_nodes.get(col).map_or(0.0, |&x| world.loss(s, x))
+                }
+                (_, Some(d)) => world.loss(s, d),
+                _ => 0.0,
+            };
+            *salt = salt.wrapping_add(1);
+            let ok = if works {
+                sent - lost(sent, path_loss, *salt)
+            } else {
+                0
+            };
+            // Nothing listening answers with a reset; a lost packet with silence.
+            let refused = match layer {
+                Layer::Nodeport | Layer::NodeportFromPod => {
+                    d.is_some_and(|d| faults.contains(&Fault::NodeportRemoved(d)))
+                }
+                Layer::Ingress | Layer::IngressFromPod => faults.contains(&Fault::IngressDown),
+                _ => false,
+            };
+            results.push(ProbeResult {
+                layer,
+                column: col.to_owned(),
+                sent,
+                ok,
+                rtt_ms: (ok > 0).then_some(0.3),
+                detail: (ok < sent).then(|| {
+                    if refused {
+                        "connect: Connection refused (os error 111)".to_owned()
+                    } else {
+                        "timeout".to_owned()
+                    }
+                }),
+            });
+        }
+        let peers: Vec<usize> = plan
+            .overlay
+            .as_ref()
+            .map(|o| {
+                o.peers
+                    .iter()
+                    .filter_map(|p| pos.get(p.node.as_str()).copied())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let evidence = (kind == AgentKind::Host).then(|| evidence_of(t, faults, s, &peers));
+        let capture = plan
+            .overlay
+            .as_ref()
+            .map(|_| capture_of(t, world, s, &peers, self.icmp_count));
+        Some(AgentReport {
+            round: plan.round,
+            node: plan.node.clone(),
+            kind,
+            results,
+            warnings: vec![],
+            evidence,
+            capture,
+            packets: vec![],
+            offline_at_ms: None,
+        })
+    }
+}
+
 /// The report of one round of a cluster with these faults.
 pub fn report(t: &Topology, faults: &[Fault], round: u64, settings: &PlanSettings) -> CheckReport {
-    let pos: BTreeMap<&str, usize> = t
-        .nodes
-        .iter()
-        .enumerate()
-        .map(|(i, n)| (n.name.as_str(), i))
-        .collect();
-    let world = World {
-        faults,
-        dns_nodes: t
-            .core_dns
-            .iter()
-            .map(|p| (p.name.clone(), pos[p.node.as_str()]))
-            .collect(),
-        ingress_node: t
-            .ingresses
-            .first()
-            .and_then(|g| t.nodes.iter().position(|n| n.internal_ip == g.address))
-            .unwrap_or(0),
-    };
-    let pod_ips = t
-        .nodes
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| !faults.contains(&Fault::PodSilent(*i)))
-        .map(|(_, n)| (n.name.clone(), n.pod_cidr.first_host()))
-        .collect();
+    let model = Model::new(t, faults, settings);
+    let pod_ips = model.pod_ips();
     let mut plans = BTreeMap::new();
     let mut reports = BTreeMap::new();
     let mut salt = round;
-    for (s, node) in t.nodes.iter().enumerate() {
-        let silent = world.down(s) || faults.contains(&Fault::AgentsSilent(s));
+    let planner = Planner::new(t, &pod_ips, round, settings);
+    for node in &t.nodes {
         for kind in AgentKind::ALL {
-            let plan = make_plan(t, &pod_ips, &node.name, kind, round, settings);
-            let silent =
-                silent || (kind == AgentKind::Pod && faults.contains(&Fault::PodSilent(s)));
-            if !silent {
-                let mut results = Vec::new();
-                for (layer, col) in plan.cells() {
-                    let d = pos.get(col).copied();
-                    let sent: u32 = match layer {
-                        Layer::DnsService | Layer::DnsPod => 10,
-                        Layer::CorednsMetrics => 1,
-                        Layer::Nodeport
-                        | Layer::Ingress
-                        | Layer::NodeportFromPod
-                        | Layer::IngressFromPod => 3,
-                        _ => u32::from(settings.icmp_count),
-                    };
-                    let works = world.works(layer, s, col, d);
-                    let path_loss = match (layer, d) {
-                        (Layer::DnsPod | Layer::CorednsMetrics, _) => {
-                            world.dns_nodes.get(col).map_or(0.0, |&x| world.loss(s, x))
-                        }
-                        (_, Some(d)) => world.loss(s, d),
-                        _ => 0.0,
-                    };
-                    salt = salt.wrapping_add(1);
-                    let ok = if works {
-                        sent - lost(sent, path_loss, salt)
-                    } else {
-                        0
-                    };
-                    // Nothing listening answers with a reset; a lost packet with silence.
-                    let refused = match layer {
-                        Layer::Nodeport | Layer::NodeportFromPod => {
-                            d.is_some_and(|d| faults.contains(&Fault::NodeportRemoved(d)))
-                        }
-                        Layer::Ingress | Layer::IngressFromPod => {
-                            faults.contains(&Fault::IngressDown)
-                        }
-                        _ => false,
-                    };
-                    results.push(ProbeResult {
-                        layer,
-                        column: col.to_owned(),
-                        sent,
-                        ok,
-                        rtt_ms: (ok > 0).then_some(0.3),
-                        detail: (ok < sent).then(|| {
-                            if refused {
-                                "connect: Connection refused (os error 111)".to_owned()
-                            } else {
-                                "timeout".to_owned()
-                            }
-                        }),
-                    });
-                }
-                let peers: Vec<usize> = plan
-                    .overlay
-                    .as_ref()
-                    .map(|o| {
-                        o.peers
-                            .iter()
-                            .filter_map(|p| pos.get(p.node.as_str()).copied())
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                let evidence = (kind == AgentKind::Host).then(|| evidence_of(t, faults, s, &peers));
-                let capture = plan.overlay.as_ref().map(|o| {
-                    let peers: Vec<usize> = o
-                        .peers
-                        .iter()
-                        .filter_map(|p| pos.get(p.node.as_str()).copied())
-                        .collect();
-                    capture_of(t, &world, s, &peers, u32::from(settings.icmp_count))
-                });
-                reports.insert(
-                    (node.name.clone(), kind),
-                    AgentReport {
-                        round,
-                        node: node.name.clone(),
-                        kind,
-                        results,
-                        warnings: vec![],
-                        evidence,
-                        capture,
-                        packets: vec![],
-                        offline_at_ms: None,
-                    },
-                );
+            let plan = planner.plan(&node.name, kind);
+            if let Some(r) = model.agent_report(&plan, &mut salt) {
+                reports.insert((node.name.clone(), kind), r);
             }
             plans.insert((node.name.clone(), kind), plan);
         }

@@ -119,7 +119,7 @@ impl Cx<'_> {
         let mut dead_links: Vec<(usize, usize)> = self
             .ix
             .all(Layer::Underlay)
-            .filter(|(_, _, c)| self.is_dead(Some(c)))
+            .filter(|(_, _, c)| self.is_dead(Some(*c)))
             .map(|(s, d, _)| (s, d))
             .collect();
         dead_links.sort_unstable();

@@ -49,11 +49,9 @@ fn failing_cells(r: &CheckReport) -> BTreeSet<(String, String, String)> {
     r.layers
         .iter()
         .flat_map(|(layer, m)| {
-            m.iter().flat_map(move |(src, row)| {
-                row.iter()
-                    .filter(|(_, c)| c.state == CellState::Fail)
-                    .map(move |(dst, _)| (layer.to_string(), src.to_string(), dst.clone()))
-            })
+            m.iter()
+                .filter(|(_, _, c)| c.state == CellState::Fail)
+                .map(move |(src, dst, _)| (layer.to_string(), src.to_owned(), dst.to_owned()))
         })
         .collect()
 }

@@ -350,7 +350,7 @@ fn a_cordoned_node_with_silent_agents_gives_no_finding() {
         .cell(meshprobe_core::Layer::Underlay, "n1", "n4")
         .expect("planned");
     assert_eq!(cell.state, meshprobe_core::CellState::Unknown);
-    assert_eq!(cell.detail.as_deref(), Some("n4 is cordoned: not probed"));
+    assert_eq!(cell.detail, Some("n4 is cordoned: not probed"));
 }
 
 #[test]

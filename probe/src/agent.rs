@@ -65,7 +65,7 @@ impl AgentConfig {
     /// How long a heartbeat-streamed poll may stay quiet before it is declared dead.
     pub fn idle_limit(&self) -> Duration {
         match self.heartbeat {
-            Some(h) => h * HEARTBEATS_MISSED + Duration::from_millis(100),
+            Some(h) => meshprobe_core::api::idle_limit(h),
             None => self.poll_wait + Duration::from_secs(5),
         }
     }
@@ -74,9 +74,13 @@ impl AgentConfig {
 /// How far past the plan's budget `run_plan` cuts off a part that is still running.
 pub const BUDGET_SLACK: Duration = Duration::from_millis(1500);
 
+/// The longest heartbeat period an agent accepts (so a dead connection is noticed within
+/// about 6 s even when the coordinator holds 10,000 polls).
+pub const MAX_HEARTBEAT_MS: u32 = 2_000;
+
 /// Heartbeats a poll may miss before the agent declares its connection dead and polls
 /// again: at the default 300 ms, a dead connection is noticed in 1 s.
-pub const HEARTBEATS_MISSED: u32 = 3;
+pub const HEARTBEATS_MISSED: u32 = meshprobe_core::api::HEARTBEATS_MISSED;
 
 /// Reports kept while the coordinator is unreachable; the oldest go first.
 pub const OFFLINE_BUFFER: usize = 64;
@@ -233,6 +237,9 @@ pub async fn agent_loop(
         wait: Some(cfg.poll_wait.as_secs().max(1)),
         pod_ip,
         heartbeat_ms: cfg.heartbeat.map(|h| h.as_millis() as u32),
+        // A coordinator with thousands of polls open may stretch the heartbeat: it says
+        // which period it chose, and the dead-connection limit follows it.
+        heartbeat_max_ms: cfg.heartbeat.map(|_| MAX_HEARTBEAT_MS),
         relay_port,
         ..AgentPoll::default()
     };
@@ -344,6 +351,12 @@ pub async fn agent_loop(
                 if dead {
                     continue;
                 }
+                // A coordinator at its limit says when to come back: wait that long (and
+                // a little more, so that agents told the same do not return together).
+                if let Some(pause) = e.retry_after() {
+                    sleep(told_to_wait(pause)).await;
+                    continue;
+                }
                 // Back off from the coordinator, but not past the next offline round.
                 let until_offline = next_offline.saturating_duration_since(Instant::now());
                 sleep(if last_plan.is_some() {
@@ -377,6 +390,21 @@ async fn deliver(endpoints: &mut Endpoints, report: &AgentReport, plan: &Plan) {
                 tracing::warn!(round = plan.round, error = %e, "report refused");
                 return;
             }
+            // The coordinator is at its limit: come back when it says, within the budget.
+            Err(e) if e.retry_after().is_some() => {
+                let pause = told_to_wait(e.retry_after().unwrap_or_default());
+                if Instant::now() + pause >= give_up {
+                    tracing::warn!(round = plan.round, error = %e, "report not delivered: the coordinator is overloaded and asked to wait past the round");
+                    return;
+                }
+                tracing::info!(
+                    round = plan.round,
+                    attempt,
+                    pause_ms = pause.as_millis() as u64,
+                    "the coordinator asked to wait"
+                );
+                sleep(pause).await;
+            }
             Err(e) => {
                 tracing::warn!(round = plan.round, attempt, endpoint = %endpoints.current().url(), error = %e, "report failed");
                 endpoints.failed();
@@ -387,6 +415,13 @@ async fn deliver(endpoints: &mut Endpoints, report: &AgentReport, plan: &Plan) {
             }
         }
     }
+}
+
+/// How long to wait when the coordinator said `Retry-After: pause`: that, plus up to a
+/// quarter more (at least 100 ms) at random, so that agents told the same spread out.
+fn told_to_wait(pause: Duration) -> Duration {
+    let spread = (pause / 4).max(Duration::from_millis(100));
+    pause + spread.mul_f64(fastrand::f64())
 }
 
 async fn start_capture(node_ip: Ipv4Addr, port: u16) -> Result<crate::capture::Capture, String> {

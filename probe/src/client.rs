@@ -125,6 +125,8 @@ pub enum ClientError {
         /// The server's message (its `error` field, or the start of the body), with
         /// control characters escaped.
         message: String,
+        /// How long the server asked us to wait before trying again (`Retry-After`).
+        retry_after: Option<Duration>,
     },
     /// The credential cannot be read or sent.
     #[error("credential {path}: {reason}")]
@@ -149,6 +151,15 @@ impl ClientError {
     /// Whether the coordinator refused the credential (401) or what it allows (403).
     pub fn is_auth(&self) -> bool {
         matches!(self.status(), Some(401 | 403))
+    }
+
+    /// How long the coordinator asked to be left alone (503 with `Retry-After`: it is at a
+    /// limit, and says when to come back).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ClientError::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
     }
 
     /// The HTTP status, for errors that have one.
@@ -251,6 +262,7 @@ impl CoordinatorClient {
             url: format!("{}{path}", self.url),
             status: a.status.as_u16(),
             message: printable(message.trim(), MAX_ERROR_TEXT),
+            retry_after: a.retry_after,
         }
     }
 
@@ -286,6 +298,21 @@ impl CoordinatorClient {
                 )
                 .await
                 .map_err(|e| self.unreachable(e))?;
+                // A coordinator that stretched the heartbeat (it holds many polls) says to
+                // what; the dead-connection limit follows, never below the caller's.
+                let idle = resp
+                    .headers()
+                    .get(api::HEARTBEAT_HEADER)
+                    .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                    .map(|ms| {
+                        ms.clamp(
+                            u64::from(*api::HEARTBEAT_MS.start()),
+                            u64::from(*api::HEARTBEAT_MS.end()),
+                        )
+                    })
+                    .map_or(idle, |ms| {
+                        idle.max(api::idle_limit(Duration::from_millis(ms)))
+                    });
                 transport::collect_idle(&self.base.authority, resp, idle, overall)
                     .await
                     .map_err(|e| self.unreachable(e))?

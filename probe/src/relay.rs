@@ -129,8 +129,12 @@ async fn pass(
             let (parts, incoming) = resp.into_parts();
             let mut out = Response::new(Body::new(incoming));
             *out.status_mut() = parts.status;
-            if let Some(ct) = parts.headers.get(header::CONTENT_TYPE) {
-                out.headers_mut().insert(header::CONTENT_TYPE, ct.clone());
+            // The content type, and an overloaded coordinator's Retry-After: the pod
+            // agent behind the relay is told to back off like any other agent.
+            for name in [header::CONTENT_TYPE, header::RETRY_AFTER] {
+                if let Some(v) = parts.headers.get(&name) {
+                    out.headers_mut().insert(name, v.clone());
+                }
             }
             out
         }

@@ -135,8 +135,23 @@ pub struct Answer {
     pub status: StatusCode,
     /// Content-Type, if any.
     pub content_type: Option<header::HeaderValue>,
+    /// `Retry-After` in seconds, if the server sent one (at most an hour is believed).
+    pub retry_after: Option<Duration>,
     /// Body.
     pub body: Bytes,
+}
+
+/// The `Retry-After` of an answer, when it is a number of seconds (the HTTP-date form is
+/// not used by the coordinator); capped at an hour so a hostile server cannot park us.
+pub fn retry_after(headers: &header::HeaderMap) -> Option<Duration> {
+    let secs: u64 = headers
+        .get(header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(secs.min(3600)))
 }
 
 /// A base URL split into what a connection needs.
@@ -276,6 +291,7 @@ pub async fn send(
 pub async fn collect(authority: &str, resp: Response<Incoming>) -> Result<Answer, TransportError> {
     let status = resp.status();
     let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
+    let retry_after = retry_after(resp.headers());
     let body = Limited::new(resp.into_body(), MAX_ANSWER)
         .collect()
         .await
@@ -291,6 +307,7 @@ pub async fn collect(authority: &str, resp: Response<Incoming>) -> Result<Answer
     Ok(Answer {
         status,
         content_type,
+        retry_after,
         body,
     })
 }
@@ -306,6 +323,7 @@ pub async fn collect_idle(
     let deadline = Instant::now() + overall;
     let status = resp.status();
     let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
+    let retry_after = retry_after(resp.headers());
     let mut body = resp.into_body();
     let mut buf = Vec::new();
     loop {
@@ -331,6 +349,7 @@ pub async fn collect_idle(
     Ok(Answer {
         status,
         content_type,
+        retry_after,
         body: Bytes::from(buf),
     })
 }

@@ -163,6 +163,8 @@ async fn run_plan_ends_within_the_budget_when_a_prober_hangs() {
 #[derive(Default)]
 struct Seen {
     polls: Vec<(Instant, String)>,
+    /// Every report delivery attempt.
+    attempts: Vec<Instant>,
     reports: Vec<(Instant, AgentReport)>,
 }
 
@@ -173,14 +175,34 @@ struct Fc {
     plan: Plan,
     /// The first poll goes quiet after one heartbeat (a connection that died).
     first_poll_dies: bool,
+    /// The first poll and the first report get 503 with `Retry-After: 1` (an overloaded
+    /// coordinator).
+    overloaded_once: bool,
 }
 
-async fn fc_poll(State(fc): State<Fc>, uri: axum::http::Uri) -> Body {
+fn told_to_come_back() -> axum::response::Response {
+    use axum::response::IntoResponse;
+    (
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        [(axum::http::header::RETRY_AFTER, "1")],
+        "{\"error\": \"at the limit\"}",
+    )
+        .into_response()
+}
+
+async fn fc_poll(State(fc): State<Fc>, uri: axum::http::Uri) -> axum::response::Response {
     let n = {
         let mut s = fc.seen.lock().expect("lock");
         s.polls.push((Instant::now(), format!("{} {uri}", fc.name)));
         s.polls.len()
     };
+    if fc.overloaded_once && n == 1 {
+        return told_to_come_back();
+    }
+    axum::response::IntoResponse::into_response(fc_poll_body(&fc, n).await)
+}
+
+async fn fc_poll_body(fc: &Fc, n: usize) -> Body {
     if fc.first_poll_dies && n == 1 {
         // One heartbeat, then nothing, for ever: what a flushed NAT entry looks like.
         let s = futures_util::stream::unfold(0u8, |i| async move {
@@ -202,14 +224,16 @@ async fn fc_poll(State(fc): State<Fc>, uri: axum::http::Uri) -> Body {
     Body::from(serde_json::to_vec(&PollResult { assignment }).expect("json"))
 }
 
-async fn fc_report(State(fc): State<Fc>, body: Bytes) -> axum::http::StatusCode {
+async fn fc_report(State(fc): State<Fc>, body: Bytes) -> axum::response::Response {
+    use axum::response::IntoResponse;
     let r: AgentReport = serde_json::from_slice(&body).expect("report");
-    fc.seen
-        .lock()
-        .expect("lock")
-        .reports
-        .push((Instant::now(), r));
-    axum::http::StatusCode::ACCEPTED
+    let mut s = fc.seen.lock().expect("lock");
+    s.attempts.push(Instant::now());
+    if fc.overloaded_once && s.attempts.len() == 1 {
+        return told_to_come_back();
+    }
+    s.reports.push((Instant::now(), r));
+    axum::http::StatusCode::ACCEPTED.into_response()
 }
 
 async fn fake_coordinator(fc: Fc) -> std::net::SocketAddr {
@@ -246,6 +270,7 @@ async fn a_dead_poll_is_replaced_within_a_second() {
         name: "coordinator",
         plan: plan(AgentKind::Host, 5),
         first_poll_dies: true,
+        overloaded_once: false,
     })
     .await;
     let cfg = AgentConfig::new(
@@ -279,6 +304,7 @@ async fn a_pod_agent_switches_to_the_relay_its_plan_names() {
         name: "relay",
         plan: p.clone(),
         first_poll_dies: false,
+        overloaded_once: false,
     })
     .await;
     let std::net::SocketAddr::V4(relay) = relay else {
@@ -291,6 +317,7 @@ async fn a_pod_agent_switches_to_the_relay_its_plan_names() {
         name: "coordinator",
         plan: p,
         first_poll_dies: false,
+        overloaded_once: false,
     })
     .await;
     let mut cfg = AgentConfig::new(
@@ -312,4 +339,121 @@ async fn a_pod_agent_switches_to_the_relay_its_plan_names() {
     let r = relay_seen.lock().expect("lock");
     assert_eq!(r.reports[0].1.round, 3);
     assert!(!r.polls.is_empty(), "later polls go to the relay");
+}
+
+/// An overloaded coordinator's `Retry-After` is obeyed: the refused poll is repeated after
+/// the second it asked for (not at once, not after the exponential backoff's pace), and a
+/// refused report is delivered again after it, within the round.
+#[tokio::test]
+async fn an_agent_told_to_back_off_waits_as_told_and_still_reports() {
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let addr = fake_coordinator(Fc {
+        seen: Arc::clone(&seen),
+        name: "coordinator",
+        plan: plan(AgentKind::Host, 4),
+        first_poll_dies: false,
+        overloaded_once: true,
+    })
+    .await;
+    let cfg = AgentConfig::new(
+        NodeName::new("n1").expect("n"),
+        AgentKind::Host,
+        format!("http://{addr}"),
+    );
+    let agent = tokio::spawn(async move { agent_loop(&cfg, &Fake::default(), vec![], None).await });
+    wait_for_report(&seen, Duration::from_secs(10)).await;
+    agent.abort();
+    let s = seen.lock().expect("lock");
+    let gap = s.polls[1].0 - s.polls[0].0;
+    assert!(
+        gap >= Duration::from_secs(1) && gap < Duration::from_millis(1400),
+        "the refused poll was repeated {gap:?} later; Retry-After said 1 s"
+    );
+    assert_eq!(s.attempts.len(), 2, "one refused delivery, one accepted");
+    let again = s.attempts[1] - s.attempts[0];
+    assert!(
+        again >= Duration::from_secs(1) && again < Duration::from_millis(1400),
+        "the refused report was sent again {again:?} later"
+    );
+    assert_eq!(s.reports[0].1.round, 4);
+}
+
+/// A coordinator that stretched the heartbeat says so in `meshprobe-heartbeat-ms`, and the
+/// client's dead-connection limit follows it: heartbeats 700 ms apart do not look dead to
+/// a client that would give up after 400 ms of quiet, when the coordinator named 800 ms.
+/// Without the header, the same stream is a dead connection.
+#[tokio::test]
+async fn a_stretched_heartbeat_named_by_the_coordinator_is_not_a_dead_connection() {
+    async fn slow_stream(named: bool) -> axum::response::Response {
+        use axum::response::IntoResponse;
+        let s = futures_util::stream::unfold(0u8, |i| async move {
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            let chunk = if i < 2 {
+                Bytes::from_static(b"\n")
+            } else if i == 2 {
+                Bytes::from(serde_json::to_vec(&PollResult { assignment: None }).expect("json"))
+            } else {
+                return None;
+            };
+            Some((Ok::<_, std::io::Error>(chunk), i + 1))
+        });
+        let mut r = Body::from_stream(s).into_response();
+        if named {
+            r.headers_mut().insert(
+                meshprobe_core::api::HEARTBEAT_HEADER,
+                axum::http::HeaderValue::from_static("800"),
+            );
+        }
+        r
+    }
+    let app = Router::new()
+        .route(
+            "/v1/agents/n1/host/next",
+            get(|| async { slow_stream(true).await }),
+        )
+        .route(
+            "/v1/agents/n2/host/next",
+            get(|| async { slow_stream(false).await }),
+        );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(l, app).await });
+    let client =
+        meshprobe_probe::client::CoordinatorClient::new(&format!("http://{addr}")).expect("client");
+    let poll = meshprobe_core::api::AgentPoll {
+        wait: Some(5),
+        heartbeat_ms: Some(100),
+        heartbeat_max_ms: Some(2000),
+        ..Default::default()
+    };
+    let quiet = Duration::from_millis(400);
+    let named = client
+        .poll(
+            &NodeName::new("n1").expect("n"),
+            AgentKind::Host,
+            &poll,
+            quiet,
+        )
+        .await;
+    assert!(matches!(named, Ok(None)), "{named:?}");
+    let unnamed = client
+        .poll(
+            &NodeName::new("n2").expect("n"),
+            AgentKind::Host,
+            &poll,
+            quiet,
+        )
+        .await;
+    assert!(
+        matches!(
+            unnamed,
+            Err(meshprobe_probe::client::ClientError::Unreachable {
+                source: meshprobe_probe::transport::TransportError::Idle(_),
+                ..
+            })
+        ),
+        "{unnamed:?}"
+    );
 }

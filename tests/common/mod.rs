@@ -164,14 +164,12 @@ pub fn check_until_healthy(lab: &Lab, within: Duration) -> CheckReport {
 pub fn not_ok(r: &CheckReport) -> Vec<String> {
     let mut v = Vec::new();
     for (layer, m) in &r.layers {
-        for (src, row) in m {
-            for (dst, c) in row {
-                if c.state != CellState::Ok {
-                    v.push(format!(
-                        "{layer} {src}->{dst}: {:?} {:?} {:?}",
-                        c.state, c.loss_pct, c.detail
-                    ));
-                }
+        for (src, dst, c) in m.iter() {
+            if c.state != CellState::Ok {
+                v.push(format!(
+                    "{layer} {src}->{dst}: {:?} {:?} {:?}",
+                    c.state, c.loss_pct, c.detail
+                ));
             }
         }
     }
@@ -202,12 +200,10 @@ pub fn unclaimed(r: &CheckReport) -> Vec<String> {
         .collect();
     let mut v = Vec::new();
     for (layer, m) in &r.layers {
-        for (src, row) in m {
-            for (dst, c) in row {
-                let key = (layer.to_string(), src.to_string(), dst.clone());
-                if c.state == CellState::Fail && !claimed.contains(&key) {
-                    v.push(format!("{layer} {src}->{dst}"));
-                }
+        for (src, dst, c) in m.iter() {
+            let key = (layer.to_string(), src.to_owned(), dst.to_owned());
+            if c.state == CellState::Fail && !claimed.contains(&key) {
+                v.push(format!("{layer} {src}->{dst}"));
             }
         }
     }
