@@ -594,10 +594,11 @@ fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
     // a quarter of the connections left for reports, clients and Prometheus.
     let connections = meshprobe_coordinator::listener::Limits::for_this_process().max_connections;
     if settings.limits.max_polls > connections / 4 * 3 {
-        tracing::warn!(
+        // Expected with the default and a modest `ulimit -n`: said at info, not a warning.
+        tracing::info!(
             max_polls = settings.limits.max_polls,
             connections,
-            "--max-polls lowered to three quarters of the connections the file-descriptor limit allows: raise `ulimit -n` for more"
+            "open polls capped at three quarters of the connections the file-descriptor limit allows (raise `ulimit -n` for more)"
         );
         settings.limits.max_polls = (connections / 4 * 3).max(1);
     }

@@ -393,6 +393,11 @@ mod tests {
         let s = after.summarised();
         assert_eq!(s.cell_count(), 1, "only the failing cell is listed");
         assert_eq!(
+            s.counts(),
+            after.counts(),
+            "the ok cells are counted all the same"
+        );
+        assert_eq!(
             s.summary
                 .as_ref()
                 .map(|x| x.ok_cells_omitted[&Layer::Underlay]),

@@ -248,9 +248,15 @@ impl CheckReport {
         !self.nodes.is_empty() && fail == 0 && unknown == 0 && self.findings.is_empty()
     }
 
-    /// Counts of (ok, fail, unknown) cells over all layers.
+    /// Counts of (ok, fail, unknown) cells over all layers (a summarised report's ok cells
+    /// included: it counts them instead of listing them).
     pub fn counts(&self) -> (usize, usize, usize) {
-        let mut c = (0, 0, 0);
+        let omitted: u64 = self
+            .summary
+            .iter()
+            .flat_map(|s| s.ok_cells_omitted.values())
+            .sum();
+        let mut c = (omitted as usize, 0, 0);
         for cell in self.layers.values().flat_map(Matrix::cells) {
             match cell.state {
                 CellState::Ok => c.0 += 1,

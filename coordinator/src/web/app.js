@@ -79,6 +79,8 @@ function counts(rep) {
   for (const m of Object.values(rep.layers)) for (const row of Object.values(m)) for (const c of Object.values(row)) {
     if (c.state === 'ok') ok++; else if (c.state === 'fail') fail++; else unknown++;
   }
+  // A summarised report (a big round) counts its ok cells instead of listing them.
+  if (rep.summary) for (const n of Object.values(rep.summary.okCellsOmitted || {})) ok += n;
   return { ok, fail, unknown };
 }
 
@@ -148,6 +150,8 @@ function renderGrid() {
   grid.replaceChildren();
   $('collapsed').textContent = '';
   if (!view.layer) return;
+  const omitted = rep.summary && (rep.summary.okCellsOmitted || {})[view.layer];
+  const note = omitted ? omitted + ' ok cells of this layer are counted, not shown (the round is summarised: over 100,000 cells). ' : '';
   const m = rep.layers[view.layer];
   const nodeOrder = new Map(rep.nodes.map((n, i) => [n, i]));
   const rows = Object.keys(m);
@@ -186,9 +190,10 @@ function renderGrid() {
     });
   });
   const hiddenRows = rows.length - shownRows.length, hiddenCols = cols.length - shownCols.length;
+  $('collapsed').textContent = note;
   if (hiddenRows > 0 || hiddenCols > 0) {
     const hiddenBad = rows.slice(MAX_ROWS).filter((r) => rowBad(r) > 0).length;
-    $('collapsed').textContent = 'Collapsed: ' + hiddenRows + ' more rows (' + hiddenBad + ' with failures) and ' + hiddenCols + ' more columns, all ordered worst first.';
+    $('collapsed').textContent = note + 'Collapsed: ' + hiddenRows + ' more rows (' + hiddenBad + ' with failures) and ' + hiddenCols + ' more columns, all ordered worst first.';
   }
 }
 
