@@ -194,6 +194,8 @@ fn coordinator(inventory: &std::path::Path) -> Coord {
         .spawn()
         .expect("spawn coordinator");
     let stderr = child.stderr.take().expect("stderr");
+    // Guarded before anything can panic: a failed start must not leave it running.
+    let mut coord = Coord(child, String::new());
     let mut lines = BufReader::new(stderr).lines();
     let line = lines.next().expect("a first line").expect("readable");
     let addr = line
@@ -204,7 +206,8 @@ fn coordinator(inventory: &std::path::Path) -> Coord {
         .to_owned();
     // Keep draining stderr so the coordinator never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
-    Coord(child, format!("http://{addr}"))
+    coord.1 = format!("http://{addr}");
+    coord
 }
 
 /// Writes `text` as a token file next to `inventory`.
