@@ -184,12 +184,6 @@ impl Matrix {
             .map(|row| self.name(row[0].from))
     }
 
-    /// Whether any row has column `to`.
-    pub fn has_column(&self, to: &str) -> bool {
-        self.id(to)
-            .is_some_and(|t| self.recs.iter().any(|r| r.to == t))
-    }
-
     /// Sets the cell at (from, to). Rebuilds the matrix: for small edits (tests, fixtures);
     /// build a large matrix with [`MatrixBuilder`].
     pub fn insert(&mut self, from: &str, to: &str, cell: &Cell) {
