@@ -49,6 +49,12 @@ fn expected(plan: &LabPlan, f: &Fault) -> (&'static str, String, Option<String>)
             ("vxlan-config-mismatch", on(node), None)
         }
         Fault::DnsRulesMissing { .. } => ("dns-service-broken", on(node), None),
+        Fault::VxlanPairDrop { peer, .. } => ("vxlan-blocked", on(node), Some(peer.clone())),
+        Fault::HostFirewall { .. } => ("vxlan-blocked", on(node), None),
+        Fault::BridgeMtu { .. } => ("mtu-mismatch", on(node), None),
+        // Which backend a failed request landed on, no probe can tell: the finding names
+        // the service and no node.
+        Fault::BackendDown { .. } => ("service-backend-down", String::new(), None),
         Fault::Loss { .. } => ("packet-loss", on(node), None),
         // Not data-path faults: no finding is expected of them.
         Fault::CoordinatorDown
@@ -91,6 +97,7 @@ fn every_kind(plan: &LabPlan, rng: &mut fastrand::Rng) -> Vec<Fault> {
     let (c, d) = pair(rng);
     let (e, f) = pair(rng);
     let (g, h) = pair(rng);
+    let (i, j) = pair(rng);
     vec![
         Fault::VxlanDropIn { node: node(rng) },
         Fault::VxlanDropOut { node: node(rng) },
@@ -119,6 +126,10 @@ fn every_kind(plan: &LabPlan, rng: &mut fastrand::Rng) -> Vec<Fault> {
         Fault::VxlanVni { node: node(rng) },
         Fault::VtepChanged { node: node(rng) },
         Fault::DnsRulesMissing { node: node(rng) },
+        Fault::VxlanPairDrop { node: i, peer: j },
+        Fault::HostFirewall { node: node(rng) },
+        Fault::BridgeMtu { node: node(rng) },
+        Fault::BackendDown { node: node(rng) },
     ]
 }
 
@@ -158,7 +169,13 @@ fn suite(nodes: usize, test: &str) {
         });
         let ok = code == 1
             && got.as_ref().is_some_and(|(c, ns, ps)| {
-                *c == cause && ns.contains(&node) && peer.as_ref().is_none_or(|p| ps.contains(p))
+                *c == cause
+                    && (if node.is_empty() {
+                        ns.is_empty()
+                    } else {
+                        ns.contains(&node)
+                    })
+                    && peer.as_ref().is_none_or(|p| ps.contains(p))
             });
         if !ok {
             misses.push(format!(
@@ -242,6 +259,16 @@ fn two_faults_on_different_nodes_are_both_found() {
             },
             Fault::NodeportRemoved {
                 node: format!("n{}", nodes[5]),
+            },
+        ),
+        // Two kinds from beyond the first list: a pair and a node-internal MTU.
+        (
+            Fault::VxlanPairDrop {
+                node: format!("n{}", nodes[0]),
+                peer: format!("n{}", nodes[1]),
+            },
+            Fault::BridgeMtu {
+                node: format!("n{}", nodes[2]),
             },
         ),
     ];

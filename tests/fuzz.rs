@@ -175,7 +175,7 @@ fn capture_decoder() {
 #[test]
 fn iptables_save_parser() {
     fuzz("iptables", corpus("iptables"), |d| {
-        let _ = meshprobe_probe::evidence::parse_iptables_save(&text(d), 8472);
+        let _ = meshprobe_probe::evidence::parse_iptables_save(&text(d), &Default::default());
     });
 }
 

@@ -98,6 +98,10 @@ ids! {
         NodeportBroken = "nodeport-broken",
         /// An ingress path does not answer.
         IngressBroken = "ingress-broken",
+        /// A load-balanced service (a NodePort, an ingress) fails a share of requests from
+        /// many nodes and through many nodes, while no node's own paths fail: one of its
+        /// backends does not answer.
+        ServiceBackendDown = "service-backend-down",
         /// Failing cells no rule explains, localised as far as the probes allow.
         Unexplained = "unexplained",
     }

@@ -217,7 +217,10 @@ pub struct NodeEvidence {
     pub ip_forward: Option<bool>,
     /// FORWARD chain findings.
     pub forward: Option<ForwardEvidence>,
-    /// Rules that drop or reject the overlay's UDP port (INPUT, OUTPUT, PREROUTING, ...).
+    /// Rules that drop or reject the overlay's UDP port by name (any chain), and those a
+    /// VXLAN packet between nodes meets in order in `INPUT`, `OUTPUT` and the raw table
+    /// before something accepts it (a catch-all REJECT, a DROP policy, a rule for one
+    /// peer's address).
     pub overlay_port_rules: Vec<FirewallRule>,
     /// Overlay device, routes, neighbours, fdb.
     pub overlay: Option<OverlayEvidence>,

@@ -43,7 +43,7 @@ pub(crate) enum Attr {
 }
 
 impl Attr {
-    fn words(self) -> &'static str {
+    pub(crate) fn words(self) -> &'static str {
         match self {
             Attr::VxlanPort => "VXLAN port",
             Attr::Vni => "VXLAN VNI",

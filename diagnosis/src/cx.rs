@@ -86,17 +86,6 @@ pub(crate) fn name(s: &str) -> NodeName {
 }
 
 /// The next step for a node that does not forward, by cause.
-pub(crate) fn forwarding_fix(cause: &Cause, xn: &str) -> String {
-    match cause {
-        Cause::IpForwardDisabled => format!(
-            "on {xn}: `sysctl -w net.ipv4.ip_forward=1`, then find what resets it: `grep -rn ip_forward /etc/sysctl.conf /etc/sysctl.d/ /usr/lib/sysctl.d/`"
-        ),
-        _ => format!(
-            "on {xn}: `iptables -S FORWARD`; delete the REJECT above the CNI rules (`iptables -D FORWARD -j REJECT --reject-with icmp-host-prohibited`) or stop firewalld / trust the pod CIDR"
-        ),
-    }
-}
-
 pub(crate) fn lost_of(c: CellView<'_>) -> u32 {
     c.sent.saturating_sub(c.ok)
 }
@@ -238,6 +227,40 @@ impl<'a> Cx<'a> {
             ));
         }
         None
+    }
+
+    /// What to do about a node that does not forward, from the rule its evidence names.
+    pub(crate) fn forwarding_fix(&self, cause: &Cause, x: usize) -> String {
+        let xn = self.nm(x);
+        if *cause == Cause::IpForwardDisabled {
+            return format!(
+                "on {xn}: `sysctl -w net.ipv4.ip_forward=1`, then find what resets it: `grep -rn ip_forward /etc/sysctl.conf /etc/sysctl.d/ /usr/lib/sysctl.d/`"
+            );
+        }
+        let fwd = self.evidence(x).and_then(|e| e.forward.as_ref());
+        let firewalld = fwd.is_some_and(|f| {
+            f.foreign_chains
+                .iter()
+                .any(|c| c.starts_with("FORWARD_") || c.starts_with("FWD"))
+        });
+        let then = if firewalld {
+            " or add the pod CIDR to firewalld's trusted zone (`firewall-cmd --permanent --zone=trusted --add-source=<pod CIDR>`)"
+        } else {
+            ""
+        };
+        match fwd.and_then(|f| f.blocking_rules.first()) {
+            Some(r) if r.rule.starts_with("-A ") => format!(
+                "on {xn}: `iptables -S {}`; delete the rule above the CNI's accepts (`iptables -D {}`){then}, and find what adds it",
+                r.chain,
+                &r.rule[3..]
+            ),
+            Some(_) => format!(
+                "on {xn}: the FORWARD policy is DROP and no Kubernetes or CNI chain accepts pod traffic: restart the CNI so it adds its FORWARD accepts, or `iptables -P FORWARD ACCEPT`{then}"
+            ),
+            None => format!(
+                "on {xn}: `iptables -S FORWARD` and `nft list ruleset`: forwarded pod traffic is dropped by something iptables does not show; check host security agents{then}"
+            ),
+        }
     }
 
     pub(crate) fn n(&self) -> usize {

@@ -115,7 +115,7 @@ impl Cx<'_> {
             for a in ev.map(|e| e.security_agents.clone()).unwrap_or_default() {
                 evidence.push(format!("{xn}: security agent {a} is running"));
             }
-            let fix = forwarding_fix(&cause, &xn);
+            let fix = self.forwarding_fix(&cause, x);
             let summary = match direction {
                 Direction::Outbound => {
                     format!("{xn} does not forward: its pods cannot reach other nodes")

@@ -85,6 +85,7 @@ pub fn diagnose(
     cx.metrics();
     cx.nodeport();
     cx.ingress();
+    cx.service_backends();
     cx.degraded_probers();
     cx.agents();
     cx.unexplained();

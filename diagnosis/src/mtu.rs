@@ -165,7 +165,80 @@ impl Cx<'_> {
             // sends more than the fabric carries (a NIC set larger than the rest).
             let sends_too_big = hit_out.iter().any(|h| h.1 == Layer::UnderlayFullSize)
                 && !hit_in.iter().any(|h| h.1 == Layer::UnderlayFullSize);
-            let (hop, summary, fix) = if sends_too_big || direction == Direction::Outbound {
+            // Full-size frames cross the underlay to and from x (its full-size underlay
+            // probes pass), yet full-size packets into its pods are lost: an MTU inside x,
+            // between its overlay device and its pods, is smaller than the overlay's.
+            let underlay_carries = !hit_in
+                .iter()
+                .chain(&hit_out)
+                .any(|h| h.1 == Layer::UnderlayFullSize)
+                && self
+                    .ix
+                    .col(Layer::UnderlayFullSize, x)
+                    .iter()
+                    .any(|&s| s != x && self.ok(Layer::UnderlayFullSize, s, x));
+            let inner: Vec<&'static str> = {
+                let mut v: Vec<&'static str> = self
+                    .cfg
+                    .of(x)
+                    .filter(|o| matches!(o.attr, Attr::OverlayMtu | Attr::BridgeMtu | Attr::PodMtu))
+                    .map(|o| o.attr.words())
+                    .collect();
+                v.dedup();
+                v
+            };
+            // The senders' kernels refused the packet themselves: a hop on the way
+            // answered "fragmentation needed" and they learned a smaller path MTU.
+            let learned = hit_in.iter().any(|&(s, l)| {
+                self.cell(l, s, x)
+                    .and_then(|c| c.detail)
+                    .is_some_and(|d| d.contains("EMSGSIZE"))
+            });
+            if learned {
+                evidence.push(format!(
+                    "the senders' kernels refuse full-size packets toward {xn}'s pods themselves (EMSGSIZE): a hop on the way answered \"fragmentation needed\", and they keep that smaller path MTU for up to 10 minutes"
+                ));
+            }
+            let reported = self.evidence(x).and_then(|e| e.config.as_ref()).is_some();
+            let (hop, summary, fix) = if underlay_carries
+                && learned
+                && inner.is_empty()
+                && reported
+                && direction != Direction::Outbound
+            {
+                (
+                    format!(
+                        "senders' route cache -> {xn}'s pods: a learned path MTU below {}",
+                        overlay.mtu
+                    ),
+                    format!(
+                        "peers refuse full-size packets to {xn}'s pods (EMSGSIZE) though {xn}'s MTUs match the cluster's and full-size frames cross the underlay: they hold a path MTU a hop announced earlier"
+                    ),
+                    format!(
+                        "in a sending pod: `ip route get <{xn} pod IP>` shows the learned `mtu`; `ip route flush cache` clears it (it expires by itself within 10 minutes). If it comes back, `tcpdump -ni any 'icmp[icmptype] == 3 and icmp[icmpcode] == 4'` on {xn} shows who announces it"
+                    ),
+                )
+            } else if underlay_carries && !sends_too_big && direction != Direction::Outbound {
+                let what = if inner.is_empty() {
+                    format!("the path from {} to its pods", overlay.interface)
+                } else {
+                    inner.join(" and ")
+                };
+                (
+                    format!(
+                        "inside {xn}: {} -> cni0 -> pods: {what} smaller than the overlay's {}",
+                        overlay.interface, overlay.mtu
+                    ),
+                    format!(
+                        "full-size packets to {xn}'s pods are lost while small ones pass and full-size frames cross the underlay: {what} on {xn} is smaller than the overlay's MTU {}",
+                        overlay.mtu
+                    ),
+                    format!(
+                        "on {xn}: `ip link show cni0; ip -o link show master cni0`; set them back to {} (the CNI config's `mtu`, flannel's FLANNEL_MTU in /run/flannel/subnet.env); senders keep a learned path MTU for up to 10 minutes: `ip route get <pod IP>` in a sending pod shows it, `ip route flush cache` there clears it",
+                        overlay.mtu
+                    ),
+                )
+            } else if sends_too_big || direction == Direction::Outbound {
                 (
                     format!(
                         "underlay: {xn} {dev} -> *: frames larger than the fabric carries vanish"

@@ -4,11 +4,13 @@
 //! nothing on the path explains it: a node-local fact on the node it runs on (ip_forward
 //! off, a FORWARD REJECT) wins, also when that node's agents are silent.
 
+use std::collections::BTreeSet;
+
 use meshprobe_core::matrix::CellState;
 use meshprobe_core::{Cause, Direction, Layer, NodeName};
 
 use crate::Part;
-use crate::cx::{Cx, POD_TRAFFIC, forwarding_fix};
+use crate::cx::{Cx, POD_TRAFFIC};
 use crate::index::Col;
 
 impl Cx<'_> {
@@ -50,7 +52,7 @@ impl Cx<'_> {
                 format!("{p:?}").to_lowercase()
             ));
         }
-        let fix = forwarding_fix(&cause, &xn);
+        let fix = self.forwarding_fix(&cause, x);
         self.broken.insert(x, cause.clone());
         self.explain_node(&[Part::Pods, Part::Big], x);
         let cells = self.claim_node(x, POD_TRAFFIC) + self.claim_balanced();
@@ -402,6 +404,157 @@ impl Cx<'_> {
 }
 
 impl Cx<'_> {
+    /// A load-balanced service that fails a share of requests from many nodes and through
+    /// many entry nodes, while each of them also gets answers, has a backend that does not
+    /// answer. Which backend, the probes cannot tell (a request does not say where it
+    /// landed), so the finding names no node, and says how to find it.
+    pub(crate) fn service_backends(&mut self) {
+        let single = (self.t.node_ports.len() == 1).then(|| self.t.node_ports[0].name.clone());
+        let mut groups: std::collections::BTreeMap<(bool, String), Vec<usize>> =
+            std::collections::BTreeMap::new();
+        for layer in [
+            Layer::Nodeport,
+            Layer::NodeportFromPod,
+            Layer::Ingress,
+            Layer::IngressFromPod,
+        ] {
+            let ingress = matches!(layer, Layer::Ingress | Layer::IngressFromPod);
+            for id in self.ix.targets_of(layer) {
+                let name = self.ix.targets[id].name;
+                let service = if ingress {
+                    name.to_owned()
+                } else {
+                    name.split_once('/')
+                        .map(|(_, s)| s.to_owned())
+                        .or_else(|| single.clone())
+                        .unwrap_or_else(|| name.to_owned())
+                };
+                groups.entry((ingress, service)).or_default().push(id);
+            }
+        }
+        for ((ingress, service), ids) in groups {
+            let in_group =
+                |k: &crate::index::CellKey| matches!(k.col, Col::Target(id) if ids.contains(&id));
+            let open = self
+                .ix
+                .failing
+                .iter()
+                .filter(|k| !self.claimed.contains(k) && in_group(k))
+                .count();
+            if open == 0 {
+                continue;
+            }
+            let (mut sent, mut ok, mut cells, mut dead) = (0u64, 0u64, 0usize, 0usize);
+            let (mut srcs, mut lossy_srcs) = (BTreeSet::new(), BTreeSet::new());
+            let (mut entries, mut lossy_entries) = (BTreeSet::new(), BTreeSet::new());
+            let mut upstream_errors = 0;
+            let mut cited = Vec::new();
+            for &id in &ids {
+                let entry = self.ix.targets[id].node;
+                for &s in self.ix.tcol(id) {
+                    let Some(c) = self.tcell(id, s) else { continue };
+                    if c.state == CellState::Unknown || c.sent == 0 {
+                        continue;
+                    }
+                    cells += 1;
+                    sent += u64::from(c.sent);
+                    ok += u64::from(c.ok);
+                    srcs.insert(s);
+                    entries.extend(entry);
+                    if c.ok < c.sent {
+                        lossy_srcs.insert(s);
+                        lossy_entries.extend(entry);
+                        if c.detail.is_some_and(|d| {
+                            ["HTTP 502", "HTTP 503", "HTTP 504"]
+                                .iter()
+                                .any(|e| d.contains(e))
+                        }) {
+                            upstream_errors += 1;
+                        }
+                        if c.state == CellState::Fail && cited.len() < 4 {
+                            cited.extend(self.tcite(id, &[s]));
+                        }
+                    }
+                    if c.ok == 0 {
+                        dead += 1;
+                    }
+                }
+            }
+            let spread = |lossy: usize, all: usize| lossy >= 2 && lossy * 2 >= all;
+            let lost = sent - ok;
+            // Most requests get through, and the lost ones are spread over the sources
+            // and (NodePorts) the entry nodes: no one node's path explains them.
+            if sent == 0
+                || lost * 4 > sent * 3
+                || dead * 2 >= cells
+                || !spread(lossy_srcs.len(), srcs.len())
+                || (!ingress && !spread(lossy_entries.len(), entries.len()))
+            {
+                continue;
+            }
+            let mut evidence = cited;
+            let pct = lost as f64 * 100.0 / sent as f64;
+            evidence.push(if ingress {
+                format!(
+                    "{lost} of {sent} requests ({pct:.0}%) failed, from {} of {} nodes, and each of those nodes also got answers",
+                    lossy_srcs.len(),
+                    srcs.len()
+                )
+            } else {
+                format!(
+                    "{lost} of {sent} requests ({pct:.0}%) failed, from {} of {} nodes and through {} of {} nodes' NodePorts, and each of them also got answers",
+                    lossy_srcs.len(),
+                    srcs.len(),
+                    lossy_entries.len(),
+                    entries.len()
+                )
+            });
+            if upstream_errors > 0 {
+                evidence.push(format!(
+                    "{upstream_errors} cells got HTTP 502/503/504: the ingress answered and reached no backend for those requests"
+                ));
+            }
+            evidence.push(format!(
+                "no node's own paths explain it: about 1 request in {:.0} lands on a backend that does not answer (kube-proxy spreads requests evenly over the endpoints)",
+                (sent as f64 / lost.max(1) as f64).max(1.0)
+            ));
+            let cells = self.claim_where(|_, k| in_group(&k));
+            let (hop, summary, fix) = if ingress {
+                (
+                    format!("ingress {service} -> its backends"),
+                    format!(
+                        "the ingress for {service} fails {pct:.0}% of requests from most nodes: one of its backends does not answer"
+                    ),
+                    format!(
+                        "`kubectl get ingress -A | grep {service}` for its service, then `kubectl get endpointslices -A -l kubernetes.io/service-name=<service> -o wide` and `curl -sv http://<endpoint IP>:<port>/` from a node for each endpoint; the controller's logs name the failing upstream"
+                    ),
+                )
+            } else {
+                (
+                    format!("service {service}: NodePort -> its backends"),
+                    format!(
+                        "NodePort {service} fails {pct:.0}% of requests from most nodes and through most nodes: one of its backends does not answer"
+                    ),
+                    format!(
+                        "`kubectl get endpointslices -A -l kubernetes.io/service-name={service} -o wide`, then `curl -sv http://<endpoint IP>:<target port>/` from a node for each endpoint: the one that times out is the backend; `kubectl describe pod` it and check its node's pod network"
+                    ),
+                )
+            };
+            self.push(
+                7,
+                cells * 5,
+                Cause::ServiceBackendDown,
+                vec![],
+                vec![],
+                Direction::None,
+                hop,
+                summary,
+                evidence,
+                fix,
+            );
+        }
+    }
+
     /// A load-balanced target on `x` fails by timing out while another node's pods are
     /// cut off: the requests may have landed on a backend there, which that node's
     /// finding explains (and claims). Only a refused connection (nothing listens, no rule

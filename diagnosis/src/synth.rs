@@ -64,6 +64,17 @@ pub enum Fault {
     /// The node's kube-proxy lost the kube-dns service's rules: its pods cannot resolve
     /// through the service IP.
     DnsRulesMissing(usize),
+    /// The first node's firewall drops VXLAN to the second's node IP (OUTPUT): their pods
+    /// cannot reach each other, everyone else's can.
+    PairBlocked(usize, usize),
+    /// The node's `cni0` MTU is below the overlay's: full-size packets into its pods are
+    /// refused (the senders learn a smaller path MTU); full-size frames still cross the
+    /// underlay.
+    BridgeMtu(usize),
+    /// The service's backend pod on the node does not answer: NodePort and ingress
+    /// requests that land on it (one in n) time out, from every node and through every
+    /// node.
+    BackendDown(usize),
 }
 
 impl Fault {
@@ -90,7 +101,10 @@ impl Fault {
             | Fault::VxlanPort(x)
             | Fault::VtepChanged(x)
             | Fault::Unpublished(x)
-            | Fault::DnsRulesMissing(x) => vec![*x],
+            | Fault::DnsRulesMissing(x)
+            | Fault::PairBlocked(x, _)
+            | Fault::BridgeMtu(x)
+            | Fault::BackendDown(x) => vec![*x],
             Fault::DnsDown(p) | Fault::MetricsBlocked(p) => t
                 .core_dns
                 .iter()
@@ -182,7 +196,7 @@ impl World<'_> {
                 && !self.config_cut(s, d)
                 && !self.has(|f| {
                     matches!(f, Fault::VxlanIn(x) | Fault::VxlanOut(x) | Fault::PathBlockedIn(x) if *x == s || *x == d)
-                        || matches!(f, Fault::PeerMissing(a, b) if (*a == s && *b == d) || (*a == d && *b == s))
+                        || matches!(f, Fault::PeerMissing(a, b) | Fault::PairBlocked(a, b) if (*a == s && *b == d) || (*a == d && *b == s))
                 }))
     }
     /// The VXLAN configuration of one end makes the other drop its packets.
@@ -202,7 +216,11 @@ impl World<'_> {
         let pod = kind != ProbeKind::HostGw;
         let can_send = |from: usize, to: usize| {
             !self.down(from)
-                && !self.has(|f| *f == Fault::VxlanOut(from) || *f == Fault::PeerMissing(from, to))
+                && !self.has(|f| {
+                    *f == Fault::VxlanOut(from)
+                        || *f == Fault::PeerMissing(from, to)
+                        || *f == Fault::PairBlocked(from, to)
+                })
         };
         let path = |from: usize, to: usize| {
             self.under(from, to)
@@ -272,7 +290,11 @@ impl World<'_> {
             GatewayFromPod => self.tunnel(s, d) && (s == d || self.forwards(s)),
             PodToPod => self.tunnel(s, d) && self.forwards(s) && self.forwards(d),
             PodToPodFullSize => {
-                self.tunnel(s, d) && self.forwards(s) && self.forwards(d) && self.big(s, d)
+                self.tunnel(s, d)
+                    && self.forwards(s)
+                    && self.forwards(d)
+                    && self.big(s, d)
+                    && !self.has(|f| *f == Fault::BridgeMtu(d))
             }
             // Fragments fill the overlay MTU; a jumbo node's pods send (and answer) the
             // whole packet unfragmented, larger than the fabric carries.
@@ -281,6 +303,7 @@ impl World<'_> {
                     && self.forwards(s)
                     && self.forwards(d)
                     && self.big(s, d)
+                    && !self.has(|f| *f == Fault::BridgeMtu(d))
                     && !self.has(|f| matches!(f, Fault::JumboMtu(x) if *x == s || *x == d))
             }
             DnsPod => {
@@ -472,11 +495,28 @@ impl<'a> Model<'a> {
                 _ => 0.0,
             };
             *salt = salt.wrapping_add(1);
-            let ok = if works {
+            let mut ok = if works {
                 sent - lost(sent, path_loss, *salt)
             } else {
                 0
             };
+            // Each request lands on one of the n backends (one pod per node), evenly.
+            if matches!(
+                layer,
+                Layer::Nodeport | Layer::Ingress | Layer::NodeportFromPod | Layer::IngressFromPod
+            ) {
+                let n = t.nodes.len() as u64;
+                let down = (0..ok)
+                    .filter(|i| {
+                        let pick = salt
+                            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                            .wrapping_add(u64::from(*i).wrapping_mul(0xBF58_476D_1CE4_E5B9));
+                        let landed = ((pick >> 17) % n) as usize;
+                        faults.contains(&Fault::BackendDown(landed))
+                    })
+                    .count() as u32;
+                ok -= down;
+            }
             // Nothing listening answers with a reset; a lost packet with silence.
             let refused = match layer {
                 Layer::Nodeport | Layer::NodeportFromPod => {
@@ -485,6 +525,9 @@ impl<'a> Model<'a> {
                 Layer::Ingress | Layer::IngressFromPod => faults.contains(&Fault::IngressDown),
                 _ => false,
             };
+            // A sender that learned a smaller path MTU refuses full-size packets itself.
+            let refused_locally = matches!(layer, Layer::PodToPodFullSize)
+                && d.is_some_and(|d| faults.contains(&Fault::BridgeMtu(d)));
             results.push(ProbeResult {
                 layer,
                 column: col.to_owned(),
@@ -494,6 +537,9 @@ impl<'a> Model<'a> {
                 detail: (ok < sent).then(|| {
                     if refused {
                         "connect: Connection refused (os error 111)".to_owned()
+                    } else if refused_locally {
+                        "1450-byte packet refused locally: larger than the path MTU (EMSGSIZE)"
+                            .to_owned()
                     } else {
                         "timeout".to_owned()
                     }
@@ -617,6 +663,9 @@ fn evidence_of(t: &Topology, faults: &[Fault], x: usize, peers: &[usize]) -> Nod
             .collect(),
         ..OverlayConfig::default()
     };
+    if faults.contains(&Fault::BridgeMtu(x)) {
+        cfg.bridge_mtu = Some(mtu - 50);
+    }
     if faults.contains(&Fault::JumboMtu(x)) {
         cfg.underlay_mtu = Some(9000);
         cfg.overlay_mtu = Some(8950);
@@ -648,6 +697,16 @@ fn evidence_of(t: &Topology, faults: &[Fault], x: usize, peers: &[usize]) -> Nod
                     table: "filter".into(),
                     chain: chain.into(),
                     rule: format!("-A {chain} -p udp -m udp --dport {port} -j DROP"),
+                });
+            }
+            Fault::PairBlocked(a, b) if *a == x => {
+                ev.overlay_port_rules.push(FirewallRule {
+                    table: "filter".into(),
+                    chain: "OUTPUT".into(),
+                    rule: format!(
+                        "-A OUTPUT -d {}/32 -p udp -m udp --dport {port} -j DROP",
+                        t.nodes[*b].internal_ip
+                    ),
                 });
             }
             Fault::PeerMissing(a, b) if *a == x => {

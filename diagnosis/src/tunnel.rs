@@ -9,6 +9,8 @@ use meshprobe_core::{Layer, NodeName};
 
 use meshprobe_core::{Cause, Direction};
 
+use meshprobe_core::evidence::FirewallRule;
+
 use crate::consistency::Attr;
 use crate::cx::*;
 use crate::index::*;
@@ -111,9 +113,21 @@ impl Cx<'_> {
                 summary = format!(
                     "VXLAN (UDP {port}) is dropped {direction} on {xn}: pods on {xn} are cut off from other nodes"
                 );
-                fix = format!(
-                    "on {xn}: remove the rule (`iptables-save | grep {port}`), then `tcpdump -ni {dev} udp port {port}` on {xn} and a peer"
-                );
+                let first = &port_rules[0];
+                let names_port = first.rule.split_whitespace().any(|w| w == port.to_string());
+                fix = if first.rule.starts_with("-A ") && names_port {
+                    format!(
+                        "on {xn}: `iptables -t {} -D {}`, then `tcpdump -ni {dev} udp port {port}` on {xn} and a peer",
+                        first.table,
+                        &first.rule[3..]
+                    )
+                } else {
+                    // A catch-all REJECT or a policy of DROP: open the port ahead of it.
+                    format!(
+                        "on {xn}: accept the overlay ahead of that rule, `iptables -t {} -I {} -p udp --dport {port} -j ACCEPT` (firewalld: `firewall-cmd --permanent --add-port={port}/udp`), as flannel's docs require; then `tcpdump -ni {dev} udp port {port}` on {xn}",
+                        first.table, first.chain
+                    )
+                };
             } else if matches!(device, Some(None)) || matches!(device, Some(Some(ref d)) if !d.up) {
                 direction = Direction::Both;
                 cause = Cause::OverlayPeerMissing;
@@ -179,8 +193,17 @@ impl Cx<'_> {
                     .as_ref()
                     .map_or(Direction::Unknown, |c| c.0.clone());
                 cause = Cause::VxlanBlocked;
+                // The capture says whether the node's own stack drops it: its NIC sees the
+                // traffic (inbound) or never sees its own (outbound).
+                let inside = captured.as_ref().is_some_and(|(d, why)| {
+                    *d == Direction::Outbound || why.contains("after its NIC")
+                });
                 if let Some(ev) = ev {
-                    evidence.push(format!("{xn}: no iptables rule drops UDP {port} and its overlay entries are complete: the drop is outside the node's firewall (security group, switch ACL) or in a host security agent"));
+                    evidence.push(if inside {
+                        format!("{xn}: no iptables rule drops UDP {port} and its overlay entries are complete, yet the capture puts the drop inside {xn}: look at nftables, eBPF/XDP programs and host security agents")
+                    } else {
+                        format!("{xn}: no iptables rule drops UDP {port} and its overlay entries are complete: the drop is outside the node's firewall (security group, switch ACL) or in a host security agent")
+                    });
                     for a in &ev.security_agents {
                         evidence.push(format!("{xn}: security agent {a} is running"));
                     }
@@ -190,9 +213,15 @@ impl Cx<'_> {
                 summary = format!(
                     "VXLAN (UDP {port}) to and from {xn} is lost while its node IP answers"
                 );
-                fix = format!(
-                    "allow UDP {port} between the nodes (security group, firewalld, switch ACL); `tcpdump -ni {dev} udp port {port}` on {xn} and a peer shows which way it vanishes"
-                );
+                fix = if inside {
+                    format!(
+                        "on {xn}: `nft list ruleset | grep -n {port}`, `bpftool net show dev {dev}` and the host security agents' policies; `tcpdump -ni {dev} udp port {port}` on {xn} and a peer shows which way it vanishes"
+                    )
+                } else {
+                    format!(
+                        "allow UDP {port} between the nodes (security group, firewalld, switch ACL); `tcpdump -ni {dev} udp port {port}` on {xn} and a peer shows which way it vanishes"
+                    )
+                };
             }
             self.broken.insert(x, cause.clone());
             self.explain_node(&[Part::Network, Part::Pods, Part::Big], x);
@@ -289,6 +318,96 @@ impl Cx<'_> {
                 ),
             )
         })
+    }
+
+    /// Which end of the pair a-b drops their VXLAN, by the capture at both ends, or by
+    /// the firewall rules of one end when there is no capture.
+    pub(crate) fn pair_drop(&self, a: usize, b: usize) -> Option<PairDrop> {
+        if let (Some(ab), Some(ba)) = (self.chain(a, b), self.chain(b, a)) {
+            let t = |c: &[meshprobe_core::capture::Sizes; 4], i: usize| c[i].total();
+            for (x, y, xy, yx) in [(a, b, &ab, &ba), (b, a, &ba, &ab)] {
+                let (xn, yn) = (self.nm(x), self.nm(y));
+                let iface = self.capture_iface(x);
+                // Nothing x sends toward y leaves its NIC, while y's probes reach it.
+                let left_x = t(xy, 0) + t(yx, 2);
+                let reached_x = t(yx, 1) + t(xy, 3);
+                if left_x == 0 && reached_x > 0 {
+                    return Some(PairDrop {
+                        at: x,
+                        other: y,
+                        direction: Direction::Outbound,
+                        why: format!(
+                            "capture: nothing encapsulated leaves {xn}'s {iface} toward {yn}, though {yn}'s {reached_x} probes arrive there: the drop is inside {xn}, on its way out"
+                        ),
+                    });
+                }
+                // y's probes reach x's NIC and are never answered, while x's own reach y.
+                if t(yx, 1) > 0 && t(yx, 2) == 0 && t(xy, 1) > 0 {
+                    return Some(PairDrop {
+                        at: x,
+                        other: y,
+                        direction: Direction::Inbound,
+                        why: format!(
+                            "capture: {} probes from {yn} reach {xn}'s {iface} and are never answered, while {xn}'s own reach {yn}: the drop is inside {xn}, after its NIC",
+                            t(yx, 1)
+                        ),
+                    });
+                }
+            }
+            return None;
+        }
+        let (ra, rb) = (self.rules_toward(a, b), self.rules_toward(b, a));
+        let direction = |rules: &[FirewallRule]| {
+            if rules
+                .iter()
+                .all(|r| matches!(r.chain.as_str(), "OUTPUT" | "POSTROUTING"))
+            {
+                Direction::Outbound
+            } else {
+                Direction::Inbound
+            }
+        };
+        let line = |x: usize, y: usize, n: usize| {
+            format!(
+                "{} has {n} firewall rule(s) that drop VXLAN naming {}'s address, and {} none naming {}'s",
+                self.nm(x),
+                self.nm(y),
+                self.nm(y),
+                self.nm(x)
+            )
+        };
+        match (ra.is_empty(), rb.is_empty()) {
+            (false, true) => Some(PairDrop {
+                at: a,
+                other: b,
+                direction: direction(&ra),
+                why: line(a, b, ra.len()),
+            }),
+            (true, false) => Some(PairDrop {
+                at: b,
+                other: a,
+                direction: direction(&rb),
+                why: line(b, a, rb.len()),
+            }),
+            _ => None,
+        }
+    }
+
+    /// `x`'s rules that drop the overlay's traffic and name `y`'s node IP (or a range
+    /// holding it).
+    pub(crate) fn rules_toward(&self, x: usize, y: usize) -> Vec<FirewallRule> {
+        let Ok(ip) = self.node_ip(y).parse::<std::net::Ipv4Addr>() else {
+            return vec![];
+        };
+        self.evidence(x)
+            .map(|e| {
+                e.overlay_port_rules
+                    .iter()
+                    .filter(|r| names_address(&r.rule, ip))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Whether `me`'s evidence shows overlay entries missing for `peer`.
@@ -514,20 +633,99 @@ impl Cx<'_> {
                 let (an, bn) = (self.nm(a), self.nm(b));
                 let mut evidence = cited;
                 evidence.push(format!("{an} and {bn} reach the other nodes; no evidence shows either lacking the other's overlay entries"));
+                let (node, peer, direction, summary, fix) = match self.pair_drop(a, b) {
+                    Some(PairDrop {
+                        at,
+                        other,
+                        direction,
+                        why,
+                    }) => {
+                        let (xn, on) = (self.nm(at), self.nm(other));
+                        evidence.push(why);
+                        let rules = self.rules_toward(at, other);
+                        for r in &rules {
+                            evidence.push(format!("{xn}: iptables -t {} {}", r.table, r.rule));
+                        }
+                        let way = if direction == Direction::Outbound {
+                            "to"
+                        } else {
+                            "from"
+                        };
+                        let fix = match rules.first() {
+                            Some(r) if r.rule.starts_with("-A ") => format!(
+                                "on {xn}: `iptables -t {} -D {}`, then `tcpdump -ni {} udp port {port}` on {xn} and {on}",
+                                r.table,
+                                &r.rule[3..],
+                                self.underlay_dev(at)
+                            ),
+                            _ => format!(
+                                "on {xn}: `iptables-save | grep -e {port} -e {ip}`, `nft list ruleset | grep {port}` and its host security agents: something drops VXLAN {way} {on} ({ip})",
+                                ip = self.node_ip(other)
+                            ),
+                        };
+                        (
+                            at,
+                            other,
+                            direction,
+                            format!(
+                                "{xn} drops VXLAN (UDP {port}) {way} {on}: pods on the two nodes cannot reach each other"
+                            ),
+                            fix,
+                        )
+                    }
+                    None => (
+                        a,
+                        b,
+                        Direction::Unknown,
+                        format!(
+                            "VXLAN between {an} and {bn} is lost while both reach the other nodes"
+                        ),
+                        format!(
+                            "check ACLs between {an} and {bn} for UDP {port}; `tcpdump -ni <underlay> udp port {port}` on both"
+                        ),
+                    ),
+                };
+                let (xn, on) = (self.nm(node), self.nm(peer));
                 self.push(
                     5,
                     4,
                     Cause::VxlanBlocked,
-                    vec![a],
-                    vec![b],
-                    Direction::Unknown,
-                    format!("overlay: {an} <-> {bn}, UDP {port}"),
-                    format!("VXLAN between {an} and {bn} is lost while both reach the other nodes"),
+                    vec![node],
+                    vec![peer],
+                    direction,
+                    format!("overlay: {xn} <-> {on}, UDP {port}"),
+                    summary,
                     evidence,
-                    format!("check ACLs between {an} and {bn} for UDP {port}; `tcpdump -ni <underlay> udp port {port}` on both"),
+                    fix,
                 );
             }
             self.explain_pair(&[Part::Network, Part::Pods, Part::Big], a, b);
         }
     }
+}
+
+/// One end of a pair found to drop their VXLAN.
+pub(crate) struct PairDrop {
+    pub(crate) at: usize,
+    pub(crate) other: usize,
+    pub(crate) direction: Direction,
+    pub(crate) why: String,
+}
+
+/// Whether an iptables rule's `-s`/`-d` match names `ip`, alone or inside a range.
+pub(crate) fn names_address(rule: &str, ip: std::net::Ipv4Addr) -> bool {
+    let w: Vec<&str> = rule.split_whitespace().collect();
+    w.windows(2).any(|p| {
+        matches!(p[0], "-s" | "--source" | "-d" | "--destination")
+            && p[1].split(',').any(|net| {
+                let (addr, len) = net.split_once('/').unwrap_or((net, "32"));
+                match (addr.parse::<std::net::Ipv4Addr>(), len.parse::<u32>()) {
+                    (Ok(addr), Ok(len)) if (1..=32).contains(&len) => {
+                        let mask = u32::MAX << (32 - len);
+                        u32::from(ip) & mask == u32::from(addr) & mask
+                    }
+                    _ => false,
+                }
+            })
+    })
 }

@@ -3,7 +3,9 @@
 //!
 //! - blame the outlier, never the victims: no finding names a node that has no fault;
 //! - no silent NOT HEALTHY: every failing cell is claimed by a finding, listed in its
-//!   `cells`.
+//!   `cells`;
+//! - the fault is found: a finding names its node (a dead service backend, which no probe
+//!   can place, is named as such).
 //!
 //! The seeds are fixed (0..200), so a failure replays; MESHPROBE_TEST_SEED runs one seed.
 
@@ -19,7 +21,7 @@ fn random_fault(rng: &mut fastrand::Rng, n: usize) -> Fault {
     let x = rng.usize(0..n);
     let y = (x + rng.usize(1..n)) % n;
     let pod = if rng.bool() { "coredns-a" } else { "coredns-b" }.to_owned();
-    match rng.usize(0..22) {
+    match rng.usize(0..25) {
         0 => Fault::LinkDown(x),
         1 => Fault::VxlanIn(x),
         2 => Fault::VxlanOut(x),
@@ -41,7 +43,10 @@ fn random_fault(rng: &mut fastrand::Rng, n: usize) -> Fault {
         18 => Fault::VtepChanged(x),
         19 => Fault::Unpublished(x),
         20 => Fault::PodSilent(x),
-        _ => Fault::DnsRulesMissing(x),
+        21 => Fault::DnsRulesMissing(x),
+        22 => Fault::PairBlocked(x, y),
+        23 => Fault::BridgeMtu(x),
+        _ => Fault::BackendDown(x),
     }
 }
 
@@ -118,6 +123,18 @@ fn check_seed(seed: u64) -> Result<bool, String> {
     if !failing.is_empty() && d.findings.is_empty() {
         return Err(format!(
             "seed {seed}, {fault:?}: NOT HEALTHY with no finding"
+        ));
+    }
+    // The fault is found: a finding names its node, or, for a dead backend (which no
+    // probe can place), says so without naming one.
+    let found = d.findings.iter().any(|f| {
+        f.nodes.iter().any(|n| at_fault.contains(n.as_str()))
+            || (matches!(fault, Fault::BackendDown(_)) && f.cause == Cause::ServiceBackendDown)
+    });
+    if !failing.is_empty() && !found {
+        return Err(format!(
+            "seed {seed}, {n} nodes, {fault:?} (on {at_fault:?}): no finding names it\n{}",
+            shapes()
         ));
     }
     // Every fault in the model is one the rules know: none may be left to `unexplained`.

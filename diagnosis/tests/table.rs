@@ -138,6 +138,25 @@ fn each_single_fault_gives_exactly_its_cause() {
                 Fault::DnsRulesMissing(0),
                 one("dns-service-broken", &["n1"], &[], "outbound"),
             ),
+            (
+                Fault::PairBlocked(2, 0),
+                one("vxlan-blocked", &["n3"], &["n1"], "outbound"),
+            ),
+            (
+                Fault::PairBlocked(0, 1),
+                one("vxlan-blocked", &["n1"], &["n2"], "outbound"),
+            ),
+            (
+                Fault::BridgeMtu(1),
+                one("mtu-mismatch", &["n2"], &[], "inbound"),
+            ),
+            // The NodePort and the ingress both lead to the dead backend: one finding
+            // each, neither naming a node.
+            (Fault::BackendDown(1), {
+                let mut both = one("service-backend-down", &[], &[], "none");
+                both.extend(one("service-backend-down", &[], &[], "none"));
+                both
+            }),
         ];
         for (fault, want) in cases {
             let (f, _) = run(n, std::slice::from_ref(&fault));
@@ -148,6 +167,52 @@ fn each_single_fault_gives_exactly_its_cause() {
             );
         }
     }
+}
+
+/// Faults outside the sandbox's first list, named by their mechanism: the hop, the rule
+/// that explains it, and the command that fixes it come from the evidence, not the kind.
+#[test]
+fn beyond_the_list_the_hop_comes_from_the_evidence() {
+    // A pair: only the end whose capture shows nothing leaving is blamed, with its rule.
+    let (f, _) = run(6, &[Fault::PairBlocked(3, 4)]);
+    let ev = f[0].evidence.join("\n");
+    assert!(
+        ev.contains("nothing encapsulated leaves n4's eth0 toward n5"),
+        "{ev}"
+    );
+    assert!(ev.contains("-A OUTPUT -d 10.1.0.4/32"), "{ev}");
+    assert!(
+        f[0].fix
+            .contains("iptables -t filter -D OUTPUT -d 10.1.0.4/32"),
+        "{}",
+        f[0].fix
+    );
+    // Without a capture, the rule naming the peer's address is what tells the ends apart.
+    let t = synth::topology(6);
+    let mut r = synth::report(&t, &[Fault::PairBlocked(3, 4)], 1, &PlanSettings::default());
+    r.capture.clear();
+    let d = diagnose(&t, &r, &[], &Settings::default());
+    assert_eq!(
+        shape(&d.findings),
+        one("vxlan-blocked", &["n4"], &["n5"], "outbound")
+    );
+    // A bridge MTU below the overlay's: the hop is inside the node, not its underlay.
+    let (f, _) = run(6, &[Fault::BridgeMtu(2)]);
+    assert!(f[0].hop.starts_with("inside n3"), "{}", f[0].hop);
+    let ev = f[0].evidence.join("\n");
+    assert!(
+        ev.contains("n3: cni0 MTU 1400, while 5 other nodes have 1450"),
+        "{ev}"
+    );
+    assert!(ev.contains("EMSGSIZE"), "{ev}");
+    // A dead backend: spread thin over every source and entry node, blamed on none.
+    let (f, _) = run(6, &[Fault::BackendDown(2)]);
+    assert!(
+        f[0].summary.contains("one of its backends does not answer"),
+        "{}",
+        f[0].summary
+    );
+    assert!(f[0].fix.contains("endpointslices"), "{}", f[0].fix);
 }
 
 #[test]

@@ -171,14 +171,13 @@ pub fn collect(host: &dyn Host, expect: Option<&OverlayExpectation>) -> NodeEvid
         Ok(v) => ev.ip_forward = Some(v.trim() == "1"),
         Err(e) => ev.unavailable.push(format!("net.ipv4.ip_forward: {e}")),
     }
-    let port = expect.map_or(8472, |e| e.port);
     match run_any(
         host,
         &["iptables-save", "iptables-nft-save", "iptables-legacy-save"],
         &[],
     ) {
         Ok(text) => {
-            let (fwd, port_rules) = parse_iptables_save(&text, port);
+            let (fwd, port_rules) = parse_iptables_save(&text, &OverlayTraffic::of(expect));
             ev.forward = Some(fwd);
             ev.overlay_port_rules = port_rules;
         }
@@ -241,14 +240,229 @@ fn run_any(host: &dyn Host, programs: &[&str], args: &[&str]) -> io::Result<Stri
     Err(last)
 }
 
-/// What `iptables-save` says about the FORWARD path and the overlay port.
-pub fn parse_iptables_save(text: &str, overlay_port: u16) -> (ForwardEvidence, Vec<FirewallRule>) {
+/// The overlay's own traffic, as the firewall sees it: UDP to `port` between node IPs.
+#[derive(Debug, Clone, Default)]
+pub struct OverlayTraffic {
+    /// The VXLAN port.
+    pub port: u16,
+    /// Every node's IP, this node's included. Empty: unknown, any address may be a node's.
+    pub node_ips: Vec<Ipv4Addr>,
+}
+
+impl OverlayTraffic {
+    /// The overlay of `exp`, or flannel's default port with unknown node IPs.
+    pub fn of(exp: Option<&OverlayExpectation>) -> Self {
+        match exp {
+            Some(e) => Self {
+                port: e.port,
+                node_ips: std::iter::once(e.node_ip)
+                    .chain(e.peers.iter().map(|p| p.ip))
+                    .collect(),
+            },
+            None => Self {
+                port: 8472,
+                node_ips: Vec::new(),
+            },
+        }
+    }
+
+    /// Whether an iptables address match (`10.0.0.0/8`, `192.168.1.5/32`, `1.2.3.4`) can
+    /// hold a node's IP.
+    fn may_hold_a_node(&self, value: &str) -> bool {
+        if self.node_ips.is_empty() {
+            return true;
+        }
+        value.split(',').any(|net| {
+            let (addr, len) = net.split_once('/').unwrap_or((net, "32"));
+            match (addr.parse::<Ipv4Addr>(), len.parse::<u32>()) {
+                (Ok(addr), Ok(len)) if len <= 32 => {
+                    let mask = u32::MAX.checked_shl(32 - len).unwrap_or(0);
+                    self.node_ips
+                        .iter()
+                        .any(|ip| u32::from(*ip) & mask == u32::from(addr) & mask)
+                }
+                // A name, a dotted mask or IPv6: cannot tell, so it may.
+                _ => true,
+            }
+        })
+    }
+
+    /// How much of the overlay's traffic a rule's match covers.
+    fn covered_by(&self, rule: &str) -> Covers {
+        let w: Vec<&str> = rule.split_whitespace().collect();
+        let port_in = |v: &str| {
+            v.split(',').any(|p| match p.split_once(':') {
+                Some((lo, hi)) => {
+                    let lo = lo.parse::<u16>().unwrap_or(0);
+                    let hi = hi.parse::<u16>().unwrap_or(u16::MAX);
+                    (lo..=hi).contains(&self.port)
+                }
+                None => p.parse::<u16>().ok() == Some(self.port),
+            })
+        };
+        let mut part = false;
+        // Skip `-A CHAIN`.
+        let mut i = 2;
+        while i < w.len() {
+            let (opt, val) = (w[i], w.get(i + 1).copied().unwrap_or(""));
+            match opt {
+                // A negated match: what it leaves is not worth guessing.
+                "!" => {
+                    part = true;
+                    i += 1;
+                    continue;
+                }
+                "-p" | "--protocol" if !matches!(val, "udp" | "17" | "all") => {
+                    return Covers::Nothing;
+                }
+                "-i" | "--in-interface" | "-o" | "--out-interface" if val == "lo" => {
+                    return Covers::Nothing;
+                }
+                "--dport" | "--dports" | "--destination-port" | "--destination-ports"
+                    if !port_in(val) =>
+                {
+                    return Covers::Nothing;
+                }
+                // VXLAN's source port is a hash of the inner flow, not the VXLAN port.
+                "--sport" | "--sports" | "--source-port" | "--source-ports" => part = true,
+                // VXLAN between nodes is never a reply: only a match that takes NEW
+                // packets sees it.
+                "--ctstate" | "--state" if !val.split(',').any(|s| s == "NEW") => {
+                    return Covers::Nothing;
+                }
+                "-s" | "--source" | "-d" | "--destination" | "--src-range" | "--dst-range" => {
+                    if !self.may_hold_a_node(val) {
+                        return Covers::Nothing;
+                    }
+                    part = true;
+                }
+                "-p"
+                | "--protocol"
+                | "-m"
+                | "--match"
+                | "-j"
+                | "--jump"
+                | "-g"
+                | "--goto"
+                | "--comment"
+                | "--reject-with"
+                | "--dport"
+                | "--dports"
+                | "--destination-port"
+                | "--destination-ports"
+                | "--ctstate"
+                | "--state" => {}
+                // Any other match (an interface, a set, a mark, a rate) narrows the rule.
+                o if o.starts_with('-') => part = true,
+                _ => {}
+            }
+            i += if opt.starts_with('-') { 2 } else { 1 };
+        }
+        if part { Covers::Part } else { Covers::All }
+    }
+}
+
+/// How much of the overlay's traffic a rule's match covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Covers {
+    Nothing,
+    Part,
+    All,
+}
+
+/// Where a chain leaves the overlay's traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    Accepted,
+    Dropped,
+    /// Fell off the end of a user chain, or was returned from it.
+    Continues,
+}
+
+/// Rules of `table`, in order: (chain, rule).
+type Rules = Vec<(String, String, String)>;
+
+/// Walks `chain` of `table` as the kernel would for a VXLAN packet, pushing every DROP or
+/// REJECT that may take it before something accepts all of it.
+fn walk_overlay(
+    rules: &Rules,
+    policies: &[(String, String, String)],
+    traffic: &OverlayTraffic,
+    (table, chain): (&str, &str),
+    depth: u8,
+    found: &mut Vec<FirewallRule>,
+) -> Fate {
+    for (t, c, rule) in rules {
+        if t != table || c != chain {
+            continue;
+        }
+        let covers = traffic.covered_by(rule);
+        if covers == Covers::Nothing {
+            continue;
+        }
+        match jump_target(rule) {
+            Some("ACCEPT") if covers == Covers::All => return Fate::Accepted,
+            Some("DROP" | "REJECT") => {
+                found.push(FirewallRule {
+                    table: table.to_owned(),
+                    chain: chain.to_owned(),
+                    rule: rule.clone(),
+                });
+                if covers == Covers::All {
+                    return Fate::Dropped;
+                }
+            }
+            Some("RETURN") if covers == Covers::All => return Fate::Continues,
+            Some(user)
+                if depth < 4
+                    && !is_builtin_chain(user)
+                    && !is_cluster_chain(user)
+                    && !matches!(user, "ACCEPT" | "DROP" | "REJECT" | "RETURN" | "LOG") =>
+            {
+                let fate = walk_overlay(rules, policies, traffic, (table, user), depth + 1, found);
+                if covers == Covers::All && fate != Fate::Continues {
+                    return fate;
+                }
+            }
+            _ => {}
+        }
+    }
+    let policy = policies
+        .iter()
+        .find(|(t, c, _)| t == table && c == chain)
+        .map(|(_, _, p)| p.as_str());
+    if depth == 0 && policy == Some("DROP") {
+        found.push(FirewallRule {
+            table: table.to_owned(),
+            chain: chain.to_owned(),
+            rule: format!(
+                ":{chain} DROP (policy) and no rule accepts UDP {}",
+                traffic.port
+            ),
+        });
+        return Fate::Dropped;
+    }
+    Fate::Continues
+}
+
+/// What `iptables-save` says about the FORWARD path and the overlay's traffic.
+///
+/// The overlay's rules are those that drop or reject its UDP port by name, anywhere, and
+/// those a VXLAN packet between nodes would meet in order in `INPUT`, `OUTPUT` and the raw
+/// table before something accepts it (a distribution's `-A INPUT -j REJECT` after its
+/// own accepts, a policy of DROP).
+pub fn parse_iptables_save(
+    text: &str,
+    traffic: &OverlayTraffic,
+) -> (ForwardEvidence, Vec<FirewallRule>) {
     let mut fwd = ForwardEvidence::default();
     let mut port_rules = Vec::new();
     let mut table = String::new();
     // filter table: chain -> its rules, in order.
     let mut filter: Vec<(String, String)> = Vec::new();
-    let port = overlay_port.to_string();
+    let mut all: Rules = Vec::new();
+    let mut policies: Vec<(String, String, String)> = Vec::new();
+    let port = traffic.port.to_string();
     for line in text.lines().map(str::trim) {
         if let Some(t) = line.strip_prefix('*') {
             table = t.to_owned();
@@ -260,6 +474,7 @@ pub fn parse_iptables_save(text: &str, overlay_port: u16) -> (ForwardEvidence, V
             if table == "filter" && chain == "FORWARD" {
                 fwd.policy = Some(policy.to_owned());
             }
+            policies.push((table.clone(), chain.to_owned(), policy.to_owned()));
             if !is_builtin_chain(chain)
                 && !is_cluster_chain(chain)
                 && !fwd.foreign_chains.iter().any(|c| c == chain)
@@ -282,6 +497,7 @@ pub fn parse_iptables_save(text: &str, overlay_port: u16) -> (ForwardEvidence, V
                     rule: line.to_owned(),
                 });
             }
+            all.push((table.clone(), chain.clone(), line.to_owned()));
             if table == "filter" {
                 filter.push((chain, line.to_owned()));
             }
@@ -335,6 +551,20 @@ pub fn parse_iptables_save(text: &str, overlay_port: u16) -> (ForwardEvidence, V
             chain: "FORWARD".into(),
             rule: ":FORWARD DROP (policy) and no Kubernetes/CNI chain accepts pod traffic".into(),
         });
+    }
+    for at in [
+        ("raw", "PREROUTING"),
+        ("raw", "OUTPUT"),
+        ("filter", "INPUT"),
+        ("filter", "OUTPUT"),
+    ] {
+        let mut found = Vec::new();
+        walk_overlay(&all, &policies, traffic, at, 0, &mut found);
+        for r in found {
+            if !port_rules.contains(&r) {
+                port_rules.push(r);
+            }
+        }
     }
     (fwd, port_rules)
 }
@@ -759,7 +989,7 @@ mod tests {
     #[test]
     fn firewalld_reject_above_the_cni_accepts_is_blocking() {
         let text = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:FLANNEL-FWD - [0:0]\n:FORWARD_IN_ZONES - [0:0]\n:FORWARD_OUT_ZONES - [0:0]\n-A FORWARD -j REJECT --reject-with icmp-host-prohibited\n-A FORWARD -m comment --comment \"flanneld forward\" -j FLANNEL-FWD\n-A FLANNEL-FWD -s 10.42.0.0/16 -j ACCEPT\n-A INPUT -p udp -m udp --dport 8472 -m comment --comment x -j DROP\nCOMMIT\n";
-        let (fwd, port) = parse_iptables_save(text, 8472);
+        let (fwd, port) = parse_iptables_save(text, &OverlayTraffic::of(None));
         assert_eq!(fwd.policy.as_deref(), Some("ACCEPT"));
         assert_eq!(fwd.blocking_rules.len(), 1);
         assert_eq!(
@@ -777,15 +1007,78 @@ mod tests {
     #[test]
     fn reject_after_the_cni_accepts_and_conntrack_hygiene_are_not_blocking() {
         let text = "*filter\n:FORWARD DROP [0:0]\n-A FORWARD -m conntrack --ctstate INVALID -j DROP\n-A FORWARD -j KUBE-FORWARD\n-A FORWARD -j REJECT --reject-with icmp-host-prohibited\nCOMMIT\n";
-        let (fwd, port) = parse_iptables_save(text, 8472);
+        let (fwd, port) = parse_iptables_save(text, &OverlayTraffic::of(None));
         assert!(fwd.blocking_rules.is_empty(), "{:?}", fwd.blocking_rules);
         assert!(port.is_empty());
-        let (fwd, _) = parse_iptables_save("*filter\n:FORWARD DROP [0:0]\nCOMMIT\n", 8472);
+        let (fwd, _) = parse_iptables_save(
+            "*filter\n:FORWARD DROP [0:0]\nCOMMIT\n",
+            &OverlayTraffic::of(None),
+        );
         assert_eq!(
             fwd.blocking_rules.len(),
             1,
             "policy DROP with nothing accepting pods blocks"
         );
+    }
+
+    /// A RHEL-style host firewall: ICMP, ssh and replies accepted, then everything else
+    /// rejected. VXLAN (always NEW: the two directions are separate flows) is rejected,
+    /// though no rule names its port.
+    #[test]
+    fn a_catch_all_reject_after_the_accepts_drops_vxlan() {
+        let traffic = OverlayTraffic {
+            port: 8472,
+            node_ips: vec![
+                Ipv4Addr::new(192, 168, 77, 11),
+                Ipv4Addr::new(192, 168, 77, 12),
+            ],
+        };
+        let text = "*filter\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:KUBE-FIREWALL - [0:0]\n-A INPUT -j KUBE-FIREWALL\n-A INPUT -m state --state RELATED,ESTABLISHED -j ACCEPT\n-A INPUT -p icmp -j ACCEPT\n-A INPUT -i lo -j ACCEPT\n-A INPUT -s 203.0.113.0/24 -j DROP\n-A INPUT -p tcp -m state --state NEW -m tcp --dport 22 -j ACCEPT\n-A INPUT -j REJECT --reject-with icmp-host-prohibited\n-A KUBE-FIREWALL -m mark --mark 0x8000/0x8000 -j DROP\nCOMMIT\n";
+        let (_, rules) = parse_iptables_save(text, &traffic);
+        let texts: Vec<&str> = rules.iter().map(|r| r.rule.as_str()).collect();
+        assert_eq!(
+            texts,
+            ["-A INPUT -j REJECT --reject-with icmp-host-prohibited"],
+            "the blocklist holds no node, the cluster's own chain is not ours to judge"
+        );
+        // Opening the port first, as the flannel docs say, makes it harmless.
+        let opened = text.replace(
+            "-A INPUT -p icmp -j ACCEPT\n",
+            "-A INPUT -p icmp -j ACCEPT\n-A INPUT -p udp -m udp --dport 8472 -j ACCEPT\n",
+        );
+        assert!(parse_iptables_save(&opened, &traffic).1.is_empty());
+        // A policy of DROP with nothing accepting the port drops it too.
+        let policy = "*filter\n:INPUT DROP [0:0]\n-A INPUT -p tcp --dport 22 -j ACCEPT\nCOMMIT\n";
+        let (_, rules) = parse_iptables_save(policy, &traffic);
+        assert_eq!(rules.len(), 1);
+        assert!(
+            rules[0].rule.starts_with(":INPUT DROP (policy)"),
+            "{rules:?}"
+        );
+    }
+
+    /// A rule for one peer's address is kept (the diagnosis matches it to the pair); one
+    /// for a user chain is followed; a port range and a ctstate of NEW count.
+    #[test]
+    fn partial_vxlan_drops_are_kept_in_order() {
+        let traffic = OverlayTraffic {
+            port: 8472,
+            node_ips: vec![
+                Ipv4Addr::new(192, 168, 77, 11),
+                Ipv4Addr::new(192, 168, 77, 13),
+            ],
+        };
+        let text = "*filter\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:SEC-OUT - [0:0]\n-A OUTPUT -j SEC-OUT\n-A SEC-OUT -d 192.168.77.13/32 -p udp -m udp --dport 8472 -j DROP\n-A SEC-OUT -p udp -m multiport --dports 8000:9000 -m conntrack --ctstate NEW -j REJECT\n-A SEC-OUT -p udp --dport 53 -j DROP\nCOMMIT\n";
+        let (_, rules) = parse_iptables_save(text, &traffic);
+        let texts: Vec<&str> = rules.iter().map(|r| r.rule.as_str()).collect();
+        assert_eq!(
+            texts,
+            [
+                "-A SEC-OUT -d 192.168.77.13/32 -p udp -m udp --dport 8472 -j DROP",
+                "-A SEC-OUT -p udp -m multiport --dports 8000:9000 -m conntrack --ctstate NEW -j REJECT",
+            ]
+        );
+        assert!(rules.iter().all(|r| r.chain == "SEC-OUT"));
     }
 
     #[test]

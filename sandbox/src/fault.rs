@@ -5,7 +5,9 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::addr::{KUBE_DNS_SVC, LabNode, LabPlan, NODE_PORT, OVERLAY_MTU, PodKind, VXLAN_PORT};
+use crate::addr::{
+    KUBE_DNS_SVC, LabNode, LabPlan, NODE_PORT, OVERLAY_MTU, PodKind, VXLAN_PORT, WEB_PORT,
+};
 use crate::script::{Step, Vxlan, fdb_line, neigh_line, nodeport_rule, recreate_vxlan, route_line};
 
 /// A fault the lab can inject.
@@ -141,6 +143,36 @@ pub enum Fault {
         /// Node.
         node: String,
     },
+    /// The node's firewall drops VXLAN to one peer's node IP only (a security agent's or
+    /// an operator's rule for one address): those two nodes' pods cannot reach each
+    /// other, everyone else's can.
+    VxlanPairDrop {
+        /// The node whose firewall holds the rule.
+        node: String,
+        /// The peer whose address it names.
+        peer: String,
+    },
+    /// The node's host firewall is a distribution's default: replies, ICMP, loopback and
+    /// ssh accepted, then `-A INPUT -j REJECT --reject-with icmp-host-prohibited`. Nobody
+    /// opened flannel's UDP 8472, and no rule names it.
+    HostFirewall {
+        /// Node.
+        node: String,
+    },
+    /// The node's `cni0` MTU set below the overlay's (1400 < 1450): full-size packets into
+    /// its pods are refused, and their senders learn a smaller path MTU. Full-size frames
+    /// still cross the underlay.
+    BridgeMtu {
+        /// Node.
+        node: String,
+    },
+    /// The web pod on the node stops answering (its port dropped in the pod): NodePort
+    /// and ingress requests that land on it, one in n, time out, from every node and
+    /// through every node.
+    BackendDown {
+        /// Node.
+        node: String,
+    },
     /// Event: `conntrack -F` on one node, or on every node (what a kube-proxy or CNI
     /// restart, or an operator, does): every NATed flow loses its mapping.
     ConntrackFlush {
@@ -184,7 +216,7 @@ pub enum Action {
 }
 
 /// The names of every fault kind, as the CLI takes them.
-pub const KINDS: [&str; 27] = [
+pub const KINDS: [&str; 31] = [
     "vxlan-drop-in",
     "vxlan-drop-out",
     "ip-forward-off",
@@ -212,6 +244,10 @@ pub const KINDS: [&str; 27] = [
     "vxlan-vni",
     "vtep-changed",
     "dns-rules-missing",
+    "vxlan-pair-drop",
+    "host-firewall",
+    "bridge-mtu",
+    "backend-down",
 ];
 
 const TAG: &str = "-m comment --comment meshprobe-fault";
@@ -298,6 +334,13 @@ impl Fault {
             "vxlan-vni" => Fault::VxlanVni { node: need_node()? },
             "vtep-changed" => Fault::VtepChanged { node: need_node()? },
             "dns-rules-missing" => Fault::DnsRulesMissing { node: need_node()? },
+            "vxlan-pair-drop" => Fault::VxlanPairDrop {
+                node: need_node()?,
+                peer: need_peer()?,
+            },
+            "host-firewall" => Fault::HostFirewall { node: need_node()? },
+            "bridge-mtu" => Fault::BridgeMtu { node: need_node()? },
+            "backend-down" => Fault::BackendDown { node: need_node()? },
             "loss" => {
                 let percent = percent.unwrap_or(50);
                 if !(1..=100).contains(&percent) {
@@ -339,6 +382,10 @@ impl Fault {
             | Fault::VxlanVni { node }
             | Fault::VtepChanged { node }
             | Fault::DnsRulesMissing { node }
+            | Fault::VxlanPairDrop { node, .. }
+            | Fault::HostFirewall { node }
+            | Fault::BridgeMtu { node }
+            | Fault::BackendDown { node }
             | Fault::Loss { node, .. } => Some(node),
             Fault::ConntrackFlush { node } => node.as_deref(),
             Fault::DnsDown { .. }
@@ -372,7 +419,8 @@ impl Fault {
             Fault::FdbMissing { node, peer }
             | Fault::RouteMissing { node, peer }
             | Fault::NeighMissing { node, peer }
-            | Fault::VtepStale { node, peer } => {
+            | Fault::VtepStale { node, peer }
+            | Fault::VxlanPairDrop { node, peer } => {
                 plan.node(peer)
                     .ok_or_else(|| format!("no peer node {peer:?} in this lab"))?;
                 if node == peer {
@@ -522,6 +570,60 @@ impl Fault {
                     } else {
                         format!("-t nat -I {rule}")
                     },
+                )]
+            }
+            Fault::VxlanPairDrop { node: n, peer } => {
+                let ns = node(n).map(|n| n.ns).unwrap_or_default();
+                let ip = node(peer).map(|p| p.ip.to_string()).unwrap_or_default();
+                vec![Step::iptables(
+                    &ns,
+                    &format!("{op} OUTPUT -d {ip}/32 -p udp --dport {VXLAN_PORT} {TAG} -j DROP"),
+                )]
+            }
+            Fault::HostFirewall { node: n } => {
+                let ns = node(n).map(|n| n.ns).unwrap_or_default();
+                // Appended in this order on injection, deleted by their exact text.
+                let rules = [
+                    format!("INPUT -m state --state RELATED,ESTABLISHED {TAG} -j ACCEPT"),
+                    format!("INPUT -p icmp {TAG} -j ACCEPT"),
+                    format!("INPUT -i lo {TAG} -j ACCEPT"),
+                    format!("INPUT -p tcp -m state --state NEW -m tcp --dport 22 {TAG} -j ACCEPT"),
+                    format!("INPUT {TAG} -j REJECT --reject-with icmp-host-prohibited"),
+                ];
+                let op = if inject { "-A" } else { "-D" };
+                rules
+                    .iter()
+                    .map(|r| Step::iptables(&ns, &format!("{op} {r}")))
+                    .collect()
+            }
+            Fault::BridgeMtu { node: n } => {
+                let Some(n) = node(n) else {
+                    return Action::Steps(vec![]);
+                };
+                let mtu = if inject {
+                    OVERLAY_MTU - 50
+                } else {
+                    OVERLAY_MTU
+                };
+                let mut v = vec![Step::ip_batch(&n.ns, format!("link set cni0 mtu {mtu}\n"))];
+                if !inject {
+                    // Senders learned the smaller path MTU from cni0's "fragmentation
+                    // needed"; a real cluster forgets it within 10 minutes, the lab at once.
+                    v.extend(plan.nodes.iter().flat_map(|x| {
+                        x.pods
+                            .iter()
+                            .map(|k| Step::ip_batch(&x.pod_ns(*k), "route flush cache\n".into()))
+                            .chain([Step::ip_batch(&x.ns, "route flush cache\n".into())])
+                            .collect::<Vec<_>>()
+                    }));
+                }
+                v
+            }
+            Fault::BackendDown { node: n } => {
+                let ns = node(n).map(|n| n.pod_ns(PodKind::Web)).unwrap_or_default();
+                vec![Step::iptables(
+                    &ns,
+                    &format!("{op} INPUT -p tcp --dport {WEB_PORT} {TAG} -j DROP"),
                 )]
             }
             Fault::VxlanDropIn { node: n } => {
@@ -752,6 +854,12 @@ impl fmt::Display for Fault {
             Fault::VxlanVni { node } => write!(f, "vxlan-vni 2 on {node}"),
             Fault::VtepChanged { node } => write!(f, "vtep-changed on {node}"),
             Fault::DnsRulesMissing { node } => write!(f, "dns-rules-missing on {node}"),
+            Fault::VxlanPairDrop { node, peer } => {
+                write!(f, "vxlan-pair-drop on {node} toward {peer}")
+            }
+            Fault::HostFirewall { node } => write!(f, "host-firewall on {node}"),
+            Fault::BridgeMtu { node } => write!(f, "bridge-mtu (cni0 at 1400) on {node}"),
+            Fault::BackendDown { node } => write!(f, "backend-down (web pod) on {node}"),
         }
     }
 }
