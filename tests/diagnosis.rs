@@ -55,6 +55,9 @@ fn expected(plan: &LabPlan, f: &Fault) -> (&'static str, String, Option<String>)
         // Which backend a failed request landed on, no probe can tell: the finding names
         // the service and no node.
         Fault::BackendDown { .. } => ("service-backend-down", String::new(), None),
+        Fault::MasqueradeMissing { .. } => ("nodeport-broken", on(node), None),
+        Fault::BridgeNfOff { .. } => ("dns-service-broken", on(node), None),
+        Fault::BridgeAddrLost { .. } => ("pod-gateway-missing", on(node), None),
         Fault::Loss { .. } => ("packet-loss", on(node), None),
         // Not data-path faults: no finding is expected of them.
         Fault::CoordinatorDown
@@ -130,7 +133,22 @@ fn every_kind(plan: &LabPlan, rng: &mut fastrand::Rng) -> Vec<Fault> {
         Fault::HostFirewall { node: node(rng) },
         Fault::BridgeMtu { node: node(rng) },
         Fault::BackendDown { node: node(rng) },
+        Fault::MasqueradeMissing { node: node(rng) },
+        // On a CoreDNS node, where its pods' DNS lands on its own bridge half the time.
+        Fault::BridgeNfOff {
+            node: format!("n{}", rng.usize(1..=2)),
+        },
+        Fault::BridgeAddrLost { node: node(rng) },
     ]
+}
+
+/// Faults that ride kube-proxy's random choice of backend: a round may miss them, so the
+/// suite gives them a few.
+fn rides_the_dice(f: &Fault) -> bool {
+    matches!(
+        f,
+        Fault::BackendDown { .. } | Fault::MasqueradeMissing { .. } | Fault::BridgeNfOff { .. }
+    )
 }
 
 fn summary(r: &CheckReport) -> String {
@@ -158,7 +176,14 @@ fn suite(nodes: usize, test: &str) {
         let (cause, node, peer) = expected(lab.plan(), &fault);
         lab.inject(fault.clone())
             .unwrap_or_else(|e| panic!("inject {fault}: {e}"));
-        let (code, r) = check(&lab);
+        let mut round = check(&lab);
+        for _ in 1..if rides_the_dice(&fault) { 4 } else { 1 } {
+            if round.0 == 1 {
+                break;
+            }
+            round = check(&lab);
+        }
+        let (code, r) = round;
         let top = r.findings.first();
         let got = top.map(|f| {
             (

@@ -84,6 +84,9 @@ ids! {
         ForwardRejected = "forward-rejected",
         /// The node's overlay state lacks a peer (route, neighbour or fdb entry).
         OverlayPeerMissing = "overlay-peer-missing",
+        /// The node's pod bridge lost its gateway address: its pods have no gateway, and
+        /// traffic for them arrives with no route.
+        PodGatewayMissing = "pod-gateway-missing",
         /// Small packets pass, full-size ones are lost.
         MtuMismatch = "mtu-mismatch",
         /// A node or path loses a fraction of packets.

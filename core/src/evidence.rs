@@ -235,4 +235,27 @@ pub struct NodeEvidence {
     /// The node's own overlay identity and configuration, compared across nodes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config: Option<OverlayConfig>,
+    /// `net.bridge.bridge-nf-call-iptables`: whether traffic bridged on `cni0` passes
+    /// iptables. kube-proxy's NAT needs it for a reply from a backend on the client's own
+    /// bridge. `None`: not read (the file is missing and kube-proxy's chains are not
+    /// there either).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bridge_nf_call_iptables: Option<bool>,
+    /// What kube-proxy's iptables chains hold, when it runs in iptables mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kube_proxy: Option<KubeProxyEvidence>,
+}
+
+/// kube-proxy's iptables-mode NAT chains on a node, counted.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KubeProxyEvidence {
+    /// Rules in `KUBE-SERVICES` (one per service port, plus the NodePort jump).
+    pub service_rules: u32,
+    /// Rules in `KUBE-NODEPORTS` (one per NodePort).
+    pub nodeport_rules: u32,
+    /// `KUBE-POSTROUTING` masquerades marked traffic: without it, a NodePort request
+    /// sent on to a backend on another node is answered by that node straight to the
+    /// client, which drops the reply.
+    pub masquerade: bool,
 }

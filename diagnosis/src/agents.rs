@@ -153,6 +153,9 @@ impl Cx<'_> {
                 for l in self.overlay_lines(i) {
                     w.push(format!("{l}, though no probe fails yet"));
                 }
+                for l in self.service_facts(i) {
+                    w.push(format!("{l}, though no probe fails yet"));
+                }
             }
         }
         w

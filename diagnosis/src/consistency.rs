@@ -38,6 +38,8 @@ pub(crate) enum Attr {
     PodMtu,
     /// An address on the bridge or the overlay device.
     Address,
+    /// The node's own pod gateway, missing from its bridge.
+    Gateway,
     /// A route into another node's pod CIDR.
     Route,
 }
@@ -53,6 +55,7 @@ impl Attr {
             Attr::BridgeMtu => "cni0 MTU",
             Attr::PodMtu => "pod veth MTU",
             Attr::Address => "address",
+            Attr::Gateway => "pod gateway",
             Attr::Route => "route",
         }
     }
@@ -283,6 +286,41 @@ impl Consistency {
                 .filter(|(_, (c, _))| c.contains(ip))
                 .map(|(_, (_, i))| *i)
         };
+        // Each node's bridge holds its own gateway (what its pods route through, and what
+        // every node's gateway probes aim at). NetworkManager flushing cni0 removes it.
+        let gateway: Vec<Option<Ipv4Addr>> = {
+            let mut g = vec![None; names.len()];
+            for n in &t.nodes {
+                if let Some(&i) = ix.pos.get(n.name.as_str()) {
+                    g[i] = Some(n.gateway);
+                }
+            }
+            g
+        };
+        for (i, cf) in configs.iter().enumerate() {
+            let (Some(cf), Some(gw)) = (cf, gateway[i]) else {
+                continue;
+            };
+            let holds = cf
+                .bridge_addrs
+                .iter()
+                .any(|a| a.split('/').next().and_then(|s| s.parse::<Ipv4Addr>().ok()) == Some(gw));
+            if cf.bridge_mtu.is_some() && !holds {
+                c.odd.push(Oddity {
+                    node: i,
+                    attr: Attr::Gateway,
+                    line: format!(
+                        "{}: cni0 does not hold its pod gateway {gw} (it holds {})",
+                        names[i],
+                        if cf.bridge_addrs.is_empty() {
+                            "no address".to_owned()
+                        } else {
+                            cf.bridge_addrs.join(", ")
+                        }
+                    ),
+                });
+            }
+        }
         for (i, cf) in configs.iter().enumerate() {
             let Some(cf) = cf else { continue };
             let addrs = cf.bridge_addrs.iter().map(|a| ("cni0", a)).chain(

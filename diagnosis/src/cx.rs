@@ -38,6 +38,19 @@ pub(crate) struct Cx<'a> {
     pub(crate) icmp_only: FxSet<usize>,
     /// The nodes' own configuration, compared across nodes.
     pub(crate) cfg: Consistency,
+    /// Each node's evidence, by index (looked up by name once).
+    ev: Vec<Option<&'a NodeEvidence>>,
+    /// What kube-proxy looks like on the nodes that report it (computed once).
+    kube_proxy_norm: std::cell::OnceCell<KubeProxyNorm>,
+}
+
+/// kube-proxy's chains across the reporting nodes, to compare one node with its peers.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct KubeProxyNorm {
+    reporting: usize,
+    masquerading: usize,
+    with_nodeports: usize,
+    service_median: u32,
 }
 
 /// Every layer.
@@ -97,11 +110,15 @@ pub(crate) fn describe(c: CellView<'_>) -> String {
 
 impl<'a> Cx<'a> {
     pub(crate) fn new(t: &'a Topology, r: &'a CheckReport, s: &'a Settings) -> Self {
+        let ix = Index::new(t, r);
+        let ev = ix.names.iter().map(|n| r.evidence.get(&name(n))).collect();
         Self {
             t,
             r,
             s,
-            ix: Index::new(t, r),
+            ix,
+            ev,
+            kube_proxy_norm: std::cell::OnceCell::new(),
             explained: FxSet::default(),
             explained_nodes: FxSet::default(),
             broken: FxMap::default(),
@@ -175,8 +192,77 @@ impl<'a> Cx<'a> {
 
     /// Claims the failing cells of load-balanced targets: a node whose pods are cut off
     /// may be the backend that any probe landed on.
-    pub(crate) fn claim_balanced(&mut self) -> usize {
-        self.claim_where(|_, k| BALANCED.contains(&k.layer))
+    /// Claims the failing cells of load-balanced targets that a fault on node `x`
+    /// explains: those sent from `x` or entering at `x`, and those whose loss the backends
+    /// on broken nodes (`x` and those already found) account for: their share of the
+    /// CoreDNS pods, or one in n of a web service's backends per broken node, within three
+    /// standard deviations. Web targets are judged per column (three requests a cell say
+    /// little), DNS per cell (ten queries). What loses more than that (a NodePort column
+    /// losing most requests, all ten queries with half the pods reachable) has a cause of
+    /// its own, left for the service detectors.
+    pub(crate) fn claim_balanced_of(&mut self, x: usize) -> usize {
+        if !self
+            .ix
+            .failing
+            .iter()
+            .any(|k| BALANCED.contains(&k.layer) && !self.claimed.contains(k))
+        {
+            return 0;
+        }
+        let n = self.n().max(1) as f64;
+        let broken = |cx: &Self, i: usize| i == x || cx.broken.get(&i).is_some_and(cuts_backends);
+        let pods = self.t.core_dns.len();
+        let dns_share = if pods == 0 {
+            0.0
+        } else {
+            self.t
+                .core_dns
+                .iter()
+                .filter(|p| self.pos(&p.node).is_some_and(|i| broken(self, i)))
+                .count() as f64
+                / pods as f64
+        };
+        let web_share = ((0..self.n()).filter(|&i| broken(self, i)).count() as f64 / n).min(1.0);
+        // Per web target column: (sent, lost) over every source.
+        let mut columns: FxMap<usize, (f64, f64)> = FxMap::default();
+        for layer in BALANCED.iter().filter(|l| **l != Layer::DnsService) {
+            for id in self.ix.targets_of(*layer) {
+                let e = columns.entry(id).or_default();
+                // Requests from broken nodes are theirs to explain, not the backends'.
+                for &s in self.ix.tcol(id).iter().filter(|&&s| !broken(self, s)) {
+                    if let Some(c) = self.tcell(id, s).filter(|c| c.state != CellState::Unknown) {
+                        e.0 += f64::from(c.sent);
+                        e.1 += f64::from(c.sent.saturating_sub(c.ok));
+                    }
+                }
+            }
+        }
+        let within = |sent: f64, lost: f64, share: f64| !beyond_share(sent, lost, share);
+        self.claim_where(|cx, k| {
+            if !BALANCED.contains(&k.layer) {
+                return false;
+            }
+            if k.src == x || cx.ix.dst_node(k) == Some(x) {
+                return true;
+            }
+            match (k.layer, k.col) {
+                // With half the CoreDNS pods behind broken nodes, losing every query is
+                // what landing on them does once in a thousand: explained (the service
+                // detector does not blame a source there either).
+                (Layer::DnsService, _) => cx.ix.cell(k).is_some_and(|c| {
+                    dns_share >= 0.5
+                        || within(
+                            f64::from(c.sent),
+                            f64::from(c.sent.saturating_sub(c.ok)),
+                            dns_share,
+                        )
+                }),
+                (_, Col::Target(id)) => columns
+                    .get(&id)
+                    .is_some_and(|&(sent, lost)| within(sent, lost, web_share)),
+                _ => false,
+            }
+        })
     }
 
     /// Claims the failing cells of load-balanced targets whose path may cross the pair
@@ -187,6 +273,20 @@ impl<'a> Cx<'a> {
             let d = cx.ix.dst_node(k);
             BALANCED.contains(&k.layer)
                 && ([a, b].contains(&k.src) || d.is_some_and(|d| d == a || d == b))
+        })
+    }
+
+    /// Whether an earlier finding already claims every failing cell of target `id`: then
+    /// the target's own fault is not needed to explain them.
+    pub(crate) fn target_claimed(&self, id: usize) -> bool {
+        let layer = self.ix.targets[id].layer;
+        self.ix.tcol(id).iter().all(|&s| {
+            let key = CellKey {
+                layer,
+                src: s,
+                col: Col::Target(id),
+            };
+            !self.ix.failing.contains(&key) || self.claimed.contains(&key)
         })
     }
 
@@ -227,6 +327,74 @@ impl<'a> Cx<'a> {
             ));
         }
         None
+    }
+
+    /// What `x`'s own evidence says about the services its traffic meets, against its
+    /// peers': br_netfilter off, kube-proxy's masquerade or NodePort rules missing where
+    /// the other nodes have them. Empty when nothing is odd (or nothing was read).
+    pub(crate) fn service_facts(&self, x: usize) -> Vec<String> {
+        let xn = self.nm(x);
+        self.service_odd(x).iter().map(|f| f.line(&xn)).collect()
+    }
+
+    /// The typed form of [`Cx::service_facts`].
+    pub(crate) fn service_odd(&self, x: usize) -> Vec<ServiceFact> {
+        let Some(ev) = self.evidence(x) else {
+            return vec![];
+        };
+        let mut v = Vec::new();
+        if ev.bridge_nf_call_iptables == Some(false) {
+            v.push(ServiceFact::BridgeNfOff);
+        }
+        let Some(kp) = &ev.kube_proxy else {
+            return v;
+        };
+        let norm = *self.kube_proxy_norm.get_or_init(|| {
+            let all: Vec<&meshprobe_core::evidence::KubeProxyEvidence> = self
+                .ev
+                .iter()
+                .filter_map(|e| e.and_then(|e| e.kube_proxy.as_ref()))
+                .collect();
+            let mut counts: Vec<u32> = all.iter().map(|k| k.service_rules).collect();
+            counts.sort_unstable();
+            KubeProxyNorm {
+                reporting: all.len(),
+                masquerading: all.iter().filter(|k| k.masquerade).count(),
+                with_nodeports: all.iter().filter(|k| k.nodeport_rules > 0).count(),
+                service_median: counts.get(counts.len() / 2).copied().unwrap_or(0),
+            }
+        });
+        // Its peers: everyone reporting but x (which reports, being here).
+        let peers = norm.reporting - 1;
+        let most = |with_x: usize, x_has: bool| {
+            let with = with_x - usize::from(x_has);
+            peers > 0 && with * 2 > peers
+        };
+        if !kp.masquerade && most(norm.masquerading, false) {
+            v.push(ServiceFact::NoMasquerade);
+        }
+        if kp.nodeport_rules == 0 && most(norm.with_nodeports, false) {
+            v.push(ServiceFact::NoNodeports);
+        }
+        if peers > 0 && kp.service_rules * 2 < norm.service_median {
+            v.push(ServiceFact::ServicesBehind {
+                have: kp.service_rules,
+                peers: norm.service_median,
+            });
+        }
+        v
+    }
+
+    /// The fix for a service failure that [`Cx::service_facts`] explains on `x`.
+    pub(crate) fn service_fix(&self, x: usize) -> Option<String> {
+        let ev = self.evidence(x)?;
+        let xn = self.nm(x);
+        if ev.bridge_nf_call_iptables == Some(false) {
+            return Some(format!(
+                "on {xn}: `modprobe br_netfilter; sysctl -w net.bridge.bridge-nf-call-iptables=1`, and keep both across reboots (`/etc/modules-load.d/`, `/etc/sysctl.d/`)"
+            ));
+        }
+        self.service_facts(x).first().map(|_| format!("on {xn}: `iptables-save -t nat | grep -e KUBE-POSTROUTING -e KUBE-NODEPORTS` against a healthy node's; restart kube-proxy on {xn} (`kubectl -n kube-system delete pod -l k8s-app=kube-proxy --field-selector spec.nodeName={xn}`) and read its logs"))
     }
 
     /// What to do about a node that does not forward, from the rule its evidence names.
@@ -299,7 +467,7 @@ impl<'a> Cx<'a> {
         self.tcell(id, s).is_some_and(|c| c.state == CellState::Ok)
     }
     pub(crate) fn evidence(&self, node: usize) -> Option<&'a NodeEvidence> {
-        self.r.evidence.get(&name(self.ix.names[node]))
+        self.ev.get(node).copied().flatten()
     }
     pub(crate) fn is_explained(&self, part: Part, s: usize, d: usize) -> bool {
         self.explained_nodes.contains(&(part, s))
@@ -419,5 +587,106 @@ impl<'a> Cx<'a> {
             .agents
             .get(&name(self.ix.names[x]))
             .map(|a| (a.host, a.pod))
+    }
+}
+
+/// Something odd in a node's own service path, from its evidence against its peers'.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ServiceFact {
+    /// `net.bridge.bridge-nf-call-iptables = 0`, or br_netfilter not loaded.
+    BridgeNfOff,
+    /// kube-proxy's `KUBE-POSTROUTING` has no MASQUERADE, while the peers' do.
+    NoMasquerade,
+    /// `KUBE-NODEPORTS` is empty, while the peers hold rules.
+    NoNodeports,
+    /// `KUBE-SERVICES` holds under half the rules the peers' do.
+    ServicesBehind { have: u32, peers: u32 },
+}
+
+impl ServiceFact {
+    /// Whether it breaks requests arriving at the node's NodePorts (rather than its own
+    /// pods' requests).
+    pub(crate) fn breaks_nodeports(self) -> bool {
+        matches!(
+            self,
+            ServiceFact::NoMasquerade
+                | ServiceFact::NoNodeports
+                | ServiceFact::ServicesBehind { .. }
+        )
+    }
+
+    pub(crate) fn line(self, xn: &str) -> String {
+        match self {
+            ServiceFact::BridgeNfOff => format!(
+                "{xn}: net.bridge.bridge-nf-call-iptables = 0 (or br_netfilter is not loaded): a reply from a backend on {xn}'s own bridge skips kube-proxy's NAT, and the pod that asked drops it"
+            ),
+            ServiceFact::NoMasquerade => format!(
+                "{xn}: kube-proxy's KUBE-POSTROUTING has no MASQUERADE rule, while the other nodes' do: a NodePort request {xn} sends on to a backend elsewhere is answered straight to the client, which drops the reply"
+            ),
+            ServiceFact::NoNodeports => {
+                format!("{xn}: KUBE-NODEPORTS is empty, while the other nodes hold NodePort rules")
+            }
+            ServiceFact::ServicesBehind { have, peers } => format!(
+                "{xn}: KUBE-SERVICES holds {have} rules, while the other nodes hold about {peers}: kube-proxy on {xn} has not synced its services"
+            ),
+        }
+    }
+}
+
+/// Whether a node found broken this way loses the requests that land on its backends: a
+/// lossy node or a full-size limit does not (a request is small, and mostly gets through).
+pub(crate) fn cuts_backends(cause: &Cause) -> bool {
+    !matches!(cause, Cause::PacketLoss | Cause::MtuMismatch)
+}
+
+/// Whether losing `lost` of `sent` requests is beyond what landing on a `share` of dead
+/// backends explains: the binomial chance of losing that many or more is under 1 in
+/// 100,000 (a round has a few dozen such tests; a false alarm must be rarer than the
+/// faults it looks for).
+pub(crate) fn beyond_share(sent: f64, lost: f64, share: f64) -> bool {
+    const ALPHA: f64 = 1e-5;
+    let (n, k) = (sent.round() as u64, lost.round() as u64);
+    if k == 0 || n == 0 {
+        return false;
+    }
+    if share <= 0.0 {
+        return true;
+    }
+    if share >= 1.0 || k > n {
+        return false;
+    }
+    // P(X >= k) for X ~ Binomial(n, share), summed in log space term by term.
+    let (lp, lq) = (share.ln(), (1.0 - share).ln());
+    let mut ln_choose = 0.0f64; // ln C(n, 0)
+    let mut tail = 0.0f64;
+    for i in 0..=n {
+        if i > 0 {
+            ln_choose += ((n - i + 1) as f64).ln() - (i as f64).ln();
+        }
+        if i >= k {
+            tail += (ln_choose + i as f64 * lp + (n - i) as f64 * lq).exp();
+        }
+    }
+    tail < ALPHA
+}
+
+#[cfg(test)]
+mod tests {
+    use super::beyond_share;
+
+    #[test]
+    fn the_binomial_tail_decides_what_a_share_of_dead_backends_explains() {
+        // Half the pods dead: losing all ten queries happens once in 1,024 rounds.
+        assert!(!beyond_share(10.0, 10.0, 0.5));
+        // A quarter dead: all ten lost is about 1 in a million; a third dead, 1 in 59,000.
+        assert!(beyond_share(10.0, 10.0, 0.25));
+        assert!(!beyond_share(10.0, 10.0, 1.0 / 3.0));
+        // One backend in six: 7 of 15 is rare (0.6%) but not rare enough; 12 of 15 is.
+        assert!(!beyond_share(15.0, 7.0, 1.0 / 6.0));
+        assert!(beyond_share(15.0, 12.0, 1.0 / 6.0));
+        // Nothing dead explains no loss; nothing lost needs no explaining.
+        assert!(beyond_share(3.0, 1.0, 0.0));
+        assert!(!beyond_share(3.0, 0.0, 0.0));
+        assert!(!beyond_share(3.0, 3.0, 1.0));
     }
 }

@@ -130,7 +130,7 @@ impl Cx<'_> {
             let weight = (out.len() + inbound.len()) * 10;
             self.broken.insert(x, cause.clone());
             self.explain_node(&[Part::Pods, Part::Big], x);
-            let weight = weight + self.claim_node(x, POD_TRAFFIC) + self.claim_balanced();
+            let weight = weight + self.claim_node(x, POD_TRAFFIC) + self.claim_balanced_of(x);
             let hop = format!(
                 "forwarding on {xn}: cni0 <-> {}",
                 self.t.cluster.overlay.interface

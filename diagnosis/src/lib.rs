@@ -86,6 +86,8 @@ pub fn diagnose(
     cx.nodeport();
     cx.ingress();
     cx.service_backends();
+    cx.pod_services();
+    cx.lacking_outliers();
     cx.degraded_probers();
     cx.agents();
     cx.unexplained();

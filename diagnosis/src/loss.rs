@@ -79,7 +79,7 @@ impl Cx<'_> {
             self.broken.insert(x, Cause::PacketLoss);
             // Load-balanced targets may land on x's pods.
             self.claim_node(x, ALL);
-            self.claim_balanced();
+            self.claim_balanced_of(x);
             self.push(
                 4,
                 lost as usize,

@@ -8,8 +8,8 @@ use std::fmt::Write as _;
 
 use meshprobe_core::capture::{CaptureSummary, PeerFlow, Sizes};
 use meshprobe_core::evidence::{
-    DeviceState, FirewallRule, ForwardEvidence, NeighbourEntry, NodeEvidence, OverlayConfig,
-    OverlayEvidence,
+    DeviceState, FirewallRule, ForwardEvidence, KubeProxyEvidence, NeighbourEntry, NodeEvidence,
+    OverlayConfig, OverlayEvidence,
 };
 use meshprobe_core::matrix::{RoundInput, build_report};
 use meshprobe_core::plan::{AgentReport, Plan, PlanSettings, Planner, ProbeResult};
@@ -75,6 +75,17 @@ pub enum Fault {
     /// requests that land on it (one in n) time out, from every node and through every
     /// node.
     BackendDown(usize),
+    /// kube-proxy's masquerade rule is gone on the node: NodePort requests it sends on
+    /// to a backend on another node are answered straight to the client, which drops the
+    /// reply; those it keeps on its own backend pass.
+    MasqueradeMissing(usize),
+    /// `net.bridge.bridge-nf-call-iptables = 0` on the node: a service request from its
+    /// pods that lands on a backend on its own bridge gets its reply un-NATed by nobody.
+    BridgeNfOff(usize),
+    /// The node's `cni0` lost its gateway address (NetworkManager flushed it): nothing
+    /// answers for its pods' subnet, its pods have no gateway (its pod agent falls silent),
+    /// and its own backends drop out of the services.
+    GatewayLost(usize),
 }
 
 impl Fault {
@@ -104,7 +115,10 @@ impl Fault {
             | Fault::DnsRulesMissing(x)
             | Fault::PairBlocked(x, _)
             | Fault::BridgeMtu(x)
-            | Fault::BackendDown(x) => vec![*x],
+            | Fault::BackendDown(x)
+            | Fault::MasqueradeMissing(x)
+            | Fault::BridgeNfOff(x)
+            | Fault::GatewayLost(x) => vec![*x],
             Fault::DnsDown(p) | Fault::MetricsBlocked(p) => t
                 .core_dns
                 .iter()
@@ -193,6 +207,7 @@ impl World<'_> {
     fn tunnel(&self, s: usize, d: usize) -> bool {
         s == d
             || (self.under(s, d)
+                && !self.has(|f| *f == Fault::GatewayLost(d))
                 && !self.config_cut(s, d)
                 && !self.has(|f| {
                     matches!(f, Fault::VxlanIn(x) | Fault::VxlanOut(x) | Fault::PathBlockedIn(x) if *x == s || *x == d)
@@ -231,6 +246,7 @@ impl World<'_> {
         let arrived = left && path(s, d);
         let answered = arrived
             && !self.config_cut(s, d)
+            && !self.has(|f| *f == Fault::GatewayLost(d))
             && !self.has(|f| *f == Fault::VxlanIn(d))
             && (!matches!(kind, ProbeKind::PodPod | ProbeKind::PodPodBig) || self.forwards(d));
         let reply_left = answered && can_send(d, s);
@@ -286,7 +302,9 @@ impl World<'_> {
                     && !self.icmp_blocked(d)
                     && !self.has(|f| *f == Fault::JumboMtu(s))
             }
-            GatewayFromHost => self.tunnel(s, d),
+            GatewayFromHost => {
+                self.tunnel(s, d) && !(s == d && self.has(|f| *f == Fault::GatewayLost(d)))
+            }
             GatewayFromPod => self.tunnel(s, d) && (s == d || self.forwards(s)),
             PodToPod => self.tunnel(s, d) && self.forwards(s) && self.forwards(d),
             PodToPodFullSize => {
@@ -392,6 +410,14 @@ fn capture_of(
     }
 }
 
+/// splitmix64's finaliser: a well-spread deterministic "random" number from a counter.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
 /// A deterministic "random" count of lost probes out of `sent` at `loss` (0..1).
 fn lost(sent: u32, loss: f64, salt: u64) -> u32 {
     let exact = f64::from(sent) * loss;
@@ -462,7 +488,9 @@ impl<'a> Model<'a> {
         };
         self.world.down(s)
             || self.faults.contains(&Fault::AgentsSilent(s))
-            || (kind == AgentKind::Pod && self.faults.contains(&Fault::PodSilent(s)))
+            || (kind == AgentKind::Pod
+                && (self.faults.contains(&Fault::PodSilent(s))
+                    || self.faults.contains(&Fault::GatewayLost(s))))
     }
 
     /// What the agent given `plan` reports; `None` when it is silent. `salt` spreads
@@ -500,22 +528,57 @@ impl<'a> Model<'a> {
             } else {
                 0
             };
-            // Each request lands on one of the n backends (one pod per node), evenly.
-            if matches!(
-                layer,
-                Layer::Nodeport | Layer::Ingress | Layer::NodeportFromPod | Layer::IngressFromPod
-            ) {
-                let n = t.nodes.len() as u64;
-                let down = (0..ok)
+            // Each request to a service lands on one of its backends, evenly: the web
+            // service has one pod per node, kube-dns its CoreDNS pods.
+            let backends: Vec<usize> = match layer {
+                Layer::Nodeport
+                | Layer::Ingress
+                | Layer::NodeportFromPod
+                | Layer::IngressFromPod => (0..t.nodes.len()).collect(),
+                Layer::DnsService => world.dns_nodes.values().copied().collect(),
+                _ => Vec::new(),
+            };
+            let dns_pods: Vec<&String> = world.dns_nodes.keys().collect();
+            if !backends.is_empty() {
+                let from_pod = matches!(
+                    layer,
+                    Layer::NodeportFromPod | Layer::IngressFromPod | Layer::DnsService
+                );
+                let entry = match layer {
+                    Layer::Nodeport | Layer::NodeportFromPod => d,
+                    _ => None,
+                };
+                // Where the request is sent on to its backend: the NodePort's node, the
+                // ingress controller's node.
+                let forwarder = match layer {
+                    Layer::Ingress | Layer::IngressFromPod => Some(world.ingress_node),
+                    _ => entry,
+                };
+                let lost_here = (0..ok)
                     .filter(|i| {
-                        let pick = salt
-                            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-                            .wrapping_add(u64::from(*i).wrapping_mul(0xBF58_476D_1CE4_E5B9));
-                        let landed = ((pick >> 17) % n) as usize;
-                        faults.contains(&Fault::BackendDown(landed))
+                        let pick = mix(salt.wrapping_mul(31).wrapping_add(u64::from(*i)));
+                        let slot = (pick % backends.len() as u64) as usize;
+                        let landed = backends[slot];
+                        // A query kube-proxy sends to a CoreDNS pod the source cannot reach
+                        // is lost (UDP: no failover).
+                        (layer == Layer::DnsService
+                            && !world.works(Layer::DnsPod, s, dns_pods[slot], None))
+                            || (layer != Layer::DnsService
+                            && (faults.contains(&Fault::BackendDown(landed))
+                                || faults.contains(&Fault::GatewayLost(landed))))
+                            || entry.is_some_and(|e| {
+                                landed != e && faults.contains(&Fault::MasqueradeMissing(e))
+                            })
+                            || (from_pod && landed == s && faults.contains(&Fault::BridgeNfOff(s)))
+                            // The forwarder's tunnel to the backend's node is cut, or that
+                            // node does not forward into its pods.
+                            || forwarder.is_some_and(|f| {
+                                f != landed
+                                    && (!world.tunnel(f, landed) || !world.forwards(landed))
+                            })
                     })
                     .count() as u32;
-                ok -= down;
+                ok -= lost_here;
             }
             // Nothing listening answers with a reset; a lost packet with silence.
             let refused = match layer {
@@ -663,6 +726,9 @@ fn evidence_of(t: &Topology, faults: &[Fault], x: usize, peers: &[usize]) -> Nod
             .collect(),
         ..OverlayConfig::default()
     };
+    if faults.contains(&Fault::GatewayLost(x)) {
+        cfg.bridge_addrs.clear();
+    }
     if faults.contains(&Fault::BridgeMtu(x)) {
         cfg.bridge_mtu = Some(mtu - 50);
     }
@@ -673,6 +739,12 @@ fn evidence_of(t: &Topology, faults: &[Fault], x: usize, peers: &[usize]) -> Nod
         cfg.pod_mtus = vec![8950];
     }
     ev.config = Some(cfg);
+    ev.bridge_nf_call_iptables = Some(!faults.contains(&Fault::BridgeNfOff(x)));
+    ev.kube_proxy = Some(KubeProxyEvidence {
+        service_rules: 3,
+        nodeport_rules: 1,
+        masquerade: !faults.contains(&Fault::MasqueradeMissing(x)),
+    });
     for f in faults {
         match f {
             Fault::ForwardOff(n) if *n == x => ev.ip_forward = Some(false),

@@ -128,6 +128,23 @@ impl Cx<'_> {
                         first.table, first.chain
                     )
                 };
+            } else if self.cfg.is_odd(x, &[Attr::Gateway]) {
+                // The tunnel delivers (the capture sees it arrive), but nothing on x holds
+                // the address the gateway probes aim at, nor a route into its pods.
+                direction = Direction::Both;
+                cause = Cause::PodGatewayMissing;
+                evidence.extend(self.odd_lines(x, &[Attr::Gateway]));
+                let gw = self
+                    .t
+                    .node(&name(self.ix.names[x]))
+                    .map(|n| format!("{}/{}", n.gateway, n.pod_cidr.net().prefix_len()))
+                    .unwrap_or_default();
+                summary = format!(
+                    "{xn}'s cni0 lost its gateway address {gw}: its pods have no gateway, and traffic for them arrives at {xn} with no route"
+                );
+                fix = format!(
+                    "on {xn}: `ip addr add {gw} dev cni0` (or restart flannel and the CNI); if NetworkManager manages cni0 and {iface}, mark them unmanaged (`[keyfile] unmanaged-devices=interface-name:cni0;interface-name:{iface}` in /etc/NetworkManager/conf.d/)"
+                );
             } else if matches!(device, Some(None)) || matches!(device, Some(Some(ref d)) if !d.up) {
                 direction = Direction::Both;
                 cause = Cause::OverlayPeerMissing;
@@ -225,7 +242,7 @@ impl Cx<'_> {
             }
             self.broken.insert(x, cause.clone());
             self.explain_node(&[Part::Network, Part::Pods, Part::Big], x);
-            let cells = self.claim_node(x, OVERLAY) + self.claim_balanced();
+            let cells = self.claim_node(x, OVERLAY) + self.claim_balanced_of(x);
             let hop = format!("overlay: * <-> {xn} {dev}, UDP {port} ({iface})");
             self.push(
                 1,
@@ -410,6 +427,137 @@ impl Cx<'_> {
             .unwrap_or_default()
     }
 
+    /// A node whose own evidence says it lacks a peer's overlay entries, while the tunnel
+    /// between them fails and few other nodes lack that peer, is at fault too, even when
+    /// another finding already claims the pair's cells (a peer that is itself broken hides
+    /// it). Evidence explains symptoms: the entry is missing whatever else is wrong.
+    pub(crate) fn lacking_outliers(&mut self) {
+        let iface = self.t.cluster.overlay.interface.clone();
+        let reporting = (0..self.n())
+            .filter(|&s| self.evidence(s).and_then(|e| e.overlay.as_ref()).is_some())
+            .count();
+        for s in 0..self.n() {
+            let Some(missing) = self
+                .evidence(s)
+                .and_then(|e| e.overlay.as_ref())
+                .map(|o| o.peers_missing())
+            else {
+                continue;
+            };
+            for peer in missing {
+                let Some(p) = self.pos(&peer) else { continue };
+                let (sn, pn) = (self.nm(s), self.nm(p));
+                let named = self.found.iter().any(|f| {
+                    f.finding.cause == Cause::OverlayPeerMissing
+                        && f.finding.nodes.iter().any(|n| n.as_str() == sn)
+                });
+                let cut = self.failing(Layer::GatewayFromHost, s, p)
+                    || self.failing(Layer::GatewayFromHost, p, s);
+                let lackers = (0..self.n()).filter(|&o| self.lacks(o, p)).count();
+                if named || !cut || lackers * 2 >= reporting {
+                    continue;
+                }
+                let mut evidence = self.cite(Layer::GatewayFromHost, &[(s, p), (p, s)]);
+                evidence.extend(
+                    self.overlay_lines(s)
+                        .into_iter()
+                        .filter(|l| l.contains(pn.as_str())),
+                );
+                evidence.push(format!(
+                    "{lackers} of {reporting} nodes lack {pn}'s entries: {sn}'s state is the odd one, whatever else is wrong with {pn}"
+                ));
+                self.claim_pair(s, p, OVERLAY);
+                let peer_ip = self.node_ip(p);
+                self.push(
+                    5,
+                    4,
+                    Cause::OverlayPeerMissing,
+                    vec![s],
+                    vec![p],
+                    Direction::Outbound,
+                    format!("overlay: {sn} {iface} -> {pn}"),
+                    format!("{sn}'s overlay state lacks peer {pn}: traffic between them cannot be encapsulated"),
+                    evidence,
+                    format!("on {sn}: `ip route | grep {iface}; ip neigh show dev {iface}; bridge fdb show dev {iface} | grep {peer_ip}`; restart flannel on {sn}"),
+                );
+            }
+        }
+        // The same for a firewall rule that drops VXLAN naming a peer's address.
+        let port = self.t.cluster.overlay.port;
+        let with_rules: Vec<usize> = (0..self.n())
+            .filter(|&s| {
+                self.evidence(s)
+                    .is_some_and(|e| !e.overlay_port_rules.is_empty())
+            })
+            .collect();
+        for s in with_rules {
+            // The peers s's tunnel fails with, either way: a handful, not every node.
+            let mut peers: Vec<usize> = self
+                .ix
+                .row(Layer::GatewayFromHost, s)
+                .iter()
+                .chain(self.ix.col(Layer::GatewayFromHost, s))
+                .copied()
+                .filter(|&p| {
+                    p != s
+                        && (self.failing(Layer::GatewayFromHost, s, p)
+                            || self.failing(Layer::GatewayFromHost, p, s))
+                })
+                .collect();
+            peers.sort_unstable();
+            peers.dedup();
+            for p in peers {
+                let rules = self.rules_toward(s, p);
+                let cut = self.failing(Layer::GatewayFromHost, s, p)
+                    || self.failing(Layer::GatewayFromHost, p, s);
+                let (sn, pn) = (self.nm(s), self.nm(p));
+                let named = self.found.iter().any(|f| {
+                    f.finding.cause == Cause::VxlanBlocked
+                        && f.finding.nodes.iter().any(|n| n.as_str() == sn)
+                });
+                if rules.is_empty() || !cut || named {
+                    continue;
+                }
+                let mut evidence = self.cite(Layer::GatewayFromHost, &[(s, p), (p, s)]);
+                for r in &rules {
+                    evidence.push(format!("{sn}: iptables -t {} {}", r.table, r.rule));
+                }
+                evidence.push(format!(
+                    "the rule names {pn}'s address: it drops VXLAN between them whatever else is wrong with {pn}"
+                ));
+                self.claim_pair(s, p, OVERLAY);
+                let first = &rules[0];
+                self.push(
+                    5,
+                    4,
+                    Cause::VxlanBlocked,
+                    vec![s],
+                    vec![p],
+                    if matches!(first.chain.as_str(), "OUTPUT" | "POSTROUTING") {
+                        Direction::Outbound
+                    } else {
+                        Direction::Inbound
+                    },
+                    format!("overlay: {sn} <-> {pn}, UDP {port}"),
+                    format!("{sn}'s firewall drops VXLAN (UDP {port}) between it and {pn}"),
+                    evidence,
+                    if first.rule.starts_with("-A ") {
+                        format!(
+                            "on {sn}: `iptables -t {} -D {}`",
+                            first.table,
+                            &first.rule[3..]
+                        )
+                    } else {
+                        format!(
+                            "on {sn}: `iptables-save | grep -e {port} -e {}`",
+                            self.node_ip(p)
+                        )
+                    },
+                );
+            }
+        }
+    }
+
     /// Whether `me`'s evidence shows overlay entries missing for `peer`.
     pub(crate) fn lacks(&self, me: usize, peer: usize) -> bool {
         let stale = self
@@ -483,13 +631,14 @@ impl Cx<'_> {
             if self.is_explained(Part::Network, a, b) {
                 continue;
             }
-            // The end whose own state lacks the other is the pair's fault, not a shared peer.
-            if !self.lacks(b, a) {
-                by_node.entry(a).or_default().push(b);
+            // A pair whose own evidence says which end is at fault (one lacks the other's
+            // entries, or the capture shows one end dropping) is that end's, not a
+            // shared peer's.
+            if self.lacks(a, b) || self.lacks(b, a) || self.pair_drop(a, b).is_some() {
+                continue;
             }
-            if !self.lacks(a, b) {
-                by_node.entry(b).or_default().push(a);
-            }
+            by_node.entry(a).or_default().push(b);
+            by_node.entry(b).or_default().push(a);
         }
         let mut order: Vec<(usize, Vec<usize>)> =
             by_node.into_iter().filter(|(_, v)| v.len() >= 2).collect();

@@ -101,7 +101,7 @@ impl Cx<'_> {
             let ip = self.node_ip(x);
             self.broken.insert(x, Cause::NodeUnreachable);
             self.explain_node(&[Part::Network, Part::Pods, Part::Big], x);
-            let cells = self.claim_node(x, ALL) + self.claim_balanced();
+            let cells = self.claim_node(x, ALL) + self.claim_balanced_of(x);
             self.push(
                 0,
                 cells.max(dead.len()) * 10,

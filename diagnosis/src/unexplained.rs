@@ -93,6 +93,8 @@ impl Cx<'_> {
         if let Some((_, lines)) = self.node_fact(x) {
             evidence.extend(lines);
         }
+        let service_facts = self.service_facts(x);
+        evidence.extend(service_facts.iter().cloned());
         evidence.extend(self.odd_lines(x, &[]));
         if let Some((h, p)) = self.agent_state(x) {
             evidence.push(format!(
@@ -108,9 +110,9 @@ impl Cx<'_> {
                     "{xn} fails {layer_list} toward {} targets that other nodes reach: a fault on {xn} that no rule names",
                     cells.len()
                 ),
-                format!(
+                self.service_fix(x).unwrap_or_else(|| format!(
                     "on {xn}: compare `iptables-save -t nat` with a healthy node's (kube-proxy's service and masquerade rules); kube-proxy's logs on {xn}"
-                ),
+                )),
             )
         } else {
             let way = match direction {

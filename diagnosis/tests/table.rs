@@ -150,13 +150,6 @@ fn each_single_fault_gives_exactly_its_cause() {
                 Fault::BridgeMtu(1),
                 one("mtu-mismatch", &["n2"], &[], "inbound"),
             ),
-            // The NodePort and the ingress both lead to the dead backend: one finding
-            // each, neither naming a node.
-            (Fault::BackendDown(1), {
-                let mut both = one("service-backend-down", &[], &[], "none");
-                both.extend(one("service-backend-down", &[], &[], "none"));
-                both
-            }),
         ];
         for (fault, want) in cases {
             let (f, _) = run(n, std::slice::from_ref(&fault));
@@ -205,7 +198,67 @@ fn beyond_the_list_the_hop_comes_from_the_evidence() {
         "{ev}"
     );
     assert!(ev.contains("EMSGSIZE"), "{ev}");
-    // A dead backend: spread thin over every source and entry node, blamed on none.
+    // kube-proxy state that differs from the peers': the node, and the fact.
+    for (fault, cause, node, fact) in [
+        (
+            Fault::MasqueradeMissing(3),
+            "nodeport-broken",
+            "n4",
+            "KUBE-POSTROUTING has no MASQUERADE rule",
+        ),
+        (
+            Fault::BridgeNfOff(0),
+            "dns-service-broken",
+            "n1",
+            "net.bridge.bridge-nf-call-iptables = 0",
+        ),
+    ] {
+        let (f, _) = run(6, std::slice::from_ref(&fault));
+        assert_eq!(
+            shape(&f),
+            one(
+                cause,
+                &[node],
+                &[],
+                if node == "n4" { "inbound" } else { "outbound" }
+            ),
+            "{fault:?}: {f:#?}"
+        );
+        assert!(
+            f[0].evidence.iter().any(|e| e.contains(fact)),
+            "{fault:?}: {:?}",
+            f[0].evidence
+        );
+    }
+    // A bridge that lost its gateway: the tunnel delivers, nothing answers behind it.
+    let (f, _) = run(6, &[Fault::GatewayLost(4)]);
+    assert_eq!(
+        (f[0].cause.as_str(), f[0].nodes[0].as_str()),
+        ("pod-gateway-missing", "n5"),
+        "{f:#?}"
+    );
+    assert!(
+        f[0].evidence
+            .iter()
+            .any(|e| e.contains("cni0 does not hold its pod gateway"))
+    );
+    assert!(
+        f.iter().all(|x| x.nodes.iter().all(|n| n.as_str() == "n5")),
+        "{f:#?}"
+    );
+    // A dead backend: spread thin over every source and entry node, blamed on none. The
+    // NodePort and the ingress both lead to it: a finding for each service that lost a
+    // cell, none naming a node.
+    for n in [3, 6] {
+        let (f, _) = run(n, &[Fault::BackendDown(1)]);
+        assert!(
+            !f.is_empty()
+                && f.iter()
+                    .all(|f| f.cause.as_str() == "service-backend-down" && f.nodes.is_empty()),
+            "{n} nodes: {:?}",
+            shape(&f)
+        );
+    }
     let (f, _) = run(6, &[Fault::BackendDown(2)]);
     assert!(
         f[0].summary.contains("one of its backends does not answer"),

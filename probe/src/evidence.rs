@@ -11,8 +11,8 @@ use std::net::Ipv4Addr;
 use std::process::Command;
 
 use meshprobe_core::evidence::{
-    DeviceState, FdbEntry, FirewallRule, ForwardEvidence, MAX_CONFIG_ENTRIES, NeighbourEntry,
-    NodeEvidence, OverlayConfig, OverlayEvidence, OverlayExpectation, RouteEntry,
+    DeviceState, FdbEntry, FirewallRule, ForwardEvidence, KubeProxyEvidence, MAX_CONFIG_ENTRIES,
+    NeighbourEntry, NodeEvidence, OverlayConfig, OverlayEvidence, OverlayExpectation, RouteEntry,
 };
 use serde_json::Value;
 
@@ -180,6 +180,7 @@ pub fn collect(host: &dyn Host, expect: Option<&OverlayExpectation>) -> NodeEvid
             let (fwd, port_rules) = parse_iptables_save(&text, &OverlayTraffic::of(expect));
             ev.forward = Some(fwd);
             ev.overlay_port_rules = port_rules;
+            ev.kube_proxy = parse_kube_proxy(&text);
         }
         Err(e) => ev.unavailable.push(format!("iptables-save: {e}")),
     }
@@ -218,6 +219,13 @@ pub fn collect(host: &dyn Host, expect: Option<&OverlayExpectation>) -> NodeEvid
             (Err(e), _) | (_, Err(e)) => ev.unavailable.push(e),
         }
     }
+    ev.bridge_nf_call_iptables = match host.read("/proc/sys/net/bridge/bridge-nf-call-iptables") {
+        Ok(v) => Some(v.trim() == "1"),
+        // br_netfilter is not loaded: bridged traffic skips iptables, which kube-proxy's
+        // iptables mode needs (kubeadm's preflight checks for this file).
+        Err(_) if ev.kube_proxy.is_some() => Some(false),
+        Err(_) => None,
+    };
     if let Ok(text) = host.read("/run/flannel/subnet.env") {
         ev.subnet_env = text
             .lines()
@@ -238,6 +246,32 @@ fn run_any(host: &dyn Host, programs: &[&str], args: &[&str]) -> io::Result<Stri
         }
     }
     Err(last)
+}
+
+/// kube-proxy's iptables-mode NAT chains, counted; `None` when it does not run in that
+/// mode here (no `KUBE-SERVICES` in the nat table).
+pub fn parse_kube_proxy(text: &str) -> Option<KubeProxyEvidence> {
+    let mut table = "";
+    let mut seen = false;
+    let mut kp = KubeProxyEvidence::default();
+    for line in text.lines().map(str::trim) {
+        if let Some(t) = line.strip_prefix('*') {
+            table = t;
+        } else if table != "nat" {
+            continue;
+        } else if line.starts_with(":KUBE-SERVICES ") {
+            seen = true;
+        } else if line.starts_with("-A KUBE-SERVICES ") {
+            kp.service_rules += 1;
+        } else if line.starts_with("-A KUBE-NODEPORTS ") {
+            kp.nodeport_rules += 1;
+        } else if line.starts_with("-A KUBE-POSTROUTING ")
+            && jump_target(line) == Some("MASQUERADE")
+        {
+            kp.masquerade = true;
+        }
+    }
+    seen.then_some(kp)
 }
 
 /// The overlay's own traffic, as the firewall sees it: UDP to `port` between node IPs.
@@ -1079,6 +1113,29 @@ mod tests {
             ]
         );
         assert!(rules.iter().all(|r| r.chain == "SEC-OUT"));
+    }
+
+    #[test]
+    fn kube_proxy_chains_are_counted() {
+        let text = "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -j KUBE-FIREWALL\nCOMMIT\n*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-NODEPORTS - [0:0]\n:KUBE-POSTROUTING - [0:0]\n-A KUBE-SERVICES -d 10.43.0.10/32 -p udp -m udp --dport 53 -j KUBE-SVC-KUBEDNS\n-A KUBE-SERVICES -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS\n-A KUBE-NODEPORTS -p tcp -m tcp --dport 30080 -j KUBE-EXT-WEB\n-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN\n-A KUBE-POSTROUTING -j MASQUERADE --random-fully\nCOMMIT\n";
+        assert_eq!(
+            parse_kube_proxy(text),
+            Some(KubeProxyEvidence {
+                service_rules: 2,
+                nodeport_rules: 1,
+                masquerade: true,
+            })
+        );
+        let unmasked = text.replace("-A KUBE-POSTROUTING -j MASQUERADE --random-fully\n", "");
+        assert_eq!(
+            parse_kube_proxy(&unmasked).map(|k| k.masquerade),
+            Some(false)
+        );
+        // ipvs, nftables or eBPF: nothing to say.
+        assert_eq!(
+            parse_kube_proxy("*nat\n:POSTROUTING ACCEPT [0:0]\nCOMMIT\n"),
+            None
+        );
     }
 
     #[test]

@@ -173,6 +173,27 @@ pub enum Fault {
         /// Node.
         node: String,
     },
+    /// kube-proxy's `KUBE-POSTROUTING` lost its MASQUERADE rule on the node: a NodePort
+    /// request it sends on to a backend on another node is answered straight to the
+    /// client, which drops the reply.
+    MasqueradeMissing {
+        /// Node.
+        node: String,
+    },
+    /// `net.bridge.bridge-nf-call-iptables = 0` on the node (br_netfilter unloaded or the
+    /// sysctl reset): a service request from its pods that lands on a backend on its own
+    /// bridge is answered un-NATed, and dropped.
+    BridgeNfOff {
+        /// Node.
+        node: String,
+    },
+    /// The node's `cni0` lost its gateway address (NetworkManager managing the CNI's
+    /// devices flushed it): traffic for its pods arrives and has no route, and its pods
+    /// have no gateway.
+    BridgeAddrLost {
+        /// Node.
+        node: String,
+    },
     /// Event: `conntrack -F` on one node, or on every node (what a kube-proxy or CNI
     /// restart, or an operator, does): every NATed flow loses its mapping.
     ConntrackFlush {
@@ -216,7 +237,7 @@ pub enum Action {
 }
 
 /// The names of every fault kind, as the CLI takes them.
-pub const KINDS: [&str; 31] = [
+pub const KINDS: [&str; 34] = [
     "vxlan-drop-in",
     "vxlan-drop-out",
     "ip-forward-off",
@@ -248,6 +269,9 @@ pub const KINDS: [&str; 31] = [
     "host-firewall",
     "bridge-mtu",
     "backend-down",
+    "masquerade-missing",
+    "bridge-nf-off",
+    "bridge-addr-lost",
 ];
 
 const TAG: &str = "-m comment --comment meshprobe-fault";
@@ -341,6 +365,9 @@ impl Fault {
             "host-firewall" => Fault::HostFirewall { node: need_node()? },
             "bridge-mtu" => Fault::BridgeMtu { node: need_node()? },
             "backend-down" => Fault::BackendDown { node: need_node()? },
+            "masquerade-missing" => Fault::MasqueradeMissing { node: need_node()? },
+            "bridge-nf-off" => Fault::BridgeNfOff { node: need_node()? },
+            "bridge-addr-lost" => Fault::BridgeAddrLost { node: need_node()? },
             "loss" => {
                 let percent = percent.unwrap_or(50);
                 if !(1..=100).contains(&percent) {
@@ -386,6 +413,9 @@ impl Fault {
             | Fault::HostFirewall { node }
             | Fault::BridgeMtu { node }
             | Fault::BackendDown { node }
+            | Fault::MasqueradeMissing { node }
+            | Fault::BridgeNfOff { node }
+            | Fault::BridgeAddrLost { node }
             | Fault::Loss { node, .. } => Some(node),
             Fault::ConntrackFlush { node } => node.as_deref(),
             Fault::DnsDown { .. }
@@ -618,6 +648,32 @@ impl Fault {
                     }));
                 }
                 v
+            }
+            Fault::MasqueradeMissing { node: n } => {
+                let ns = node(n).map(|n| n.ns).unwrap_or_default();
+                let op = if inject { "-D" } else { "-A" };
+                vec![Step::iptables(
+                    &ns,
+                    &format!("-t nat {op} KUBE-POSTROUTING -j MASQUERADE --random-fully"),
+                )]
+            }
+            Fault::BridgeNfOff { node: n } => {
+                let ns = node(n).map(|n| n.ns).unwrap_or_default();
+                vec![Step::sysctl(
+                    &ns,
+                    "net.bridge.bridge-nf-call-iptables",
+                    if inject { "0" } else { "1" },
+                )]
+            }
+            Fault::BridgeAddrLost { node: n } => {
+                let Some(n) = node(n) else {
+                    return Action::Steps(vec![]);
+                };
+                let op = if inject { "del" } else { "add" };
+                vec![Step::ip_batch(
+                    &n.ns,
+                    format!("addr {op} {}/24 dev cni0\n", n.gateway()),
+                )]
             }
             Fault::BackendDown { node: n } => {
                 let ns = node(n).map(|n| n.pod_ns(PodKind::Web)).unwrap_or_default();
@@ -860,6 +916,9 @@ impl fmt::Display for Fault {
             Fault::HostFirewall { node } => write!(f, "host-firewall on {node}"),
             Fault::BridgeMtu { node } => write!(f, "bridge-mtu (cni0 at 1400) on {node}"),
             Fault::BackendDown { node } => write!(f, "backend-down (web pod) on {node}"),
+            Fault::MasqueradeMissing { node } => write!(f, "masquerade-missing on {node}"),
+            Fault::BridgeNfOff { node } => write!(f, "bridge-nf-off on {node}"),
+            Fault::BridgeAddrLost { node } => write!(f, "bridge-addr-lost (cni0) on {node}"),
         }
     }
 }
