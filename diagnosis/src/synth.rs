@@ -86,6 +86,10 @@ pub enum Fault {
     /// answers for its pods' subnet, its pods have no gateway (its pod agent falls silent),
     /// and its own backends drop out of the services.
     GatewayLost(usize),
+    /// DNS from the node's pods to this CoreDNS pod is filtered (a NetworkPolicy, the
+    /// Corefile's `acl`); everything else between them works. No rule names this one: it
+    /// is left to an `unexplained` finding that says what works.
+    DnsFiltered(usize, String),
 }
 
 impl Fault {
@@ -118,7 +122,8 @@ impl Fault {
             | Fault::BackendDown(x)
             | Fault::MasqueradeMissing(x)
             | Fault::BridgeNfOff(x)
-            | Fault::GatewayLost(x) => vec![*x],
+            | Fault::GatewayLost(x)
+            | Fault::DnsFiltered(x, _) => vec![*x],
             Fault::DnsDown(p) | Fault::MetricsBlocked(p) => t
                 .core_dns
                 .iter()
@@ -326,6 +331,7 @@ impl World<'_> {
             }
             DnsPod => {
                 !self.has(|f| matches!(f, Fault::DnsDown(p) if p == col))
+                    && !self.has(|f| matches!(f, Fault::DnsFiltered(x, p) if *x == s && p == col))
                     && (s == d || (self.tunnel(s, d) && self.forwards(s) && self.forwards(d)))
             }
             CorednsMetrics => {

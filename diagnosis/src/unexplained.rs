@@ -103,8 +103,49 @@ impl Cx<'_> {
                 format!("{p:?}").to_lowercase()
             ));
         }
+        // What works between the same nodes narrows it: the path between their pods, and
+        // the same target from the other nodes.
+        let mut ends: Vec<(usize, usize)> = cells
+            .iter()
+            .filter_map(|k| self.ix.dst_node(*k).map(|d| (k.src, d)))
+            .filter(|(s, d)| s != d)
+            .collect();
+        ends.sort_unstable();
+        ends.dedup();
+        for &(s, d) in ends.iter().take(3) {
+            if self.ok(Layer::PodToPod, s, d) && self.ok(Layer::PodToPod, d, s) {
+                evidence.push(format!(
+                    "{}'s and {}'s pods reach each other (pod-to-pod): the path works, what fails is specific to {layer_list}",
+                    self.nm(s),
+                    self.nm(d)
+                ));
+            }
+        }
+        let dns_only = layers
+            .iter()
+            .all(|l| matches!(l, Layer::DnsPod | Layer::DnsService));
         let services_from_pods = out == cells.len() && layers.iter().all(|l| BALANCED.contains(l));
-        let (summary, fix) = if services_from_pods {
+        let (summary, fix) = if dns_only && out == cells.len() {
+            let pods: Vec<String> = cells
+                .iter()
+                .filter(|k| k.layer == Layer::DnsPod)
+                .map(|k| self.ix.col_name(*k).to_string())
+                .collect();
+            (
+                format!(
+                    "{xn}'s pods get no DNS answer from {}, which answers the other nodes' pods: DNS between them is filtered",
+                    if pods.is_empty() {
+                        "the kube-dns service".to_owned()
+                    } else {
+                        pods.join(", ")
+                    }
+                ),
+                format!(
+                    "NetworkPolicies that select CoreDNS (`kubectl get networkpolicy -A`), the Corefile's `acl`, and the firewall of {xn} and of the CoreDNS pods' nodes; from a pod on {xn}: `dig @<CoreDNS pod IP> kubernetes.default.svc.{}`",
+                    self.t.cluster.cluster_domain
+                ),
+            )
+        } else if services_from_pods {
             (
                 format!(
                     "{xn} fails {layer_list} toward {} targets that other nodes reach: a fault on {xn} that no rule names",

@@ -246,6 +246,27 @@ fn beyond_the_list_the_hop_comes_from_the_evidence() {
         f.iter().all(|x| x.nodes.iter().all(|n| n.as_str() == "n5")),
         "{f:#?}"
     );
+    // DNS filtered between one node's pods and one CoreDNS pod: no rule names it, so it is
+    // `unexplained`, on that node, saying what it is and what works.
+    let (f, _) = run(6, &[Fault::DnsFiltered(3, "coredns-a".into())]);
+    assert_eq!(
+        (f[0].cause.as_str(), f[0].nodes[0].as_str()),
+        ("unexplained", "n4"),
+        "{f:#?}"
+    );
+    assert!(
+        f[0].summary.contains("get no DNS answer from coredns-a"),
+        "{}",
+        f[0].summary
+    );
+    assert!(
+        f[0].evidence
+            .iter()
+            .any(|e| e.contains("n4's and n1's pods reach each other")),
+        "{:?}",
+        f[0].evidence
+    );
+    assert!(f[0].fix.contains("NetworkPolic"), "{}", f[0].fix);
     // A dead backend: spread thin over every source and entry node, blamed on none. The
     // NodePort and the ingress both lead to it: a finding for each service that lost a
     // cell, none naming a node.
