@@ -7,7 +7,8 @@
 //! - the fault is found: a finding names its node (a dead service backend, which no probe
 //!   can place, is named as such).
 //!
-//! The seeds are fixed (0..200), so a failure replays; MESHPROBE_TEST_SEED runs one seed.
+//! The seeds are fixed (0..200), so a failure replays; MESHPROBE_TEST_SEED runs one seed,
+//! MESHPROBE_TEST_SEEDS=N the first N.
 
 use std::collections::BTreeSet;
 
@@ -51,6 +52,18 @@ fn random_fault(rng: &mut fastrand::Rng, n: usize) -> Fault {
         26 => Fault::BridgeNfOff(x),
         _ => Fault::GatewayLost(x),
     }
+}
+
+/// The seeds to run: MESHPROBE_TEST_SEED replays one, MESHPROBE_TEST_SEEDS=N runs 0..N
+/// (default 200).
+fn seeds() -> Vec<u64> {
+    if let Ok(s) = std::env::var("MESHPROBE_TEST_SEED") {
+        return vec![s.parse().expect("MESHPROBE_TEST_SEED is a number")];
+    }
+    let n: u64 = std::env::var("MESHPROBE_TEST_SEEDS")
+        .map(|s| s.parse().expect("MESHPROBE_TEST_SEEDS is a number"))
+        .unwrap_or(200);
+    (0..n).collect()
 }
 
 /// The load-balanced layers (a service IP, NodePorts, ingresses).
@@ -195,10 +208,7 @@ fn check_seed(seed: u64, two: bool) -> Result<bool, String> {
 
 #[test]
 fn no_finding_names_a_healthy_node_and_every_failing_cell_is_claimed() {
-    let seeds: Vec<u64> = match std::env::var("MESHPROBE_TEST_SEED") {
-        Ok(s) => vec![s.parse().expect("MESHPROBE_TEST_SEED is a number")],
-        Err(_) => (0..200).collect(),
-    };
+    let seeds = seeds();
     let total = seeds.len();
     let (mut misses, mut faulty) = (Vec::new(), 0);
     for seed in seeds {
@@ -225,10 +235,7 @@ fn no_finding_names_a_healthy_node_and_every_failing_cell_is_claimed() {
 /// failing cell is claimed, and each fault that fails a cell on its own is found.
 #[test]
 fn two_faults_at_once_are_both_found_and_nobody_else_is_blamed() {
-    let seeds: Vec<u64> = match std::env::var("MESHPROBE_TEST_SEED") {
-        Ok(s) => vec![s.parse().expect("MESHPROBE_TEST_SEED is a number")],
-        Err(_) => (0..200).collect(),
-    };
+    let seeds = seeds();
     let misses: Vec<String> = seeds
         .into_iter()
         .filter_map(|seed| check_seed(seed, true).err())

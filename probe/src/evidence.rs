@@ -413,23 +413,29 @@ enum Fate {
     Continues,
 }
 
-/// Rules of `table`, in order: (chain, rule).
+/// Every rule, in order: (table, chain, rule).
 type Rules = Vec<(String, String, String)>;
+
+/// The rules of each (table, chain), in order, indexed once for the walk.
+type ByChain<'a> = std::collections::HashMap<(&'a str, &'a str), Vec<&'a str>>;
 
 /// Walks `chain` of `table` as the kernel would for a VXLAN packet, pushing every DROP or
 /// REJECT that may take it before something accepts all of it.
 fn walk_overlay(
-    rules: &Rules,
+    rules: &ByChain<'_>,
     policies: &[(String, String, String)],
     traffic: &OverlayTraffic,
     (table, chain): (&str, &str),
     depth: u8,
     found: &mut Vec<FirewallRule>,
+    budget: &mut u32,
 ) -> Fate {
-    for (t, c, rule) in rules {
-        if t != table || c != chain {
-            continue;
+    for &rule in rules.get(&(table, chain)).map_or(&[][..], Vec::as_slice) {
+        // Chains that jump into each other many times over cannot make the walk long.
+        if *budget == 0 || found.len() >= MAX_CONFIG_ENTRIES {
+            return Fate::Continues;
         }
+        *budget -= 1;
         let covers = traffic.covered_by(rule);
         if covers == Covers::Nothing {
             continue;
@@ -440,7 +446,7 @@ fn walk_overlay(
                 found.push(FirewallRule {
                     table: table.to_owned(),
                     chain: chain.to_owned(),
-                    rule: rule.clone(),
+                    rule: rule.to_owned(),
                 });
                 if covers == Covers::All {
                     return Fate::Dropped;
@@ -453,7 +459,15 @@ fn walk_overlay(
                     && !is_cluster_chain(user)
                     && !matches!(user, "ACCEPT" | "DROP" | "REJECT" | "RETURN" | "LOG") =>
             {
-                let fate = walk_overlay(rules, policies, traffic, (table, user), depth + 1, found);
+                let fate = walk_overlay(
+                    rules,
+                    policies,
+                    traffic,
+                    (table, user),
+                    depth + 1,
+                    found,
+                    budget,
+                );
                 if covers == Covers::All && fate != Fate::Continues {
                     return fate;
                 }
@@ -586,6 +600,13 @@ pub fn parse_iptables_save(
             rule: ":FORWARD DROP (policy) and no Kubernetes/CNI chain accepts pod traffic".into(),
         });
     }
+    let mut by_chain: ByChain<'_> = std::collections::HashMap::new();
+    for (t, c, r) in &all {
+        by_chain
+            .entry((t.as_str(), c.as_str()))
+            .or_default()
+            .push(r.as_str());
+    }
     for at in [
         ("raw", "PREROUTING"),
         ("raw", "OUTPUT"),
@@ -593,15 +614,29 @@ pub fn parse_iptables_save(
         ("filter", "OUTPUT"),
     ] {
         let mut found = Vec::new();
-        walk_overlay(&all, &policies, traffic, at, 0, &mut found);
+        let mut budget = WALK_BUDGET;
+        walk_overlay(
+            &by_chain,
+            &policies,
+            traffic,
+            at,
+            0,
+            &mut found,
+            &mut budget,
+        );
         for r in found {
             if !port_rules.contains(&r) {
                 port_rules.push(r);
             }
         }
     }
+    port_rules.truncate(MAX_CONFIG_ENTRIES);
+    fwd.blocking_rules.truncate(MAX_CONFIG_ENTRIES);
     (fwd, port_rules)
 }
+
+/// Most rules one walk of a built-in chain looks at, user chains included.
+const WALK_BUDGET: u32 = 20_000;
 
 fn jump_target(rule: &str) -> Option<&str> {
     let words: Vec<&str> = rule.split_whitespace().collect();
@@ -1113,6 +1148,26 @@ mod tests {
             ]
         );
         assert!(rules.iter().all(|r| r.chain == "SEC-OUT"));
+    }
+
+    /// User chains that jump into each other end at the depth limit; hundreds of
+    /// per-address drops are cut at the report's bound.
+    #[test]
+    fn the_walk_is_bounded() {
+        let looped = "*filter\n:INPUT ACCEPT [0:0]\n:A - [0:0]\n:B - [0:0]\n-A INPUT -j A\n-A A -j B\n-A B -j A\nCOMMIT\n";
+        let (_, rules) = parse_iptables_save(looped, &OverlayTraffic::of(None));
+        assert!(rules.is_empty(), "{rules:?}");
+        let mut many = String::from("*filter\n:INPUT ACCEPT [0:0]\n");
+        for i in 0..400 {
+            many += &format!(
+                "-A INPUT -s 10.0.{}.{}/32 -p udp -j DROP\n",
+                i / 250,
+                i % 250
+            );
+        }
+        many += "COMMIT\n";
+        let (_, rules) = parse_iptables_save(&many, &OverlayTraffic::of(None));
+        assert_eq!(rules.len(), MAX_CONFIG_ENTRIES);
     }
 
     #[test]
