@@ -86,6 +86,26 @@ impl Cx<'_> {
             evidence.push(format!(
                 "any verdict about {xn} comes from the other nodes' view of it"
             ));
+            // A silent pod agent next to a reporting host agent talks to the coordinator
+            // through the relay on its node's IP: what the node's own evidence says about
+            // that path explains the silence.
+            let mut fix = format!(
+                "`kubectl -n meshprobe get pods -o wide --field-selector spec.nodeName={xn}` and the agents' logs"
+            );
+            if h == AgentState::Reported && p != AgentState::Reported {
+                if self.cfg.is_odd(x, &[crate::consistency::Attr::Gateway]) {
+                    evidence.push(format!("{xn}'s cni0 does not hold its pod gateway: its pod agent has no route to the relay on {xn}'s node IP"));
+                } else if let Some(r) = self.evidence(x).and_then(|e| {
+                    e.overlay_port_rules
+                        .iter()
+                        .find(|r| r.chain == "INPUT" && catch_all(&r.rule))
+                }) {
+                    evidence.push(format!("{xn}: iptables {} rejects new connections to {xn}, the relay's too: its pod agent cannot reach the coordinator through it", r.rule));
+                    fix = format!(
+                        "on {xn}: accept the relay port (the host agent's `--relay-listen`, 7071 by default) from the pod CIDR ahead of that rule, or open the overlay and the relay in firewalld"
+                    );
+                }
+            }
             self.push(
                 10,
                 1,
@@ -100,7 +120,7 @@ impl Cx<'_> {
                     format!("{xn}'s {} agent does not report", kinds[0])
                 },
                 evidence,
-                format!("`kubectl -n meshprobe get pods -o wide --field-selector spec.nodeName={xn}` and the agents' logs"),
+                fix,
             );
         }
     }
@@ -159,5 +179,38 @@ impl Cx<'_> {
             }
         }
         w
+    }
+}
+
+/// A DROP or REJECT with no match at all (or only a comment, a reject type): it takes
+/// every new connection that gets that far, such as a distribution's `-A INPUT -j REJECT`.
+fn catch_all(rule: &str) -> bool {
+    let w: Vec<&str> = rule.split_whitespace().collect();
+    let mut i = 2;
+    while i < w.len() {
+        match w[i] {
+            "-j" | "-m" | "--comment" | "--reject-with" => i += 2,
+            o if o.starts_with('-') => return false,
+            _ => i += 1,
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::catch_all;
+
+    #[test]
+    fn a_catch_all_takes_everything_and_nothing_narrower_is_one() {
+        assert!(catch_all(
+            "-A INPUT -j REJECT --reject-with icmp-host-prohibited"
+        ));
+        assert!(catch_all(
+            "-A INPUT -m comment --comment meshprobe-fault -j REJECT --reject-with icmp-host-prohibited"
+        ));
+        assert!(!catch_all("-A INPUT -p udp --dport 8472 -j DROP"));
+        assert!(!catch_all("-A INPUT -s 192.168.77.14/32 -j DROP"));
+        assert!(!catch_all("-A INPUT -m state --state NEW -j DROP"));
     }
 }
