@@ -101,6 +101,18 @@ impl OverlayEvidence {
     }
 }
 
+/// Whether one iptables address match (`10.0.0.0/8`, `192.168.1.5/32`, `1.2.3.4`) holds
+/// `ip`; `None` when it cannot be read (a name, a dotted mask, IPv6).
+pub fn ipv4_net_holds(net: &str, ip: Ipv4Addr) -> Option<bool> {
+    let (addr, len) = net.split_once('/').unwrap_or((net, "32"));
+    let (addr, len) = (addr.parse::<Ipv4Addr>().ok()?, len.parse::<u32>().ok()?);
+    if len > 32 {
+        return None;
+    }
+    let mask = u32::MAX.checked_shl(32 - len).unwrap_or(0);
+    Some(u32::from(ip) & mask == u32::from(addr) & mask)
+}
+
 /// A firewall rule that drops or rejects something, as iptables-save prints it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -111,6 +123,15 @@ pub struct FirewallRule {
     pub chain: String,
     /// The rule, e.g. `-A FORWARD -j REJECT --reject-with icmp-host-prohibited`.
     pub rule: String,
+}
+
+impl FirewallRule {
+    /// The command that deletes it (`iptables -t filter -D OUTPUT ...`); `None` for what
+    /// is not an appended rule (a chain's policy).
+    pub fn delete_command(&self) -> Option<String> {
+        let rest = self.rule.strip_prefix("-A ")?;
+        Some(format!("iptables -t {} -D {rest}", self.table))
+    }
 }
 
 /// The FORWARD path's firewall state.
@@ -258,4 +279,30 @@ pub struct KubeProxyEvidence {
     /// sent on to a backend on another node is answered by that node straight to the
     /// client, which drops the reply.
     pub masquerade: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn address_matches_and_delete_commands_read_as_iptables_writes_them() {
+        let ip = Ipv4Addr::new(192, 168, 77, 13);
+        assert_eq!(ipv4_net_holds("192.168.77.13", ip), Some(true));
+        assert_eq!(ipv4_net_holds("192.168.77.0/24", ip), Some(true));
+        assert_eq!(ipv4_net_holds("192.168.78.0/24", ip), Some(false));
+        assert_eq!(ipv4_net_holds("0.0.0.0/0", ip), Some(true));
+        assert_eq!(ipv4_net_holds("10.0.0.0/255.0.0.0", ip), None);
+        assert_eq!(ipv4_net_holds("node-a", ip), None);
+        let rule = |r: &str| FirewallRule {
+            table: "filter".into(),
+            chain: "OUTPUT".into(),
+            rule: r.into(),
+        };
+        assert_eq!(
+            rule("-A OUTPUT -d 192.168.77.13/32 -j DROP").delete_command(),
+            Some("iptables -t filter -D OUTPUT -d 192.168.77.13/32 -j DROP".into())
+        );
+        assert_eq!(rule(":INPUT DROP (policy)").delete_command(), None);
+    }
 }

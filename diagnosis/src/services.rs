@@ -851,7 +851,7 @@ impl Cx<'_> {
         let elsewhere = self
             .broken
             .iter()
-            .any(|(n, c)| *n != x && !matches!(c, Cause::PacketLoss | Cause::MtuMismatch));
+            .any(|(n, c)| *n != x && crate::cx::cuts_backends(c));
         elsewhere && !refused
     }
 }

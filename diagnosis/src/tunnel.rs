@@ -115,11 +115,9 @@ impl Cx<'_> {
                 );
                 let first = &port_rules[0];
                 let names_port = first.rule.split_whitespace().any(|w| w == port.to_string());
-                fix = if first.rule.starts_with("-A ") && names_port {
+                fix = if let Some(delete) = first.delete_command().filter(|_| names_port) {
                     format!(
-                        "on {xn}: `iptables -t {} -D {}`, then `tcpdump -ni {dev} udp port {port}` on {xn} and a peer",
-                        first.table,
-                        &first.rule[3..]
+                        "on {xn}: `{delete}`, then `tcpdump -ni {dev} udp port {port}` on {xn} and a peer"
                     )
                 } else {
                     // A catch-all REJECT or a policy of DROP: open the port ahead of it.
@@ -432,7 +430,6 @@ impl Cx<'_> {
     /// another finding already claims the pair's cells (a peer that is itself broken hides
     /// it). Evidence explains symptoms: the entry is missing whatever else is wrong.
     pub(crate) fn lacking_outliers(&mut self) {
-        let iface = self.t.cluster.overlay.interface.clone();
         let reporting = (0..self.n())
             .filter(|&s| self.evidence(s).and_then(|e| e.overlay.as_ref()).is_some())
             .count();
@@ -467,19 +464,7 @@ impl Cx<'_> {
                     "{lackers} of {reporting} nodes lack {pn}'s entries: {sn}'s state is the odd one, whatever else is wrong with {pn}"
                 ));
                 self.claim_pair(s, p, OVERLAY);
-                let peer_ip = self.node_ip(p);
-                self.push(
-                    5,
-                    4,
-                    Cause::OverlayPeerMissing,
-                    vec![s],
-                    vec![p],
-                    Direction::Outbound,
-                    format!("overlay: {sn} {iface} -> {pn}"),
-                    format!("{sn}'s overlay state lacks peer {pn}: traffic between them cannot be encapsulated"),
-                    evidence,
-                    format!("on {sn}: `ip route | grep {iface}; ip neigh show dev {iface}; bridge fdb show dev {iface} | grep {peer_ip}`; restart flannel on {sn}"),
-                );
+                self.push_peer_missing(s, p, evidence);
             }
         }
         // The same for a firewall rule that drops VXLAN naming a peer's address.
@@ -541,12 +526,8 @@ impl Cx<'_> {
                     format!("overlay: {sn} <-> {pn}, UDP {port}"),
                     format!("{sn}'s firewall drops VXLAN (UDP {port}) between it and {pn}"),
                     evidence,
-                    if first.rule.starts_with("-A ") {
-                        format!(
-                            "on {sn}: `iptables -t {} -D {}`",
-                            first.table,
-                            &first.rule[3..]
-                        )
+                    if let Some(delete) = first.delete_command() {
+                        format!("on {sn}: `{delete}`")
                     } else {
                         format!(
                             "on {sn}: `iptables-save | grep -e {port} -e {}`",
@@ -556,6 +537,24 @@ impl Cx<'_> {
                 );
             }
         }
+    }
+
+    /// The finding that `me`'s overlay state lacks `peer` (its cells claimed already).
+    fn push_peer_missing(&mut self, me: usize, peer: usize, evidence: Vec<String>) {
+        let iface = self.t.cluster.overlay.interface.clone();
+        let (mn, pn, peer_ip) = (self.nm(me), self.nm(peer), self.node_ip(peer));
+        self.push(
+            5,
+            4,
+            Cause::OverlayPeerMissing,
+            vec![me],
+            vec![peer],
+            Direction::Outbound,
+            format!("overlay: {mn} {iface} -> {pn}"),
+            format!("{mn}'s overlay state lacks peer {pn}: traffic between them cannot be encapsulated"),
+            evidence,
+            format!("on {mn}: `ip route | grep {iface}; ip neigh show dev {iface}; bridge fdb show dev {iface} | grep {peer_ip}`; restart flannel on {mn}"),
+        );
     }
 
     /// Whether `me`'s evidence shows overlay entries missing for `peer`.
@@ -736,7 +735,6 @@ impl Cx<'_> {
             .collect();
         cuts.sort_unstable();
         cuts.dedup();
-        let iface = self.t.cluster.overlay.interface.clone();
         let port = self.t.cluster.overlay.port;
         self.shared_peers(&cuts);
         for (a, b) in cuts {
@@ -764,19 +762,7 @@ impl Cx<'_> {
                 evidence.push(format!(
                     "{mn} and {pn} both reach the other nodes through the tunnel"
                 ));
-                let peer_ip = self.node_ip(peer);
-                self.push(
-                    5,
-                    4,
-                    Cause::OverlayPeerMissing,
-                    vec![me],
-                    vec![peer],
-                    Direction::Outbound,
-                    format!("overlay: {mn} {iface} -> {pn}"),
-                    format!("{mn}'s overlay state lacks peer {pn}: traffic between them cannot be encapsulated"),
-                    evidence,
-                    format!("on {mn}: `ip route | grep {iface}; ip neigh show dev {iface}; bridge fdb show dev {iface} | grep {peer_ip}`; restart flannel on {mn}"),
-                );
+                self.push_peer_missing(me, peer, evidence);
             }
             if !lacks_ab && !lacks_ba {
                 let (an, bn) = (self.nm(a), self.nm(b));
@@ -800,11 +786,9 @@ impl Cx<'_> {
                         } else {
                             "from"
                         };
-                        let fix = match rules.first() {
-                            Some(r) if r.rule.starts_with("-A ") => format!(
-                                "on {xn}: `iptables -t {} -D {}`, then `tcpdump -ni {} udp port {port}` on {xn} and {on}",
-                                r.table,
-                                &r.rule[3..],
+                        let fix = match rules.first().and_then(FirewallRule::delete_command) {
+                            Some(delete) => format!(
+                                "on {xn}: `{delete}`, then `tcpdump -ni {} udp port {port}` on {xn} and {on}",
                                 self.underlay_dev(at)
                             ),
                             _ => format!(
@@ -861,20 +845,15 @@ pub(crate) struct PairDrop {
     pub(crate) why: String,
 }
 
-/// Whether an iptables rule's `-s`/`-d` match names `ip`, alone or inside a range.
+/// Whether an iptables rule's `-s`/`-d` match names `ip`, alone or inside a range (not
+/// `0.0.0.0/0`, which names everyone).
 pub(crate) fn names_address(rule: &str, ip: std::net::Ipv4Addr) -> bool {
     let w: Vec<&str> = rule.split_whitespace().collect();
     w.windows(2).any(|p| {
         matches!(p[0], "-s" | "--source" | "-d" | "--destination")
             && p[1].split(',').any(|net| {
-                let (addr, len) = net.split_once('/').unwrap_or((net, "32"));
-                match (addr.parse::<std::net::Ipv4Addr>(), len.parse::<u32>()) {
-                    (Ok(addr), Ok(len)) if (1..=32).contains(&len) => {
-                        let mask = u32::MAX << (32 - len);
-                        u32::from(ip) & mask == u32::from(addr) & mask
-                    }
-                    _ => false,
-                }
+                !net.ends_with("/0")
+                    && meshprobe_core::evidence::ipv4_net_holds(net, ip) == Some(true)
             })
     })
 }

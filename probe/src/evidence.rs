@@ -13,6 +13,7 @@ use std::process::Command;
 use meshprobe_core::evidence::{
     DeviceState, FdbEntry, FirewallRule, ForwardEvidence, KubeProxyEvidence, MAX_CONFIG_ENTRIES,
     NeighbourEntry, NodeEvidence, OverlayConfig, OverlayEvidence, OverlayExpectation, RouteEntry,
+    ipv4_net_holds,
 };
 use serde_json::Value;
 
@@ -303,22 +304,13 @@ impl OverlayTraffic {
     /// Whether an iptables address match (`10.0.0.0/8`, `192.168.1.5/32`, `1.2.3.4`) can
     /// hold a node's IP.
     fn may_hold_a_node(&self, value: &str) -> bool {
-        if self.node_ips.is_empty() {
-            return true;
-        }
-        value.split(',').any(|net| {
-            let (addr, len) = net.split_once('/').unwrap_or((net, "32"));
-            match (addr.parse::<Ipv4Addr>(), len.parse::<u32>()) {
-                (Ok(addr), Ok(len)) if len <= 32 => {
-                    let mask = u32::MAX.checked_shl(32 - len).unwrap_or(0);
-                    self.node_ips
-                        .iter()
-                        .any(|ip| u32::from(*ip) & mask == u32::from(addr) & mask)
-                }
+        self.node_ips.is_empty()
+            || value.split(',').any(|net| {
                 // A name, a dotted mask or IPv6: cannot tell, so it may.
-                _ => true,
-            }
-        })
+                self.node_ips
+                    .iter()
+                    .any(|ip| ipv4_net_holds(net, *ip).unwrap_or(true))
+            })
     }
 
     /// How much of the overlay's traffic a rule's match covers.
