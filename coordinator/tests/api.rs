@@ -117,6 +117,7 @@ async fn fake_agent_as(
                 ok: if bad { 0 } else { 20 },
                 rtt_ms: (!bad).then_some(0.3),
                 detail: bad.then(|| "timeout".to_owned()),
+                failure: bad.then_some(meshprobe_core::FailKind::Timeout),
             }
         })
         .collect();
@@ -791,6 +792,7 @@ async fn reports_are_bound_to_the_node_whose_credential_sent_them() {
         ok: 0,
         rtt_ms: None,
         detail: Some("forged".into()),
+        failure: Some(meshprobe_core::FailKind::Timeout),
     }];
     let (s, _) = status_of(
         http.post(format!("{base}/v1/reports"))

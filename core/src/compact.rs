@@ -18,6 +18,7 @@ use serde::de::{DeserializeSeed, MapAccess, Visitor};
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::failure::FailKind;
 use crate::matrix::{Cell, CellState};
 
 const NONE_U16: u16 = u16::MAX;
@@ -37,6 +38,8 @@ struct Rec {
     sent: u16,
     ok: u16,
     state: CellState,
+    /// [`FailKind::code`]; 0: none. Fills the record's last byte.
+    failure: u8,
 }
 
 /// A cell read out of a [`Matrix`]: the fields of [`Cell`], its detail borrowed.
@@ -56,6 +59,9 @@ pub struct CellView<'a> {
     /// The last failure or why the cell is unknown.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<&'a str>,
+    /// What the last failure met, as a type.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure: Option<FailKind>,
 }
 
 impl CellView<'_> {
@@ -68,6 +74,7 @@ impl CellView<'_> {
             sent: self.sent,
             ok: self.ok,
             detail: self.detail.map(str::to_owned),
+            failure: self.failure,
         }
     }
 }
@@ -123,6 +130,7 @@ impl Matrix {
             sent: u32::from(r.sent),
             ok: u32::from(r.ok),
             detail: (r.detail != NONE_U32).then(|| &*self.details[r.detail as usize]),
+            failure: FailKind::from_code(r.failure),
         }
     }
 
@@ -226,7 +234,7 @@ impl MatrixBuilder {
             to,
             (cell.state, cell.loss_pct, cell.rtt_ms),
             (cell.sent, cell.ok),
-            cell.detail.as_deref(),
+            (cell.detail.as_deref(), cell.failure),
         );
     }
 
@@ -237,7 +245,7 @@ impl MatrixBuilder {
             to,
             (cell.state, cell.loss_pct, cell.rtt_ms),
             (cell.sent, cell.ok),
-            cell.detail,
+            (cell.detail, cell.failure),
         );
     }
 
@@ -247,7 +255,7 @@ impl MatrixBuilder {
         to: &str,
         (state, loss, rtt): (CellState, Option<f64>, Option<f64>),
         (sent, ok): (u32, u32),
-        detail: Option<&str>,
+        (detail, failure): (Option<&str>, Option<FailKind>),
     ) {
         let from = intern(&mut self.names, from);
         let to = intern(&mut self.names, to);
@@ -268,6 +276,7 @@ impl MatrixBuilder {
             sent: sat16(sent),
             ok: sat16(ok),
             state,
+            failure: failure.map_or(0, FailKind::code),
         });
     }
 
@@ -410,6 +419,7 @@ mod tests {
             rtt_ms: rtt,
             sent: 20,
             ok: 15,
+            failure: detail.map(|_| crate::FailKind::Timeout),
             detail: detail.map(str::to_owned),
         }
     }
@@ -488,7 +498,7 @@ mod tests {
             v,
             serde_json::json!({
                 "n1": {"n2": {"state": "ok", "lossPct": 0.0, "rttMs": 0.25, "sent": 20, "ok": 15}},
-                "n2": {"n1": {"state": "fail", "lossPct": 25.0, "rttMs": null, "sent": 20, "ok": 15, "detail": "timeout"}}
+                "n2": {"n1": {"state": "fail", "lossPct": 25.0, "rttMs": null, "sent": 20, "ok": 15, "detail": "timeout", "failure": "timeout"}}
             })
         );
         let back: Matrix = serde_json::from_value(v).expect("deserialise");
@@ -510,6 +520,20 @@ mod tests {
         assert_eq!(x.len(), 2);
         assert_eq!(x.get("a", "b").map(|c| c.state), Some(CellState::Ok));
         assert_eq!(x.iter().collect::<Vec<_>>(), y.iter().collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn every_failure_kind_survives_the_record_and_the_json() {
+        for kind in crate::FailKind::ALL {
+            let mut c = cell(CellState::Fail, Some(100.0), None, Some("words"));
+            c.failure = Some(kind);
+            let mut m = Matrix::default();
+            m.insert("a", "b", &c);
+            assert_eq!(m.get("a", "b").and_then(|v| v.failure), Some(kind));
+            let back: Matrix = serde_json::from_value(serde_json::to_value(&m).expect("serialise"))
+                .expect("deserialise");
+            assert_eq!(back, m, "{kind}");
+        }
     }
 
     #[test]

@@ -143,6 +143,7 @@ pub fn compare(before: &CheckReport, after: &CheckReport) -> ReportDiff {
         sent: 0,
         ok: 0,
         detail: None,
+        failure: None,
     };
     for (layer, matrix) in &after.layers {
         {
@@ -336,6 +337,7 @@ mod tests {
             sent: 20,
             ok: if state == CellState::Fail { 0 } else { 20 },
             detail: (state == CellState::Fail).then(|| "timeout".to_owned()),
+            failure: (state == CellState::Fail).then_some(crate::FailKind::Timeout),
         }
     }
 

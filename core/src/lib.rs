@@ -19,6 +19,7 @@ pub mod cause;
 pub mod compact;
 pub mod diff;
 pub mod evidence;
+pub mod failure;
 pub mod fxhash;
 pub mod ids;
 pub mod inventory;
@@ -31,6 +32,7 @@ pub mod render;
 pub mod text;
 
 pub use cause::{Cause, Direction};
+pub use failure::{FailKind, Failure};
 pub use ids::{AgentKind, NodeName, PodCidr};
 pub use inventory::{InventoryError, Topology};
 pub use layer::Layer;

@@ -43,6 +43,9 @@ pub struct Cell {
     /// The last failure or why the cell is unknown (extension).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// What the last failure met, as a type (extension; `docs/contract-additions.md`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<crate::FailKind>,
 }
 
 impl Cell {
@@ -55,6 +58,7 @@ impl Cell {
             sent: 0,
             ok: 0,
             detail: Some(reason.into()),
+            failure: None,
         }
     }
 
@@ -78,6 +82,7 @@ impl Cell {
             sent: r.sent,
             ok: r.ok,
             detail: if lost > 0 { r.detail.clone() } else { None },
+            failure: if lost > 0 { r.failure } else { None },
         }
     }
 }
@@ -465,6 +470,7 @@ mod tests {
                     ok: 20,
                     rtt_ms: Some(0.25),
                     detail: None,
+                    failure: None,
                 })
                 .collect(),
             warnings: vec![],
@@ -581,6 +587,7 @@ mod tests {
             ok,
             rtt_ms: None,
             detail: None,
+            failure: Some(crate::FailKind::Timeout),
         };
         assert_eq!(Cell::from_result(&r(3, 2), 25.0).state, CellState::Ok);
         assert_eq!(Cell::from_result(&r(3, 1), 25.0).state, CellState::Fail);

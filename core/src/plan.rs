@@ -224,6 +224,9 @@ pub struct ProbeResult {
     /// out when none (most results, and a report has a few hundred).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// What the last failure met, as a type (absent when none, and from older agents).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<crate::FailKind>,
 }
 
 /// Everything one agent reports for one round.

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use meshprobe_core::matrix::{AgentState, CellState};
 use meshprobe_core::{Layer, NodeName};
 
-use meshprobe_core::{Cause, Direction};
+use meshprobe_core::{Cause, Direction, FailKind};
 
 use crate::cx::*;
 use crate::index::*;
@@ -79,8 +79,7 @@ impl Cx<'_> {
             let prohibited = out.iter().chain(&inbound).any(|&(s, d)| {
                 [Layer::GatewayFromPod, Layer::PodToPod].iter().any(|l| {
                     self.cell(*l, s, d)
-                        .and_then(|c| c.detail)
-                        .is_some_and(|t| t.contains("prohibited"))
+                        .is_some_and(|c| c.failure == Some(FailKind::Prohibited))
                 })
             });
             let fact = self.node_fact(x);

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use meshprobe_core::matrix::{AgentState, CellState};
 use meshprobe_core::{Layer, NodeName};
 
-use meshprobe_core::{Cause, Direction};
+use meshprobe_core::{Cause, Direction, FailKind};
 
 use crate::consistency::Attr;
 use crate::cx::*;
@@ -191,8 +191,7 @@ impl Cx<'_> {
             // answered "fragmentation needed" and they learned a smaller path MTU.
             let learned = hit_in.iter().any(|&(s, l)| {
                 self.cell(l, s, x)
-                    .and_then(|c| c.detail)
-                    .is_some_and(|d| d.contains("EMSGSIZE"))
+                    .is_some_and(|c| c.failure == Some(FailKind::TooBig))
             });
             if learned {
                 evidence.push(format!(

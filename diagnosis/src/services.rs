@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 
 use meshprobe_core::matrix::CellState;
-use meshprobe_core::{Cause, Direction, Layer, NodeName};
+use meshprobe_core::{Cause, Direction, FailKind, Layer, NodeName};
 
 use crate::Part;
 use crate::cx::{Cx, POD_TRAFFIC};
@@ -576,8 +576,7 @@ impl Cx<'_> {
         !failing.is_empty()
             && failing.iter().all(|&s| {
                 self.tcell(id, s)
-                    .and_then(|c| c.detail)
-                    .is_some_and(|d| d.to_ascii_lowercase().contains("refused"))
+                    .is_some_and(|c| c.failure == Some(FailKind::Refused))
             })
     }
 
@@ -661,11 +660,7 @@ impl Cx<'_> {
                         if c.ok < c.sent {
                             lossy_srcs.insert(s);
                             lossy_entries.extend(entry);
-                            if c.detail.is_some_and(|d| {
-                                ["HTTP 502", "HTTP 503", "HTTP 504"]
-                                    .iter()
-                                    .any(|e| d.contains(e))
-                            }) {
+                            if c.failure == Some(FailKind::UpstreamError) {
                                 upstream_errors += 1;
                             }
                             if c.state == CellState::Fail && cited.len() < 4 {

@@ -13,7 +13,7 @@ use meshprobe_core::evidence::{
 };
 use meshprobe_core::matrix::{RoundInput, build_report};
 use meshprobe_core::plan::{AgentReport, Plan, PlanSettings, Planner, ProbeResult};
-use meshprobe_core::{AgentKind, CheckReport, Layer, NodeName, Topology};
+use meshprobe_core::{AgentKind, CheckReport, FailKind, Layer, NodeName, Topology};
 
 /// A fault in the model. Node arguments are indices into the topology's nodes.
 #[derive(Clone, Debug, PartialEq)]
@@ -612,6 +612,13 @@ impl<'a> Model<'a> {
                     } else {
                         "timeout".to_owned()
                     }
+                }),
+                failure: (ok < sent).then_some(if refused {
+                    FailKind::Refused
+                } else if refused_locally {
+                    FailKind::TooBig
+                } else {
+                    FailKind::Timeout
                 }),
             });
         }

@@ -79,7 +79,7 @@ impl Cx<'_> {
                 evidence.extend(self.chain_line(s, x));
                 evidence.extend(self.chain_line(x, s));
             }
-            if let Some((_, why)) = &captured {
+            if let Some((_, why, _)) = &captured {
                 evidence.push(why.clone());
             }
             let ev = self.evidence(x);
@@ -101,7 +101,7 @@ impl Cx<'_> {
                     .any(|r| matches!(r.chain.as_str(), "OUTPUT" | "POSTROUTING"));
                 // What the wire shows wins over what the rules suggest.
                 direction = match (&captured, inbound, outbound) {
-                    (Some((d, _)), _, _) => d.clone(),
+                    (Some((d, _, _)), _, _) => d.clone(),
                     (None, true, true) => Direction::Both,
                     (None, false, true) => Direction::Outbound,
                     _ => Direction::Inbound,
@@ -210,9 +210,9 @@ impl Cx<'_> {
                 cause = Cause::VxlanBlocked;
                 // The capture says whether the node's own stack drops it: its NIC sees the
                 // traffic (inbound) or never sees its own (outbound).
-                let inside = captured.as_ref().is_some_and(|(d, why)| {
-                    *d == Direction::Outbound || why.contains("after its NIC")
-                });
+                let inside = captured
+                    .as_ref()
+                    .is_some_and(|c| c.0 != Direction::Inbound || c.2 == DropAt::AfterNic);
                 if let Some(ev) = ev {
                     evidence.push(if inside {
                         format!("{xn}: no iptables rule drops UDP {port} and its overlay entries are complete, yet the capture puts the drop inside {xn}: look at nftables, eBPF/XDP programs and host security agents")
@@ -296,7 +296,13 @@ impl Cx<'_> {
 
     /// Where the capture says encapsulated traffic to and from `x` dies, given peers `obs`
     /// whose tunnel to `x` is cut: `Some((direction, explanation))`.
-    pub(crate) fn capture_direction(&self, x: usize, obs: &[usize]) -> Option<(Direction, String)> {
+    /// Which way the capture shows x's VXLAN dying: (direction, the line that says so,
+    /// where on x's side of the wire).
+    pub(crate) fn capture_direction(
+        &self,
+        x: usize,
+        obs: &[usize],
+    ) -> Option<(Direction, String, DropAt)> {
         let xn = self.nm(x);
         let (mut leave_x, mut at_x_nic, mut looked) = (0, 0, false);
         for &s in obs {
@@ -317,6 +323,7 @@ impl Cx<'_> {
                 format!(
                     "capture: nothing encapsulated leaves {xn}'s {iface} toward those peers, though its agents probe them: the drop is inside {xn}, before its NIC"
                 ),
+                DropAt::BeforeNic,
             )
         } else if at_x_nic > 0 {
             (
@@ -324,6 +331,7 @@ impl Cx<'_> {
                 format!(
                     "capture: {at_x_nic} encapsulated probes and replies reach {xn}'s {iface} and are never answered or delivered: they die inside {xn}, after its NIC"
                 ),
+                DropAt::AfterNic,
             )
         } else {
             (
@@ -331,6 +339,7 @@ impl Cx<'_> {
                 format!(
                     "capture: {xn}'s own probes leave its {iface}, but nothing from its peers arrives there: the drop is on the path into {xn} (security group, switch ACL)"
                 ),
+                DropAt::OnPath,
             )
         })
     }
@@ -837,6 +846,17 @@ impl Cx<'_> {
     }
 }
 
+/// Where the capture puts a node's VXLAN drop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum DropAt {
+    /// Inside the node, before its NIC: nothing it sends leaves.
+    BeforeNic,
+    /// Inside the node, after its NIC: what arrives is never answered or delivered.
+    AfterNic,
+    /// On the path into the node: nothing arrives at its NIC.
+    OnPath,
+}
+
 /// One end of a pair found to drop their VXLAN.
 pub(crate) struct PairDrop {
     pub(crate) at: usize,
@@ -852,7 +872,8 @@ pub(crate) fn names_address(rule: &str, ip: std::net::Ipv4Addr) -> bool {
     w.windows(2).any(|p| {
         matches!(p[0], "-s" | "--source" | "-d" | "--destination")
             && p[1].split(',').any(|net| {
-                !net.ends_with("/0")
+                net.parse::<ipnet::Ipv4Net>()
+                    .map_or(true, |n| n.prefix_len() > 0)
                     && meshprobe_core::evidence::ipv4_net_holds(net, ip) == Some(true)
             })
     })

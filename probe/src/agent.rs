@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use meshprobe_core::api::{AgentPoll, Assignment};
 use meshprobe_core::plan::{AgentReport, Plan, ProbeResult};
-use meshprobe_core::{AgentKind, Layer, NodeName};
+use meshprobe_core::{AgentKind, Failure, Layer, NodeName};
 use tokio::time::{Instant, sleep};
 
 use crate::client::{ClientError, CoordinatorClient};
@@ -513,13 +513,14 @@ pub async fn run_plan(
                         sent: o.sent,
                         ok: o.received,
                         rtt_ms: o.mean_rtt_ms(),
-                        detail: match (&o.detail, targets[i].size) {
-                            (Some(d), size) if size != t.size => Some(format!(
-                                "{d}; {size}-byte DF probes, this node's MTU toward {}",
+                        detail: match (&o.failure, targets[i].size) {
+                            (Some(f), size) if size != t.size => Some(format!(
+                                "{f}; {size}-byte DF probes, this node's MTU toward {}",
                                 t.ip
                             )),
-                            (d, _) => d.clone(),
+                            (f, _) => f.as_ref().map(|f| f.detail.clone()),
                         },
+                        failure: o.failure.as_ref().map(|f| f.kind),
                     },
                     None => not_probed(t.layer, &t.column, "no outcome from the ICMP prober"),
                 },
@@ -680,6 +681,7 @@ fn not_probed(layer: Layer, column: &str, why: &str) -> ProbeResult {
         ok: 0,
         rtt_ms: None,
         detail: Some(why.to_owned()),
+        failure: None,
     }
 }
 
@@ -689,7 +691,7 @@ struct Acc {
     sent: u32,
     ok: u32,
     rtt: Duration,
-    last_error: Option<String>,
+    last_error: Option<Failure>,
 }
 
 impl Acc {
@@ -698,7 +700,7 @@ impl Acc {
         self.ok += 1;
         self.rtt += rtt;
     }
-    fn fail(&mut self, why: String) {
+    fn fail(&mut self, why: Failure) {
         self.sent += 1;
         self.last_error = Some(why);
     }
@@ -709,7 +711,8 @@ impl Acc {
             sent: self.sent,
             ok: self.ok,
             rtt_ms: (self.ok > 0).then(|| self.rtt.as_secs_f64() * 1000.0 / f64::from(self.ok)),
-            detail: self.last_error,
+            failure: self.last_error.as_ref().map(|f| f.kind),
+            detail: self.last_error.map(|f| f.detail),
         }
     }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
+use meshprobe_core::{FailKind, Failure};
 use tokio::net::UdpSocket;
 use tokio::time::{Instant, timeout};
 
@@ -20,8 +21,8 @@ pub enum DnsOutcome {
         /// Round-trip time.
         rtt: Duration,
     },
-    /// Anything else, in words.
-    Failed(String),
+    /// Anything else: what it met, and in words.
+    Failed(Failure),
 }
 
 /// Asks `server:53` for the A record of `name` (fully qualified) once.
@@ -29,33 +30,37 @@ pub async fn query_a(server: Ipv4Addr, name: &str, limit: Duration) -> DnsOutcom
     match timeout(limit, exchange(SocketAddr::from((server, 53)), name)).await {
         Ok(Ok(outcome)) => outcome,
         Ok(Err(e)) => DnsOutcome::Failed(e),
-        Err(_) => DnsOutcome::Failed("timeout".to_owned()),
+        Err(_) => DnsOutcome::Failed(Failure::timeout()),
     }
 }
 
-async fn exchange(server: SocketAddr, name: &str) -> Result<DnsOutcome, String> {
-    let qname = Name::from_ascii(name).map_err(|e| format!("bad name {name:?}: {e}"))?;
+async fn exchange(server: SocketAddr, name: &str) -> Result<DnsOutcome, Failure> {
+    let local = |what: String| Failure::new(FailKind::LocalError, what);
+    let qname = Name::from_ascii(name).map_err(|e| local(format!("bad name {name:?}: {e}")))?;
     let id = fastrand::u16(..);
     let mut msg = Message::new(id, MessageType::Query, OpCode::Query);
     msg.metadata.recursion_desired = true;
     msg.add_query(Query::query(qname.clone(), RecordType::A));
-    let bytes = msg.to_vec().map_err(|e| format!("encode: {e}"))?;
+    let bytes = msg.to_vec().map_err(|e| local(format!("encode: {e}")))?;
 
     let sock = UdpSocket::bind(("0.0.0.0", 0))
         .await
-        .map_err(|e| format!("bind: {e}"))?;
+        .map_err(|e| Failure::io("bind", &e))?;
     sock.connect(server)
         .await
-        .map_err(|e| format!("connect: {e}"))?;
+        .map_err(|e| Failure::io("connect", &e))?;
     let start = Instant::now();
-    sock.send(&bytes).await.map_err(|e| format!("send: {e}"))?;
+    sock.send(&bytes)
+        .await
+        .map_err(|e| Failure::io("send", &e))?;
     let mut buf = [0u8; 4096];
     loop {
         let n = sock.recv(&mut buf).await.map_err(|e| match e.kind() {
-            std::io::ErrorKind::ConnectionRefused => {
-                "ICMP port unreachable (nothing listens on :53)".to_owned()
-            }
-            _ => format!("receive: {e}"),
+            std::io::ErrorKind::ConnectionRefused => Failure::new(
+                FailKind::Refused,
+                "ICMP port unreachable (nothing listens on :53)",
+            ),
+            _ => Failure::io("receive", &e),
         })?;
         let rtt = start.elapsed();
         match read_answer(&buf[..n], id) {
@@ -68,14 +73,17 @@ async fn exchange(server: SocketAddr, name: &str) -> Result<DnsOutcome, String> 
 
 /// Reads a datagram as the answer to query `id`: `None` when it is not one (garbage, or
 /// another query's), else the A records, or why there are none.
-pub fn read_answer(datagram: &[u8], id: u16) -> Option<Result<Vec<Ipv4Addr>, String>> {
+pub fn read_answer(datagram: &[u8], id: u16) -> Option<Result<Vec<Ipv4Addr>, Failure>> {
     let resp = Message::from_vec(datagram).ok()?;
     if resp.metadata.id != id || resp.metadata.message_type != MessageType::Response {
         return None;
     }
     let rcode = resp.metadata.response_code;
     if rcode != ResponseCode::NoError {
-        return Some(Err(format!("rcode {rcode}")));
+        return Some(Err(Failure::new(
+            FailKind::DnsRcode,
+            format!("rcode {rcode}"),
+        )));
     }
     let addrs: Vec<Ipv4Addr> = resp
         .answers
@@ -86,7 +94,10 @@ pub fn read_answer(datagram: &[u8], id: u16) -> Option<Result<Vec<Ipv4Addr>, Str
         })
         .collect();
     Some(if addrs.is_empty() {
-        Err("NOERROR without an A record".to_owned())
+        Err(Failure::new(
+            FailKind::DnsNoAnswer,
+            "NOERROR without an A record",
+        ))
     } else {
         Ok(addrs)
     })
@@ -152,7 +163,10 @@ mod tests {
         h.await.expect("server");
         assert_eq!(
             out,
-            DnsOutcome::Failed("rcode Non-Existent Domain".to_owned())
+            DnsOutcome::Failed(Failure::new(
+                FailKind::DnsRcode,
+                "rcode Non-Existent Domain"
+            ))
         );
     }
 

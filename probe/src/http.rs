@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use meshprobe_core::plan::HttpCheck;
 use meshprobe_core::promtext;
+use meshprobe_core::{FailKind, Failure};
 use tokio::time::Instant;
 
 /// Bodies larger than this are cut off and count as a failure (a metrics page is far
@@ -30,11 +31,11 @@ pub async fn probe(
     host: Option<&str>,
     check: HttpCheck,
     timeout: Duration,
-) -> Result<Duration, String> {
+) -> Result<Duration, Failure> {
     let start = Instant::now();
     tokio::time::timeout(timeout, get(client, url, host, check, start))
         .await
-        .unwrap_or_else(|_| Err("timeout".to_owned()))
+        .unwrap_or_else(|_| Err(Failure::timeout()))
 }
 
 async fn get(
@@ -43,7 +44,7 @@ async fn get(
     host: Option<&str>,
     check: HttpCheck,
     start: Instant,
-) -> Result<Duration, String> {
+) -> Result<Duration, Failure> {
     let mut req = client.get(url);
     if let Some(h) = host {
         req = req.header(reqwest::header::HOST, h);
@@ -51,33 +52,43 @@ async fn get(
     let mut resp = req.send().await.map_err(describe)?;
     let status = resp.status();
     if !status.is_success() {
-        return Err(format!("HTTP {}", status.as_u16()));
+        let kind = match status.as_u16() {
+            502..=504 => FailKind::UpstreamError,
+            _ => FailKind::HttpStatus,
+        };
+        return Err(Failure::new(kind, format!("HTTP {}", status.as_u16())));
     }
     let mut body = Vec::new();
     while let Some(chunk) = resp.chunk().await.map_err(describe)? {
         if body.len() + chunk.len() > MAX_BODY {
-            return Err(format!("body larger than {MAX_BODY} bytes"));
+            return Err(Failure::new(
+                FailKind::BadBody,
+                format!("body larger than {MAX_BODY} bytes"),
+            ));
         }
         body.extend_from_slice(&chunk);
     }
     let rtt = start.elapsed();
     if check == HttpCheck::PrometheusText {
-        let text = std::str::from_utf8(&body).map_err(|_| "body is not UTF-8".to_owned())?;
-        promtext::validate(text).map_err(|e| format!("not Prometheus text: {e}"))?;
+        let bad = |why: String| Failure::new(FailKind::BadBody, why);
+        let text = std::str::from_utf8(&body).map_err(|_| bad("body is not UTF-8".to_owned()))?;
+        promtext::validate(text).map_err(|e| bad(format!("not Prometheus text: {e}")))?;
     }
     Ok(rtt)
 }
 
-fn describe(e: reqwest::Error) -> String {
+fn describe(e: reqwest::Error) -> Failure {
     if e.is_timeout() {
-        "timeout".to_owned()
+        Failure::timeout()
     } else if e.is_connect() {
-        // The innermost cause says "Connection refused" or "No route to host".
+        // The innermost cause says "Connection refused" or "No route to host"; its kind
+        // comes from the socket error's errno, wherever it sits in the chain.
         let mut inner: &dyn std::error::Error = &e;
         while let Some(next) = inner.source() {
             inner = next;
         }
-        format!("connect: {inner}")
+        let kind = io_kind(&e).unwrap_or(FailKind::Timeout);
+        Failure::new(kind, format!("connect: {inner}"))
     } else {
         let mut s = e.to_string();
         let mut src = std::error::Error::source(&e);
@@ -85,6 +96,21 @@ fn describe(e: reqwest::Error) -> String {
             s = format!("{s}: {next}");
             src = next.source();
         }
-        s
+        // Connected, then the exchange broke: a reset is the peer's answer; anything
+        // else is an answer that is not HTTP.
+        Failure::new(io_kind(&e).unwrap_or(FailKind::BadBody), s)
     }
+}
+
+/// The kind of the innermost socket error in `e`'s chain, read from its errno.
+fn io_kind(e: &(dyn std::error::Error + 'static)) -> Option<FailKind> {
+    let mut at: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    let mut kind = None;
+    while let Some(err) = at {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            kind = Some(FailKind::of_io(io));
+        }
+        at = err.source();
+    }
+    kind
 }

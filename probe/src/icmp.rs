@@ -12,6 +12,7 @@ use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
+use meshprobe_core::{FailKind, Failure};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
 use tokio::time::{Instant, sleep_until};
@@ -64,7 +65,7 @@ pub struct Outcome {
     /// Sum of the RTTs of the replies, for the mean.
     pub rtt_total: Duration,
     /// The last error seen: a send error or an ICMP error from the path.
-    pub detail: Option<String>,
+    pub failure: Option<Failure>,
 }
 
 impl Outcome {
@@ -207,7 +208,7 @@ impl Pinger {
                                 tally.sent_at[t][usize::from(seq)] = Some(Instant::now());
                                 *tally.outstanding += 1;
                             }
-                            Err(e) => tally.outcomes[t].detail = Some(describe_send_error(&e, target.size)),
+                            Err(e) => tally.outcomes[t].failure = Some(describe_send_error(&e, target.size)),
                         }
                     }
                     if !df {
@@ -220,8 +221,8 @@ impl Pinger {
             }
         }
         for (o, pending) in outcomes.iter_mut().zip(&sent_at) {
-            if pending.iter().any(Option::is_some) && o.detail.is_none() {
-                o.detail = Some("timeout".to_owned());
+            if pending.iter().any(Option::is_some) && o.failure.is_none() {
+                o.failure = Some(Failure::timeout());
             }
         }
         outcomes
@@ -247,7 +248,10 @@ impl Pinger {
                     *t.outstanding -= 1;
                 }
                 if let Some(o) = t.outcomes.get_mut(target) {
-                    o.detail = Some(format!("{message} from {}", from.ip()));
+                    o.failure = Some(Failure::new(
+                        message.kind,
+                        format!("{} from {}", message.detail, from.ip()),
+                    ));
                 }
             }
             None => {}
@@ -345,7 +349,7 @@ enum Parsed {
     Error {
         target: usize,
         seq: u16,
-        message: String,
+        message: Failure,
     },
 }
 
@@ -439,30 +443,44 @@ pub fn checksum(data: &[u8]) -> u16 {
     !(sum as u16)
 }
 
-fn describe_send_error(e: &io::Error, size: u16) -> String {
-    match e.raw_os_error() {
-        Some(code) if code == rustix::io::Errno::MSGSIZE.raw_os_error() => {
+fn describe_send_error(e: &io::Error, size: u16) -> Failure {
+    let kind = FailKind::of_io(e);
+    let detail = match kind {
+        FailKind::TooBig => {
             format!("{size}-byte packet refused locally: larger than the path MTU (EMSGSIZE)")
         }
-        Some(code) if code == rustix::io::Errno::PERM.raw_os_error() => {
-            "send refused by a local firewall rule (EPERM)".to_owned()
-        }
+        FailKind::LocalRefusal => "send refused by a local firewall rule (EPERM)".to_owned(),
         _ => format!("send failed: {e}"),
-    }
+    };
+    Failure::new(kind, detail)
 }
 
-fn describe_icmp_error(ty: u8, code: u8) -> String {
-    match (ty, code) {
-        (3, 0) => "ICMP net unreachable".to_owned(),
-        (3, 1) => "ICMP host unreachable".to_owned(),
-        (3, 3) => "ICMP port unreachable".to_owned(),
-        (3, 4) => "ICMP fragmentation needed".to_owned(),
-        (3, 9 | 10) => "ICMP host administratively prohibited".to_owned(),
-        (3, 13) => "ICMP communication administratively prohibited".to_owned(),
-        (3, c) => format!("ICMP destination unreachable (code {c})"),
-        (11, _) => "ICMP time exceeded (routing loop?)".to_owned(),
-        (t, c) => format!("ICMP type {t} code {c}"),
-    }
+fn describe_icmp_error(ty: u8, code: u8) -> Failure {
+    use FailKind::*;
+    let (kind, words) = match (ty, code) {
+        (3, 0) => (Unreachable, "ICMP net unreachable".to_owned()),
+        (3, 1) => (Unreachable, "ICMP host unreachable".to_owned()),
+        (3, 3) => (Refused, "ICMP port unreachable".to_owned()),
+        (3, 4) => (TooBig, "ICMP fragmentation needed".to_owned()),
+        (3, 9 | 10) => (
+            Prohibited,
+            "ICMP host administratively prohibited".to_owned(),
+        ),
+        (3, 13) => (
+            Prohibited,
+            "ICMP communication administratively prohibited".to_owned(),
+        ),
+        (3, c) => (
+            Unreachable,
+            format!("ICMP destination unreachable (code {c})"),
+        ),
+        (11, _) => (
+            TimeExceeded,
+            "ICMP time exceeded (routing loop?)".to_owned(),
+        ),
+        (t, c) => (Unrecognised, format!("ICMP type {t} code {c}")),
+    };
+    Failure::new(kind, words)
 }
 
 /// The MTU of the route to `ip` (`IP_MTU` on a connected UDP socket): the outgoing
@@ -559,7 +577,7 @@ mod tests {
                 target: 1,
                 seq: 4,
                 message,
-            }) => assert!(message.contains("prohibited"), "{message}"),
+            }) => assert_eq!(message.kind, FailKind::Prohibited, "{message}"),
             _ => panic!("ICMP error not matched"),
         }
     }

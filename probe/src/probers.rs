@@ -37,7 +37,7 @@ pub trait Probers: Send + Sync {
         host: Option<&str>,
         check: HttpCheck,
         timeout: Duration,
-    ) -> impl Future<Output = Result<Duration, String>> + Send;
+    ) -> impl Future<Output = Result<Duration, meshprobe_core::Failure>> + Send;
     /// The MTU of the route to `ip`, as the kernel sees it (the interface's, or a learned
     /// path MTU), when it can be read. The underlay's full-size probes are sent at least
     /// this large, so that a node whose NIC is set larger than the fabric carries shows.
@@ -92,7 +92,7 @@ impl Probers for RealProbers {
         host: Option<&str>,
         check: HttpCheck,
         timeout: Duration,
-    ) -> Result<Duration, String> {
+    ) -> Result<Duration, meshprobe_core::Failure> {
         crate::http::probe(&self.http, url, host, check, timeout).await
     }
 

@@ -46,7 +46,7 @@ impl Probers for Fake {
                         sent: u32::from(s.count),
                         received: if ok { u32::from(s.count) } else { 0 },
                         rtt_total: Duration::from_micros(300) * u32::from(s.count),
-                        detail: (!ok).then(|| "timeout".to_owned()),
+                        failure: (!ok).then(meshprobe_core::Failure::timeout),
                     }
                 })
                 .collect(),
@@ -68,7 +68,7 @@ impl Probers for Fake {
         _host: Option<&str>,
         _c: HttpCheck,
         _t: Duration,
-    ) -> Result<Duration, String> {
+    ) -> Result<Duration, meshprobe_core::Failure> {
         Ok(Duration::from_millis(2))
     }
     async fn evidence(&self, _e: Option<OverlayExpectation>, _t: Duration) -> Option<NodeEvidence> {
@@ -120,8 +120,13 @@ async fn run_plan_maps_every_prober_outcome_to_its_cell() {
     };
     let dead = get(Layer::PodToPod, "n2");
     assert_eq!(
-        (dead.sent, dead.ok, dead.detail.as_deref()),
-        (3, 0, Some("timeout"))
+        (dead.sent, dead.ok, dead.detail.as_deref(), dead.failure),
+        (
+            3,
+            0,
+            Some("timeout"),
+            Some(meshprobe_core::FailKind::Timeout)
+        )
     );
     let alive = get(Layer::GatewayFromPod, "n2");
     assert_eq!((alive.sent, alive.ok), (3, 3));
