@@ -507,6 +507,7 @@ mod tests {
                     rounds: 1,
                     cells: vec![],
                     cell_count: 0,
+                    alternatives: vec![],
                 })
                 .into_iter()
                 .collect(),

@@ -87,6 +87,10 @@ ids! {
         /// The node's pod bridge lost its gateway address: its pods have no gateway, and
         /// traffic for them arrives with no route.
         PodGatewayMissing = "pod-gateway-missing",
+        /// The node drops traffic from the overlay or its own pods to its own addresses
+        /// (INPUT: its pod gateway, its overlay address), while it forwards pod traffic
+        /// through the same tunnel.
+        HostInputBlocked = "host-input-blocked",
         /// Small packets pass, full-size ones are lost.
         MtuMismatch = "mtu-mismatch",
         /// A node or path loses a fraction of packets.

@@ -17,6 +17,7 @@ pub mod auth;
 pub mod capture;
 pub mod cause;
 pub mod compact;
+pub mod datapath;
 pub mod diff;
 pub mod evidence;
 pub mod failure;

@@ -124,7 +124,37 @@ pub struct Finding {
     /// Extension: how many failing cells this finding explains.
     #[serde(default)]
     pub cell_count: u32,
+    /// The nearest explanations the diagnosis rejected, and what rejected them (CONTRACT
+    /// §5, v1.2).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alternatives: Vec<Alternative>,
 }
+
+/// An explanation the diagnosis considered for a finding's cells and rejected.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Alternative {
+    /// The cause it would have been.
+    pub cause: Cause,
+    /// The node(s) it would have blamed.
+    #[serde(default)]
+    pub nodes: Vec<NodeName>,
+    /// The other end(s).
+    #[serde(default)]
+    pub peers: Vec<NodeName>,
+    /// The hop it names, in words (extension).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub hop: String,
+    /// What ruled it out: the passing cells (with their counts) or the evidence.
+    pub rejected_by: String,
+    /// Extension: the passing cells that rule it out, at most
+    /// [`MAX_ALTERNATIVE_CELLS`] of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rejecting_cells: Vec<CellRef>,
+}
+
+/// The most cells an alternative lists in `rejectingCells`.
+pub const MAX_ALTERNATIVE_CELLS: usize = 8;
 
 /// The most cells a finding lists in `cells` (a node's finding at 5,000 nodes explains a
 /// few hundred; `cellCount` always has the total).

@@ -38,6 +38,8 @@ pub(crate) struct Cx<'a> {
     pub(crate) icmp_only: FxSet<usize>,
     /// The nodes' own configuration, compared across nodes.
     pub(crate) cfg: Consistency,
+    /// Findings the model withdrew: alternatives for whatever explains their cells.
+    pub(crate) withdrawn: Vec<crate::model::Withdrawn>,
     /// Each node's evidence, by index (looked up by name once).
     ev: Vec<Option<&'a NodeEvidence>>,
     /// What kube-proxy looks like on the nodes that report it (computed once).
@@ -128,6 +130,7 @@ impl<'a> Cx<'a> {
             pending: Vec::new(),
             icmp_only: FxSet::default(),
             cfg: Consistency::default(),
+            withdrawn: Vec::new(),
         }
     }
 
@@ -159,6 +162,7 @@ impl<'a> Cx<'a> {
             r.finding.cell_count += cells.len() as u32;
             let room = MAX_FINDING_CELLS.saturating_sub(r.finding.cells.len());
             r.finding.cells.extend(refs.into_iter().take(room));
+            r.keys.extend(cells);
         }
     }
 
@@ -574,11 +578,13 @@ impl<'a> Cx<'a> {
             evidence,
             fix,
             rounds: 1,
+            alternatives: Vec::new(),
         };
         self.found.push(Ranked {
             rank,
             weight,
             finding,
+            keys: cells,
         });
     }
 

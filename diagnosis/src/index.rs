@@ -51,6 +51,10 @@ pub(crate) struct Index<'a> {
     tcells: FxMap<(usize, usize), u32>,
     /// [target] -> srcs.
     tcols: Vec<Vec<usize>>,
+    /// [src] -> the targets it probed.
+    trows: Vec<Vec<usize>>,
+    /// [node] -> the targets that live on it.
+    targets_on: Vec<Vec<usize>>,
     /// Every failing cell, in (layer, src, column) order.
     pub(crate) failing: Vec<CellKey>,
     /// Per node: whether it is the source or the destination of a failing cell. A node
@@ -78,6 +82,8 @@ impl<'a> Index<'a> {
             target_pos: FxMap::default(),
             tcells: FxMap::default(),
             tcols: Vec::new(),
+            trows: vec![Vec::new(); n],
+            targets_on: vec![Vec::new(); n],
             failing: Vec::new(),
             involved: vec![false; n],
         };
@@ -118,6 +124,7 @@ impl<'a> Index<'a> {
                         let id = ix.target(t, *layer, dst);
                         ix.tcells.insert((id, s), p);
                         ix.tcols[id].push(s);
+                        ix.trows[s].push(id);
                         Col::Target(id)
                     }
                 };
@@ -136,6 +143,11 @@ impl<'a> Index<'a> {
             }
         }
         ix.failing.sort_unstable();
+        for (id, t) in ix.targets.iter().enumerate() {
+            if let Some(x) = t.node {
+                ix.targets_on[x].push(id);
+            }
+        }
         for i in 0..ix.failing.len() {
             let k = ix.failing[i];
             ix.involved[k.src] = true;
@@ -214,6 +226,14 @@ impl<'a> Index<'a> {
         (0..self.targets.len())
             .filter(|&i| self.targets[i].layer == layer)
             .collect()
+    }
+    /// The targets `s` probed.
+    pub(crate) fn trow(&self, s: usize) -> &[usize] {
+        self.trows.get(s).map_or(&[], Vec::as_slice)
+    }
+    /// The targets that live on node `x`.
+    pub(crate) fn targets_on(&self, x: usize) -> &[usize] {
+        self.targets_on.get(x).map_or(&[], Vec::as_slice)
     }
     /// The sources that probed a target.
     pub(crate) fn tcol(&self, id: usize) -> &[usize] {

@@ -25,6 +25,7 @@ mod cx;
 mod forwarding;
 mod index;
 mod loss;
+mod model;
 mod mtu;
 mod services;
 mod tunnel;
@@ -89,8 +90,11 @@ pub fn diagnose(
     cx.pod_services();
     cx.lacking_outliers();
     cx.degraded_probers();
+    cx.verify();
+    cx.localise();
     cx.agents();
     cx.unexplained();
+    cx.alternatives();
     let warnings = cx.evidence_warnings();
     let mut ranked = cx.found;
     ranked.sort_by(|a, b| a.rank.cmp(&b.rank).then(b.weight.cmp(&a.weight)));
@@ -111,6 +115,8 @@ pub(crate) struct Ranked {
     pub(crate) rank: u8,
     pub(crate) weight: usize,
     pub(crate) finding: Finding,
+    /// Every failing cell it claims (the finding lists at most 256).
+    pub(crate) keys: Vec<index::CellKey>,
 }
 
 /// Which part of a pair's path a detector has explained.

@@ -1,0 +1,925 @@
+//! The datapath model at work: every explanation is a hypothesis about a hop
+//! ([`meshprobe_core::datapath`]), and a hypothesis is tested against the cells that pass.
+//!
+//! - **Exoneration.** A cell that passes clears every hop its request and reply cross,
+//!   for what its packets are there (protocol, port, size; the overlay's UDP on the
+//!   encapsulating hops). A hypothesis that passing cells contradict is not the answer.
+//! - **Verification** ([`Cx::verify`]). Each finding the detectors made is restated as
+//!   the hops it blames. When passing cells clear all of them, the finding is withdrawn,
+//!   its cells are released and it is kept as an alternative; when they clear some (one
+//!   direction of two), the finding is narrowed to the rest.
+//! - **The smallest explanation** ([`Cx::localise`]). The cells no finding explains are
+//!   covered greedily by the hypotheses that survive exoneration: the hop that explains
+//!   the most cells first, at the widest scope the passing cells allow (any traffic, one
+//!   protocol, one port, one size), node evidence and the number of independent
+//!   observers breaking ties. A node is blamed only on the word of enough observers or
+//!   its own evidence; what is left is `unexplained`.
+//! - **Alternatives** ([`Cx::alternatives`]). Each finding lists the nearest other
+//!   explanations of its cells and the passing cells that rejected them.
+
+use std::collections::BTreeSet;
+
+use meshprobe_core::datapath::{self, Dest, Hop, HopKind, Path, Ports, Proto, Scope, Site, Size};
+use meshprobe_core::matrix::{Alternative, CellRef, CellState, Finding, MAX_ALTERNATIVE_CELLS};
+use meshprobe_core::{Cause, Direction, Layer};
+
+use crate::Ranked;
+use crate::cx::{Cx, describe, name};
+use crate::index::{CellKey, Col, FxMap, FxSet};
+
+/// What traffic a hypothesis says a hop breaks: everything (all `None`), or only one
+/// protocol, port or size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub(crate) struct Narrow {
+    pub(crate) proto: Option<Proto>,
+    pub(crate) port: Option<u16>,
+    pub(crate) size: Option<Size>,
+}
+
+impl Narrow {
+    /// Every kind of traffic.
+    pub(crate) const ANY: Narrow = Narrow {
+        proto: None,
+        port: None,
+        size: None,
+    };
+
+    fn proto(p: Proto) -> Narrow {
+        Narrow {
+            proto: Some(p),
+            ..Narrow::ANY
+        }
+    }
+
+    /// Whether traffic of scope `s` is what this breaks.
+    pub(crate) fn covers(self, s: Scope) -> bool {
+        self.proto.is_none_or(|p| p == s.proto)
+            && self.port.is_none_or(|p| Some(p) == s.port)
+            && self.size.is_none_or(|z| z == s.size)
+    }
+
+    /// How many constraints it has (0: any traffic): fewer is a wider explanation.
+    fn rank(self) -> u8 {
+        u8::from(self.proto.is_some())
+            + u8::from(self.port.is_some())
+            + u8::from(self.size.is_some())
+    }
+
+    /// The scopes a failing probe's hop may be blamed at, widest first.
+    fn of(s: Scope) -> Vec<Narrow> {
+        let mut v = vec![Narrow::ANY, Narrow::proto(s.proto)];
+        if s.port.is_some() {
+            v.push(Narrow {
+                proto: Some(s.proto),
+                port: s.port,
+                size: None,
+            });
+        }
+        if s.size != Size::Small {
+            v.push(Narrow {
+                size: Some(s.size),
+                ..Narrow::ANY
+            });
+        }
+        v
+    }
+
+    /// In words, for a finding: "" for any traffic.
+    pub(crate) fn words(self) -> String {
+        let mut w = Vec::new();
+        if let Some(z) = self.size {
+            w.push(
+                match z {
+                    Size::Small => "small",
+                    Size::Full => "full-size",
+                    Size::Fragmented => "fragmented",
+                }
+                .to_owned(),
+            );
+        }
+        match (self.proto, self.port) {
+            (Some(p), Some(port)) => w.push(format!("{} {port}", p.as_str())),
+            (Some(p), None) => w.push(p.as_str().to_owned()),
+            _ => {}
+        }
+        w.join(" ")
+    }
+}
+
+/// A hypothesis: this hop fails for this traffic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct Hyp {
+    pub(crate) hop: Hop,
+    pub(crate) narrow: Narrow,
+}
+
+impl Hyp {
+    fn any(hop: Hop) -> Self {
+        Hyp {
+            hop,
+            narrow: Narrow::ANY,
+        }
+    }
+}
+
+/// The most unexplained cells the localiser reads (a round so broken that more are left
+/// has its worst already named; the rest go to `unexplained`).
+const MAX_LOCALISED_CELLS: usize = 4096;
+/// The most hypotheses the localiser accepts in one round.
+const MAX_PICKS: usize = 32;
+/// Alternatives listed per finding.
+const MAX_ALTERNATIVES: usize = 3;
+
+/// A finding the verification withdrew: what it said, and what cleared it.
+pub(crate) struct Withdrawn {
+    pub(crate) alternative: Alternative,
+    pub(crate) keys: Vec<CellKey>,
+}
+
+fn at(kind: HopKind, x: usize) -> Hop {
+    Hop {
+        kind,
+        site: Site::Node(x),
+    }
+}
+
+impl Cx<'_> {
+    // ---- the model's view of a cell ------------------------------------------------------
+
+    /// The port a target column's probes go to.
+    fn ports_of(&self, k: CellKey) -> Ports {
+        let service = match k.col {
+            Col::Target(id) => {
+                let t = &self.ix.targets[id];
+                match t.layer {
+                    Layer::Nodeport | Layer::NodeportFromPod => {
+                        let svc = t.name.split_once('/').map(|(_, s)| s);
+                        self.t
+                            .node_ports
+                            .iter()
+                            .find(|p| svc.is_none_or(|s| s == p.name))
+                            .map_or(0, |p| p.port)
+                    }
+                    Layer::Ingress | Layer::IngressFromPod => self
+                        .t
+                        .ingresses
+                        .iter()
+                        .find(|g| meshprobe_core::plan::ingress_column(g) == t.name)
+                        .map_or(80, |g| g.port),
+                    _ => 0,
+                }
+            }
+            Col::Node(_) => 0,
+        };
+        Ports { service }
+    }
+
+    /// One id per target across layers: a CoreDNS pod's DNS and metrics columns are one
+    /// endpoint, as are an ingress's host and pod columns.
+    fn endpoint(&self, id: usize) -> usize {
+        let t = &self.ix.targets[id];
+        let family = |l: Layer| match l {
+            Layer::DnsPod | Layer::CorednsMetrics => 1,
+            Layer::Ingress | Layer::IngressFromPod => 2,
+            _ => 0,
+        };
+        let f = family(t.layer);
+        if f == 0 {
+            return id;
+        }
+        self.ix
+            .targets
+            .iter()
+            .position(|o| family(o.layer) == f && o.name == t.name)
+            .unwrap_or(id)
+    }
+
+    /// The path a cell's probes take.
+    pub(crate) fn path_of(&self, k: CellKey) -> Option<Path> {
+        let dest = match k.col {
+            Col::Node(d) => Dest::Node(d),
+            Col::Target(id) => {
+                let t = &self.ix.targets[id];
+                match (t.layer, t.node) {
+                    (Layer::DnsService, _) => Dest::Service,
+                    (Layer::Nodeport | Layer::NodeportFromPod, Some(d)) => Dest::Node(d),
+                    (_, Some(d)) => Dest::Target {
+                        id: self.endpoint(id),
+                        node: d,
+                    },
+                    (_, None) => return None,
+                }
+            }
+        };
+        datapath::path(k.layer, k.src, dest, self.ports_of(k))
+    }
+
+    /// Whether cell `k`'s packets cross the hypothesis's hop as the traffic it breaks.
+    fn crosses(&self, k: CellKey, h: Hyp) -> bool {
+        let port = self.t.cluster.overlay.port;
+        self.path_of(k).is_some_and(|p| {
+            p.hops()
+                .any(|x| x == h.hop && h.narrow.covers(p.scope_at(x, port)))
+        })
+    }
+
+    /// The known cells whose paths may cross a hop at `site`.
+    fn cells_at(&self, site: Site) -> Vec<CellKey> {
+        let mut v = Vec::new();
+        let node = |x: usize, v: &mut Vec<CellKey>| {
+            for layer in Layer::ICMP {
+                for d in self.ix.row_targets(layer, x) {
+                    v.push(CellKey {
+                        layer,
+                        src: x,
+                        col: Col::Node(d),
+                    });
+                }
+                for &s in self.ix.col(layer, x) {
+                    if s != x {
+                        v.push(CellKey {
+                            layer,
+                            src: s,
+                            col: Col::Node(x),
+                        });
+                    }
+                }
+            }
+            for &id in self.ix.trow(x) {
+                v.push(CellKey {
+                    layer: self.ix.targets[id].layer,
+                    src: x,
+                    col: Col::Target(id),
+                });
+            }
+            for &id in self.ix.targets_on(x) {
+                for &s in self.ix.tcol(id) {
+                    if s != x {
+                        v.push(CellKey {
+                            layer: self.ix.targets[id].layer,
+                            src: s,
+                            col: Col::Target(id),
+                        });
+                    }
+                }
+            }
+        };
+        match site {
+            Site::Node(x) => node(x, &mut v),
+            Site::Pair { from, to } => {
+                node(from, &mut v);
+                v.retain(|k| k.src == to || self.ix.dst_node(*k) == Some(to));
+            }
+            Site::Target(id) => {
+                for (tid, t) in self.ix.targets.iter().enumerate() {
+                    if self.endpoint(tid) == id {
+                        v.extend(self.ix.tcol(tid).iter().map(|&s| CellKey {
+                            layer: t.layer,
+                            src: s,
+                            col: Col::Target(tid),
+                        }));
+                    }
+                }
+            }
+            Site::Service => {}
+        }
+        v
+    }
+
+    /// Whether a cell passed well enough to clear what it crosses: ok, and most of its
+    /// probes answered.
+    fn clears(&self, k: CellKey) -> bool {
+        self.ix
+            .cell(k)
+            .is_some_and(|c| c.state == CellState::Ok && c.ok > 0 && c.ok * 2 >= c.sent)
+    }
+
+    /// The passing cells that cross the hypothesis's hop as the traffic it breaks: what
+    /// says it is wrong.
+    pub(crate) fn exonerating(&self, h: Hyp) -> Vec<CellKey> {
+        let mut v: Vec<CellKey> = self
+            .cells_at(h.hop.site)
+            .into_iter()
+            .filter(|&k| self.clears(k) && self.crosses(k, h))
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    /// Passing cells in words: "pod-to-pod n1 -> n3 passes 10/10, ...".
+    fn passing_words(&self, cells: &[CellKey]) -> String {
+        let mut parts: Vec<String> = cells
+            .iter()
+            .take(3)
+            .filter_map(|&k| {
+                let c = self.ix.cell(k)?;
+                Some(format!(
+                    "{} {} -> {} passes {}/{}",
+                    k.layer,
+                    self.ix.names[k.src],
+                    self.ix.col_name(k),
+                    c.ok,
+                    c.sent
+                ))
+            })
+            .collect();
+        if cells.len() > 3 {
+            parts.push(format!("and {} more passing cells", cells.len() - 3));
+        }
+        parts.join(", ")
+    }
+
+    fn cell_refs(&self, cells: &[CellKey], max: usize) -> Vec<CellRef> {
+        cells
+            .iter()
+            .take(max)
+            .map(|&k| CellRef {
+                layer: k.layer,
+                from: name(self.ix.names[k.src]),
+                to: self.ix.col_name(k).to_owned(),
+            })
+            .collect()
+    }
+
+    /// A hop in words, with its place.
+    pub(crate) fn hop_words(&self, h: Hyp) -> String {
+        let place = match h.hop.site {
+            Site::Node(x) => format!("on {}", self.ix.names[x]),
+            Site::Pair { from, to } => {
+                format!("from {} to {}", self.ix.names[from], self.ix.names[to])
+            }
+            Site::Target(id) => format!("at {}", self.ix.targets[id].name),
+            Site::Service => "behind the service".to_owned(),
+        };
+        let what = h.narrow.words();
+        let scope = if what.is_empty() {
+            String::new()
+        } else {
+            format!(" ({what})")
+        };
+        format!("{} {place}{scope}", h.hop.kind.describe())
+    }
+
+    // ---- findings as hypotheses ----------------------------------------------------------
+
+    /// The hops a finding blames; `None` for findings the model does not restate (loss,
+    /// MTU, agents, configuration, what is already unexplained, pair findings the wire
+    /// localised).
+    fn hyps_of(&self, r: &Ranked) -> Option<Vec<Hyp>> {
+        let f = &r.finding;
+        let x = f.nodes.first().and_then(|n| self.pos(n))?;
+        let peers: Vec<usize> = f.peers.iter().filter_map(|p| self.pos(p)).collect();
+        let overlay = Narrow {
+            proto: Some(Proto::Udp),
+            port: Some(self.t.cluster.overlay.port),
+            size: None,
+        };
+        let dir = |d: &Direction, out: Hop, inn: Hop| match d {
+            Direction::Outbound => vec![out],
+            Direction::Inbound => vec![inn],
+            _ => vec![out, inn],
+        };
+        let targets = |layer: Layer| -> Vec<Hyp> {
+            let ids: BTreeSet<usize> = r
+                .keys
+                .iter()
+                .filter(|k| k.layer == layer)
+                .filter_map(|k| match k.col {
+                    Col::Target(id) => Some(self.endpoint(id)),
+                    Col::Node(_) => None,
+                })
+                .collect();
+            let narrow = datapath::scope_of(layer, Ports { service: 0 });
+            ids.into_iter()
+                .map(|id| Hyp {
+                    hop: Hop {
+                        kind: HopKind::Endpoint,
+                        site: Site::Target(id),
+                    },
+                    narrow: Narrow {
+                        proto: Some(narrow.proto),
+                        port: narrow.port,
+                        size: None,
+                    },
+                })
+                .collect()
+        };
+        let hyps: Vec<Hyp> = match f.cause {
+            Cause::VxlanBlocked if peers.is_empty() => {
+                dir(&f.direction, at(HopKind::Encap, x), at(HopKind::Decap, x))
+                    .into_iter()
+                    .map(|hop| Hyp {
+                        hop,
+                        narrow: overlay,
+                    })
+                    .collect()
+            }
+            Cause::ForwardRejected => dir(
+                &f.direction,
+                at(HopKind::ForwardOut, x),
+                at(HopKind::ForwardIn, x),
+            )
+            .into_iter()
+            .map(Hyp::any)
+            .collect(),
+            Cause::OverlayPeerMissing if !peers.is_empty() => peers
+                .iter()
+                .map(|&p| {
+                    Hyp::any(Hop {
+                        kind: HopKind::OverlayRoute,
+                        site: Site::Pair { from: x, to: p },
+                    })
+                })
+                .collect(),
+            Cause::PodGatewayMissing => vec![Hyp::any(at(HopKind::Gateway, x))],
+            Cause::DnsPodDown => targets(Layer::DnsPod),
+            Cause::MetricsUnreachable => targets(Layer::CorednsMetrics),
+            _ => return None,
+        };
+        (!hyps.is_empty()).then_some(hyps)
+    }
+
+    /// Tests every finding against the cells that pass: withdraws those passing cells
+    /// clear entirely, narrows those they clear in part.
+    pub(crate) fn verify(&mut self) {
+        let mut keep = Vec::with_capacity(self.found.len());
+        for mut r in std::mem::take(&mut self.found) {
+            let Some(hyps) = self.hyps_of(&r) else {
+                keep.push(r);
+                continue;
+            };
+            let tested: Vec<(Hyp, Vec<CellKey>)> =
+                hyps.into_iter().map(|h| (h, self.exonerating(h))).collect();
+            let standing: Vec<Hyp> = tested
+                .iter()
+                .filter(|(_, ex)| ex.is_empty())
+                .map(|(h, _)| *h)
+                .collect();
+            if standing.is_empty() {
+                let (h, ex) = &tested[0];
+                let f = &r.finding;
+                for k in &r.keys {
+                    self.claimed.remove(k);
+                }
+                if let Some(x) = f.nodes.first().and_then(|n| self.pos(n)) {
+                    self.broken.remove(&x);
+                }
+                self.withdrawn.push(Withdrawn {
+                    alternative: Alternative {
+                        cause: f.cause.clone(),
+                        nodes: f.nodes.clone(),
+                        peers: f.peers.clone(),
+                        hop: self.hop_words(*h),
+                        rejected_by: format!(
+                            "{} crosses {}",
+                            self.passing_words(ex),
+                            self.hop_words(*h)
+                        ),
+                        rejecting_cells: self.cell_refs(ex, MAX_ALTERNATIVE_CELLS),
+                    },
+                    keys: std::mem::take(&mut r.keys),
+                });
+                continue;
+            }
+            if standing.len() < tested.len() {
+                // One direction of two stands: the finding is about that one.
+                for (h, ex) in tested.iter().filter(|(_, ex)| !ex.is_empty()) {
+                    r.finding.alternatives.push(Alternative {
+                        cause: r.finding.cause.clone(),
+                        nodes: r.finding.nodes.clone(),
+                        peers: r.finding.peers.clone(),
+                        hop: self.hop_words(*h),
+                        rejected_by: format!(
+                            "{} crosses {}",
+                            self.passing_words(ex),
+                            self.hop_words(*h)
+                        ),
+                        rejecting_cells: self.cell_refs(ex, MAX_ALTERNATIVE_CELLS),
+                    });
+                }
+                let out = standing
+                    .iter()
+                    .any(|h| matches!(h.hop.kind, HopKind::Encap | HopKind::ForwardOut));
+                let inn = standing
+                    .iter()
+                    .any(|h| matches!(h.hop.kind, HopKind::Decap | HopKind::ForwardIn));
+                r.finding.direction = Direction::of(inn, out);
+            }
+            keep.push(r);
+        }
+        self.found = keep;
+    }
+
+    // ---- the smallest explanation --------------------------------------------------------
+
+    /// Whether node-local evidence supports the hypothesis.
+    fn supported(&self, h: Hyp) -> bool {
+        let node = |x: usize| self.evidence(x);
+        match (h.hop.kind, h.hop.site) {
+            (HopKind::ForwardOut | HopKind::ForwardIn, Site::Node(x)) => node(x).is_some_and(|e| {
+                e.ip_forward == Some(false)
+                    || e.forward
+                        .as_ref()
+                        .is_some_and(|f| !f.blocking_rules.is_empty())
+            }),
+            (HopKind::Encap | HopKind::Decap, Site::Node(x)) => {
+                node(x).is_some_and(|e| !e.overlay_port_rules.is_empty())
+            }
+            (HopKind::Gateway, Site::Node(x)) => node(x)
+                .is_some_and(|e| e.config.as_ref().is_some_and(|c| c.bridge_addrs.is_empty())),
+            (HopKind::OverlayRoute, Site::Pair { from, to }) => {
+                let peer = self.ix.names[to];
+                node(from)
+                    .and_then(|e| e.overlay.as_ref())
+                    .is_some_and(|o| o.peers_missing().iter().any(|p| p.as_str() == peer))
+            }
+            (HopKind::ServiceNat, Site::Node(x)) => !self.service_odd(x).is_empty(),
+            _ => false,
+        }
+    }
+
+    /// The distinct other nodes whose cells a hypothesis at node `x` explains.
+    fn observers(&self, x: usize, cells: &[CellKey]) -> usize {
+        let mut o: FxSet<usize> = FxSet::default();
+        for &k in cells {
+            if k.src != x {
+                o.insert(k.src);
+            } else if let Some(d) = self.ix.dst_node(k).filter(|&d| d != x) {
+                o.insert(d);
+            }
+        }
+        o.len()
+    }
+
+    /// Covers the failing cells no finding claims with the fewest hypotheses that survive
+    /// exoneration, and makes a finding of each that names a cause.
+    pub(crate) fn localise(&mut self) {
+        let left: Vec<CellKey> = self
+            .ix
+            .failing
+            .iter()
+            .copied()
+            .filter(|k| !self.claimed.contains(k))
+            .take(MAX_LOCALISED_CELLS)
+            .collect();
+        if left.is_empty() {
+            return;
+        }
+        let port = self.t.cluster.overlay.port;
+        let mut cands: FxMap<Hyp, Vec<CellKey>> = FxMap::default();
+        for &k in &left {
+            let Some(p) = self.path_of(k) else { continue };
+            let mut seen: FxSet<Hyp> = FxSet::default();
+            for hop in p.hops() {
+                for narrow in Narrow::of(p.scope_at(hop, port)) {
+                    let h = Hyp { hop, narrow };
+                    if seen.insert(h) {
+                        cands.entry(h).or_default().push(k);
+                    }
+                }
+            }
+        }
+        let mut cleared: FxMap<Hyp, bool> = FxMap::default();
+        let mut uncovered: FxSet<CellKey> = left.iter().copied().collect();
+        let mut picks: Vec<(Hyp, Vec<CellKey>)> = Vec::new();
+        while !uncovered.is_empty() && picks.len() < MAX_PICKS {
+            // Most uncovered cells, then evidence, then the widest scope, then the hop
+            // order (deterministic).
+            let mut order: Vec<(&Hyp, usize)> = cands
+                .iter()
+                .map(|(h, ks)| (h, ks.iter().filter(|k| uncovered.contains(k)).count()))
+                .filter(|(_, n)| *n > 0)
+                .collect();
+            order.sort_by(|a, b| {
+                b.1.cmp(&a.1)
+                    .then(self.supported(*b.0).cmp(&self.supported(*a.0)))
+                    .then(a.0.narrow.rank().cmp(&b.0.narrow.rank()))
+                    .then(a.0.cmp(b.0))
+            });
+            let mut chosen: Option<(Hyp, usize)> = None;
+            let mut rivals: Vec<Hyp> = Vec::new();
+            for (h, n) in order {
+                if chosen.is_some_and(|(_, best)| n < best) {
+                    break;
+                }
+                let ok = *cleared
+                    .entry(*h)
+                    .or_insert_with(|| self.exonerating(*h).is_empty());
+                if !ok || self.cause_of(*h).is_none() {
+                    continue;
+                }
+                match chosen {
+                    None => chosen = Some((*h, n)),
+                    Some(_) => rivals.push(*h),
+                }
+            }
+            let Some((h, _)) = chosen else { break };
+            let cells: Vec<CellKey> = cands.remove(&h).unwrap_or_default();
+            for k in &cells {
+                uncovered.remove(k);
+            }
+            // Another hop, at another place or with another cause, explains the same cells
+            // as well, and no evidence picks between them: the probes cannot tell which,
+            // so the cells stay for `unexplained`, localised no further than that.
+            let who = |h: Hyp| self.cause_of(h).map(|(c, x, p, _)| (c, x, p));
+            let ambiguous = !self.supported(h)
+                && rivals.iter().any(|r| {
+                    who(*r) != who(h)
+                        && cands
+                            .get(r)
+                            .is_some_and(|ks| cells.iter().all(|k| ks.contains(k)))
+                });
+            if !ambiguous {
+                picks.push((h, cells));
+            }
+        }
+        for (h, cells) in picks {
+            let cells: Vec<CellKey> = cells
+                .into_iter()
+                .filter(|k| !self.claimed.contains(k))
+                .collect();
+            if cells.is_empty() {
+                continue;
+            }
+            if let Site::Node(x) = h.hop.site {
+                let available = self.n().saturating_sub(1);
+                if self.observers(x, &cells) < self.k(available) && !self.supported(h) {
+                    // One observer's word: not enough to blame a node; `unexplained`
+                    // names the cells.
+                    continue;
+                }
+            }
+            self.model_finding(h, &cells);
+        }
+    }
+
+    /// The cause a hypothesis names, with the node at fault, the peer and the direction;
+    /// `None` for hops the probes cannot tell a cause of (a veth, a bridge, the node's own
+    /// sends: left to `unexplained`).
+    fn cause_of(&self, h: Hyp) -> Option<(Cause, usize, Option<usize>, Direction)> {
+        use HopKind::*;
+        Some(match (h.hop.kind, h.hop.site) {
+            (OverlayIn | BridgeIn, Site::Node(x)) => {
+                (Cause::HostInputBlocked, x, None, Direction::Inbound)
+            }
+            (HostIn, Site::Node(x)) if h.narrow.proto == Some(Proto::Icmp) => {
+                (Cause::IcmpBlocked, x, None, Direction::Inbound)
+            }
+            (Gateway, Site::Node(x)) => (Cause::PodGatewayMissing, x, None, Direction::Inbound),
+            (ForwardOut, Site::Node(x)) => (self.forward_cause(x), x, None, Direction::Outbound),
+            (ForwardIn, Site::Node(x)) => (self.forward_cause(x), x, None, Direction::Inbound),
+            (OverlayRoute, Site::Pair { from, to }) => (
+                Cause::OverlayPeerMissing,
+                from,
+                Some(to),
+                Direction::Outbound,
+            ),
+            (Encap, Site::Node(x)) => (Cause::VxlanBlocked, x, None, Direction::Outbound),
+            (Decap, Site::Node(x)) => (Cause::VxlanBlocked, x, None, Direction::Inbound),
+            (Wire, Site::Pair { from, to }) if h.narrow.proto == Some(Proto::Udp) => {
+                (Cause::VxlanBlocked, to, Some(from), Direction::Inbound)
+            }
+            (ServiceNat, Site::Node(x)) if h.narrow.port == Some(53) => {
+                (Cause::DnsServiceBroken, x, None, Direction::None)
+            }
+            (ServiceNat, Site::Node(x)) => (Cause::NodeportBroken, x, None, Direction::None),
+            (Endpoint, Site::Target(id)) => {
+                let t = &self.ix.targets[id];
+                let x = t.node?;
+                let cause = match (t.layer, h.narrow.proto) {
+                    (Layer::DnsPod | Layer::CorednsMetrics, Some(Proto::Tcp)) => {
+                        Cause::MetricsUnreachable
+                    }
+                    (Layer::DnsPod | Layer::CorednsMetrics, _) => Cause::DnsPodDown,
+                    (Layer::Ingress | Layer::IngressFromPod, _) => Cause::IngressBroken,
+                    _ => return None,
+                };
+                (cause, x, None, Direction::None)
+            }
+            _ => return None,
+        })
+    }
+
+    fn forward_cause(&self, x: usize) -> Cause {
+        if self
+            .evidence(x)
+            .is_some_and(|e| e.ip_forward == Some(false))
+        {
+            Cause::IpForwardDisabled
+        } else {
+            Cause::ForwardRejected
+        }
+    }
+
+    /// The finding of one hypothesis the localiser chose.
+    fn model_finding(&mut self, h: Hyp, cells: &[CellKey]) {
+        let Some((cause, x, peer, direction)) = self.cause_of(h) else {
+            return;
+        };
+        let xn = self.nm(x);
+        let scope = h.narrow.words();
+        let hop = self.hop_words(h);
+        let mut evidence: Vec<String> = cells
+            .iter()
+            .take(4)
+            .filter_map(|&k| {
+                self.ix.cell(k).map(|c| {
+                    format!(
+                        "{} {} -> {}: {}",
+                        k.layer,
+                        self.ix.names[k.src],
+                        self.ix.col_name(k),
+                        describe(c)
+                    )
+                })
+            })
+            .collect();
+        if cells.len() > 4 {
+            evidence.push(format!(
+                "and {} more failing cells, all of whose paths cross {hop}",
+                cells.len() - 4
+            ));
+        }
+        if matches!(h.hop.kind, HopKind::ForwardOut | HopKind::ForwardIn)
+            && let Some((_, lines)) = self.node_fact(x)
+        {
+            evidence.extend(lines);
+        }
+        let only = if scope.is_empty() {
+            String::new()
+        } else {
+            format!("{scope} ")
+        };
+        let (summary, fix) = match h.hop.kind {
+            HopKind::OverlayIn | HopKind::BridgeIn => (
+                format!(
+                    "{xn} drops {only}traffic to its own addresses that arrives from {} (INPUT), while it forwards pod traffic through the same path",
+                    if h.hop.kind == HopKind::OverlayIn {
+                        "the overlay"
+                    } else {
+                        "its own pods"
+                    }
+                ),
+                format!(
+                    "on {xn}: `iptables -S INPUT; nft list ruleset | grep -i input` and look for a rule on {} or the pod range ahead of the accepts",
+                    if h.hop.kind == HopKind::OverlayIn {
+                        self.t.cluster.overlay.interface.as_str()
+                    } else {
+                        "cni0"
+                    }
+                ),
+            ),
+            HopKind::ForwardOut | HopKind::ForwardIn if !scope.is_empty() => (
+                format!(
+                    "{xn} forwards its pods' traffic but drops {scope} {}",
+                    if h.hop.kind == HopKind::ForwardIn {
+                        "into them"
+                    } else {
+                        "out of them"
+                    }
+                ),
+                format!(
+                    "on {xn}: `iptables -S FORWARD; nft list ruleset` and look for a rule matching {scope}{}",
+                    self.target_hint(cells)
+                ),
+            ),
+            HopKind::Endpoint if !scope.is_empty() => (
+                format!(
+                    "{} on {xn} does not answer {scope}, though its other traffic passes",
+                    self.col_names(cells)
+                ),
+                format!(
+                    "a rule or policy for {scope} to {} (a NetworkPolicy, the node's FORWARD chain), or the process's listener: `kubectl -n kube-system logs` for it",
+                    self.col_names(cells)
+                ),
+            ),
+            _ => (
+                format!("{hop} fails"),
+                format!("on {xn}: check {}", h.hop.kind.describe()),
+            ),
+        };
+        for k in cells {
+            self.claimed.insert(*k);
+        }
+        self.pending.extend(cells.iter().copied());
+        let weight = cells.len();
+        self.push(
+            3,
+            weight,
+            cause,
+            vec![x],
+            peer.into_iter().collect(),
+            direction,
+            hop,
+            summary,
+            evidence,
+            fix,
+        );
+    }
+
+    /// The target columns of some cells, for a fix.
+    fn col_names(&self, cells: &[CellKey]) -> String {
+        let names: BTreeSet<&str> = cells.iter().map(|&k| self.ix.col_name(k)).collect();
+        names.into_iter().take(3).collect::<Vec<_>>().join(", ")
+    }
+
+    fn target_hint(&self, cells: &[CellKey]) -> String {
+        let targets: BTreeSet<&str> = cells
+            .iter()
+            .filter(|k| matches!(k.col, Col::Target(_)))
+            .map(|&k| self.ix.col_name(k))
+            .collect();
+        if targets.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " toward {}",
+                targets.into_iter().take(3).collect::<Vec<_>>().join(", ")
+            )
+        }
+    }
+
+    // ---- alternatives ------------------------------------------------------------------
+
+    /// Gives each finding the nearest explanations of its cells that passing cells
+    /// rejected: the findings the verification withdrew first, then the other hops its
+    /// cells cross.
+    pub(crate) fn alternatives(&mut self) {
+        let withdrawn = std::mem::take(&mut self.withdrawn);
+        let mut all = std::mem::take(&mut self.found);
+        for r in &mut all {
+            if r.finding.alternatives.len() >= MAX_ALTERNATIVES || r.keys.is_empty() {
+                continue;
+            }
+            let mine: FxSet<CellKey> = r.keys.iter().copied().collect();
+            for w in &withdrawn {
+                if r.finding.alternatives.len() < MAX_ALTERNATIVES
+                    && w.keys.iter().any(|k| mine.contains(k))
+                {
+                    r.finding.alternatives.push(w.alternative.clone());
+                }
+            }
+            // The hops its first cells cross, nearest first: crossed by the most of them.
+            let mut count: FxMap<Hop, usize> = FxMap::default();
+            for &k in r.keys.iter().take(16) {
+                if let Some(p) = self.path_of(k) {
+                    let hops: FxSet<Hop> = p.hops().collect();
+                    for hop in hops {
+                        *count.entry(hop).or_default() += 1;
+                    }
+                }
+            }
+            let mut hops: Vec<(Hop, usize)> = count.into_iter().collect();
+            hops.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+            let own = self.own_causes(&r.finding);
+            for (hop, _) in hops {
+                if r.finding.alternatives.len() >= MAX_ALTERNATIVES {
+                    break;
+                }
+                let h = Hyp::any(hop);
+                let Some((cause, x, peer, _)) = self.cause_of(h) else {
+                    continue;
+                };
+                let nodes = vec![name(self.ix.names[x])];
+                let peers: Vec<_> = peer.map(|p| name(self.ix.names[p])).into_iter().collect();
+                if own.contains(&(cause.clone(), nodes.clone()))
+                    || r.finding
+                        .alternatives
+                        .iter()
+                        .any(|a| a.cause == cause && a.nodes == nodes)
+                {
+                    continue;
+                }
+                let ex = self.exonerating(h);
+                if ex.is_empty() {
+                    continue;
+                }
+                r.finding.alternatives.push(Alternative {
+                    cause,
+                    nodes,
+                    peers,
+                    hop: self.hop_words(h),
+                    rejected_by: format!(
+                        "{} crosses {}",
+                        self.passing_words(&ex),
+                        self.hop_words(h)
+                    ),
+                    rejecting_cells: self.cell_refs(&ex, MAX_ALTERNATIVE_CELLS),
+                });
+            }
+        }
+        self.found = all;
+    }
+
+    /// A finding's own (cause, nodes), so that it is not its own alternative.
+    fn own_causes(&self, f: &Finding) -> Vec<(Cause, Vec<meshprobe_core::NodeName>)> {
+        let mut v = vec![(f.cause.clone(), f.nodes.clone())];
+        // Forwarding's two causes are one hop: the evidence picks the id.
+        if matches!(f.cause, Cause::ForwardRejected | Cause::IpForwardDisabled) {
+            v.push((Cause::ForwardRejected, f.nodes.clone()));
+            v.push((Cause::IpForwardDisabled, f.nodes.clone()));
+        }
+        v
+    }
+}
