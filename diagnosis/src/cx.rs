@@ -40,6 +40,11 @@ pub(crate) struct Cx<'a> {
     pub(crate) cfg: Consistency,
     /// Findings the model withdrew: alternatives for whatever explains their cells.
     pub(crate) withdrawn: Vec<crate::model::Withdrawn>,
+    /// (cause, node) pairs an earlier pass withdrew: the detectors do not make them
+    /// again, so that what they would have explained is left to the right explanation.
+    pub(crate) veto: FxSet<(Cause, usize)>,
+    /// Set while the model makes a finding: the veto is for the detectors' findings.
+    pub(crate) from_model: bool,
     /// Each node's evidence, by index (looked up by name once).
     ev: Vec<Option<&'a NodeEvidence>>,
     /// What kube-proxy looks like on the nodes that report it (computed once).
@@ -131,7 +136,15 @@ impl<'a> Cx<'a> {
             icmp_only: FxSet::default(),
             cfg: Consistency::default(),
             withdrawn: Vec::new(),
+            veto: FxSet::default(),
+            from_model: false,
         }
+    }
+
+    /// Whether an earlier pass withdrew this finding (its hops are cleared by passing
+    /// cells).
+    pub(crate) fn vetoed(&self, cause: &Cause, x: usize) -> bool {
+        self.veto.contains(&(cause.clone(), x))
     }
 
     /// Claims the failing cells `f` accepts; returns how many were new.
@@ -205,6 +218,16 @@ impl<'a> Cx<'a> {
     /// losing most requests, all ten queries with half the pods reachable) has a cause of
     /// its own, left for the service detectors.
     pub(crate) fn claim_balanced_of(&mut self, x: usize) -> usize {
+        self.claim_balanced_of_layers(x, |_| true)
+    }
+
+    /// [`Cx::claim_balanced_of`] for the balanced layers `layers` accepts only (a fault
+    /// that breaks one protocol loses only that protocol's requests).
+    pub(crate) fn claim_balanced_of_layers(
+        &mut self,
+        x: usize,
+        layers: impl Fn(Layer) -> bool,
+    ) -> usize {
         if !self
             .ix
             .failing
@@ -243,7 +266,7 @@ impl<'a> Cx<'a> {
         }
         let within = |sent: f64, lost: f64, share: f64| !beyond_share(sent, lost, share);
         self.claim_where(|cx, k| {
-            if !BALANCED.contains(&k.layer) {
+            if !BALANCED.contains(&k.layer) || !layers(k.layer) {
                 return false;
             }
             if k.src == x || cx.ix.dst_node(k) == Some(x) {
@@ -565,6 +588,12 @@ impl<'a> Cx<'a> {
         fix: String,
     ) {
         let mut cells = std::mem::take(&mut self.pending);
+        if !self.from_model && nodes.first().is_some_and(|&x| self.vetoed(&cause, x)) {
+            for k in &cells {
+                self.claimed.remove(k);
+            }
+            return;
+        }
         cells.sort_unstable();
         let finding = Finding {
             cell_count: cells.len() as u32,

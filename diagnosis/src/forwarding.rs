@@ -127,6 +127,9 @@ impl Cx<'_> {
                 ),
             };
             let weight = (out.len() + inbound.len()) * 10;
+            if self.vetoed(&cause, x) {
+                continue;
+            }
             self.broken.insert(x, cause.clone());
             self.explain_node(&[Part::Pods, Part::Big], x);
             let weight = weight + self.claim_node(x, POD_TRAFFIC) + self.claim_balanced_of(x);

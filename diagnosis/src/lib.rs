@@ -74,24 +74,33 @@ pub fn diagnose(
     previous: &[Vec<FindingKey>],
     settings: &Settings,
 ) -> Diagnosis {
-    let mut cx = Cx::new(topology, report, settings);
-    cx.compare_configs();
-    cx.unreachable();
-    cx.tunnel_nodes();
-    cx.tunnel_pairs();
-    cx.forwarding();
-    cx.mtu();
-    cx.loss();
-    cx.dns();
-    cx.metrics();
-    cx.nodeport();
-    cx.ingress();
-    cx.service_backends();
-    cx.pod_services();
-    cx.lacking_outliers();
-    cx.degraded_probers();
-    cx.verify();
-    cx.localise();
+    // Findings the model withdraws are vetoed and the round diagnosed again, so that
+    // the detectors after them see their cells as unexplained (a few passes at most:
+    // each withdraws at least one more).
+    let mut veto = index::FxSet::default();
+    let mut withdrawn = Vec::new();
+    let mut pass = 0;
+    let mut cx = loop {
+        let mut cx = Cx::new(topology, report, settings);
+        cx.veto = veto.clone();
+        cx.detect();
+        pass += 1;
+        if cx.withdrawn.is_empty() || pass == MAX_PASSES {
+            cx.withdrawn.append(&mut withdrawn);
+            break cx;
+        }
+        for w in &cx.withdrawn {
+            if let Some(x) = w
+                .alternative
+                .nodes
+                .first()
+                .and_then(|n| cx.ix.pos.get(n.as_str()))
+            {
+                veto.insert((w.alternative.cause.clone(), *x));
+            }
+        }
+        withdrawn.append(&mut cx.withdrawn);
+    };
     cx.agents();
     cx.unexplained();
     cx.alternatives();
@@ -108,6 +117,34 @@ pub fn diagnose(
             .count() as u32;
     }
     Diagnosis { findings, warnings }
+}
+
+/// The most times a round is diagnosed (each pass after the first vetoes what the one
+/// before withdrew).
+const MAX_PASSES: usize = 4;
+
+impl Cx<'_> {
+    /// The detectors, in path order, then the model's verification and localisation.
+    fn detect(&mut self) {
+        let cx = self;
+        cx.compare_configs();
+        cx.unreachable();
+        cx.tunnel_nodes();
+        cx.tunnel_pairs();
+        cx.forwarding();
+        cx.mtu();
+        cx.loss();
+        cx.dns();
+        cx.metrics();
+        cx.nodeport();
+        cx.ingress();
+        cx.service_backends();
+        cx.pod_services();
+        cx.lacking_outliers();
+        cx.degraded_probers();
+        cx.verify();
+        cx.localise();
+    }
 }
 
 /// A finding and where it ranks: lower `rank` first, then larger `weight` (cells explained).

@@ -330,6 +330,15 @@ impl Cx<'_> {
         parts.join(", ")
     }
 
+    /// Why a hypothesis is rejected, in words.
+    fn rejection(&self, h: Hyp, ex: &[CellKey]) -> String {
+        format!(
+            "not {}: {}, through that hop",
+            self.hop_words(h),
+            self.passing_words(ex)
+        )
+    }
+
     fn cell_refs(&self, cells: &[CellKey], max: usize) -> Vec<CellRef> {
         cells
             .iter()
@@ -471,11 +480,7 @@ impl Cx<'_> {
                         nodes: f.nodes.clone(),
                         peers: f.peers.clone(),
                         hop: self.hop_words(*h),
-                        rejected_by: format!(
-                            "{} crosses {}",
-                            self.passing_words(ex),
-                            self.hop_words(*h)
-                        ),
+                        rejected_by: self.rejection(*h, ex),
                         rejecting_cells: self.cell_refs(ex, MAX_ALTERNATIVE_CELLS),
                     },
                     keys: std::mem::take(&mut r.keys),
@@ -490,11 +495,7 @@ impl Cx<'_> {
                         nodes: r.finding.nodes.clone(),
                         peers: r.finding.peers.clone(),
                         hop: self.hop_words(*h),
-                        rejected_by: format!(
-                            "{} crosses {}",
-                            self.passing_words(ex),
-                            self.hop_words(*h)
-                        ),
+                        rejected_by: self.rejection(*h, ex),
                         rejecting_cells: self.cell_refs(ex, MAX_ALTERNATIVE_CELLS),
                     });
                 }
@@ -582,7 +583,7 @@ impl Cx<'_> {
         }
         let mut cleared: FxMap<Hyp, bool> = FxMap::default();
         let mut uncovered: FxSet<CellKey> = left.iter().copied().collect();
-        let mut picks: Vec<(Hyp, Vec<CellKey>)> = Vec::new();
+        let mut picks: Vec<(Hyp, Vec<CellKey>, Vec<Hyp>)> = Vec::new();
         while !uncovered.is_empty() && picks.len() < MAX_PICKS {
             // Most uncovered cells, then evidence, then the widest scope, then the hop
             // order (deterministic).
@@ -631,10 +632,28 @@ impl Cx<'_> {
                             .is_some_and(|ks| cells.iter().all(|k| ks.contains(k)))
                 });
             if !ambiguous {
-                picks.push((h, cells));
+                // The same fault's other hops that explain these cells as well (the other
+                // direction of a round trip): the finding names them together.
+                let twins: Vec<Hyp> = rivals
+                    .iter()
+                    .filter(|r| {
+                        r.hop != h.hop
+                            && who(**r) == who(h)
+                            && cands
+                                .get(r)
+                                .is_some_and(|ks| cells.iter().all(|k| ks.contains(k)))
+                    })
+                    .copied()
+                    .fold(Vec::<Hyp>::new(), |mut v, t| {
+                        if !v.iter().any(|o| o.hop == t.hop) {
+                            v.push(t);
+                        }
+                        v
+                    });
+                picks.push((h, cells, twins));
             }
         }
-        for (h, cells) in picks {
+        for (h, cells, twins) in picks {
             let cells: Vec<CellKey> = cells
                 .into_iter()
                 .filter(|k| !self.claimed.contains(k))
@@ -650,7 +669,7 @@ impl Cx<'_> {
                     continue;
                 }
             }
-            self.model_finding(h, &cells);
+            self.model_finding(h, &cells, &twins);
         }
     }
 
@@ -713,13 +732,34 @@ impl Cx<'_> {
     }
 
     /// The finding of one hypothesis the localiser chose.
-    fn model_finding(&mut self, h: Hyp, cells: &[CellKey]) {
-        let Some((cause, x, peer, direction)) = self.cause_of(h) else {
+    fn model_finding(&mut self, h: Hyp, cells: &[CellKey], twins: &[Hyp]) {
+        let Some((cause, x, peer, mut direction)) = self.cause_of(h) else {
             return;
         };
+        let both = twins
+            .iter()
+            .filter_map(|t| self.cause_of(*t))
+            .any(|(_, _, _, d)| d != direction);
+        if both {
+            direction = Direction::Both;
+        }
         let xn = self.nm(x);
-        let scope = h.narrow.words();
-        let hop = self.hop_words(h);
+        let mut scope = h.narrow.words();
+        // One protocol, and every failing probe of it went to one port: say so (the rule
+        // may name the port; the probes cannot tell).
+        if h.narrow.proto.is_some() && h.narrow.port.is_none() {
+            let ports: BTreeSet<Option<u16>> = cells
+                .iter()
+                .filter_map(|&k| self.path_of(k).map(|p| p.scope.port))
+                .collect();
+            if let [Some(p)] = ports.into_iter().collect::<Vec<_>>()[..] {
+                scope = format!("{scope} (every failing probe of it is to port {p})");
+            }
+        }
+        let mut hop = self.hop_words(h);
+        for t in twins {
+            hop = format!("{hop}, and {}", self.hop_words(*t));
+        }
         let mut evidence: Vec<String> = cells
             .iter()
             .take(4)
@@ -773,10 +813,10 @@ impl Cx<'_> {
             HopKind::ForwardOut | HopKind::ForwardIn if !scope.is_empty() => (
                 format!(
                     "{xn} forwards its pods' traffic but drops {scope} {}",
-                    if h.hop.kind == HopKind::ForwardIn {
-                        "into them"
-                    } else {
-                        "out of them"
+                    match direction {
+                        Direction::Both => "to and from them",
+                        Direction::Inbound => "into them",
+                        _ => "out of them",
                     }
                 ),
                 format!(
@@ -803,7 +843,26 @@ impl Cx<'_> {
             self.claimed.insert(*k);
         }
         self.pending.extend(cells.iter().copied());
-        let weight = cells.len();
+        let mut weight = cells.len();
+        // A node hop that load-balanced requests cross when they land on x's backends
+        // (its forwarding into its pods, its decapsulation, its bridge) loses its share
+        // of them, for the traffic it breaks.
+        if matches!(
+            h.hop.kind,
+            HopKind::ForwardIn
+                | HopKind::ForwardOut
+                | HopKind::Decap
+                | HopKind::Encap
+                | HopKind::Bridge
+        ) {
+            let narrow = h.narrow;
+            let ports = Ports {
+                service: self.t.node_ports.first().map_or(0, |p| p.port),
+            };
+            weight +=
+                self.claim_balanced_of_layers(x, |l| narrow.covers(datapath::scope_of(l, ports)));
+        }
+        self.from_model = true;
         self.push(
             3,
             weight,
@@ -816,6 +875,7 @@ impl Cx<'_> {
             evidence,
             fix,
         );
+        self.from_model = false;
     }
 
     /// The target columns of some cells, for a fix.
@@ -861,24 +921,34 @@ impl Cx<'_> {
                 }
             }
             // The hops its first cells cross, nearest first: crossed by the most of them.
-            let mut count: FxMap<Hop, usize> = FxMap::default();
+            let mut count: FxMap<Hop, (usize, Narrow)> = FxMap::default();
             for &k in r.keys.iter().take(16) {
                 if let Some(p) = self.path_of(k) {
                     let hops: FxSet<Hop> = p.hops().collect();
+                    let own = Narrow {
+                        proto: Some(p.scope.proto),
+                        port: p.scope.port,
+                        size: None,
+                    };
                     for hop in hops {
-                        *count.entry(hop).or_default() += 1;
+                        count.entry(hop).or_insert((0, own)).0 += 1;
                     }
                 }
             }
-            let mut hops: Vec<(Hop, usize)> = count.into_iter().collect();
-            hops.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+            let mut hops: Vec<(Hop, (usize, Narrow))> = count.into_iter().collect();
+            hops.sort_by(|a, b| b.1.0.cmp(&a.1.0).then(a.0.cmp(&b.0)));
             let own = self.own_causes(&r.finding);
-            for (hop, _) in hops {
+            for (hop, (_, traffic)) in hops {
                 if r.finding.alternatives.len() >= MAX_ALTERNATIVES {
                     break;
                 }
                 let h = Hyp::any(hop);
-                let Some((cause, x, peer, _)) = self.cause_of(h) else {
+                // The cause it would be for these cells' traffic (kube-proxy's rules for
+                // DNS are the DNS service's, for a NodePort the NodePort's).
+                let Some((cause, x, peer, _)) = self.cause_of(Hyp {
+                    hop,
+                    narrow: traffic,
+                }) else {
                     continue;
                 };
                 let nodes = vec![name(self.ix.names[x])];
@@ -900,11 +970,7 @@ impl Cx<'_> {
                     nodes,
                     peers,
                     hop: self.hop_words(h),
-                    rejected_by: format!(
-                        "{} crosses {}",
-                        self.passing_words(&ex),
-                        self.hop_words(h)
-                    ),
+                    rejected_by: self.rejection(h, &ex),
                     rejecting_cells: self.cell_refs(&ex, MAX_ALTERNATIVE_CELLS),
                 });
             }

@@ -52,6 +52,9 @@ impl Cx<'_> {
                 format!("{p:?}").to_lowercase()
             ));
         }
+        if self.vetoed(&cause, x) {
+            return false;
+        }
         let fix = self.forwarding_fix(&cause, x);
         self.broken.insert(x, cause.clone());
         self.explain_node(&[Part::Pods, Part::Big], x);
@@ -108,6 +111,9 @@ impl Cx<'_> {
                     cited.clone(),
                 )
             {
+                continue;
+            }
+            if self.vetoed(&Cause::DnsPodDown, x) {
                 continue;
             }
             self.dns_down.insert(pod.name.clone());

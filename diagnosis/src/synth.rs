@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use meshprobe_core::capture::{CaptureSummary, PeerFlow, Sizes};
+use meshprobe_core::datapath::{self, Dest, Hop, HopKind, Ports, Proto, Scope, Site};
 use meshprobe_core::evidence::{
     DeviceState, FirewallRule, ForwardEvidence, KubeProxyEvidence, NeighbourEntry, NodeEvidence,
     OverlayConfig, OverlayEvidence,
@@ -90,6 +91,132 @@ pub enum Fault {
     /// Corefile's `acl`); everything else between them works. No rule names this one: it
     /// is left to an `unexplained` finding that says what works.
     DnsFiltered(usize, String),
+    /// Hops of the datapath model that drop this traffic: a fault no detector was
+    /// written for, stated as its effect on the path (see [`Fault::overlay_input_drop`],
+    /// [`Fault::forward_drop`]). `rule` is the firewall rule the node's agent reads
+    /// for it, if any.
+    Hops {
+        /// The node it is on.
+        node: usize,
+        /// The hops that drop.
+        hops: Vec<Hop>,
+        /// What they drop.
+        traffic: Traffic,
+        /// The FORWARD rule the agent reports for it.
+        forward_rule: Option<String>,
+    },
+}
+
+/// The traffic a [`Fault::Hops`] drops: everything (`None`s), one protocol, one port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Traffic {
+    /// Only this protocol.
+    pub proto: Option<Proto>,
+    /// Only this destination port.
+    pub port: Option<u16>,
+}
+
+impl Traffic {
+    /// Every packet.
+    pub const ALL: Traffic = Traffic {
+        proto: None,
+        port: None,
+    };
+
+    fn covers(self, s: Scope) -> bool {
+        self.proto.is_none_or(|p| p == s.proto) && self.port.is_none_or(|p| Some(p) == s.port)
+    }
+}
+
+fn on(kind: HopKind, x: usize) -> Hop {
+    Hop {
+        kind,
+        site: Site::Node(x),
+    }
+}
+
+impl Fault {
+    /// One fault of every kind the model has, on node `x` (with `y` the other end of a
+    /// pair, and `pod` a CoreDNS pod's name): the catalogue the property tests draw from,
+    /// so that a new kind is drawn the day it is added.
+    pub fn catalogue(x: usize, y: usize, pod: &str, loss: u8) -> Vec<Fault> {
+        let pod = pod.to_owned();
+        vec![
+            Fault::LinkDown(x),
+            Fault::VxlanIn(x),
+            Fault::VxlanOut(x),
+            Fault::ForwardOff(x),
+            Fault::ForwardReject(x),
+            Fault::PeerMissing(x, y),
+            Fault::Mtu(x),
+            Fault::Loss(x, loss),
+            Fault::DnsDown(pod.clone()),
+            Fault::MetricsBlocked(pod),
+            Fault::NodeportRemoved(x),
+            Fault::IngressDown,
+            Fault::AgentsSilent(x),
+            Fault::SickProber(x),
+            Fault::PathBlockedIn(x),
+            Fault::IcmpBlocked(x),
+            Fault::JumboMtu(x),
+            Fault::VxlanPort(x),
+            Fault::VtepChanged(x),
+            Fault::Unpublished(x),
+            Fault::PodSilent(x),
+            Fault::DnsRulesMissing(x),
+            Fault::PairBlocked(x, y),
+            Fault::BridgeMtu(x),
+            Fault::BackendDown(x),
+            Fault::MasqueradeMissing(x),
+            Fault::BridgeNfOff(x),
+            Fault::GatewayLost(x),
+            Fault::overlay_input_drop(x),
+            Fault::forward_drop(
+                x,
+                Traffic {
+                    proto: Some(Proto::Icmp),
+                    port: None,
+                },
+            ),
+            Fault::forward_drop(
+                x,
+                Traffic {
+                    proto: Some(Proto::Udp),
+                    port: Some(53),
+                },
+            ),
+        ]
+    }
+
+    /// `iptables -I INPUT -i flannel.1 -j DROP` on `x`: nothing from the overlay is
+    /// delivered to x's own addresses, while pod traffic through the tunnel is forwarded.
+    pub fn overlay_input_drop(x: usize) -> Fault {
+        Fault::Hops {
+            node: x,
+            hops: vec![on(HopKind::OverlayIn, x)],
+            traffic: Traffic::ALL,
+            forward_rule: None,
+        }
+    }
+
+    /// A FORWARD rule on `x` dropping `traffic` to and from its pods (ahead of the CNI's
+    /// accepts), as the agent reads it.
+    pub fn forward_drop(x: usize, traffic: Traffic) -> Fault {
+        let mut rule = String::from("-A FORWARD");
+        if let Some(p) = traffic.proto {
+            rule += &format!(" -p {}", p.as_str().to_ascii_lowercase());
+        }
+        if let Some(port) = traffic.port {
+            rule += &format!(" --dport {port}");
+        }
+        rule += " -j DROP";
+        Fault::Hops {
+            node: x,
+            hops: vec![on(HopKind::ForwardIn, x), on(HopKind::ForwardOut, x)],
+            traffic,
+            forward_rule: Some(rule),
+        }
+    }
 }
 
 impl Fault {
@@ -123,7 +250,8 @@ impl Fault {
             | Fault::MasqueradeMissing(x)
             | Fault::BridgeNfOff(x)
             | Fault::GatewayLost(x)
-            | Fault::DnsFiltered(x, _) => vec![*x],
+            | Fault::DnsFiltered(x, _)
+            | Fault::Hops { node: x, .. } => vec![*x],
             Fault::DnsDown(p) | Fault::MetricsBlocked(p) => t
                 .core_dns
                 .iter()
@@ -197,6 +325,9 @@ struct World<'a> {
     faults: &'a [Fault],
     dns_nodes: BTreeMap<String, usize>,
     ingress_node: usize,
+    ingress_port: u16,
+    nodeport: u16,
+    overlay_port: u16,
 }
 
 impl World<'_> {
@@ -256,7 +387,32 @@ impl World<'_> {
             && (!matches!(kind, ProbeKind::PodPod | ProbeKind::PodPodBig) || self.forwards(d));
         let reply_left = answered && can_send(d, s);
         let back = reply_left && path(d, s);
-        [left, arrived, reply_left, back]
+        let mut seen = [left, arrived, reply_left, back];
+        // A hop fault drops the packet where it sits: before the wire nothing is seen
+        // leaving, after it the packet arrives and is never answered.
+        let layer = match kind {
+            ProbeKind::HostGw => Layer::GatewayFromHost,
+            ProbeKind::PodGw => Layer::GatewayFromPod,
+            ProbeKind::PodPod => Layer::PodToPod,
+            ProbeKind::PodPodBig => Layer::PodToPodFullSize,
+        };
+        if self.has(|f| matches!(f, Fault::Hops { .. }))
+            && let Some(p) = datapath::path(layer, s, Dest::Node(d), Ports { service: 0 })
+        {
+            let wire = |leg: &[Hop]| leg.iter().position(|h| h.kind == HopKind::Wire);
+            let (req, rep) = self.hop_drops(&p);
+            if let (Some(b), Some(w)) = (req, wire(&p.request)) {
+                seen[0] &= b > w;
+                seen[1] &= b > w;
+                seen[2] = false;
+                seen[3] = false;
+            }
+            if let (Some(b), Some(w)) = (rep, wire(&p.reply)) {
+                seen[2] &= b > w;
+                seen[3] &= b > w;
+            }
+        }
+        seen
     }
     fn forwards(&self, x: usize) -> bool {
         !self.has(|f| matches!(f, Fault::ForwardOff(n) | Fault::ForwardReject(n) if *n == x))
@@ -281,8 +437,59 @@ impl World<'_> {
         self.has(|f| *f == Fault::SickProber(s))
     }
 
+    /// The datapath model's path of one probe of `layer` from node s to column `col`.
+    fn path(&self, layer: Layer, s: usize, col: &str, d: Option<usize>) -> Option<datapath::Path> {
+        use Layer::*;
+        let dest = match layer {
+            DnsService => Dest::Service,
+            DnsPod | CorednsMetrics => Dest::Target {
+                id: self.dns_nodes.keys().position(|p| p == col)?,
+                node: *self.dns_nodes.get(col)?,
+            },
+            Ingress | IngressFromPod => Dest::Target {
+                id: usize::MAX,
+                node: self.ingress_node,
+            },
+            _ => Dest::Node(d?),
+        };
+        let service = match layer {
+            Ingress | IngressFromPod => self.ingress_port,
+            _ => self.nodeport,
+        };
+        datapath::path(layer, s, dest, Ports { service })
+    }
+
+    /// Where a [`Fault::Hops`] fault drops the probe's request and reply: the position of
+    /// the first dropping hop on each leg.
+    fn hop_drops(&self, path: &datapath::Path) -> (Option<usize>, Option<usize>) {
+        let drops = |hop: Hop| {
+            self.faults.iter().any(|f| match f {
+                Fault::Hops { hops, traffic, .. } => {
+                    hops.contains(&hop) && traffic.covers(path.scope_at(hop, self.overlay_port))
+                }
+                _ => false,
+            })
+        };
+        (
+            path.request.iter().position(|h| drops(*h)),
+            path.reply.iter().position(|h| drops(*h)),
+        )
+    }
+
+    fn hops_pass(&self, layer: Layer, s: usize, col: &str, d: Option<usize>) -> bool {
+        if !self.has(|f| matches!(f, Fault::Hops { .. })) {
+            return true;
+        }
+        self.path(layer, s, col, d)
+            .is_none_or(|p| self.hop_drops(&p) == (None, None))
+    }
+
     /// Whether one probe of `layer` from node s to column `col` works (ignoring loss).
     fn works(&self, layer: Layer, s: usize, col: &str, d: Option<usize>) -> bool {
+        self.hops_pass(layer, s, col, d) && self.works_but_hops(layer, s, col, d)
+    }
+
+    fn works_but_hops(&self, layer: Layer, s: usize, col: &str, d: Option<usize>) -> bool {
         use Layer::*;
         let d_node = match layer {
             DnsPod | CorednsMetrics => self.dns_nodes.get(col).copied(),
@@ -466,6 +673,9 @@ impl<'a> Model<'a> {
                 .first()
                 .and_then(|g| t.nodes.iter().position(|n| n.internal_ip == g.address))
                 .unwrap_or(0),
+            ingress_port: t.ingresses.first().map_or(80, |g| g.port),
+            nodeport: t.node_ports.first().map_or(0, |p| p.port),
+            overlay_port: t.cluster.overlay.port,
         };
         Self {
             t,
@@ -793,6 +1003,19 @@ fn evidence_of(t: &Topology, faults: &[Fault], x: usize, peers: &[usize]) -> Nod
                         t.nodes[*b].internal_ip
                     ),
                 });
+            }
+            Fault::Hops {
+                node,
+                forward_rule: Some(rule),
+                ..
+            } if *node == x => {
+                if let Some(fwd) = ev.forward.as_mut() {
+                    fwd.blocking_rules.push(FirewallRule {
+                        table: "filter".into(),
+                        chain: "FORWARD".into(),
+                        rule: rule.clone(),
+                    });
+                }
             }
             Fault::PeerMissing(a, b) if *a == x => {
                 if let Some(o) = ev.overlay.as_mut() {

@@ -238,6 +238,9 @@ impl Cx<'_> {
                     )
                 };
             }
+            if self.vetoed(&cause, x) {
+                continue;
+            }
             self.broken.insert(x, cause.clone());
             self.explain_node(&[Part::Network, Part::Pods, Part::Big], x);
             let cells = self.claim_node(x, OVERLAY) + self.claim_balanced_of(x);

@@ -21,37 +21,9 @@ use meshprobe_diagnosis::{Settings, diagnose};
 fn random_fault(rng: &mut fastrand::Rng, n: usize) -> Fault {
     let x = rng.usize(0..n);
     let y = (x + rng.usize(1..n)) % n;
-    let pod = if rng.bool() { "coredns-a" } else { "coredns-b" }.to_owned();
-    match rng.usize(0..28) {
-        0 => Fault::LinkDown(x),
-        1 => Fault::VxlanIn(x),
-        2 => Fault::VxlanOut(x),
-        3 => Fault::ForwardOff(x),
-        4 => Fault::ForwardReject(x),
-        5 => Fault::PeerMissing(x, y),
-        6 => Fault::Mtu(x),
-        7 => Fault::Loss(x, [30, 50, 80][rng.usize(0..3)]),
-        8 => Fault::DnsDown(pod),
-        9 => Fault::MetricsBlocked(pod),
-        10 => Fault::NodeportRemoved(x),
-        11 => Fault::IngressDown,
-        12 => Fault::AgentsSilent(x),
-        13 => Fault::SickProber(x),
-        14 => Fault::PathBlockedIn(x),
-        15 => Fault::IcmpBlocked(x),
-        16 => Fault::JumboMtu(x),
-        17 => Fault::VxlanPort(x),
-        18 => Fault::VtepChanged(x),
-        19 => Fault::Unpublished(x),
-        20 => Fault::PodSilent(x),
-        21 => Fault::DnsRulesMissing(x),
-        22 => Fault::PairBlocked(x, y),
-        23 => Fault::BridgeMtu(x),
-        24 => Fault::BackendDown(x),
-        25 => Fault::MasqueradeMissing(x),
-        26 => Fault::BridgeNfOff(x),
-        _ => Fault::GatewayLost(x),
-    }
+    let pod = if rng.bool() { "coredns-a" } else { "coredns-b" };
+    let mut all = Fault::catalogue(x, y, pod, [30, 50, 80][rng.usize(0..3)]);
+    all.swap_remove(rng.usize(0..all.len()))
 }
 
 /// The seeds to run: MESHPROBE_TEST_SEED replays one, MESHPROBE_TEST_SEEDS=N runs 0..N
