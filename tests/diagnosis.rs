@@ -58,6 +58,15 @@ fn expected(plan: &LabPlan, f: &Fault) -> (&'static str, String, Option<String>)
         Fault::MasqueradeMissing { .. } => ("nodeport-broken", on(node), None),
         Fault::BridgeNfOff { .. } => ("dns-service-broken", on(node), None),
         Fault::BridgeAddrLost { .. } => ("pod-gateway-missing", on(node), None),
+        Fault::OverlayInputDrop { .. } => ("host-input-blocked", on(node), None),
+        Fault::IcmpForwardDrop { .. } => ("forward-rejected", on(node), None),
+        Fault::DnsPortDrop { pod } => (
+            "forward-rejected",
+            plan.coredns_node(pod)
+                .map(|n| n.name.clone())
+                .unwrap_or_default(),
+            None,
+        ),
         Fault::Loss { .. } => ("packet-loss", on(node), None),
         // Not data-path faults: no finding is expected of them.
         Fault::CoordinatorDown
@@ -139,6 +148,9 @@ fn every_kind(plan: &LabPlan, rng: &mut fastrand::Rng) -> Vec<Fault> {
             node: format!("n{}", rng.usize(1..=2)),
         },
         Fault::BridgeAddrLost { node: node(rng) },
+        Fault::OverlayInputDrop { node: node(rng) },
+        Fault::IcmpForwardDrop { node: node(rng) },
+        Fault::DnsPortDrop { pod: pod(rng) },
     ]
 }
 

@@ -9,6 +9,7 @@ mod common;
 use std::time::Duration;
 
 use common::{check, check_until_healthy, lab_or_skip};
+use meshprobe_core::datapath::{self, Dest, Hop, HopKind, Ports, Proto, Site};
 use meshprobe_core::{CellState, Layer};
 use meshprobe_sandbox::{Fault, LabPlan};
 
@@ -22,9 +23,92 @@ enum Exp {
     Any,
 }
 
+/// The hops a fault drops, and what traffic: the kinds written after the datapath model
+/// are stated this way, and their cells follow from the model's paths
+/// (`meshprobe_core::datapath`), not from a table written for them.
+fn model_fault(p: &LabPlan, f: &Fault) -> Option<(Vec<Hop>, Option<Proto>, Option<u16>)> {
+    let ix = |n: &str| p.nodes.iter().position(|x| x.name == n);
+    let at = |kind, x| Hop {
+        kind,
+        site: Site::Node(x),
+    };
+    Some(match f {
+        Fault::OverlayInputDrop { node } => (vec![at(HopKind::OverlayIn, ix(node)?)], None, None),
+        Fault::IcmpForwardDrop { node } => {
+            let x = ix(node)?;
+            (
+                vec![at(HopKind::ForwardIn, x), at(HopKind::ForwardOut, x)],
+                Some(Proto::Icmp),
+                None,
+            )
+        }
+        Fault::DnsPortDrop { pod } => {
+            let x = ix(&p.coredns_node(pod)?.name)?;
+            (vec![at(HopKind::ForwardIn, x)], Some(Proto::Udp), Some(53))
+        }
+        _ => return None,
+    })
+}
+
+/// A cell's expectation from the datapath model: it fails when its path crosses a hop
+/// that drops its traffic; a load-balanced cell whose backends may sit behind one is
+/// `Any`.
+fn model_expect(p: &LabPlan, f: &Fault, layer: Layer, s: &str, d: &str) -> Option<Exp> {
+    use Layer::*;
+    let (hops, proto, port) = model_fault(p, f)?;
+    let ix = |n: &str| p.nodes.iter().position(|x| x.name == n);
+    let si = ix(s)?;
+    let dns_pods: Vec<(usize, usize)> = ["coredns-a", "coredns-b"]
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| Some((i, ix(&p.coredns_node(c)?.name)?)))
+        .collect();
+    let dest = match layer {
+        DnsPod | CorednsMetrics => {
+            let id = ["coredns-a", "coredns-b"].iter().position(|c| *c == d)?;
+            Dest::Target {
+                id,
+                node: ix(&p.coredns_node(d)?.name)?,
+            }
+        }
+        Ingress | IngressFromPod => Dest::Target {
+            id: 99,
+            node: ix(&p.ingress().name)?,
+        },
+        DnsService => Dest::Service,
+        _ => Dest::Node(ix(d)?),
+    };
+    let ports = Ports { service: 80 };
+    let drops = |path: &meshprobe_core::datapath::Path| {
+        path.crossings(8472).any(|(h, sc)| {
+            hops.contains(&h)
+                && proto.is_none_or(|x| x == sc.proto)
+                && port.is_none_or(|x| Some(x) == sc.port)
+        })
+    };
+    let path = datapath::path(layer, si, dest, ports)?;
+    if drops(&path) {
+        return Some(Exp::Fail);
+    }
+    if layer == DnsService {
+        // Each query lands on one CoreDNS pod.
+        let behind = dns_pods.iter().any(|&(id, node)| {
+            datapath::path(DnsPod, si, Dest::Target { id, node }, ports).is_some_and(|p| drops(&p))
+        });
+        return Some(if behind { Exp::Any } else { Exp::Ok });
+    }
+    if path.balanced && proto.is_none_or(|x| x == Proto::Tcp) {
+        return Some(Exp::Any);
+    }
+    Some(Exp::Ok)
+}
+
 /// The expectation for one cell, derived from the path its packets take.
 fn expect(p: &LabPlan, f: &Fault, layer: Layer, s: &str, d: &str) -> Exp {
     use Layer::*;
+    if let Some(e) = model_expect(p, f, layer, s, d) {
+        return e;
+    }
     // The node the destination lives on ("" for the load-balanced service IP).
     let dn: String = match layer {
         DnsPod | CorednsMetrics => p
@@ -185,6 +269,10 @@ fn expect(p: &LabPlan, f: &Fault, layer: Layer, s: &str, d: &str) -> Exp {
         Fault::NodeportRemoved { node: x } => yes(layer == Nodeport && d == x),
         Fault::IngressDown => yes(layer == Ingress),
         Fault::CoordinatorDown | Fault::ApiServerDown => Exp::Any,
+        // Stated as hops: `model_expect` answered above.
+        Fault::OverlayInputDrop { .. }
+        | Fault::IcmpForwardDrop { .. }
+        | Fault::DnsPortDrop { .. } => Exp::Any,
         // Events are over once injected: the datapath is whole again
         // (tests/connection_state.rs checks that the mesh says so at once).
         Fault::ConntrackFlush { .. }
@@ -531,6 +619,33 @@ fn fault_bridge_nf_off() {
 #[test]
 fn fault_bridge_addr_lost() {
     fault_round_trip(Fault::BridgeAddrLost { node: on("n2") });
+}
+
+/// Written after the datapath model, found by it: a host firewall that drops what arrives
+/// from the overlay is local delivery, not VXLAN (pod-to-pod through the tunnel passes).
+#[test]
+fn fault_overlay_input_drop() {
+    fault_round_trip(Fault::OverlayInputDrop { node: on("n2") });
+}
+
+/// ICMP dropped in FORWARD: TCP and UDP through the node pass, so it is not "does not
+/// forward".
+#[test]
+fn fault_icmp_forward_drop() {
+    fault_round_trip(Fault::IcmpForwardDrop { node: on("n3") });
+}
+
+/// DNS to coredns-b dropped for other nodes' pods: its own node's pods resolve, so the
+/// pod is not down.
+#[test]
+fn fault_dns_port_drop() {
+    random_fault_round_trip(
+        Fault::DnsPortDrop {
+            pod: "coredns-b".into(),
+        },
+        "forward-rejected",
+        &["n2"],
+    );
 }
 
 #[test]

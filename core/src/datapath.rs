@@ -222,6 +222,26 @@ impl Path {
         }
     }
 
+    /// Every hop with what the packet is there, request then reply: a reply's
+    /// destination port is the prober's own (ephemeral) one, so a rule for the request's
+    /// port does not match it.
+    pub fn crossings(&self, overlay_port: u16) -> impl Iterator<Item = (Hop, Scope)> + '_ {
+        let request = self
+            .request
+            .iter()
+            .map(move |&h| (h, self.scope_at(h, overlay_port)));
+        let reply = self.reply.iter().map(move |&h| {
+            let mut s = self.scope_at(h, overlay_port);
+            let outer = self.tunnelled()
+                && matches!(h.kind, HopKind::Encap | HopKind::Wire | HopKind::Decap);
+            if !outer {
+                s.port = None;
+            }
+            (h, s)
+        });
+        request.chain(reply)
+    }
+
     /// Every hop, request then reply (a hop crossed on both legs appears twice).
     pub fn hops(&self) -> impl Iterator<Item = Hop> + '_ {
         self.request.iter().chain(&self.reply).copied()
@@ -497,6 +517,23 @@ mod tests {
         );
         let under = path(Layer::Underlay, 0, Dest::Node(1), P).expect("path");
         assert_eq!(under.scope_at(wire, 8472).proto, Proto::Icmp);
+        // A DNS reply is not to port 53; its encapsulation still is to the overlay's.
+        let dns = path(Layer::DnsPod, 0, Dest::Target { id: 1, node: 1 }, P).expect("path");
+        let reply: Vec<(Hop, Scope)> = dns.crossings(8472).skip(dns.request.len()).collect();
+        assert!(
+            reply
+                .iter()
+                .any(|(h, s)| h.kind == HopKind::ForwardIn && s.port.is_none())
+        );
+        assert!(
+            reply
+                .iter()
+                .any(|(h, s)| h.kind == HopKind::Wire && s.port == Some(8472))
+        );
+        assert!(
+            dns.crossings(8472)
+                .any(|(h, s)| h.kind == HopKind::ForwardIn && s.port == Some(53))
+        );
     }
 
     #[test]

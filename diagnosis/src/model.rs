@@ -218,8 +218,8 @@ impl Cx<'_> {
     fn crosses(&self, k: CellKey, h: Hyp) -> bool {
         let port = self.t.cluster.overlay.port;
         self.path_of(k).is_some_and(|p| {
-            p.hops()
-                .any(|x| x == h.hop && h.narrow.covers(p.scope_at(x, port)))
+            p.crossings(port)
+                .any(|(x, s)| x == h.hop && h.narrow.covers(s))
         })
     }
 
@@ -572,8 +572,8 @@ impl Cx<'_> {
         for &k in &left {
             let Some(p) = self.path_of(k) else { continue };
             let mut seen: FxSet<Hyp> = FxSet::default();
-            for hop in p.hops() {
-                for narrow in Narrow::of(p.scope_at(hop, port)) {
+            for (hop, scope) in p.crossings(port) {
+                for narrow in Narrow::of(scope) {
                     let h = Hyp { hop, narrow };
                     if seen.insert(h) {
                         cands.entry(h).or_default().push(k);

@@ -462,18 +462,15 @@ impl World<'_> {
     /// Where a [`Fault::Hops`] fault drops the probe's request and reply: the position of
     /// the first dropping hop on each leg.
     fn hop_drops(&self, path: &datapath::Path) -> (Option<usize>, Option<usize>) {
-        let drops = |hop: Hop| {
+        let drops = |(hop, scope): &(Hop, Scope)| {
             self.faults.iter().any(|f| match f {
-                Fault::Hops { hops, traffic, .. } => {
-                    hops.contains(&hop) && traffic.covers(path.scope_at(hop, self.overlay_port))
-                }
+                Fault::Hops { hops, traffic, .. } => hops.contains(hop) && traffic.covers(*scope),
                 _ => false,
             })
         };
-        (
-            path.request.iter().position(|h| drops(*h)),
-            path.reply.iter().position(|h| drops(*h)),
-        )
+        let all: Vec<(Hop, Scope)> = path.crossings(self.overlay_port).collect();
+        let (req, rep) = all.split_at(path.request.len());
+        (req.iter().position(drops), rep.iter().position(drops))
     }
 
     fn hops_pass(&self, layer: Layer, s: usize, col: &str, d: Option<usize>) -> bool {

@@ -52,7 +52,11 @@ fn rejected(r: &CheckReport, f: &Finding, cause: &str, node: &str) -> String {
         let cell = r
             .cell(c.layer, c.from.as_str(), &c.to)
             .unwrap_or_else(|| panic!("{c:?} is not in the report"));
-        assert_eq!(cell.state, CellState::Ok, "{c:?} rejects {cause} but does not pass");
+        assert_eq!(
+            cell.state,
+            CellState::Ok,
+            "{c:?} rejects {cause} but does not pass"
+        );
     }
     let first = &a.rejecting_cells[0];
     assert!(
@@ -136,7 +140,9 @@ fn issue_21_a_rule_for_one_protocol_is_not_does_not_forward() {
             // "Does not forward" (any traffic) is rejected by the TCP and UDP it forwards.
             let layers = layers_of(top, "forward-rejected", &xn);
             assert!(
-                layers.iter().any(|l| l.starts_with("dns") || l.starts_with("nodeport")),
+                layers
+                    .iter()
+                    .any(|l| l.starts_with("dns") || l.starts_with("nodeport")),
                 "{layers:?}\n{}",
                 dump(&f)
             );
@@ -169,7 +175,11 @@ fn issue_21_a_dns_port_rule_is_not_a_dead_coredns_pod() {
             "{}",
             dump(&f)
         );
-        assert!(f.iter().all(|g| g.cause.as_str() != "dns-pod-down"), "{}", dump(&f));
+        assert!(
+            f.iter().all(|g| g.cause.as_str() != "dns-pod-down"),
+            "{}",
+            dump(&f)
+        );
         all_claimed(&r, &f);
         // The pod answers its own node's pods: not down.
         let why = rejected(&r, top, "dns-pod-down", "n2");

@@ -194,6 +194,25 @@ pub enum Fault {
         /// Node.
         node: String,
     },
+    /// The node's INPUT chain drops whatever arrives from `flannel.1` (a host firewall
+    /// that trusts only its NIC and `cni0`): its gateway and overlay address answer
+    /// nobody on other nodes, while pod traffic through the same tunnel is forwarded.
+    OverlayInputDrop {
+        /// Node.
+        node: String,
+    },
+    /// The node's FORWARD chain drops ICMP ahead of the CNI's accepts (a security policy
+    /// against ping): its pods' TCP and UDP are forwarded, their ICMP is not.
+    IcmpForwardDrop {
+        /// Node.
+        node: String,
+    },
+    /// A FORWARD rule on a CoreDNS pod's node drops DNS arriving from the overlay for that
+    /// pod: its own node's pods resolve through it, the other nodes' do not.
+    DnsPortDrop {
+        /// The CoreDNS pod.
+        pod: String,
+    },
     /// Event: `conntrack -F` on one node, or on every node (what a kube-proxy or CNI
     /// restart, or an operator, does): every NATed flow loses its mapping.
     ConntrackFlush {
@@ -237,7 +256,7 @@ pub enum Action {
 }
 
 /// The names of every fault kind, as the CLI takes them.
-pub const KINDS: [&str; 34] = [
+pub const KINDS: [&str; 37] = [
     "vxlan-drop-in",
     "vxlan-drop-out",
     "ip-forward-off",
@@ -272,6 +291,9 @@ pub const KINDS: [&str; 34] = [
     "masquerade-missing",
     "bridge-nf-off",
     "bridge-addr-lost",
+    "overlay-input-drop",
+    "icmp-forward-drop",
+    "dns-port-drop",
 ];
 
 const TAG: &str = "-m comment --comment meshprobe-fault";
@@ -368,6 +390,9 @@ impl Fault {
             "masquerade-missing" => Fault::MasqueradeMissing { node: need_node()? },
             "bridge-nf-off" => Fault::BridgeNfOff { node: need_node()? },
             "bridge-addr-lost" => Fault::BridgeAddrLost { node: need_node()? },
+            "overlay-input-drop" => Fault::OverlayInputDrop { node: need_node()? },
+            "icmp-forward-drop" => Fault::IcmpForwardDrop { node: need_node()? },
+            "dns-port-drop" => Fault::DnsPortDrop { pod },
             "loss" => {
                 let percent = percent.unwrap_or(50);
                 if !(1..=100).contains(&percent) {
@@ -416,10 +441,13 @@ impl Fault {
             | Fault::MasqueradeMissing { node }
             | Fault::BridgeNfOff { node }
             | Fault::BridgeAddrLost { node }
+            | Fault::OverlayInputDrop { node }
+            | Fault::IcmpForwardDrop { node }
             | Fault::Loss { node, .. } => Some(node),
             Fault::ConntrackFlush { node } => node.as_deref(),
             Fault::DnsDown { .. }
             | Fault::MetricsBlocked { .. }
+            | Fault::DnsPortDrop { .. }
             | Fault::IngressDown
             | Fault::CoordinatorDown
             | Fault::CoordinatorRestart
@@ -457,7 +485,7 @@ impl Fault {
                     return Err("--peer must differ from --node".to_owned());
                 }
             }
-            Fault::DnsDown { pod } | Fault::MetricsBlocked { pod } => {
+            Fault::DnsDown { pod } | Fault::MetricsBlocked { pod } | Fault::DnsPortDrop { pod } => {
                 plan.coredns_node(pod)
                     .ok_or_else(|| format!("no CoreDNS pod {pod:?} (coredns-a, coredns-b)"))?;
             }
@@ -521,6 +549,32 @@ impl Fault {
             Fault::CoordinatorRestart => return Action::Restart("coordinator".into()),
             Fault::HostAgentRestart { node } => {
                 return Action::Restart(format!("agent/{node}/host"));
+            }
+            Fault::OverlayInputDrop { node: n } => {
+                let ns = node(n).map(|n| n.ns).unwrap_or_default();
+                vec![Step::iptables(
+                    &ns,
+                    &format!("{op} INPUT -i flannel.1 {TAG} -j DROP"),
+                )]
+            }
+            Fault::IcmpForwardDrop { node: n } => {
+                let ns = node(n).map(|n| n.ns).unwrap_or_default();
+                vec![Step::iptables(
+                    &ns,
+                    &format!("{op} FORWARD -p icmp {TAG} -j DROP"),
+                )]
+            }
+            Fault::DnsPortDrop { pod } => {
+                let Some(n) = plan.coredns_node(pod) else {
+                    return Action::Steps(vec![]);
+                };
+                vec![Step::iptables(
+                    &n.ns,
+                    &format!(
+                        "{op} FORWARD -i flannel.1 -d {}/32 -p udp --dport 53 {TAG} -j DROP",
+                        n.pod_ip(PodKind::Dns)
+                    ),
+                )]
             }
             Fault::IcmpBlocked { node: n } => {
                 let ns = node(n).map(|n| n.ns).unwrap_or_default();
@@ -905,6 +959,9 @@ impl fmt::Display for Fault {
             Fault::CoordinatorRestart => write!(f, "coordinator-restart"),
             Fault::HostAgentRestart { node } => write!(f, "host-agent-restart on {node}"),
             Fault::IcmpBlocked { node } => write!(f, "icmp-blocked on {node}"),
+            Fault::OverlayInputDrop { node } => write!(f, "overlay-input-drop on {node}"),
+            Fault::IcmpForwardDrop { node } => write!(f, "icmp-forward-drop on {node}"),
+            Fault::DnsPortDrop { pod } => write!(f, "dns-port-drop toward {pod}"),
             Fault::JumboMtu { node } => write!(f, "jumbo-mtu (9000) on {node}"),
             Fault::VxlanPort { node } => write!(f, "vxlan-port 4789 on {node}"),
             Fault::VxlanVni { node } => write!(f, "vxlan-vni 2 on {node}"),
