@@ -57,6 +57,9 @@ fn cell_text(c: &CellView<'_>) -> String {
     }
 }
 
+/// The most rejected alternatives the table prints per finding (JSON has them all).
+const MAX_ALTERNATIVE_LINES: usize = 2;
+
 /// The most evidence lines the table prints per finding.
 const MAX_EVIDENCE_LINES: usize = 12;
 
@@ -279,6 +282,20 @@ fn head(report: &CheckReport, style: Style) -> String {
                     f.evidence.len() - MAX_EVIDENCE_LINES
                 );
             }
+            for a in f.alternatives.iter().take(MAX_ALTERNATIVE_LINES) {
+                let _ = writeln!(
+                    out,
+                    "   ruled out {} on {}: {}",
+                    esc(a.cause.as_str()),
+                    esc(&a
+                        .nodes
+                        .iter()
+                        .map(|n| n.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")),
+                    esc(&a.rejected_by)
+                );
+            }
             let _ = writeln!(out, "   next: {}", esc(&f.fix));
         }
     }
@@ -447,7 +464,8 @@ mod tests {
             "findings": [{
                 "cause": format!("x{evil}"), "nodes": ["n1"], "peers": [],
                 "direction": "inbound", "hop": evil, "summary": evil,
-                "evidence": [evil, "line\nforged line"], "fix": evil
+                "evidence": [evil, "line\nforged line"], "fix": evil,
+                "alternatives": [{"cause": evil, "nodes": ["n2"], "rejectedBy": evil}]
             }],
             "warnings": [evil],
         });
@@ -459,6 +477,7 @@ mod tests {
             assert!(!out.contains('\u{1b}') && !out.contains('\u{7}'), "{out}");
             assert!(out.contains("\\u{1b}]0;pwned"), "{out}");
             assert!(!out.contains("\nforged line"), "{out}");
+            assert!(out.contains("   ruled out \\u{1b}]0;pwned"), "{out}");
         }
     }
 }

@@ -45,6 +45,9 @@ pub(crate) struct Cx<'a> {
     pub(crate) veto: FxSet<(Cause, usize)>,
     /// Set while the model makes a finding: the veto is for the detectors' findings.
     pub(crate) from_model: bool,
+    /// Each target's endpoint id (one per CoreDNS pod or ingress across its layers),
+    /// worked out once.
+    pub(crate) endpoints: std::cell::OnceCell<Vec<usize>>,
     /// Each node's evidence, by index (looked up by name once).
     ev: Vec<Option<&'a NodeEvidence>>,
     /// What kube-proxy looks like on the nodes that report it (computed once).
@@ -138,6 +141,7 @@ impl<'a> Cx<'a> {
             withdrawn: Vec::new(),
             veto: FxSet::default(),
             from_model: false,
+            endpoints: std::cell::OnceCell::new(),
         }
     }
 

@@ -177,21 +177,24 @@ impl Cx<'_> {
     /// One id per target across layers: a CoreDNS pod's DNS and metrics columns are one
     /// endpoint, as are an ingress's host and pod columns.
     fn endpoint(&self, id: usize) -> usize {
-        let t = &self.ix.targets[id];
-        let family = |l: Layer| match l {
-            Layer::DnsPod | Layer::CorednsMetrics => 1,
-            Layer::Ingress | Layer::IngressFromPod => 2,
-            _ => 0,
-        };
-        let f = family(t.layer);
-        if f == 0 {
-            return id;
-        }
-        self.ix
-            .targets
-            .iter()
-            .position(|o| family(o.layer) == f && o.name == t.name)
-            .unwrap_or(id)
+        let ends = self.endpoints.get_or_init(|| {
+            let family = |l: Layer| match l {
+                Layer::DnsPod | Layer::CorednsMetrics => 1u8,
+                Layer::Ingress | Layer::IngressFromPod => 2,
+                _ => 0,
+            };
+            let mut first: FxMap<(u8, &str), usize> = FxMap::default();
+            self.ix
+                .targets
+                .iter()
+                .enumerate()
+                .map(|(i, t)| match family(t.layer) {
+                    0 => i,
+                    f => *first.entry((f, t.name)).or_insert(i),
+                })
+                .collect()
+        });
+        ends.get(id).copied().unwrap_or(id)
     }
 
     /// The path a cell's probes take.

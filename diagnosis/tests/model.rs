@@ -46,7 +46,7 @@ fn rejected(r: &CheckReport, f: &Finding, cause: &str, node: &str) -> String {
         .alternatives
         .iter()
         .find(|a| a.cause.as_str() == cause && a.nodes.iter().any(|n| n.as_str() == node))
-        .unwrap_or_else(|| panic!("no alternative {cause} {node} in\n{}", dump(&[f.clone()])));
+        .unwrap_or_else(|| panic!("no alternative {cause} {node} in\n{}", dump(std::slice::from_ref(f))));
     assert!(!a.rejecting_cells.is_empty(), "{a:?}");
     for c in &a.rejecting_cells {
         let cell = r
@@ -198,7 +198,7 @@ fn alternatives_of_known_faults_name_passing_cells_only() {
         Fault::DnsDown("coredns-a".into()),
     ];
     for fault in faults {
-        let (r, f) = run(6, &[fault.clone()]);
+        let (r, f) = run(6, std::slice::from_ref(&fault));
         assert!(!f.is_empty(), "{fault:?}");
         for g in &f {
             for a in &g.alternatives {
