@@ -46,7 +46,12 @@ fn rejected(r: &CheckReport, f: &Finding, cause: &str, node: &str) -> String {
         .alternatives
         .iter()
         .find(|a| a.cause.as_str() == cause && a.nodes.iter().any(|n| n.as_str() == node))
-        .unwrap_or_else(|| panic!("no alternative {cause} {node} in\n{}", dump(std::slice::from_ref(f))));
+        .unwrap_or_else(|| {
+            panic!(
+                "no alternative {cause} {node} in\n{}",
+                dump(std::slice::from_ref(f))
+            )
+        });
     assert!(!a.rejecting_cells.is_empty(), "{a:?}");
     for c in &a.rejecting_cells {
         let cell = r
