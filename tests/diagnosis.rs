@@ -24,7 +24,8 @@ fn expected(plan: &LabPlan, f: &Fault) -> (&'static str, String, Option<String>)
         Fault::FdbMissing { peer, .. }
         | Fault::RouteMissing { peer, .. }
         | Fault::NeighMissing { peer, .. }
-        | Fault::VtepStale { peer, .. } => ("overlay-peer-missing", on(node), Some(peer.clone())),
+        | Fault::VtepStale { peer, .. }
+        | Fault::RouteHijack { peer, .. } => ("overlay-peer-missing", on(node), Some(peer.clone())),
         Fault::UnderlayMtu { .. } => ("mtu-mismatch", on(node), None),
         Fault::DnsDown { pod } => (
             "dns-pod-down",
@@ -151,6 +152,10 @@ fn every_kind(plan: &LabPlan, rng: &mut fastrand::Rng) -> Vec<Fault> {
         Fault::OverlayInputDrop { node: node(rng) },
         Fault::IcmpForwardDrop { node: node(rng) },
         Fault::DnsPortDrop { pod: pod(rng) },
+        {
+            let (node, peer) = pair(rng);
+            Fault::RouteHijack { node, peer }
+        },
     ]
 }
 

@@ -173,6 +173,20 @@ fn expect(p: &LabPlan, f: &Fault, layer: Layer, s: &str, d: &str) -> Exp {
             CorednsMetrics => yes(cross && dn == x),
             _ => Exp::Any,
         },
+        // The peer's node owns its gateway address and answers ARP for it on the
+        // underlay, so the gateway layers still pass; its pods do not.
+        Fault::RouteHijack { node, peer } => {
+            let pair = cross && ((s == node && dn == peer) || (s == peer && dn == node));
+            match layer {
+                PodToPod | PodToPodFullSize | PodToPodFragmented | DnsPod | CorednsMetrics => {
+                    yes(pair)
+                }
+                // The node's gateway answers the peer's pod over the stolen route.
+                GatewayFromPod => yes(s == peer && dn == node),
+                _ if overlay => Exp::Ok,
+                _ => Exp::Any,
+            }
+        }
         Fault::FdbMissing { node, peer }
         | Fault::RouteMissing { node, peer }
         | Fault::NeighMissing { node, peer }
@@ -619,6 +633,16 @@ fn fault_bridge_nf_off() {
 #[test]
 fn fault_bridge_addr_lost() {
     fault_round_trip(Fault::BridgeAddrLost { node: on("n2") });
+}
+
+/// issue 21: a route to most of a peer's pod range over another device. The kernel's
+/// own route lookup shows it, whatever flannel's route in the table says.
+#[test]
+fn fault_route_hijack() {
+    fault_round_trip(Fault::RouteHijack {
+        node: on("n3"),
+        peer: on("n1"),
+    });
 }
 
 /// Written after the datapath model, found by it: a host firewall that drops what arrives

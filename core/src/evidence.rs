@@ -80,6 +80,27 @@ pub struct OverlayEvidence {
     /// advertise (stale after the peer's VXLAN device was recreated).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub wrong_vtep_mac: Vec<NodeName>,
+    /// Peers whose pods the kernel routes elsewhere than through the overlay device and
+    /// their VTEP: what `ip route get` answers for an address in their pod CIDR (a more
+    /// specific route over another device wins over the CNI's, whatever the table
+    /// filtered by device name shows).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub misrouted: Vec<MisroutedPeer>,
+}
+
+/// The route the kernel picks toward a peer's pods, when it is not the overlay's.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MisroutedPeer {
+    /// The peer.
+    pub node: NodeName,
+    /// The address looked up (in the peer's pod CIDR).
+    pub address: String,
+    /// The device the kernel picked.
+    pub dev: String,
+    /// The gateway it picked, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
 }
 
 impl OverlayEvidence {
@@ -92,6 +113,7 @@ impl OverlayEvidence {
             .chain(&self.missing_neighbours)
             .chain(&self.missing_fdb)
             .chain(&self.wrong_vtep_mac)
+            .chain(self.misrouted.iter().map(|m| &m.node))
         {
             if !v.contains(n) {
                 v.push(n.clone());

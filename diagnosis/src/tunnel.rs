@@ -629,6 +629,19 @@ impl Cx<'_> {
                 list(&o.wrong_vtep_mac)
             ));
         }
+        for m in o.misrouted.iter().take(4) {
+            v.push(format!(
+                "{xn}: the kernel routes {} ({}'s pods) over {}{}, not {iface}: `ip route get {}` on {xn}",
+                m.address,
+                m.node,
+                m.dev,
+                m.gateway
+                    .as_deref()
+                    .map(|g| format!(" via {g}"))
+                    .unwrap_or_default(),
+                m.address
+            ));
+        }
         v
     }
 

@@ -12,7 +12,8 @@ use std::process::Command;
 
 use meshprobe_core::evidence::{
     DeviceState, FdbEntry, FirewallRule, ForwardEvidence, KubeProxyEvidence, MAX_CONFIG_ENTRIES,
-    NeighbourEntry, NodeEvidence, OverlayConfig, OverlayEvidence, OverlayExpectation, RouteEntry,
+    MisroutedPeer, NeighbourEntry, NodeEvidence, OverlayConfig, OverlayEvidence, OverlayExpectation,
+    OverlayPeer, RouteEntry,
     ipv4_net_holds,
 };
 use serde_json::Value;
@@ -201,13 +202,22 @@ pub fn collect(host: &dyn Host, expect: Option<&OverlayExpectation>) -> NodeEvid
                 if let Err(e) = &fdb {
                     ev.unavailable.push(format!("bridge fdb: {e}"));
                 }
-                ev.overlay = Some(check_overlay(
+                let mut overlay = check_overlay(
                     exp,
                     &addrs,
                     &routes,
                     &neigh,
                     fdb.as_ref().ok().map(String::as_str),
-                ));
+                );
+                // The kernel's own choice toward each peer's pods: one lookup a peer
+                // (the plan's peers, at most 32 above 100 nodes).
+                for p in exp.peers.iter().take(MAX_CONFIG_ENTRIES) {
+                    let addr = p.pod_cidr.first_host().to_string();
+                    if let Ok(out) = host.run("ip", &["-j", "route", "get", &addr]) {
+                        overlay.misrouted.extend(route_choice(exp, p, &addr, &out));
+                    }
+                }
+                ev.overlay = Some(overlay);
                 ev.cidr_overlaps = cidr_overlaps(exp, &addrs, &routes);
                 ev.config = Some(overlay_config(
                     exp,
@@ -657,6 +667,30 @@ fn device(link: &Value) -> Option<DeviceState> {
         name: link["ifname"].as_str()?.to_owned(),
         mtu: link["mtu"].as_u64()? as u32,
         up: flags.iter().any(|f| f == "UP") && link["operstate"] != "DOWN",
+    })
+}
+
+/// What `ip -j route get ADDR` answered for an address in `peer`'s pod CIDR, when it is
+/// not the overlay device toward the peer's VTEP.
+pub fn route_choice(
+    exp: &OverlayExpectation,
+    peer: &OverlayPeer,
+    addr: &str,
+    route_get: &str,
+) -> Option<MisroutedPeer> {
+    let routes = arr(route_get);
+    let r = routes.first()?;
+    let dev = r["dev"].as_str()?;
+    let gateway = r["gateway"].as_str();
+    let vtep = peer.vtep_ip.to_string();
+    if dev == exp.interface && gateway == Some(vtep.as_str()) {
+        return None;
+    }
+    Some(MisroutedPeer {
+        node: peer.node.clone(),
+        address: addr.to_owned(),
+        dev: dev.chars().take(32).collect(),
+        gateway: gateway.map(|g| g.chars().take(64).collect()),
     })
 }
 
@@ -1225,6 +1259,29 @@ mod tests {
         assert_eq!(c.neighbours.len(), 2);
         assert_eq!(c.fdb.len(), 2);
         assert_eq!(c.fdb[0].dst, Some("192.168.77.13".parse().expect("ip")));
+    }
+
+    /// issue 21: "A route to most of a peer's pod range over an interface that is not the
+    /// CNI's went unseen". The kernel's answer is read, not the table by device name.
+    #[test]
+    fn issue_21_the_kernels_route_choice_is_read_per_peer() {
+        let exp = expectation();
+        let n3 = &exp.peers[1];
+        let good = r#"[{"dst":"10.42.3.1","gateway":"10.42.3.0","dev":"flannel.1","prefsrc":"10.42.1.0","flags":["onlink"],"uid":0,"cache":[]}]"#;
+        assert_eq!(route_choice(&exp, n3, "10.42.3.1", good), None);
+        // A /25 over eth0 wins over flannel's /24.
+        let hijacked = r#"[{"dst":"10.42.3.1","dev":"eth0","prefsrc":"192.168.77.11","uid":0,"cache":[]}]"#;
+        let m = route_choice(&exp, n3, "10.42.3.1", hijacked).expect("misrouted");
+        assert_eq!((m.node.as_str(), m.dev.as_str(), m.gateway), ("n3", "eth0", None));
+        // Through the overlay device, but toward another node's VTEP.
+        let other = r#"[{"dst":"10.42.3.1","gateway":"10.42.2.0","dev":"flannel.1"}]"#;
+        let m = route_choice(&exp, n3, "10.42.3.1", other).expect("misrouted");
+        assert_eq!(m.gateway.as_deref(), Some("10.42.2.0"));
+        // Unreadable output says nothing.
+        assert_eq!(route_choice(&exp, n3, "10.42.3.1", "garbage"), None);
+        let mut ev = OverlayEvidence::default();
+        ev.misrouted.push(m);
+        assert_eq!(ev.peers_missing(), [n("n3")]);
     }
 
     struct Fake;

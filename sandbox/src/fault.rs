@@ -213,6 +213,15 @@ pub enum Fault {
         /// The CoreDNS pod.
         pod: String,
     },
+    /// A more specific route on the node for the lower half of the peer's pod CIDR over
+    /// the underlay device (a VPN or a static route someone added): flannel's own route is
+    /// still in the table, the kernel picks the other.
+    RouteHijack {
+        /// The node holding the route.
+        node: String,
+        /// The peer whose pods it takes.
+        peer: String,
+    },
     /// Event: `conntrack -F` on one node, or on every node (what a kube-proxy or CNI
     /// restart, or an operator, does): every NATed flow loses its mapping.
     ConntrackFlush {
@@ -256,7 +265,7 @@ pub enum Action {
 }
 
 /// The names of every fault kind, as the CLI takes them.
-pub const KINDS: [&str; 37] = [
+pub const KINDS: [&str; 38] = [
     "vxlan-drop-in",
     "vxlan-drop-out",
     "ip-forward-off",
@@ -294,6 +303,7 @@ pub const KINDS: [&str; 37] = [
     "overlay-input-drop",
     "icmp-forward-drop",
     "dns-port-drop",
+    "route-hijack",
 ];
 
 const TAG: &str = "-m comment --comment meshprobe-fault";
@@ -393,6 +403,10 @@ impl Fault {
             "overlay-input-drop" => Fault::OverlayInputDrop { node: need_node()? },
             "icmp-forward-drop" => Fault::IcmpForwardDrop { node: need_node()? },
             "dns-port-drop" => Fault::DnsPortDrop { pod },
+            "route-hijack" => Fault::RouteHijack {
+                node: need_node()?,
+                peer: need_peer()?,
+            },
             "loss" => {
                 let percent = percent.unwrap_or(50);
                 if !(1..=100).contains(&percent) {
@@ -421,6 +435,7 @@ impl Fault {
             | Fault::ForwardReject { node }
             | Fault::FdbMissing { node, .. }
             | Fault::RouteMissing { node, .. }
+            | Fault::RouteHijack { node, .. }
             | Fault::NeighMissing { node, .. }
             | Fault::VtepStale { node, .. }
             | Fault::UnderlayMtu { node, .. }
@@ -476,6 +491,7 @@ impl Fault {
         match self {
             Fault::FdbMissing { node, peer }
             | Fault::RouteMissing { node, peer }
+            | Fault::RouteHijack { node, peer }
             | Fault::NeighMissing { node, peer }
             | Fault::VtepStale { node, peer }
             | Fault::VxlanPairDrop { node, peer } => {
@@ -806,6 +822,16 @@ impl Fault {
                 };
                 vec![Step::ip_batch(&n.ns, line + "\n")]
             }
+            Fault::RouteHijack { node: n, peer } => {
+                let (Some(n), Some(p)) = (node(n), node(peer)) else {
+                    return Action::Steps(vec![]);
+                };
+                let verb = if inject { "add" } else { "del" };
+                vec![Step::ip_batch(
+                    &n.ns,
+                    format!("route {verb} 10.42.{}.0/25 dev eth0\n", p.subnet),
+                )]
+            }
             Fault::NeighMissing { node: n, peer } => {
                 let (Some(n), Some(p)) = (node(n), node(peer)) else {
                     return Action::Steps(vec![]);
@@ -962,6 +988,9 @@ impl fmt::Display for Fault {
             Fault::OverlayInputDrop { node } => write!(f, "overlay-input-drop on {node}"),
             Fault::IcmpForwardDrop { node } => write!(f, "icmp-forward-drop on {node}"),
             Fault::DnsPortDrop { pod } => write!(f, "dns-port-drop toward {pod}"),
+            Fault::RouteHijack { node, peer } => {
+                write!(f, "route-hijack on {node}: half of {peer}'s pods over eth0")
+            }
             Fault::JumboMtu { node } => write!(f, "jumbo-mtu (9000) on {node}"),
             Fault::VxlanPort { node } => write!(f, "vxlan-port 4789 on {node}"),
             Fault::VxlanVni { node } => write!(f, "vxlan-vni 2 on {node}"),
