@@ -300,14 +300,44 @@ impl Cx<'_> {
     /// The passing cells that cross the hypothesis's hop as the traffic it breaks: what
     /// says it is wrong.
     pub(crate) fn exonerating(&self, h: Hyp) -> Vec<CellKey> {
+        // The kernel routes per address: when the node's own lookup says the peer's pods
+        // go elsewhere, a probe of an address the peer owns itself (its gateway, which it
+        // answers on any interface) proves nothing about the route to its pods.
+        let misrouted = match (h.hop.kind, h.hop.site) {
+            (HopKind::OverlayRoute, Site::Pair { from, to }) => {
+                let peer = self.ix.names[to];
+                self.evidence(from)
+                    .and_then(|e| e.overlay.as_ref())
+                    .is_some_and(|o| o.misrouted.iter().any(|m| m.node.as_str() == peer))
+            }
+            _ => false,
+        };
         let mut v: Vec<CellKey> = self
             .cells_at(h.hop.site)
             .into_iter()
+            // (A host's probe is answered to the host's own overlay address, and a
+            // gateway is the peer's own: both are the nodes' addresses.)
+            .filter(|k| {
+                !(misrouted
+                    && matches!(
+                        k.layer,
+                        Layer::GatewayFromHost | Layer::GatewayFromPod | Layer::CorednsMetrics
+                    ))
+            })
             .filter(|&k| self.clears(k) && self.crosses(k, h))
             .collect();
         v.sort_unstable();
         v.dedup();
         v
+    }
+
+    /// Whether any probe whose packets cross `hop` got an answer: a hop that carries some
+    /// of them is lossy, not cut.
+    pub(crate) fn carries(&self, hop: Hop) -> bool {
+        let h = Hyp::any(hop);
+        self.cells_at(hop.site)
+            .into_iter()
+            .any(|k| self.ix.cell(k).is_some_and(|c| c.ok > 0) && self.crosses(k, h))
     }
 
     /// Passing cells in words: "pod-to-pod n1 -> n3 passes 10/10, ...".
@@ -656,11 +686,27 @@ impl Cx<'_> {
                 picks.push((h, cells, twins));
             }
         }
+        // One finding per fault: hypotheses naming the same cause at the same place (one
+        // hop at several scopes, say full-size and UDP) are one finding.
+        let who = |cx: &Self, h: Hyp| cx.cause_of(h).map(|(c, x, p, _)| (c, x, p));
+        let mut groups: Vec<(Hyp, Vec<Hyp>, Vec<CellKey>, Vec<Hyp>)> = Vec::new();
         for (h, cells, twins) in picks {
-            let cells: Vec<CellKey> = cells
+            match groups.iter_mut().find(|g| who(self, g.0) == who(self, h)) {
+                Some(g) => {
+                    g.1.push(h);
+                    g.2.extend(cells);
+                    g.3.extend(twins.into_iter().filter(|t| t.hop != g.0.hop));
+                }
+                None => groups.push((h, Vec::new(), cells, twins)),
+            }
+        }
+        for (h, also, cells, twins) in groups {
+            let mut cells: Vec<CellKey> = cells
                 .into_iter()
                 .filter(|k| !self.claimed.contains(k))
                 .collect();
+            cells.sort_unstable();
+            cells.dedup();
             if cells.is_empty() {
                 continue;
             }
@@ -672,7 +718,7 @@ impl Cx<'_> {
                     continue;
                 }
             }
-            self.model_finding(h, &cells, &twins);
+            self.model_finding(h, &cells, &twins, &also);
         }
     }
 
@@ -735,7 +781,7 @@ impl Cx<'_> {
     }
 
     /// The finding of one hypothesis the localiser chose.
-    fn model_finding(&mut self, h: Hyp, cells: &[CellKey], twins: &[Hyp]) {
+    fn model_finding(&mut self, h: Hyp, cells: &[CellKey], twins: &[Hyp], also: &[Hyp]) {
         let Some((cause, x, peer, mut direction)) = self.cause_of(h) else {
             return;
         };
@@ -748,9 +794,20 @@ impl Cx<'_> {
         }
         let xn = self.nm(x);
         let mut scope = h.narrow.words();
+        if !also.is_empty() {
+            let words: BTreeSet<String> = std::iter::once(h)
+                .chain(also.iter().copied())
+                .map(|x| x.narrow.words())
+                .collect();
+            scope = if words.contains("") {
+                String::new()
+            } else {
+                words.into_iter().collect::<Vec<_>>().join(", ")
+            };
+        }
         // One protocol, and every failing probe of it went to one port: say so (the rule
         // may name the port; the probes cannot tell).
-        if h.narrow.proto.is_some() && h.narrow.port.is_none() {
+        if also.is_empty() && h.narrow.proto.is_some() && h.narrow.port.is_none() {
             let ports: BTreeSet<Option<u16>> = cells
                 .iter()
                 .filter_map(|&k| self.path_of(k).map(|p| p.scope.port))
@@ -759,7 +816,13 @@ impl Cx<'_> {
                 scope = format!("{scope} (every failing probe of it is to port {p})");
             }
         }
-        let mut hop = self.hop_words(h);
+        let mut hop = if also.is_empty() {
+            self.hop_words(h)
+        } else if scope.is_empty() {
+            self.hop_words(Hyp::any(h.hop))
+        } else {
+            format!("{} ({scope})", self.hop_words(Hyp::any(h.hop)))
+        };
         for t in twins {
             hop = format!("{hop}, and {}", self.hop_words(*t));
         }
@@ -864,6 +927,12 @@ impl Cx<'_> {
             };
             weight +=
                 self.claim_balanced_of_layers(x, |l| narrow.covers(datapath::scope_of(l, ports)));
+        }
+        // A pair's route or wire loses the balanced requests that cross the pair.
+        if let Site::Pair { from, to } = h.hop.site
+            && h.narrow == Narrow::ANY
+        {
+            weight += self.claim_balanced_near(from, to);
         }
         self.from_model = true;
         self.push(

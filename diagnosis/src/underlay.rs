@@ -135,6 +135,15 @@ impl Cx<'_> {
                 // unexplained finding names it if nothing else does.
                 continue;
             }
+            // A link that carries some of the probes that cross it (another layer's, the
+            // other size's) is lossy, not cut: left to the loss detector.
+            let wire = meshprobe_core::datapath::Hop {
+                kind: meshprobe_core::datapath::HopKind::Wire,
+                site: meshprobe_core::datapath::Site::Pair { from: s, to: d },
+            };
+            if self.carries(wire) {
+                continue;
+            }
             let both = self.dead(Layer::Underlay, d, s);
             self.explain_pair(&[Part::Network, Part::Pods, Part::Big], s, d);
             let cells = self.claim_pair(s, d, ALL) + self.claim_balanced_near(s, d);

@@ -12,9 +12,8 @@ use std::process::Command;
 
 use meshprobe_core::evidence::{
     DeviceState, FdbEntry, FirewallRule, ForwardEvidence, KubeProxyEvidence, MAX_CONFIG_ENTRIES,
-    MisroutedPeer, NeighbourEntry, NodeEvidence, OverlayConfig, OverlayEvidence, OverlayExpectation,
-    OverlayPeer, RouteEntry,
-    ipv4_net_holds,
+    MisroutedPeer, NeighbourEntry, NodeEvidence, OverlayConfig, OverlayEvidence,
+    OverlayExpectation, OverlayPeer, RouteEntry, ipv4_net_holds,
 };
 use serde_json::Value;
 
@@ -1270,9 +1269,13 @@ mod tests {
         let good = r#"[{"dst":"10.42.3.1","gateway":"10.42.3.0","dev":"flannel.1","prefsrc":"10.42.1.0","flags":["onlink"],"uid":0,"cache":[]}]"#;
         assert_eq!(route_choice(&exp, n3, "10.42.3.1", good), None);
         // A /25 over eth0 wins over flannel's /24.
-        let hijacked = r#"[{"dst":"10.42.3.1","dev":"eth0","prefsrc":"192.168.77.11","uid":0,"cache":[]}]"#;
+        let hijacked =
+            r#"[{"dst":"10.42.3.1","dev":"eth0","prefsrc":"192.168.77.11","uid":0,"cache":[]}]"#;
         let m = route_choice(&exp, n3, "10.42.3.1", hijacked).expect("misrouted");
-        assert_eq!((m.node.as_str(), m.dev.as_str(), m.gateway), ("n3", "eth0", None));
+        assert_eq!(
+            (m.node.as_str(), m.dev.as_str(), m.gateway),
+            ("n3", "eth0", None)
+        );
         // Through the overlay device, but toward another node's VTEP.
         let other = r#"[{"dst":"10.42.3.1","gateway":"10.42.2.0","dev":"flannel.1"}]"#;
         let m = route_choice(&exp, n3, "10.42.3.1", other).expect("misrouted");
