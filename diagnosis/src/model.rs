@@ -130,6 +130,18 @@ const MAX_PICKS: usize = 32;
 /// Alternatives listed per finding.
 const MAX_ALTERNATIVES: usize = 3;
 
+/// The hypotheses the localiser chose that name one cause at one place.
+struct Group {
+    /// The first chosen (it covered the most cells).
+    main: Hyp,
+    /// The same hop or cause at other scopes.
+    also: Vec<Hyp>,
+    /// The cells they cover.
+    cells: Vec<CellKey>,
+    /// The same fault's other hops that cover the same cells (the other direction).
+    twins: Vec<Hyp>,
+}
+
 /// A finding the verification withdrew: what it said, and what cleared it.
 pub(crate) struct Withdrawn {
     pub(crate) alternative: Alternative,
@@ -689,18 +701,33 @@ impl Cx<'_> {
         // One finding per fault: hypotheses naming the same cause at the same place (one
         // hop at several scopes, say full-size and UDP) are one finding.
         let who = |cx: &Self, h: Hyp| cx.cause_of(h).map(|(c, x, p, _)| (c, x, p));
-        let mut groups: Vec<(Hyp, Vec<Hyp>, Vec<CellKey>, Vec<Hyp>)> = Vec::new();
+        let mut groups: Vec<Group> = Vec::new();
         for (h, cells, twins) in picks {
-            match groups.iter_mut().find(|g| who(self, g.0) == who(self, h)) {
+            match groups
+                .iter_mut()
+                .find(|g| who(self, g.main) == who(self, h))
+            {
                 Some(g) => {
-                    g.1.push(h);
-                    g.2.extend(cells);
-                    g.3.extend(twins.into_iter().filter(|t| t.hop != g.0.hop));
+                    g.also.push(h);
+                    g.cells.extend(cells);
+                    g.twins
+                        .extend(twins.into_iter().filter(|t| t.hop != g.main.hop));
                 }
-                None => groups.push((h, Vec::new(), cells, twins)),
+                None => groups.push(Group {
+                    main: h,
+                    also: Vec::new(),
+                    cells,
+                    twins,
+                }),
             }
         }
-        for (h, also, cells, twins) in groups {
+        for Group {
+            main: h,
+            also,
+            cells,
+            twins,
+        } in groups
+        {
             let mut cells: Vec<CellKey> = cells
                 .into_iter()
                 .filter(|k| !self.claimed.contains(k))
