@@ -181,11 +181,7 @@ impl Cx<'_> {
                     lackers.iter().take(4).cloned().collect::<Vec<_>>().join(", ")
                 ));
                 for &s in observers.iter().take(2) {
-                    evidence.extend(
-                        self.overlay_lines(s)
-                            .into_iter()
-                            .filter(|l| l.contains(xn.as_str())),
-                    );
+                    evidence.extend(self.overlay_lines_for(s, Some(xn.as_str())));
                 }
                 summary = format!(
                     "the other nodes' overlay state lacks {xn}: {xn}'s subnet or VTEP was not published to them"
@@ -467,11 +463,7 @@ impl Cx<'_> {
                     continue;
                 }
                 let mut evidence = self.cite(Layer::GatewayFromHost, &[(s, p), (p, s)]);
-                evidence.extend(
-                    self.overlay_lines(s)
-                        .into_iter()
-                        .filter(|l| l.contains(pn.as_str())),
-                );
+                evidence.extend(self.overlay_lines_for(s, Some(pn.as_str())));
                 evidence.push(format!(
                     "{lackers} of {reporting} nodes lack {pn}'s entries: {sn}'s state is the odd one, whatever else is wrong with {pn}"
                 ));
@@ -593,11 +585,25 @@ impl Cx<'_> {
     }
 
     pub(crate) fn overlay_lines(&self, x: usize) -> Vec<String> {
+        self.overlay_lines_for(x, None)
+    }
+
+    /// [`Cx::overlay_lines`] about one peer only (by name, never by matching the words).
+    pub(crate) fn overlay_lines_for(&self, x: usize, only: Option<&str>) -> Vec<String> {
         let Some(o) = self.evidence(x).and_then(|e| e.overlay.as_ref()) else {
             return vec![];
         };
         let xn = self.nm(x);
         let iface = &self.t.cluster.overlay.interface;
+        let keep = |n: &NodeName| only.is_none_or(|p| n.as_str() == p);
+        let pick =
+            |v: &[NodeName]| -> Vec<NodeName> { v.iter().filter(|n| keep(n)).cloned().collect() };
+        let (missing_routes, missing_neighbours, missing_fdb, wrong_vtep_mac) = (
+            pick(&o.missing_routes),
+            pick(&o.missing_neighbours),
+            pick(&o.missing_fdb),
+            pick(&o.wrong_vtep_mac),
+        );
         let list = |v: &[NodeName]| {
             v.iter()
                 .map(|n| n.to_string())
@@ -605,31 +611,31 @@ impl Cx<'_> {
                 .join(", ")
         };
         let mut v = Vec::new();
-        if !o.missing_routes.is_empty() {
+        if !missing_routes.is_empty() {
             v.push(format!(
                 "{xn}: no route to the pod CIDR of {} via {iface}",
-                list(&o.missing_routes)
+                list(&missing_routes)
             ));
         }
-        if !o.missing_neighbours.is_empty() {
+        if !missing_neighbours.is_empty() {
             v.push(format!(
                 "{xn}: no permanent neighbour entry on {iface} for the VTEP of {}",
-                list(&o.missing_neighbours)
+                list(&missing_neighbours)
             ));
         }
-        if !o.missing_fdb.is_empty() {
+        if !missing_fdb.is_empty() {
             v.push(format!(
                 "{xn}: no fdb entry on {iface} sending to {}",
-                list(&o.missing_fdb)
+                list(&missing_fdb)
             ));
         }
-        if !o.wrong_vtep_mac.is_empty() {
+        if !wrong_vtep_mac.is_empty() {
             v.push(format!(
                 "{xn}: the neighbour or fdb entry on {iface} for {} points at a MAC other than the VTEP MAC the node advertises (stale after its VXLAN device was recreated)",
-                list(&o.wrong_vtep_mac)
+                list(&wrong_vtep_mac)
             ));
         }
-        for m in o.misrouted.iter().take(4) {
+        for m in o.misrouted.iter().filter(|m| keep(&m.node)).take(4) {
             v.push(format!(
                 "{xn}: the kernel routes {} ({}'s pods) over {}{}, not {iface}: `ip route get {}` on {xn}",
                 m.address,
@@ -699,11 +705,7 @@ impl Cx<'_> {
             ));
             let (cause, summary, fix) = if lacking.len() * 2 > sufferers.len() {
                 for &s in lacking.iter().take(2) {
-                    evidence.extend(
-                        self.overlay_lines(s)
-                            .into_iter()
-                            .filter(|l| l.contains(pn.as_str())),
-                    );
+                    evidence.extend(self.overlay_lines_for(s, Some(pn.as_str())));
                 }
                 evidence.extend(self.odd_lines(p, &[Attr::VtepMac]));
                 (
@@ -779,11 +781,7 @@ impl Cx<'_> {
                 }
                 let (mn, pn) = (self.nm(me), self.nm(peer));
                 let mut evidence = cited.clone();
-                evidence.extend(
-                    self.overlay_lines(me)
-                        .into_iter()
-                        .filter(|l| l.contains(pn.as_str())),
-                );
+                evidence.extend(self.overlay_lines_for(me, Some(pn.as_str())));
                 evidence.push(format!(
                     "{mn} and {pn} both reach the other nodes through the tunnel"
                 ));
