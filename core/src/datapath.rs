@@ -300,6 +300,18 @@ fn pod_leg_back(d: usize, s: usize, near: Hop) -> Vec<Hop> {
     v
 }
 
+/// Where a NodePort or ingress request enters: the ingress controller, or kube-proxy's
+/// translation on the node probed.
+fn service_entry(dest: Dest, d: usize) -> Hop {
+    match dest {
+        Dest::Target { id, .. } => Hop {
+            kind: HopKind::Endpoint,
+            site: Site::Target(id),
+        },
+        _ => Hop::at(HopKind::ServiceNat, d),
+    }
+}
+
 /// The scope of a layer's probes.
 pub fn scope_of(layer: Layer, ports: Ports) -> Scope {
     use Layer::*;
@@ -422,13 +434,7 @@ pub fn path(layer: Layer, s: usize, dest: Dest, ports: Ports) -> Option<Path> {
         // then a backend anywhere.
         (Nodeport | Ingress, Dest::Node(d) | Dest::Target { node: d, .. }) => {
             balanced = true;
-            let entry = match dest {
-                Dest::Target { id, .. } => Hop {
-                    kind: HopKind::Endpoint,
-                    site: Site::Target(id),
-                },
-                _ => at(HopKind::ServiceNat, d),
-            };
+            let entry = service_entry(dest, d);
             let mut req = vec![at(HopKind::HostOut, s)];
             let mut rep = vec![];
             if s != d {
@@ -443,13 +449,7 @@ pub fn path(layer: Layer, s: usize, dest: Dest, ports: Ports) -> Option<Path> {
         // From a pod: the source node forwards (and masquerades) the request out first.
         (NodeportFromPod | IngressFromPod, Dest::Node(d) | Dest::Target { node: d, .. }) => {
             balanced = true;
-            let entry = match dest {
-                Dest::Target { id, .. } => Hop {
-                    kind: HopKind::Endpoint,
-                    site: Site::Target(id),
-                },
-                _ => at(HopKind::ServiceNat, d),
-            };
+            let entry = service_entry(dest, d);
             let mut req = vec![at(HopKind::PodLink, s), at(HopKind::Bridge, s)];
             let mut rep = vec![];
             if s != d {

@@ -184,9 +184,14 @@ impl<'a> Cx<'a> {
     }
 
     fn refs(&self, cells: &[CellKey]) -> Vec<CellRef> {
+        self.refs_max(cells, MAX_FINDING_CELLS)
+    }
+
+    /// At most `max` cells, by name.
+    pub(crate) fn refs_max(&self, cells: &[CellKey], max: usize) -> Vec<CellRef> {
         cells
             .iter()
-            .take(MAX_FINDING_CELLS)
+            .take(max)
             .map(|&k| CellRef {
                 layer: k.layer,
                 from: name(self.ix.names[k.src]),

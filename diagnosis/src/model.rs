@@ -20,7 +20,7 @@
 use std::collections::BTreeSet;
 
 use meshprobe_core::datapath::{self, Dest, Hop, HopKind, Path, Ports, Proto, Scope, Site, Size};
-use meshprobe_core::matrix::{Alternative, CellRef, CellState, Finding, MAX_ALTERNATIVE_CELLS};
+use meshprobe_core::matrix::{Alternative, CellState, Finding, MAX_ALTERNATIVE_CELLS};
 use meshprobe_core::{Cause, Direction, Layer};
 
 use crate::Ranked;
@@ -384,18 +384,6 @@ impl Cx<'_> {
         )
     }
 
-    fn cell_refs(&self, cells: &[CellKey], max: usize) -> Vec<CellRef> {
-        cells
-            .iter()
-            .take(max)
-            .map(|&k| CellRef {
-                layer: k.layer,
-                from: name(self.ix.names[k.src]),
-                to: self.ix.col_name(k).to_owned(),
-            })
-            .collect()
-    }
-
     /// A hop in words, with its place.
     pub(crate) fn hop_words(&self, h: Hyp) -> String {
         let place = match h.hop.site {
@@ -526,7 +514,7 @@ impl Cx<'_> {
                         peers: f.peers.clone(),
                         hop: self.hop_words(*h),
                         rejected_by: self.rejection(*h, ex),
-                        rejecting_cells: self.cell_refs(ex, MAX_ALTERNATIVE_CELLS),
+                        rejecting_cells: self.refs_max(ex, MAX_ALTERNATIVE_CELLS),
                     },
                     keys: std::mem::take(&mut r.keys),
                 });
@@ -541,7 +529,7 @@ impl Cx<'_> {
                         peers: r.finding.peers.clone(),
                         hop: self.hop_words(*h),
                         rejected_by: self.rejection(*h, ex),
-                        rejecting_cells: self.cell_refs(ex, MAX_ALTERNATIVE_CELLS),
+                        rejecting_cells: self.refs_max(ex, MAX_ALTERNATIVE_CELLS),
                     });
                 }
                 let out = standing
@@ -1070,7 +1058,7 @@ impl Cx<'_> {
                     peers,
                     hop: self.hop_words(h),
                     rejected_by: self.rejection(h, &ex),
-                    rejecting_cells: self.cell_refs(&ex, MAX_ALTERNATIVE_CELLS),
+                    rejecting_cells: self.refs_max(&ex, MAX_ALTERNATIVE_CELLS),
                 });
             }
         }
