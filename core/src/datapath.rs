@@ -200,6 +200,12 @@ pub struct Path {
     pub scope: Scope,
     /// Whether the path ends at a load-balanced backend.
     pub balanced: bool,
+    /// Whether the request is addressed to a node itself (its node IP, its gateway),
+    /// not to a pod. A node answers for its own addresses on any interface, so a route
+    /// that sends them the wrong way still delivers them.
+    pub request_to_node: bool,
+    /// Whether the reply is addressed to a node itself (a host prober's own address).
+    pub reply_to_node: bool,
 }
 
 impl Path {
@@ -240,6 +246,22 @@ impl Path {
             (h, s)
         });
         request.chain(reply)
+    }
+
+    /// [`Path::crossings`] on the legs addressed to a pod only: what a route toward
+    /// pods carries, when its node's own addresses are answered another way.
+    pub fn crossings_to_pods(&self, overlay_port: u16) -> impl Iterator<Item = (Hop, Scope)> + '_ {
+        let split = self.request.len();
+        self.crossings(overlay_port)
+            .enumerate()
+            .filter(move |(i, _)| {
+                if *i < split {
+                    !self.request_to_node
+                } else {
+                    !self.reply_to_node
+                }
+            })
+            .map(|(_, c)| c)
     }
 
     /// Every hop, request then reply (a hop crossed on both legs appears twice).
@@ -468,11 +490,19 @@ pub fn path(layer: Layer, s: usize, dest: Dest, ports: Ports) -> Option<Path> {
         }
         _ => return None,
     };
+    let (request_to_node, reply_to_node) = match layer {
+        Underlay | UnderlayFullSize | GatewayFromHost | Nodeport | Ingress => (true, true),
+        GatewayFromPod | NodeportFromPod | IngressFromPod => (true, false),
+        CorednsMetrics => (false, true),
+        _ => (false, false),
+    };
     Some(Path {
         request,
         reply,
         scope,
         balanced,
+        request_to_node,
+        reply_to_node,
     })
 }
 
@@ -566,6 +596,22 @@ mod tests {
         let remote = path(Layer::DnsPod, 0, d, P).expect("path");
         assert!(remote.crosses(hop(HopKind::ForwardIn, 1)));
         assert!(remote.crosses(hop(HopKind::Decap, 1)));
+    }
+
+    #[test]
+    fn a_route_toward_pods_is_tested_only_by_legs_addressed_to_pods() {
+        // A host's metrics scrape is answered to the host's own address: only its
+        // request travels to a pod.
+        let scrape =
+            path(Layer::CorednsMetrics, 0, Dest::Target { id: 1, node: 1 }, P).expect("path");
+        assert_eq!(scrape.crossings_to_pods(8472).count(), scrape.request.len());
+        let gw = path(Layer::GatewayFromHost, 0, Dest::Node(1), P).expect("path");
+        assert_eq!(gw.crossings_to_pods(8472).count(), 0);
+        let pods = path(Layer::PodToPod, 0, Dest::Node(1), P).expect("path");
+        assert_eq!(
+            pods.crossings_to_pods(8472).count(),
+            pods.request.len() + pods.reply.len()
+        );
     }
 
     #[test]

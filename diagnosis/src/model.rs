@@ -231,10 +231,19 @@ impl Cx<'_> {
 
     /// Whether cell `k`'s packets cross the hypothesis's hop as the traffic it breaks.
     fn crosses(&self, k: CellKey, h: Hyp) -> bool {
+        self.crosses_on(k, h, false)
+    }
+
+    /// [`Cx::crosses`], counting only the legs addressed to pods when `pods_only`.
+    fn crosses_on(&self, k: CellKey, h: Hyp, pods_only: bool) -> bool {
         let port = self.t.cluster.overlay.port;
+        let hit = |(x, s): (Hop, Scope)| x == h.hop && h.narrow.covers(s);
         self.path_of(k).is_some_and(|p| {
-            p.crossings(port)
-                .any(|(x, s)| x == h.hop && h.narrow.covers(s))
+            if pods_only {
+                p.crossings_to_pods(port).any(hit)
+            } else {
+                p.crossings(port).any(hit)
+            }
         })
     }
 
@@ -327,16 +336,7 @@ impl Cx<'_> {
         let mut v: Vec<CellKey> = self
             .cells_at(h.hop.site)
             .into_iter()
-            // (A host's probe is answered to the host's own overlay address, and a
-            // gateway is the peer's own: both are the nodes' addresses.)
-            .filter(|k| {
-                !(misrouted
-                    && matches!(
-                        k.layer,
-                        Layer::GatewayFromHost | Layer::GatewayFromPod | Layer::CorednsMetrics
-                    ))
-            })
-            .filter(|&k| self.clears(k) && self.crosses(k, h))
+            .filter(|&k| self.clears(k) && self.crosses_on(k, h, misrouted))
             .collect();
         v.sort_unstable();
         v.dedup();
@@ -375,13 +375,27 @@ impl Cx<'_> {
         parts.join(", ")
     }
 
-    /// Why a hypothesis is rejected, in words.
-    fn rejection(&self, h: Hyp, ex: &[CellKey]) -> String {
-        format!(
-            "not {}: {}, through that hop",
-            self.hop_words(h),
-            self.passing_words(ex)
-        )
+    /// The explanation `cause` on `nodes` (at hop `h`), rejected by the passing cells `ex`.
+    fn alternative(
+        &self,
+        cause: Cause,
+        nodes: Vec<meshprobe_core::NodeName>,
+        peers: Vec<meshprobe_core::NodeName>,
+        h: Hyp,
+        ex: &[CellKey],
+    ) -> Alternative {
+        Alternative {
+            cause,
+            nodes,
+            peers,
+            hop: self.hop_words(h),
+            rejected_by: format!(
+                "not {}: {}, through that hop",
+                self.hop_words(h),
+                self.passing_words(ex)
+            ),
+            rejecting_cells: self.refs_max(ex, MAX_ALTERNATIVE_CELLS),
+        }
     }
 
     /// A hop in words, with its place.
@@ -507,15 +521,10 @@ impl Cx<'_> {
                 if let Some(x) = f.nodes.first().and_then(|n| self.pos(n)) {
                     self.broken.remove(&x);
                 }
+                let alternative =
+                    self.alternative(f.cause.clone(), f.nodes.clone(), f.peers.clone(), *h, ex);
                 self.withdrawn.push(Withdrawn {
-                    alternative: Alternative {
-                        cause: f.cause.clone(),
-                        nodes: f.nodes.clone(),
-                        peers: f.peers.clone(),
-                        hop: self.hop_words(*h),
-                        rejected_by: self.rejection(*h, ex),
-                        rejecting_cells: self.refs_max(ex, MAX_ALTERNATIVE_CELLS),
-                    },
+                    alternative,
                     keys: std::mem::take(&mut r.keys),
                 });
                 continue;
@@ -523,14 +532,10 @@ impl Cx<'_> {
             if standing.len() < tested.len() {
                 // One direction of two stands: the finding is about that one.
                 for (h, ex) in tested.iter().filter(|(_, ex)| !ex.is_empty()) {
-                    r.finding.alternatives.push(Alternative {
-                        cause: r.finding.cause.clone(),
-                        nodes: r.finding.nodes.clone(),
-                        peers: r.finding.peers.clone(),
-                        hop: self.hop_words(*h),
-                        rejected_by: self.rejection(*h, ex),
-                        rejecting_cells: self.refs_max(ex, MAX_ALTERNATIVE_CELLS),
-                    });
+                    let f = &r.finding;
+                    let a =
+                        self.alternative(f.cause.clone(), f.nodes.clone(), f.peers.clone(), *h, ex);
+                    r.finding.alternatives.push(a);
                 }
                 let out = standing
                     .iter()
@@ -810,14 +815,18 @@ impl Cx<'_> {
         let xn = self.nm(x);
         let mut scope = h.narrow.words();
         if !also.is_empty() {
-            let words: BTreeSet<String> = std::iter::once(h)
+            let narrows: BTreeSet<Narrow> = std::iter::once(h)
                 .chain(also.iter().copied())
-                .map(|x| x.narrow.words())
+                .map(|x| x.narrow)
                 .collect();
-            scope = if words.contains("") {
+            scope = if narrows.contains(&Narrow::ANY) {
                 String::new()
             } else {
-                words.into_iter().collect::<Vec<_>>().join(", ")
+                narrows
+                    .into_iter()
+                    .map(Narrow::words)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             };
         }
         // One protocol, and every failing probe of it went to one port: say so (the rule
@@ -1052,14 +1061,9 @@ impl Cx<'_> {
                 if ex.is_empty() {
                     continue;
                 }
-                r.finding.alternatives.push(Alternative {
-                    cause,
-                    nodes,
-                    peers,
-                    hop: self.hop_words(h),
-                    rejected_by: self.rejection(h, &ex),
-                    rejecting_cells: self.refs_max(&ex, MAX_ALTERNATIVE_CELLS),
-                });
+                r.finding
+                    .alternatives
+                    .push(self.alternative(cause, nodes, peers, h, &ex));
             }
         }
         self.found = all;
