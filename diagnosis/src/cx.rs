@@ -119,8 +119,14 @@ pub(crate) fn describe(c: CellView<'_>) -> String {
 }
 
 impl<'a> Cx<'a> {
-    pub(crate) fn new(t: &'a Topology, r: &'a CheckReport, s: &'a Settings) -> Self {
-        let ix = Index::new(t, r);
+    /// A context over `ix`, the round's index (built once per round: a diagnosis that
+    /// runs again after a withdrawal reuses it).
+    pub(crate) fn with_index(
+        t: &'a Topology,
+        r: &'a CheckReport,
+        s: &'a Settings,
+        ix: Index<'a>,
+    ) -> Self {
         let ev = ix.names.iter().map(|n| r.evidence.get(&name(n))).collect();
         Self {
             t,

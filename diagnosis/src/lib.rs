@@ -80,8 +80,9 @@ pub fn diagnose(
     let mut veto = index::FxSet::default();
     let mut withdrawn = Vec::new();
     let mut pass = 0;
+    let mut ix = index::Index::new(topology, report);
     let mut cx = loop {
-        let mut cx = Cx::new(topology, report, settings);
+        let mut cx = Cx::with_index(topology, report, settings, ix);
         cx.veto = veto.clone();
         cx.detect();
         pass += 1;
@@ -100,6 +101,7 @@ pub fn diagnose(
             }
         }
         withdrawn.append(&mut cx.withdrawn);
+        ix = cx.ix;
     };
     cx.agents();
     cx.unexplained();
