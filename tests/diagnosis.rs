@@ -59,6 +59,8 @@ fn expected(plan: &LabPlan, f: &Fault) -> (&'static str, String, Option<String>)
         Fault::MasqueradeMissing { .. } => ("nodeport-broken", on(node), None),
         Fault::BridgeNfOff { .. } => ("dns-service-broken", on(node), None),
         Fault::BridgeAddrLost { .. } => ("pod-gateway-missing", on(node), None),
+        Fault::PodCidrClaimed { peer, .. } => ("pod-cidr-conflict", on(node), Some(peer.clone())),
+        Fault::BridgeDown { .. } => ("pod-device-down", on(node), None),
         Fault::OverlayInputDrop { .. } => ("host-input-blocked", on(node), None),
         Fault::IcmpForwardDrop { .. } => ("forward-rejected", on(node), None),
         Fault::DnsPortDrop { pod } => (
@@ -156,6 +158,11 @@ fn every_kind(plan: &LabPlan, rng: &mut fastrand::Rng) -> Vec<Fault> {
             let (node, peer) = pair(rng);
             Fault::RouteHijack { node, peer }
         },
+        {
+            let (node, peer) = pair(rng);
+            Fault::PodCidrClaimed { node, peer }
+        },
+        Fault::BridgeDown { node: node(rng) },
     ]
 }
 

@@ -46,6 +46,20 @@ fn model_fault(p: &LabPlan, f: &Fault) -> Option<(Vec<Hop>, Option<Proto>, Optio
             let x = ix(&p.coredns_node(pod)?.name)?;
             (vec![at(HopKind::ForwardIn, x)], Some(Proto::Udp), Some(53))
         }
+        Fault::BridgeDown { node } => (vec![at(HopKind::Bridge, ix(node)?)], None, None),
+        // Every other node's route toward the owner's pods ends on the claimant; what the
+        // claimant answers itself (the owner's gateway it holds) arrives: see `drops`.
+        Fault::PodCidrClaimed { peer, .. } => {
+            let o = ix(peer)?;
+            let hops = (0..p.nodes.len())
+                .filter(|&s| s != o)
+                .map(|s| Hop {
+                    kind: HopKind::OverlayRoute,
+                    site: Site::Pair { from: s, to: o },
+                })
+                .collect();
+            (hops, None, None)
+        }
         _ => return None,
     })
 }
@@ -79,13 +93,26 @@ fn model_expect(p: &LabPlan, f: &Fault, layer: Layer, s: &str, d: &str) -> Optio
         _ => Dest::Node(ix(d)?),
     };
     let ports = Ports { service: 80 };
+    // The claimant holds the owner's gateway: requests addressed to it are answered there.
+    let claimed = matches!(f, Fault::PodCidrClaimed { .. });
     let drops = |path: &meshprobe_core::datapath::Path| {
+        if claimed {
+            return path.request.iter().any(|h| hops.contains(h)) && !path.request_to_node
+                || path.reply.iter().any(|h| hops.contains(h));
+        }
         path.crossings(8472).any(|(h, sc)| {
             hops.contains(&h)
                 && proto.is_none_or(|x| x == sc.proto)
                 && port.is_none_or(|x| Some(x) == sc.port)
         })
     };
+    // A node whose bridge is down has a pod agent that cannot reach its relay.
+    if let Fault::BridgeDown { node } = f
+        && s == node
+        && layer.vantage() == meshprobe_core::AgentKind::Pod
+    {
+        return Some(Exp::Any);
+    }
     let path = datapath::path(layer, si, dest, ports)?;
     if drops(&path) {
         return Some(Exp::Fail);
@@ -286,7 +313,9 @@ fn expect(p: &LabPlan, f: &Fault, layer: Layer, s: &str, d: &str) -> Exp {
         // Stated as hops: `model_expect` answered above.
         Fault::OverlayInputDrop { .. }
         | Fault::IcmpForwardDrop { .. }
-        | Fault::DnsPortDrop { .. } => Exp::Any,
+        | Fault::DnsPortDrop { .. }
+        | Fault::BridgeDown { .. }
+        | Fault::PodCidrClaimed { .. } => Exp::Any,
         // Events are over once injected: the datapath is whole again
         // (tests/connection_state.rs checks that the mesh says so at once).
         Fault::ConntrackFlush { .. }
@@ -643,6 +672,28 @@ fn fault_route_hijack() {
         node: on("n3"),
         peer: on("n1"),
     });
+}
+
+/// issue 21, written after the model: another node holds the peer's pod range on its
+/// bridge, and the other nodes' entries for the peer point at it. One cause on the
+/// claimant, never one per sufferer.
+#[test]
+fn fault_pod_cidr_claimed() {
+    random_fault_round_trip(
+        Fault::PodCidrClaimed {
+            node: on("n2"),
+            peer: on("n3"),
+        },
+        "pod-cidr-conflict",
+        &["n2"],
+    );
+}
+
+/// issue 21: pods cut off by local state. The bridge is down; the evidence says so, and
+/// the finding is not a firewall read by elimination.
+#[test]
+fn fault_bridge_down() {
+    fault_round_trip(Fault::BridgeDown { node: on("n3") });
 }
 
 /// Written after the datapath model, found by it: a host firewall that drops what arrives

@@ -91,6 +91,14 @@ ids! {
         /// (INPUT: its pod gateway, its overlay address), while it forwards pod traffic
         /// through the same tunnel.
         HostInputBlocked = "host-input-blocked",
+        /// Another node holds addresses inside the node's pod CIDR, and peers' overlay
+        /// entries for that range resolve to it: the other node takes the pods' traffic
+        /// (a stale bridge address from before the node was re-registered, a duplicate
+        /// flannel lease, an address added by hand).
+        PodCidrConflict = "pod-cidr-conflict",
+        /// A device every pod path on the node crosses is down or has no carrier (the
+        /// pods' bridge), while the node's own network works.
+        PodDeviceDown = "pod-device-down",
         /// Small packets pass, full-size ones are lost.
         MtuMismatch = "mtu-mismatch",
         /// A node or path loses a fraction of packets.

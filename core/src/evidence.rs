@@ -60,6 +60,10 @@ pub struct DeviceState {
     pub mtu: u32,
     /// Administratively and operationally up.
     pub up: bool,
+    /// The lower layer reports no carrier (`NO-CARRIER`: a veth whose peer is down, a
+    /// bridge with no port up, a NIC without a link).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_carrier: bool,
 }
 
 /// The overlay state found, against the plan.
@@ -86,6 +90,27 @@ pub struct OverlayEvidence {
     /// filtered by device name shows).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub misrouted: Vec<MisroutedPeer>,
+    /// The pods' bridge (`cni0`), if it exists: every pod path on the node crosses it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bridge: Option<DeviceState>,
+    /// The bridge's ports (the pods' veths, host ends) that are down or have no carrier,
+    /// at most [`MAX_CONFIG_ENTRIES`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pod_links_down: Vec<String>,
+}
+
+/// A local address inside the cluster's pod networks, on any interface: the node's own
+/// gateway and VTEP address, and anything else that takes a pod range's traffic (a stale
+/// bridge address from the node's previous pod CIDR, an address added by hand).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LocalAddress {
+    /// The interface holding it.
+    pub dev: String,
+    /// The address.
+    pub ip: Ipv4Addr,
+    /// Its prefix length.
+    pub prefix_len: u8,
 }
 
 /// The route the kernel picks toward a peer's pods, when it is not the overlay's.
@@ -214,6 +239,11 @@ pub struct OverlayConfig {
     /// Forwarding-database entries on the overlay device.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub fdb: Vec<FdbEntry>,
+    /// Every local address inside the cluster's pod networks, on any interface (the
+    /// bridge's and the overlay device's included). The coordinator knows whose range
+    /// each is in.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pod_range_addrs: Vec<LocalAddress>,
 }
 
 /// A route, as `ip route` shows it.

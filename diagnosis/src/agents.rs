@@ -93,7 +93,12 @@ impl Cx<'_> {
                 "`kubectl -n meshprobe get pods -o wide --field-selector spec.nodeName={xn}` and the agents' logs"
             );
             if h == AgentState::Reported && p != AgentState::Reported {
-                if self.cfg.is_odd(x, &[crate::consistency::Attr::Gateway]) {
+                if let Some(b) = self.bridge_down(x) {
+                    evidence.push(format!(
+                        "{xn}: {} is down: its pod agent has no path to the relay on {xn}'s node IP",
+                        meshprobe_core::text::printable_line(&b.name, 32)
+                    ));
+                } else if self.cfg.is_odd(x, &[crate::consistency::Attr::Gateway]) {
                     evidence.push(format!("{xn}'s cni0 does not hold its pod gateway: its pod agent has no route to the relay on {xn}'s node IP"));
                 } else if let Some(r) = self.evidence(x).and_then(|e| {
                     e.overlay_port_rules
@@ -134,6 +139,7 @@ impl Cx<'_> {
             .iter()
             .flat_map(|f| f.finding.nodes.iter().chain(&f.finding.peers))
             .map(|n| n.as_str())
+            .chain(self.accounted.iter().map(|&x| self.ix.names[x]))
             .collect();
         w.extend(self.config_warnings(&named));
         for (node, ev) in &self.r.evidence {

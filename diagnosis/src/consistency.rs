@@ -80,6 +80,28 @@ pub(crate) struct Consistency {
     /// For a node: the peers whose neighbour entry for its VTEP holds a MAC it does not
     /// have, and that MAC.
     pub(crate) stale_for: BTreeMap<usize, Vec<(usize, String)>>,
+    /// Overlay entries on `holder` for `peer`'s VTEP that resolve to another node's VTEP
+    /// (`to`): the holder sends `peer`'s pod traffic to `to`.
+    pub(crate) redirects: Vec<Redirect>,
+    /// Local addresses inside another node's pod CIDR.
+    pub(crate) foreign: Vec<ForeignAddress>,
+}
+
+/// `holder`'s neighbour entry for `peer`'s VTEP holds `to`'s VTEP MAC.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Redirect {
+    pub(crate) holder: usize,
+    pub(crate) peer: usize,
+    pub(crate) to: usize,
+}
+
+/// `node` holds `addr` (on `dev`) inside `owner`'s pod CIDR.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ForeignAddress {
+    pub(crate) node: usize,
+    pub(crate) owner: usize,
+    pub(crate) dev: String,
+    pub(crate) addr: String,
 }
 
 impl Consistency {
@@ -202,6 +224,11 @@ impl Consistency {
                 if let Some(&q) = mac_owner.get(mac)
                     && q != p
                 {
+                    c.redirects.push(Redirect {
+                        holder: h,
+                        peer: p,
+                        to: q,
+                    });
                     c.odd.push(Oddity {
                         node: h,
                         attr: Attr::VtepMac,
@@ -323,24 +350,47 @@ impl Consistency {
         }
         for (i, cf) in configs.iter().enumerate() {
             let Some(cf) = cf else { continue };
-            let addrs = cf.bridge_addrs.iter().map(|a| ("cni0", a)).chain(
-                cf.overlay_addrs
+            // Every interface's addresses when the agent reads them (any device may take a
+            // pod range's traffic); the bridge's and the overlay's from an older agent.
+            let addrs: Vec<(&str, String)> = if cf.pod_range_addrs.is_empty() {
+                cf.bridge_addrs
                     .iter()
-                    .map(|a| (overlay.interface.as_str(), a)),
-            );
+                    .map(|a| ("cni0", a.clone()))
+                    .chain(
+                        cf.overlay_addrs
+                            .iter()
+                            .map(|a| (overlay.interface.as_str(), a.clone())),
+                    )
+                    .collect()
+            } else {
+                cf.pod_range_addrs
+                    .iter()
+                    .map(|a| (a.dev.as_str(), format!("{}/{}", a.ip, a.prefix_len)))
+                    .collect()
+            };
             for (dev, a) in addrs {
                 let Some(ip) = a.split('/').next().and_then(|s| s.parse::<Ipv4Addr>().ok()) else {
                     continue;
                 };
                 match owner_of(ip) {
-                    Some(o) if o != i => c.odd.push(Oddity {
-                        node: i,
-                        attr: Attr::Address,
-                        line: format!(
-                            "{}: {dev} holds {a}, inside {}'s pod CIDR",
-                            names[i], names[o]
-                        ),
-                    }),
+                    Some(o) if o != i => {
+                        c.odd.push(Oddity {
+                            node: i,
+                            attr: Attr::Address,
+                            line: format!(
+                                "{}: {} holds {a}, inside {}'s pod CIDR",
+                                names[i],
+                                meshprobe_core::text::printable_line(dev, 32),
+                                names[o]
+                            ),
+                        });
+                        c.foreign.push(ForeignAddress {
+                            node: i,
+                            owner: o,
+                            dev: dev.to_owned(),
+                            addr: a,
+                        });
+                    }
                     _ => {}
                 }
             }

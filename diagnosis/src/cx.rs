@@ -43,6 +43,9 @@ pub(crate) struct Cx<'a> {
     /// (cause, node) pairs an earlier pass withdrew: the detectors do not make them
     /// again, so that what they would have explained is left to the right explanation.
     pub(crate) veto: FxSet<(Cause, usize)>,
+    /// Nodes whose odd evidence a finding accounts for without blaming them (the
+    /// sufferers of another node's fault): no "though no probe fails yet" warning.
+    pub(crate) accounted: FxSet<usize>,
     /// Set while the model makes a finding: the veto is for the detectors' findings.
     pub(crate) from_model: bool,
     /// Each target's endpoint id (one per CoreDNS pod or ingress across its layers),
@@ -137,6 +140,7 @@ impl<'a> Cx<'a> {
             kube_proxy_norm: std::cell::OnceCell::new(),
             explained: FxSet::default(),
             explained_nodes: FxSet::default(),
+            accounted: FxSet::default(),
             broken: FxMap::default(),
             dns_down: BTreeSet::new(),
             found: Vec::new(),

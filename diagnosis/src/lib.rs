@@ -20,6 +20,7 @@
 pub mod synth;
 
 mod agents;
+mod claims;
 mod consistency;
 mod cx;
 mod forwarding;
@@ -131,6 +132,7 @@ impl Cx<'_> {
         let cx = self;
         cx.compare_configs();
         cx.unreachable();
+        cx.range_claims();
         cx.tunnel_nodes();
         cx.tunnel_pairs();
         cx.forwarding();
@@ -140,6 +142,7 @@ impl Cx<'_> {
         cx.metrics();
         cx.nodeport();
         cx.ingress();
+        cx.localise_supported();
         cx.service_backends();
         cx.pod_services();
         cx.lacking_outliers();

@@ -235,7 +235,7 @@ impl Cx<'_> {
     }
 
     /// [`Cx::crosses`], counting only the legs addressed to pods when `pods_only`.
-    fn crosses_on(&self, k: CellKey, h: Hyp, pods_only: bool) -> bool {
+    pub(crate) fn crosses_on(&self, k: CellKey, h: Hyp, pods_only: bool) -> bool {
         let port = self.t.cluster.overlay.port;
         let hit = |(x, s): (Hop, Scope)| x == h.hop && h.narrow.covers(s);
         self.path_of(k).is_some_and(|p| {
@@ -248,7 +248,7 @@ impl Cx<'_> {
     }
 
     /// The known cells whose paths may cross a hop at `site`.
-    fn cells_at(&self, site: Site) -> Vec<CellKey> {
+    pub(crate) fn cells_at(&self, site: Site) -> Vec<CellKey> {
         let mut v = Vec::new();
         let node = |x: usize, v: &mut Vec<CellKey>| {
             for layer in Layer::ICMP {
@@ -312,7 +312,7 @@ impl Cx<'_> {
 
     /// Whether a cell passed well enough to clear what it crosses: ok, and most of its
     /// probes answered.
-    fn clears(&self, k: CellKey) -> bool {
+    pub(crate) fn clears(&self, k: CellKey) -> bool {
         self.ix
             .cell(k)
             .is_some_and(|c| c.state == CellState::Ok && c.ok > 0 && c.ok * 2 >= c.sent)
@@ -333,10 +333,15 @@ impl Cx<'_> {
             }
             _ => false,
         };
+        self.exonerating_on(h, misrouted)
+    }
+
+    /// [`Cx::exonerating`], counting only the legs addressed to pods when `pods_only`.
+    pub(crate) fn exonerating_on(&self, h: Hyp, pods_only: bool) -> Vec<CellKey> {
         let mut v: Vec<CellKey> = self
             .cells_at(h.hop.site)
             .into_iter()
-            .filter(|&k| self.clears(k) && self.crosses_on(k, h, misrouted))
+            .filter(|&k| self.clears(k) && self.crosses_on(k, h, pods_only))
             .collect();
         v.sort_unstable();
         v.dedup();
@@ -512,8 +517,15 @@ impl Cx<'_> {
                 .filter(|(_, ex)| ex.is_empty())
                 .map(|(h, _)| *h)
                 .collect();
-            if standing.is_empty() {
-                let (h, ex) = &tested[0];
+            // Standing, but on no evidence, where another hop of the same cells has it (a
+            // bridge that is down, read by elimination as a firewall): the evidence wins.
+            let supplanted = if !standing.is_empty() && !standing.iter().any(|h| self.supported(*h))
+            {
+                self.better_supported(&r, &standing)
+            } else {
+                None
+            };
+            if standing.is_empty() || supplanted.is_some() {
                 let f = &r.finding;
                 for k in &r.keys {
                     self.claimed.remove(k);
@@ -521,8 +533,24 @@ impl Cx<'_> {
                 if let Some(x) = f.nodes.first().and_then(|n| self.pos(n)) {
                     self.broken.remove(&x);
                 }
-                let alternative =
-                    self.alternative(f.cause.clone(), f.nodes.clone(), f.peers.clone(), *h, ex);
+                let alternative = match supplanted {
+                    Some(better) => Alternative {
+                        cause: f.cause.clone(),
+                        nodes: f.nodes.clone(),
+                        peers: f.peers.clone(),
+                        hop: self.hop_words(standing[0]),
+                        rejected_by: format!(
+                            "not {}: no evidence on the node shows it, while {} explains every one of its cells and the node's own state shows it",
+                            self.hop_words(standing[0]),
+                            self.hop_words(better)
+                        ),
+                        rejecting_cells: Vec::new(),
+                    },
+                    None => {
+                        let (h, ex) = &tested[0];
+                        self.alternative(f.cause.clone(), f.nodes.clone(), f.peers.clone(), *h, ex)
+                    }
+                };
                 self.withdrawn.push(Withdrawn {
                     alternative,
                     keys: std::mem::take(&mut r.keys),
@@ -574,8 +602,35 @@ impl Cx<'_> {
                     .is_some_and(|o| o.peers_missing().iter().any(|p| p.as_str() == peer))
             }
             (HopKind::ServiceNat, Site::Node(x)) => !self.service_odd(x).is_empty(),
+            (HopKind::Bridge, Site::Node(x)) => self.bridge_down(x).is_some(),
             _ => false,
         }
+    }
+
+    /// The node's pod bridge, when its evidence shows it down or without carrier.
+    pub(crate) fn bridge_down(&self, x: usize) -> Option<&meshprobe_core::evidence::DeviceState> {
+        self.evidence(x)
+            .and_then(|e| e.overlay.as_ref())
+            .and_then(|o| o.bridge.as_ref())
+            .filter(|b| !b.up || b.no_carrier)
+    }
+
+    /// A hop with node evidence behind it that explains every cell of a finding no
+    /// evidence supports, and that no passing cell clears: the better explanation.
+    fn better_supported(&self, r: &Ranked, own: &[Hyp]) -> Option<Hyp> {
+        let first = *r.keys.first()?;
+        let path = self.path_of(first)?;
+        let hops: BTreeSet<Hop> = path.hops().collect();
+        hops.into_iter().map(Hyp::any).find(|h| {
+            !own.iter().any(|o| o.hop == h.hop)
+                && self.supported(*h)
+                && self.cause_of(*h).is_some()
+                && r.keys.iter().all(|&k| {
+                    // A load-balanced probe may have landed anywhere: it proves nothing.
+                    self.path_of(k).is_none_or(|p| p.balanced) || self.crosses(k, *h)
+                })
+                && self.exonerating(*h).is_empty()
+        })
     }
 
     /// The distinct other nodes whose cells a hypothesis at node `x` explains.
@@ -594,6 +649,17 @@ impl Cx<'_> {
     /// Covers the failing cells no finding claims with the fewest hypotheses that survive
     /// exoneration, and makes a finding of each that names a cause.
     pub(crate) fn localise(&mut self) {
+        self.localise_with(false);
+    }
+
+    /// [`Cx::localise`] with only the hypotheses node evidence supports: run before the
+    /// detectors that read what is left as nobody's (a service's backends), so that a
+    /// node whose own state explains its cells is named first.
+    pub(crate) fn localise_supported(&mut self) {
+        self.localise_with(true);
+    }
+
+    fn localise_with(&mut self, only_supported: bool) {
         let left: Vec<CellKey> = self
             .ix
             .failing
@@ -607,10 +673,18 @@ impl Cx<'_> {
         }
         let port = self.t.cluster.overlay.port;
         let mut cands: FxMap<Hyp, Vec<CellKey>> = FxMap::default();
+        let mut backed: FxMap<Hop, bool> = FxMap::default();
         for &k in &left {
             let Some(p) = self.path_of(k) else { continue };
             let mut seen: FxSet<Hyp> = FxSet::default();
             for (hop, scope) in p.crossings(port) {
+                if only_supported
+                    && !*backed
+                        .entry(hop)
+                        .or_insert_with(|| self.supported(Hyp::any(hop)))
+                {
+                    continue;
+                }
                 for narrow in Narrow::of(scope) {
                     let h = Hyp { hop, narrow };
                     if seen.insert(h) {
@@ -645,7 +719,7 @@ impl Cx<'_> {
                 let ok = *cleared
                     .entry(*h)
                     .or_insert_with(|| self.exonerating(*h).is_empty());
-                if !ok || self.cause_of(*h).is_none() {
+                if !ok || self.cause_of(*h).is_none() || (only_supported && !self.supported(*h)) {
                     continue;
                 }
                 match chosen {
@@ -755,6 +829,9 @@ impl Cx<'_> {
                 (Cause::IcmpBlocked, x, None, Direction::Inbound)
             }
             (Gateway, Site::Node(x)) => (Cause::PodGatewayMissing, x, None, Direction::Inbound),
+            (Bridge, Site::Node(x)) if self.bridge_down(x).is_some() => {
+                (Cause::PodDeviceDown, x, None, Direction::Both)
+            }
             (ForwardOut, Site::Node(x)) => (self.forward_cause(x), x, None, Direction::Outbound),
             (ForwardIn, Site::Node(x)) => (self.forward_cause(x), x, None, Direction::Inbound),
             (OverlayRoute, Site::Pair { from, to }) => (
@@ -876,6 +953,29 @@ impl Cx<'_> {
         {
             evidence.extend(lines);
         }
+        if h.hop.kind == HopKind::Bridge
+            && let Some(o) = self.evidence(x).and_then(|e| e.overlay.as_ref())
+        {
+            if let Some(b) = &o.bridge {
+                evidence.push(format!(
+                    "{xn}: {} is {}{}",
+                    meshprobe_core::text::printable_line(&b.name, 32),
+                    if b.up { "up" } else { "down" },
+                    if b.no_carrier { ", no carrier" } else { "" }
+                ));
+            }
+            if !o.pod_links_down.is_empty() {
+                evidence.push(format!(
+                    "{xn}: pod veths down or without carrier: {}",
+                    o.pod_links_down
+                        .iter()
+                        .take(4)
+                        .map(|d| meshprobe_core::text::printable_line(d, 32))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+        }
         let only = if scope.is_empty() {
             String::new()
         } else {
@@ -900,6 +1000,20 @@ impl Cx<'_> {
                     }
                 ),
             ),
+            HopKind::Bridge => {
+                let dev = self
+                    .bridge_down(x)
+                    .map(|b| meshprobe_core::text::printable_line(&b.name, 32))
+                    .unwrap_or_else(|| "cni0".to_owned());
+                (
+                    format!(
+                        "{xn}'s pod bridge {dev} is down: its pods are cut off from their gateway, the node and the overlay, while {xn}'s own network works"
+                    ),
+                    format!(
+                        "on {xn}: `ip -d link show cni0` and `ip link set cni0 up`; then find what set it down (NetworkManager or systemd-networkd managing the CNI's devices: `nmcli device status`, `networkctl`)"
+                    ),
+                )
+            }
             HopKind::ForwardOut | HopKind::ForwardIn if !scope.is_empty() => (
                 format!(
                     "{xn} forwards its pods' traffic but drops {scope} {}",

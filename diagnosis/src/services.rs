@@ -423,9 +423,8 @@ impl Cx<'_> {
                 }
                 let here = lost as f64 / sent as f64;
                 let elsewhere = (all_lost - lost) as f64 / (all_sent - sent) as f64;
-                // Only with x's own paths whole: a cut tunnel to x's pods (or from them)
-                // fails the requests x sends on to them, which is that fault's, not
-                // kube-proxy's.
+                // A cut tunnel to x's pods (or from them) fails the requests x sends on
+                // to them, which is that fault's, not kube-proxy's.
                 let paths_whole = !self.ix.failing.iter().any(|k| {
                     let d = self.ix.dst_node(*k);
                     // Small packets: a request is a few hundred bytes.
@@ -447,9 +446,10 @@ impl Cx<'_> {
                     && elsewhere * 4.0 <= here;
                 // What a broken node's backends explain is claimed already: only what is
                 // left over is x's.
+                // x's own evidence names the cause whatever else fails; the comparison
+                // with the other nodes' ports holds only while x's own paths are whole.
                 if failing.is_empty()
-                    || !paths_whole
-                    || !(explained || by_peers)
+                    || !(explained || (paths_whole && by_peers))
                     || (self.target_claimed(id) && from_pods.is_none_or(|p| self.target_claimed(p)))
                 {
                     continue;

@@ -171,6 +171,7 @@ impl Fault {
             Fault::BridgeNfOff(x),
             Fault::GatewayLost(x),
             Fault::overlay_input_drop(x),
+            Fault::bridge_down(x),
             Fault::forward_drop(
                 x,
                 Traffic {
@@ -194,6 +195,17 @@ impl Fault {
         Fault::Hops {
             node: x,
             hops: vec![on(HopKind::OverlayIn, x)],
+            traffic: Traffic::ALL,
+            forward_rule: None,
+        }
+    }
+
+    /// `ip link set cni0 down` on `x`: every pod path on x crosses a bridge that passes
+    /// nothing; the agent reads the bridge's state.
+    pub fn bridge_down(x: usize) -> Fault {
+        Fault::Hops {
+            node: x,
+            hops: vec![on(HopKind::Bridge, x)],
             traffic: Traffic::ALL,
             forward_rule: None,
         }
@@ -899,11 +911,13 @@ fn evidence_of(t: &Topology, faults: &[Fault], x: usize, peers: &[usize]) -> Nod
                 name: t.cluster.overlay.interface.clone(),
                 mtu: u32::from(t.cluster.overlay.mtu),
                 up: true,
+                no_carrier: false,
             }),
             underlay: Some(DeviceState {
                 name: "eth0".into(),
                 mtu: 1500,
                 up: true,
+                no_carrier: false,
             }),
             ..OverlayEvidence::default()
         }),
@@ -1000,6 +1014,18 @@ fn evidence_of(t: &Topology, faults: &[Fault], x: usize, peers: &[usize]) -> Nod
                         t.nodes[*b].internal_ip
                     ),
                 });
+            }
+            Fault::Hops { node, hops, .. }
+                if *node == x && hops.contains(&on(HopKind::Bridge, x)) =>
+            {
+                if let Some(o) = ev.overlay.as_mut() {
+                    o.bridge = Some(DeviceState {
+                        name: "cni0".into(),
+                        mtu,
+                        up: false,
+                        no_carrier: true,
+                    });
+                }
             }
             Fault::Hops {
                 node,

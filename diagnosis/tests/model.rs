@@ -226,3 +226,122 @@ fn alternatives_of_known_faults_name_passing_cells_only() {
         );
     }
 }
+
+/// Issue 21: pods cut off by local state were called `forward-rejected` by elimination.
+/// The bridge's own state explains every cell; the firewall is the rejected alternative.
+#[test]
+fn issue_21_a_bridge_that_is_down_is_not_a_firewall() {
+    for n in [3, 6] {
+        for x in 0..n {
+            let (r, f) = run(n, &[Fault::bridge_down(x)]);
+            let xn = format!("n{}", x + 1);
+            assert_eq!(
+                (f[0].cause.as_str(), f[0].nodes[0].as_str()),
+                ("pod-device-down", xn.as_str()),
+                "{}",
+                dump(&f)
+            );
+            assert!(
+                f[0].evidence.iter().any(|e| e.contains("cni0 is down")),
+                "{}",
+                dump(&f)
+            );
+            assert!(
+                f.iter().all(|g| g.nodes.iter().all(|m| m.as_str() == xn)
+                    && g.cause.as_str() != "forward-rejected"),
+                "{}",
+                dump(&f)
+            );
+            all_claimed(&r, &f);
+        }
+    }
+}
+
+/// Issue 21: "Four healthy nodes blamed": their entries for one peer resolved to a fifth
+/// node that held an address inside that peer's pod range. One finding, on the fifth
+/// node; the sufferers are evidence and a rejected alternative, never `nodes`.
+#[test]
+fn issue_21_a_claimed_pod_range_blames_the_claimant_not_the_sufferers() {
+    use meshprobe_core::datapath::{Hop, HopKind, Site};
+    use meshprobe_core::evidence::LocalAddress;
+    for n in [3, 6] {
+        let (claimant, owner) = (n - 1, 0);
+        let t = synth::topology(n);
+        // Every other node's route toward the owner's pods ends on the claimant.
+        let fault = Fault::Hops {
+            node: claimant,
+            hops: (0..n)
+                .filter(|&s| s != owner)
+                .map(|s| Hop {
+                    kind: HopKind::OverlayRoute,
+                    site: Site::Pair { from: s, to: owner },
+                })
+                .collect(),
+            traffic: Traffic::ALL,
+            forward_rule: None,
+        };
+        let mut r = synth::report(
+            &t,
+            std::slice::from_ref(&fault),
+            1,
+            &PlanSettings::default(),
+        );
+        let owner_cidr = t.nodes[owner].pod_cidr;
+        let claimant_mac = r.evidence[&t.nodes[claimant].name]
+            .config
+            .as_ref()
+            .and_then(|c| c.vtep_mac.clone())
+            .expect("claimant's VTEP MAC");
+        let stolen = std::net::Ipv4Addr::from(u32::from(owner_cidr.network()) + 200);
+        for (name, ev) in r.evidence.iter_mut() {
+            let cfg = ev.config.as_mut().expect("config");
+            if *name == t.nodes[claimant].name {
+                cfg.pod_range_addrs.push(LocalAddress {
+                    dev: "dummy0".into(),
+                    ip: stolen,
+                    prefix_len: 32,
+                });
+            } else if *name != t.nodes[owner].name {
+                for e in &mut cfg.neighbours {
+                    if e.ip == Some(owner_cidr.network()) {
+                        e.mac = Some(claimant_mac.clone());
+                    }
+                }
+            }
+        }
+        let f = diagnose(&t, &r, &[], &Settings::default()).findings;
+        let (cn, on) = (format!("n{}", claimant + 1), format!("n{}", owner + 1));
+        assert_eq!(
+            (
+                f[0].cause.as_str(),
+                f[0].nodes[0].as_str(),
+                f[0].peers[0].as_str()
+            ),
+            ("pod-cidr-conflict", cn.as_str(), on.as_str()),
+            "{}",
+            dump(&f)
+        );
+        assert!(
+            f.iter()
+                .all(|g| g.nodes.iter().all(|m| m.as_str() == cn || m.as_str() == on)),
+            "a sufferer is blamed:\n{}",
+            dump(&f)
+        );
+        assert!(
+            f[0].evidence
+                .iter()
+                .any(|e| e.contains(&stolen.to_string())),
+            "{}",
+            dump(&f)
+        );
+        assert!(
+            f[0].alternatives
+                .iter()
+                .any(|a| a.cause.as_str() == "overlay-peer-missing"),
+            "{}",
+            dump(&f)
+        );
+        assert!(f[0].fix.contains("ip addr del"), "{}", f[0].fix);
+        all_claimed(&r, &f);
+    }
+}

@@ -11,9 +11,9 @@ use std::net::Ipv4Addr;
 use std::process::Command;
 
 use meshprobe_core::evidence::{
-    DeviceState, FdbEntry, FirewallRule, ForwardEvidence, KubeProxyEvidence, MAX_CONFIG_ENTRIES,
-    MisroutedPeer, NeighbourEntry, NodeEvidence, OverlayConfig, OverlayEvidence,
-    OverlayExpectation, OverlayPeer, RouteEntry, ipv4_net_holds,
+    DeviceState, FdbEntry, FirewallRule, ForwardEvidence, KubeProxyEvidence, LocalAddress,
+    MAX_CONFIG_ENTRIES, MisroutedPeer, NeighbourEntry, NodeEvidence, OverlayConfig,
+    OverlayEvidence, OverlayExpectation, OverlayPeer, RouteEntry, ipv4_net_holds,
 };
 use serde_json::Value;
 
@@ -666,7 +666,37 @@ fn device(link: &Value) -> Option<DeviceState> {
         name: link["ifname"].as_str()?.to_owned(),
         mtu: link["mtu"].as_u64()? as u32,
         up: flags.iter().any(|f| f == "UP") && link["operstate"] != "DOWN",
+        no_carrier: flags.iter().any(|f| f == "NO-CARRIER")
+            || link["operstate"] == "LOWERLAYERDOWN",
     })
+}
+
+/// Every local IPv4 address inside the cluster's pod networks, on any interface (from
+/// `ip -j addr`), at most [`MAX_CONFIG_ENTRIES`].
+pub fn pod_range_addrs(exp: &OverlayExpectation, addrs: &str) -> Vec<LocalAddress> {
+    let mut out = Vec::new();
+    for link in arr(addrs) {
+        let Some(dev) = link["ifname"].as_str() else {
+            continue;
+        };
+        for a in link["addr_info"].as_array().into_iter().flatten() {
+            let Some(ip) = a["local"].as_str().and_then(|s| s.parse::<Ipv4Addr>().ok()) else {
+                continue;
+            };
+            let Some(prefix_len) = a["prefixlen"].as_u64().and_then(|l| u8::try_from(l).ok())
+            else {
+                continue;
+            };
+            if exp.pod_cidrs.iter().any(|c| c.contains(ip)) && out.len() < MAX_CONFIG_ENTRIES {
+                out.push(LocalAddress {
+                    dev: dev.to_owned(),
+                    ip,
+                    prefix_len,
+                });
+            }
+        }
+    }
+    out
 }
 
 /// What `ip -j route get ADDR` answered for an address in `peer`'s pod CIDR, when it is
@@ -716,6 +746,18 @@ pub fn check_overlay(
                     .is_some_and(|a| a.iter().any(|x| x["local"] == node_ip.as_str()))
             })
             .and_then(device),
+        bridge: links
+            .iter()
+            .find(|l| l["ifname"] == "cni0")
+            .and_then(device),
+        pod_links_down: links
+            .iter()
+            .filter(|l| l["master"] == "cni0" && l["ifname"] != "cni0")
+            .filter_map(device)
+            .filter(|d| !d.up || d.no_carrier)
+            .map(|d| d.name)
+            .take(MAX_CONFIG_ENTRIES)
+            .collect(),
         ..OverlayEvidence::default()
     };
     let routes = arr(routes);
@@ -880,6 +922,7 @@ pub fn overlay_config(
                 })
             })
             .collect(),
+        pod_range_addrs: pod_range_addrs(exp, addrs),
     }
 }
 
@@ -1020,7 +1063,8 @@ mod tests {
             Some(DeviceState {
                 name: "flannel.1".into(),
                 mtu: 1450,
-                up: true
+                up: true,
+                no_carrier: false,
             })
         );
         assert_eq!(
@@ -1258,6 +1302,37 @@ mod tests {
         assert_eq!(c.neighbours.len(), 2);
         assert_eq!(c.fdb.len(), 2);
         assert_eq!(c.fdb[0].dst, Some("192.168.77.13".parse().expect("ip")));
+    }
+
+    /// issue 21: every local address inside the pod networks, on any interface, and the
+    /// state of the bridge and its ports (a bridge that is down cuts its pods off).
+    #[test]
+    fn issue_21_addresses_in_pod_ranges_and_the_bridges_state_are_read() {
+        let addrs = r#"[{"ifname":"eth0","mtu":1500,"operstate":"UP","flags":["UP","LOWER_UP"],"addr_info":[{"local":"192.168.77.11","prefixlen":24}]},
+          {"ifname":"cni0","mtu":1450,"operstate":"DOWN","flags":["NO-CARRIER","BROADCAST"],"addr_info":[{"local":"10.42.1.1","prefixlen":24},{"local":"10.42.3.1","prefixlen":24}]},
+          {"ifname":"veth-a","mtu":1450,"master":"cni0","operstate":"LOWERLAYERDOWN","flags":["UP"],"addr_info":[]},
+          {"ifname":"veth-b","mtu":1450,"master":"cni0","operstate":"UP","flags":["UP","LOWER_UP"],"addr_info":[]},
+          {"ifname":"dummy0","mtu":1500,"operstate":"UNKNOWN","flags":["UP"],"addr_info":[{"local":"10.42.2.200","prefixlen":32}]}]"#;
+        let found = pod_range_addrs(&expectation(), addrs);
+        let got: Vec<(&str, String)> = found
+            .iter()
+            .map(|a| (a.dev.as_str(), format!("{}/{}", a.ip, a.prefix_len)))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("cni0", "10.42.1.1/24".to_owned()),
+                ("cni0", "10.42.3.1/24".to_owned()),
+                ("dummy0", "10.42.2.200/32".to_owned())
+            ]
+        );
+        let ev = check_overlay(&expectation(), addrs, ROUTES, NEIGH, Some(FDB));
+        let bridge = ev.bridge.expect("cni0 read");
+        assert!(!bridge.up && bridge.no_carrier, "{bridge:?}");
+        assert_eq!(ev.pod_links_down, ["veth-a"]);
+        let healthy = check_overlay(&expectation(), ADDRS, ROUTES, NEIGH, Some(FDB));
+        assert!(healthy.bridge.is_some_and(|b| b.up && !b.no_carrier));
+        assert!(healthy.pod_links_down.is_empty());
     }
 
     /// issue 21: "A route to most of a peer's pod range over an interface that is not the

@@ -222,6 +222,23 @@ pub enum Fault {
         /// The peer whose pods it takes.
         peer: String,
     },
+    /// The node holds an address inside the peer's pod CIDR on its bridge (the range it
+    /// had before it was re-registered, or a duplicate flannel lease) and routes that
+    /// range to its own pods, and every other node's neighbour entry for the peer's VTEP
+    /// holds this node's VTEP MAC (what flanneld writes for a lease that claims the
+    /// peer's subnet): the peer's pod traffic from everywhere lands here.
+    PodCidrClaimed {
+        /// The node that claims the range.
+        node: String,
+        /// The node that owns it.
+        peer: String,
+    },
+    /// The node's pod bridge (`cni0`) is set down (NetworkManager managing the CNI's
+    /// devices, a CNI plugin's DEL gone wrong): its pods are cut off; its own network works.
+    BridgeDown {
+        /// Node.
+        node: String,
+    },
     /// Event: `conntrack -F` on one node, or on every node (what a kube-proxy or CNI
     /// restart, or an operator, does): every NATed flow loses its mapping.
     ConntrackFlush {
@@ -265,7 +282,7 @@ pub enum Action {
 }
 
 /// The names of every fault kind, as the CLI takes them.
-pub const KINDS: [&str; 38] = [
+pub const KINDS: [&str; 40] = [
     "vxlan-drop-in",
     "vxlan-drop-out",
     "ip-forward-off",
@@ -304,6 +321,8 @@ pub const KINDS: [&str; 38] = [
     "icmp-forward-drop",
     "dns-port-drop",
     "route-hijack",
+    "pod-cidr-claimed",
+    "bridge-down",
 ];
 
 const TAG: &str = "-m comment --comment meshprobe-fault";
@@ -407,6 +426,11 @@ impl Fault {
                 node: need_node()?,
                 peer: need_peer()?,
             },
+            "pod-cidr-claimed" => Fault::PodCidrClaimed {
+                node: need_node()?,
+                peer: need_peer()?,
+            },
+            "bridge-down" => Fault::BridgeDown { node: need_node()? },
             "loss" => {
                 let percent = percent.unwrap_or(50);
                 if !(1..=100).contains(&percent) {
@@ -436,6 +460,8 @@ impl Fault {
             | Fault::FdbMissing { node, .. }
             | Fault::RouteMissing { node, .. }
             | Fault::RouteHijack { node, .. }
+            | Fault::PodCidrClaimed { node, .. }
+            | Fault::BridgeDown { node }
             | Fault::NeighMissing { node, .. }
             | Fault::VtepStale { node, .. }
             | Fault::UnderlayMtu { node, .. }
@@ -492,6 +518,7 @@ impl Fault {
             Fault::FdbMissing { node, peer }
             | Fault::RouteMissing { node, peer }
             | Fault::RouteHijack { node, peer }
+            | Fault::PodCidrClaimed { node, peer }
             | Fault::NeighMissing { node, peer }
             | Fault::VtepStale { node, peer }
             | Fault::VxlanPairDrop { node, peer } => {
@@ -832,6 +859,41 @@ impl Fault {
                     format!("route {verb} 10.42.{}.0/25 dev eth0\n", p.subnet),
                 )]
             }
+            Fault::PodCidrClaimed { node: n, peer } => {
+                let (Some(n), Some(p)) = (node(n), node(peer)) else {
+                    return Action::Steps(vec![]);
+                };
+                let claim = format!("{}/24 dev cni0", p.gateway());
+                let mut steps = vec![Step::ip_batch(
+                    &n.ns,
+                    if inject {
+                        format!("route del {}\naddr add {claim}\n", p.pod_cidr())
+                    } else {
+                        format!("addr del {claim}\n{}\n", route_line(&p))
+                    },
+                )];
+                let imposter = LabNode {
+                    vtep_mac: n.vtep_mac.clone(),
+                    ..p.clone()
+                };
+                for h in plan
+                    .nodes
+                    .iter()
+                    .filter(|h| h.name != n.name && h.name != p.name)
+                {
+                    let to = if inject { &imposter } else { &p };
+                    steps.push(Step::ip_batch(&h.ns, neigh_line(to) + "\n"));
+                }
+                steps
+            }
+            Fault::BridgeDown { node: n } => {
+                let Some(n) = node(n) else {
+                    return Action::Steps(vec![]);
+                };
+                let state = if inject { "down" } else { "up" };
+                // Down removes the bridge's connected route; up has the kernel restore it.
+                vec![Step::ip_batch(&n.ns, format!("link set cni0 {state}\n"))]
+            }
             Fault::NeighMissing { node: n, peer } => {
                 let (Some(n), Some(p)) = (node(n), node(peer)) else {
                     return Action::Steps(vec![]);
@@ -991,6 +1053,10 @@ impl fmt::Display for Fault {
             Fault::RouteHijack { node, peer } => {
                 write!(f, "route-hijack on {node}: half of {peer}'s pods over eth0")
             }
+            Fault::PodCidrClaimed { node, peer } => {
+                write!(f, "pod-cidr-claimed: {node} holds {peer}'s pod range")
+            }
+            Fault::BridgeDown { node } => write!(f, "bridge-down (cni0) on {node}"),
             Fault::JumboMtu { node } => write!(f, "jumbo-mtu (9000) on {node}"),
             Fault::VxlanPort { node } => write!(f, "vxlan-port 4789 on {node}"),
             Fault::VxlanVni { node } => write!(f, "vxlan-vni 2 on {node}"),
