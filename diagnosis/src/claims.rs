@@ -20,7 +20,7 @@ use meshprobe_core::{Cause, Direction};
 
 use crate::consistency::ForeignAddress;
 use crate::cx::{Cx, describe, name};
-use crate::index::CellKey;
+use crate::index::{CellKey, FxSet};
 use crate::{Part, Ranked};
 
 /// What points at one node for another's pod range.
@@ -43,10 +43,10 @@ struct Skip {
 }
 
 impl Skip {
-    /// Whether a leg of `path` crosses `hop` and is lost there.
-    fn fails(self, path: &Path, hop: Hop) -> bool {
-        let request = path.request.contains(&hop) && !(path.request_to_node && self.gateway);
-        let reply = path.reply.contains(&hop) && !(path.reply_to_node && self.vtep);
+    /// Whether a leg of `path` crosses a hop `lost` says loses, and is lost there.
+    fn fails(self, path: &Path, lost: impl Fn(&Hop) -> bool) -> bool {
+        let request = path.request.iter().any(&lost) && !(path.request_to_node && self.gateway);
+        let reply = path.reply.iter().any(&lost) && !(path.reply_to_node && self.vtep);
         request || reply
     }
 }
@@ -92,13 +92,13 @@ impl Cx<'_> {
             if !c.addrs.is_empty() {
                 senders.push(f);
             }
-            let hops: Vec<Hop> = senders
-                .iter()
-                .map(|&s| Hop {
-                    kind: HopKind::OverlayRoute,
-                    site: Site::Pair { from: s, to: p },
-                })
-                .collect();
+            // A sender's route toward p: looked up per hop, so that a claim with thousands
+            // of sufferers costs a path's length per cell.
+            let sending: FxSet<usize> = senders.iter().copied().collect();
+            let toward_p = |h: &Hop| {
+                h.kind == HopKind::OverlayRoute
+                    && matches!(h.site, Site::Pair { from, to } if to == p && sending.contains(&from))
+            };
             // What f answers itself: p's own addresses that f holds (p's gateway on a
             // stale bridge address) are delivered on f, so probes of them pass.
             let owner = self.t.node(&name(self.ix.names[p]));
@@ -115,7 +115,7 @@ impl Cx<'_> {
             };
             let predicted = |cx: &Self, k: CellKey| {
                 cx.path_of(k)
-                    .is_some_and(|path| hops.iter().any(|&h| skip.fails(&path, h)))
+                    .is_some_and(|path| skip.fails(&path, toward_p))
             };
             // A passing cell the claim says fails refutes it.
             let refuted = senders.iter().any(|&s| {
