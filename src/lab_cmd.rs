@@ -42,7 +42,7 @@ pub enum LabCommand {
     /// Inject a fault.
     Fault {
         /// One of the fault kinds (see `meshprobe lab fault --help`).
-        #[arg(value_parser = clap::builder::PossibleValuesParser::new(KINDS))]
+        #[arg(value_parser = clap::builder::PossibleValuesParser::new(KINDS.iter()))]
         kind: String,
         /// Where the fault goes.
         #[command(flatten)]
@@ -51,7 +51,7 @@ pub enum LabCommand {
     /// Heal a fault, or all of them.
     Heal {
         /// The fault kind to heal; heals every fault in force when omitted.
-        #[arg(value_parser = clap::builder::PossibleValuesParser::new(KINDS))]
+        #[arg(value_parser = clap::builder::PossibleValuesParser::new(KINDS.iter()))]
         kind: Option<String>,
         /// Where the fault goes.
         #[command(flatten)]
@@ -101,7 +101,7 @@ pub struct FaultTarget {
 }
 
 impl FaultTarget {
-    fn fault(&self, kind: &str) -> Result<Fault, String> {
+    fn fault(&self, kind: &str) -> Result<Fault, meshprobe_sandbox::fault::FaultError> {
         Fault::parse(
             kind,
             self.node.as_deref(),
@@ -303,7 +303,7 @@ fn run_inner(cmd: LabCommand) -> Result<(), String> {
             Ok(())
         }
         LabCommand::Fault { kind, target } => {
-            let fault = target.fault(&kind)?;
+            let fault = target.fault(&kind).map_err(|e| e.to_string())?;
             let mut lab = pick(target.name.clone())?;
             lab.inject(fault.clone()).map_err(|e| e.to_string())?;
             println!("injected: {fault}");
@@ -313,7 +313,7 @@ fn run_inner(cmd: LabCommand) -> Result<(), String> {
             let mut lab = pick(target.name.clone())?;
             match kind {
                 Some(k) => {
-                    let fault = target.fault(&k)?;
+                    let fault = target.fault(&k).map_err(|e| e.to_string())?;
                     lab.heal(&fault).map_err(|e| e.to_string())?;
                     println!("healed: {fault}");
                 }

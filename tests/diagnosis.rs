@@ -10,75 +10,38 @@ mod common;
 use std::time::Duration;
 
 use common::{check, check_until_healthy, lab_or_skip, seed};
-use meshprobe_core::CheckReport;
+use meshprobe_core::catalogue::{Class, FaultKind, Role};
+use meshprobe_core::{Cause, CheckReport};
 use meshprobe_sandbox::{Fault, LabPlan};
 
-/// What the top finding must say: cause, node, peer.
+/// What the top finding must say: cause, node, peer, from the fault catalogue's
+/// declaration of the kind ("" for the kinds that are not datapath faults).
 fn expected(plan: &LabPlan, f: &Fault) -> (&'static str, String, Option<String>) {
-    let node = f.node().map(str::to_owned);
-    let on = |n: Option<String>| n.unwrap_or_default();
-    match f {
-        Fault::VxlanDropIn { .. } | Fault::VxlanDropOut { .. } => ("vxlan-blocked", on(node), None),
-        Fault::IpForwardOff { .. } => ("ip-forward-disabled", on(node), None),
-        Fault::ForwardReject { .. } => ("forward-rejected", on(node), None),
-        Fault::FdbMissing { peer, .. }
-        | Fault::RouteMissing { peer, .. }
-        | Fault::NeighMissing { peer, .. }
-        | Fault::VtepStale { peer, .. }
-        | Fault::RouteHijack { peer, .. } => ("overlay-peer-missing", on(node), Some(peer.clone())),
-        Fault::UnderlayMtu { .. } => ("mtu-mismatch", on(node), None),
-        Fault::DnsDown { pod } => (
-            "dns-pod-down",
-            plan.coredns_node(pod)
-                .map(|n| n.name.clone())
-                .unwrap_or_default(),
-            None,
-        ),
-        Fault::MetricsBlocked { pod } => (
-            "metrics-unreachable",
-            plan.coredns_node(pod)
-                .map(|n| n.name.clone())
-                .unwrap_or_default(),
-            None,
-        ),
-        Fault::NodeportRemoved { .. } => ("nodeport-broken", on(node), None),
-        Fault::IngressDown => ("ingress-broken", plan.ingress().name.clone(), None),
-        Fault::LinkDown { .. } => ("node-unreachable", on(node), None),
-        Fault::IcmpBlocked { .. } => ("icmp-blocked", on(node), None),
-        Fault::JumboMtu { .. } => ("mtu-mismatch", on(node), None),
-        Fault::VxlanPort { .. } | Fault::VxlanVni { .. } | Fault::VtepChanged { .. } => {
-            ("vxlan-config-mismatch", on(node), None)
-        }
-        Fault::DnsRulesMissing { .. } => ("dns-service-broken", on(node), None),
-        Fault::VxlanPairDrop { peer, .. } => ("vxlan-blocked", on(node), Some(peer.clone())),
-        Fault::HostFirewall { .. } => ("vxlan-blocked", on(node), None),
-        Fault::BridgeMtu { .. } => ("mtu-mismatch", on(node), None),
-        // Which backend a failed request landed on, no probe can tell: the finding names
-        // the service and no node.
-        Fault::BackendDown { .. } => ("service-backend-down", String::new(), None),
-        Fault::MasqueradeMissing { .. } => ("nodeport-broken", on(node), None),
-        Fault::BridgeNfOff { .. } => ("dns-service-broken", on(node), None),
-        Fault::BridgeAddrLost { .. } => ("pod-gateway-missing", on(node), None),
-        Fault::PodCidrClaimed { peer, .. } => ("pod-cidr-conflict", on(node), Some(peer.clone())),
-        Fault::BridgeDown { .. } => ("pod-device-down", on(node), None),
-        Fault::OverlayInputDrop { .. } => ("host-input-blocked", on(node), None),
-        Fault::IcmpForwardDrop { .. } => ("forward-rejected", on(node), None),
-        Fault::DnsPortDrop { pod } => (
-            "forward-rejected",
-            plan.coredns_node(pod)
-                .map(|n| n.name.clone())
-                .unwrap_or_default(),
-            None,
-        ),
-        Fault::Loss { .. } => ("packet-loss", on(node), None),
-        // Not data-path faults: no finding is expected of them.
-        Fault::CoordinatorDown
-        | Fault::ApiServerDown
-        | Fault::ConntrackFlush { .. }
-        | Fault::FirewallReload { .. }
-        | Fault::CoordinatorRestart
-        | Fault::HostAgentRestart { .. } => ("", String::new(), None),
-    }
+    let Some(want) = f.kind().spec().finding else {
+        return ("", String::new(), None);
+    };
+    let node = match want.on {
+        Role::Node => f.node().unwrap_or_default().to_owned(),
+        Role::PodNode => f
+            .pod()
+            .and_then(|p| plan.coredns_node(p))
+            .map(|n| n.name.clone())
+            .unwrap_or_default(),
+        Role::IngressNode => plan.ingress().name.clone(),
+        Role::Nobody => String::new(),
+    };
+    let cause = match want.cause {
+        Cause::Other(_) => "",
+        ref c => Cause::KNOWN
+            .iter()
+            .find(|k| *k == c)
+            .map_or("", |k| k.as_str()),
+    };
+    let peer = want
+        .names_peer
+        .then(|| f.peer().map(str::to_owned))
+        .flatten();
+    (cause, node, peer)
 }
 
 /// The nodes a finding may name under `f`: the fault's node, a CoreDNS pod's node, the
@@ -92,78 +55,28 @@ fn at_fault(plan: &LabPlan, f: &Fault) -> Vec<String> {
         .collect()
 }
 
-/// One fault of every kind, on nodes drawn from `rng`.
+/// One fault of every datapath kind in the catalogue, on nodes drawn from `rng`.
 fn every_kind(plan: &LabPlan, rng: &mut fastrand::Rng) -> Vec<Fault> {
     let n = plan.nodes.len();
-    let node = |rng: &mut fastrand::Rng| format!("n{}", rng.usize(1..=n));
-    let pair = |rng: &mut fastrand::Rng| {
-        let a = rng.usize(1..=n);
-        let b = (a + rng.usize(1..n) - 1) % n + 1;
-        (format!("n{a}"), format!("n{b}"))
-    };
-    let pod = |rng: &mut fastrand::Rng| {
-        if rng.bool() {
-            "coredns-a".to_owned()
-        } else {
-            "coredns-b".to_owned()
-        }
-    };
-    let (a, b) = pair(rng);
-    let (c, d) = pair(rng);
-    let (e, f) = pair(rng);
-    let (g, h) = pair(rng);
-    let (i, j) = pair(rng);
-    vec![
-        Fault::VxlanDropIn { node: node(rng) },
-        Fault::VxlanDropOut { node: node(rng) },
-        Fault::IpForwardOff { node: node(rng) },
-        Fault::ForwardReject { node: node(rng) },
-        Fault::FdbMissing { node: a, peer: b },
-        Fault::RouteMissing { node: c, peer: d },
-        Fault::NeighMissing { node: e, peer: f },
-        Fault::VtepStale { node: g, peer: h },
-        Fault::UnderlayMtu {
-            node: node(rng),
-            mtu: 1400,
-        },
-        Fault::DnsDown { pod: pod(rng) },
-        Fault::MetricsBlocked { pod: pod(rng) },
-        Fault::NodeportRemoved { node: node(rng) },
-        Fault::IngressDown,
-        Fault::LinkDown { node: node(rng) },
-        Fault::Loss {
-            node: node(rng),
-            percent: 50,
-        },
-        Fault::IcmpBlocked { node: node(rng) },
-        Fault::JumboMtu { node: node(rng) },
-        Fault::VxlanPort { node: node(rng) },
-        Fault::VxlanVni { node: node(rng) },
-        Fault::VtepChanged { node: node(rng) },
-        Fault::DnsRulesMissing { node: node(rng) },
-        Fault::VxlanPairDrop { node: i, peer: j },
-        Fault::HostFirewall { node: node(rng) },
-        Fault::BridgeMtu { node: node(rng) },
-        Fault::BackendDown { node: node(rng) },
-        Fault::MasqueradeMissing { node: node(rng) },
-        // On a CoreDNS node, where its pods' DNS lands on its own bridge half the time.
-        Fault::BridgeNfOff {
-            node: format!("n{}", rng.usize(1..=2)),
-        },
-        Fault::BridgeAddrLost { node: node(rng) },
-        Fault::OverlayInputDrop { node: node(rng) },
-        Fault::IcmpForwardDrop { node: node(rng) },
-        Fault::DnsPortDrop { pod: pod(rng) },
-        {
-            let (node, peer) = pair(rng);
-            Fault::RouteHijack { node, peer }
-        },
-        {
-            let (node, peer) = pair(rng);
-            Fault::PodCidrClaimed { node, peer }
-        },
-        Fault::BridgeDown { node: node(rng) },
-    ]
+    FaultKind::ALL
+        .iter()
+        .filter(|k| k.spec().class == Class::Datapath)
+        .map(|&k| {
+            let a = rng.usize(1..=n);
+            let b = (a + rng.usize(1..n) - 1) % n + 1;
+            // br_netfilter off shows where its pods' DNS lands on its own bridge half
+            // the time: on a CoreDNS node.
+            let a = if k == FaultKind::BridgeNfOff {
+                rng.usize(1..=2)
+            } else {
+                a
+            };
+            let pod = if rng.bool() { "coredns-a" } else { "coredns-b" };
+            let (node, peer) = (format!("n{a}"), format!("n{b}"));
+            Fault::parse(k.id(), Some(&node), Some(&peer), Some(pod), None, Some(50))
+                .unwrap_or_else(|e| panic!("{k}: {e}"))
+        })
+        .collect()
 }
 
 /// Faults that ride kube-proxy's random choice of backend: a round may miss them, so the

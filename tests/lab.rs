@@ -9,7 +9,7 @@ mod common;
 use std::time::Duration;
 
 use common::{check, check_until_healthy, lab_or_skip};
-use meshprobe_core::datapath::{self, Dest, Hop, HopKind, Ports, Proto, Site};
+use meshprobe_core::catalogue::{self, Outcome};
 use meshprobe_core::{CellState, Layer};
 use meshprobe_sandbox::{Fault, LabPlan};
 
@@ -23,111 +23,25 @@ enum Exp {
     Any,
 }
 
-/// The hops a fault drops, and what traffic: the kinds written after the datapath model
-/// are stated this way, and their cells follow from the model's paths
-/// (`meshprobe_core::datapath`), not from a table written for them.
-fn model_fault(p: &LabPlan, f: &Fault) -> Option<(Vec<Hop>, Option<Proto>, Option<u16>)> {
-    let ix = |n: &str| p.nodes.iter().position(|x| x.name == n);
-    let at = |kind, x| Hop {
-        kind,
-        site: Site::Node(x),
-    };
-    Some(match f {
-        Fault::OverlayInputDrop { node } => (vec![at(HopKind::OverlayIn, ix(node)?)], None, None),
-        Fault::IcmpForwardDrop { node } => {
-            let x = ix(node)?;
-            (
-                vec![at(HopKind::ForwardIn, x), at(HopKind::ForwardOut, x)],
-                Some(Proto::Icmp),
-                None,
-            )
-        }
-        Fault::DnsPortDrop { pod } => {
-            let x = ix(&p.coredns_node(pod)?.name)?;
-            (vec![at(HopKind::ForwardIn, x)], Some(Proto::Udp), Some(53))
-        }
-        Fault::BridgeDown { node } => (vec![at(HopKind::Bridge, ix(node)?)], None, None),
-        // Every other node's route toward the owner's pods ends on the claimant; what the
-        // claimant answers itself (the owner's gateway it holds) arrives: see `drops`.
-        Fault::PodCidrClaimed { peer, .. } => {
-            let o = ix(peer)?;
-            let hops = (0..p.nodes.len())
-                .filter(|&s| s != o)
-                .map(|s| Hop {
-                    kind: HopKind::OverlayRoute,
-                    site: Site::Pair { from: s, to: o },
-                })
-                .collect();
-            (hops, None, None)
-        }
-        _ => return None,
-    })
-}
-
-/// A cell's expectation from the datapath model: it fails when its path crosses a hop
-/// that drops its traffic; a load-balanced cell whose backends may sit behind one is
-/// `Any`.
+/// A cell's expectation from the fault catalogue: for a kind stated as hops failing
+/// ([`FaultKind::effect`]), what the datapath model predicts for the cell's path
+/// ([`catalogue::predict`], the same function the synthetic rounds' faults follow).
 fn model_expect(p: &LabPlan, f: &Fault, layer: Layer, s: &str, d: &str) -> Option<Exp> {
     use Layer::*;
-    let (hops, proto, port) = model_fault(p, f)?;
+    let effect = f.kind().effect(&f.placement(p))?;
     let ix = |n: &str| p.nodes.iter().position(|x| x.name == n);
-    let si = ix(s)?;
-    let dns_pods: Vec<(usize, usize)> = ["coredns-a", "coredns-b"]
-        .iter()
-        .enumerate()
-        .filter_map(|(i, c)| Some((i, ix(&p.coredns_node(c)?.name)?)))
-        .collect();
-    let dest = match layer {
-        DnsPod | CorednsMetrics => {
-            let id = ["coredns-a", "coredns-b"].iter().position(|c| *c == d)?;
-            Dest::Target {
-                id,
-                node: ix(&p.coredns_node(d)?.name)?,
-            }
-        }
-        Ingress | IngressFromPod => Dest::Target {
-            id: 99,
-            node: ix(&p.ingress().name)?,
+    let col = match layer {
+        DnsPod | CorednsMetrics => p.coredns_pods().iter().position(|c| *c == d)?,
+        Ingress | IngressFromPod | DnsService => 0,
+        _ => ix(d)?,
+    };
+    Some(
+        match catalogue::predict(&effect, &p.targets(), layer, ix(s)?, col)? {
+            Outcome::Pass => Exp::Ok,
+            Outcome::Fail => Exp::Fail,
+            Outcome::Either => Exp::Any,
         },
-        DnsService => Dest::Service,
-        _ => Dest::Node(ix(d)?),
-    };
-    let ports = Ports { service: 80 };
-    // The claimant holds the owner's gateway: requests addressed to it are answered there.
-    let claimed = matches!(f, Fault::PodCidrClaimed { .. });
-    let drops = |path: &meshprobe_core::datapath::Path| {
-        if claimed {
-            return path.request.iter().any(|h| hops.contains(h)) && !path.request_to_node
-                || path.reply.iter().any(|h| hops.contains(h));
-        }
-        path.crossings(8472).any(|(h, sc)| {
-            hops.contains(&h)
-                && proto.is_none_or(|x| x == sc.proto)
-                && port.is_none_or(|x| Some(x) == sc.port)
-        })
-    };
-    // A node whose bridge is down has a pod agent that cannot reach its relay.
-    if let Fault::BridgeDown { node } = f
-        && s == node
-        && layer.vantage() == meshprobe_core::AgentKind::Pod
-    {
-        return Some(Exp::Any);
-    }
-    let path = datapath::path(layer, si, dest, ports)?;
-    if drops(&path) {
-        return Some(Exp::Fail);
-    }
-    if layer == DnsService {
-        // Each query lands on one CoreDNS pod.
-        let behind = dns_pods.iter().any(|&(id, node)| {
-            datapath::path(DnsPod, si, Dest::Target { id, node }, ports).is_some_and(|p| drops(&p))
-        });
-        return Some(if behind { Exp::Any } else { Exp::Ok });
-    }
-    if path.balanced && proto.is_none_or(|x| x == Proto::Tcp) {
-        return Some(Exp::Any);
-    }
-    Some(Exp::Ok)
+    )
 }
 
 /// The expectation for one cell, derived from the path its packets take.
@@ -163,43 +77,11 @@ fn expect(p: &LabPlan, f: &Fault, layer: Layer, s: &str, d: &str) -> Exp {
     // on kube-proxy's random backend: only the faults aimed at them are predictable.
     if matches!(layer, NodeportFromPod | IngressFromPod) {
         return match f {
-            Fault::NodeportRemoved { node: x } if layer == NodeportFromPod => yes(d == x),
-            Fault::IngressDown if layer == IngressFromPod => Exp::Fail,
-            Fault::DnsDown { .. }
-            | Fault::MetricsBlocked { .. }
-            | Fault::NodeportRemoved { .. }
-            | Fault::IngressDown
-            | Fault::IcmpBlocked { .. }
-            | Fault::DnsRulesMissing { .. } => Exp::Ok,
+            Fault::IcmpBlocked { .. } => Exp::Ok,
             _ => Exp::Any,
         };
     }
     match f {
-        Fault::VxlanDropIn { node: x }
-        | Fault::VxlanDropOut { node: x }
-        | Fault::VxlanPort { node: x }
-        | Fault::VxlanVni { node: x }
-        | Fault::VtepChanged { node: x } => match layer {
-            Underlay | UnderlayFullSize => Exp::Ok,
-            _ if overlay => yes(cross && (s == x || dn == x)),
-            _ => Exp::Any,
-        },
-        Fault::IpForwardOff { node: x } | Fault::ForwardReject { node: x } => match layer {
-            Underlay | UnderlayFullSize | GatewayFromHost => Exp::Ok,
-            GatewayFromPod => yes(s == x && dn != x),
-            PodToPod | PodToPodFullSize | PodToPodFragmented => yes(s == x || dn == x),
-            // Same-node pod traffic is bridged: br_netfilter may or may not show it FORWARD.
-            DnsPod if !cross => {
-                if s == x {
-                    Exp::Any
-                } else {
-                    Exp::Ok
-                }
-            }
-            DnsPod => yes(s == x || dn == x),
-            CorednsMetrics => yes(cross && dn == x),
-            _ => Exp::Any,
-        },
         // The peer's node owns its gateway address and answers ARP for it on the
         // underlay, so the gateway layers still pass; its pods do not.
         Fault::RouteHijack { node, peer } => {
@@ -214,18 +96,6 @@ fn expect(p: &LabPlan, f: &Fault, layer: Layer, s: &str, d: &str) -> Exp {
                 _ => Exp::Any,
             }
         }
-        Fault::FdbMissing { node, peer }
-        | Fault::RouteMissing { node, peer }
-        | Fault::NeighMissing { node, peer }
-        | Fault::VtepStale { node, peer }
-        | Fault::VxlanPairDrop { node, peer } => {
-            let pair = cross && ((s == node && dn == peer) || (s == peer && dn == node));
-            match layer {
-                Underlay | UnderlayFullSize => Exp::Ok,
-                _ if overlay => yes(pair),
-                _ => Exp::Any,
-            }
-        }
         Fault::UnderlayMtu { node: x, .. } => match layer {
             UnderlayFullSize | PodToPodFullSize | PodToPodFragmented => yes(s == x || dn == x),
             // Metrics pages are several full-size TCP segments.
@@ -233,12 +103,6 @@ fn expect(p: &LabPlan, f: &Fault, layer: Layer, s: &str, d: &str) -> Exp {
             Nodeport | Ingress => Exp::Any,
             _ => Exp::Ok,
         },
-        Fault::DnsDown { pod } => match layer {
-            DnsPod | CorednsMetrics => yes(d == pod),
-            DnsService => Exp::Any,
-            _ => Exp::Ok,
-        },
-        Fault::MetricsBlocked { pod } => yes(layer == CorednsMetrics && d == pod),
         // Echo requests to x's node IP; NodePorts (TCP) and the tunnel (UDP) get through.
         Fault::IcmpBlocked { node: x } => {
             yes(matches!(layer, Underlay | UnderlayFullSize) && dn == x)
@@ -252,7 +116,6 @@ fn expect(p: &LabPlan, f: &Fault, layer: Layer, s: &str, d: &str) -> Exp {
             CorednsMetrics | Nodeport | Ingress => Exp::Any,
             _ => Exp::Ok,
         },
-        Fault::DnsRulesMissing { node: x } => yes(layer == DnsService && s == x),
         // A distribution's INPUT chain: ICMP and replies pass, VXLAN into x does not, in
         // either direction (the replies come back encapsulated too). x's pod agent talks
         // to its relay on x's node IP, which the chain rejects as well, so its own cells
@@ -307,11 +170,26 @@ fn expect(p: &LabPlan, f: &Fault, layer: Layer, s: &str, d: &str) -> Exp {
             _ if overlay => yes(cross && dn == x),
             _ => Exp::Any,
         },
-        Fault::NodeportRemoved { node: x } => yes(layer == Nodeport && d == x),
-        Fault::IngressDown => yes(layer == Ingress),
         Fault::CoordinatorDown | Fault::ApiServerDown => Exp::Any,
-        // Stated as hops: `model_expect` answered above.
-        Fault::OverlayInputDrop { .. }
+        // Stated as hops in the catalogue: `model_expect` answered above.
+        Fault::VxlanDropIn { .. }
+        | Fault::VxlanDropOut { .. }
+        | Fault::VxlanPort { .. }
+        | Fault::VxlanVni { .. }
+        | Fault::VtepChanged { .. }
+        | Fault::IpForwardOff { .. }
+        | Fault::ForwardReject { .. }
+        | Fault::FdbMissing { .. }
+        | Fault::RouteMissing { .. }
+        | Fault::NeighMissing { .. }
+        | Fault::VtepStale { .. }
+        | Fault::VxlanPairDrop { .. }
+        | Fault::DnsDown { .. }
+        | Fault::MetricsBlocked { .. }
+        | Fault::NodeportRemoved { .. }
+        | Fault::IngressDown
+        | Fault::DnsRulesMissing { .. }
+        | Fault::OverlayInputDrop { .. }
         | Fault::IcmpForwardDrop { .. }
         | Fault::DnsPortDrop { .. }
         | Fault::BridgeDown { .. }
@@ -654,7 +532,7 @@ fn fault_masquerade_missing() {
 fn fault_bridge_nf_off() {
     random_fault_round_trip(
         Fault::BridgeNfOff { node: on("n1") },
-        "dns-service-broken",
+        "bridge-netfilter-off",
         &["n1"],
     );
 }

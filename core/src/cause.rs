@@ -99,6 +99,10 @@ ids! {
         /// A device every pod path on the node crosses is down or has no carrier (the
         /// pods' bridge), while the node's own network works.
         PodDeviceDown = "pod-device-down",
+        /// Bridged traffic skips iptables on the node (`bridge-nf-call-iptables = 0`,
+        /// br_netfilter not loaded): its pods' service requests that land on a backend on
+        /// its own bridge get replies kube-proxy never un-NATs, whatever the service.
+        BridgeNetfilterOff = "bridge-netfilter-off",
         /// Small packets pass, full-size ones are lost.
         MtuMismatch = "mtu-mismatch",
         /// A node or path loses a fraction of packets.

@@ -70,6 +70,9 @@ pub enum HopKind {
     PodLink,
     /// The node's pod bridge (`cni0`), between the veths and the node's routing.
     Bridge,
+    /// Traffic bridged between two pods of one node, through the FORWARD chain when
+    /// `br_netfilter` hands bridged frames to iptables (as kube-proxy needs it to).
+    BridgedForward,
     /// The node's own sends (OUTPUT).
     HostOut,
     /// Delivery to the node's own address from its NIC (INPUT from the underlay).
@@ -108,6 +111,7 @@ impl HopKind {
         match self {
             HopKind::PodLink => "the probe pod's veth",
             HopKind::Bridge => "the pod bridge",
+            HopKind::BridgedForward => "bridged traffic between its pods (FORWARD, br_netfilter)",
             HopKind::HostOut => "the node's own sends (OUTPUT)",
             HopKind::HostIn => "delivery to the node IP (INPUT from the NIC)",
             HopKind::OverlayIn => "delivery to the node's own addresses from the overlay (INPUT)",
@@ -123,6 +127,25 @@ impl HopKind {
             HopKind::Endpoint => "the target",
             HopKind::Backend => "a service backend",
         }
+    }
+
+    /// Whether a load-balanced request crosses hops of this kind on its way from the
+    /// translation to whichever backend it landed on (the backend's node forwarding it
+    /// into its pods, the tunnel, the bridge), so that a failing one may sit behind a
+    /// service's open end.
+    pub fn carries_backend_traffic(self) -> bool {
+        matches!(
+            self,
+            HopKind::Bridge
+                | HopKind::BridgedForward
+                | HopKind::ForwardIn
+                | HopKind::ForwardOut
+                | HopKind::OverlayRoute
+                | HopKind::Encap
+                | HopKind::Wire
+                | HopKind::Decap
+                | HopKind::Backend
+        )
     }
 }
 
@@ -206,6 +229,11 @@ pub struct Path {
     pub request_to_node: bool,
     /// Whether the reply is addressed to a node itself (a host prober's own address).
     pub reply_to_node: bool,
+    /// The node whose own stack holds the connection to the backend, on a balanced path:
+    /// a node probing its own NodePort, or the host-network ingress proxy's node. The
+    /// backend's replies are addressed to that node itself (INPUT), from the overlay or
+    /// its bridge, wherever the backend is.
+    pub backend_origin: Option<usize>,
 }
 
 impl Path {
@@ -303,6 +331,8 @@ fn pod_leg(s: usize, d: usize, far: Hop) -> Vec<Hop> {
         tunnel(&mut v, s, d);
         v.push(Hop::at(HopKind::ForwardIn, d));
         v.push(Hop::at(HopKind::Bridge, d));
+    } else {
+        v.push(Hop::at(HopKind::BridgedForward, s));
     }
     v.push(far);
     v
@@ -316,6 +346,8 @@ fn pod_leg_back(d: usize, s: usize, near: Hop) -> Vec<Hop> {
         v.push(Hop::at(HopKind::ForwardOut, d));
         tunnel(&mut v, d, s);
         v.push(Hop::at(HopKind::ForwardIn, s));
+    } else {
+        v.push(Hop::at(HopKind::BridgedForward, s));
     }
     v.push(Hop::at(HopKind::Bridge, s));
     v.push(Hop::at(HopKind::PodLink, s));
@@ -490,6 +522,11 @@ pub fn path(layer: Layer, s: usize, dest: Dest, ports: Ports) -> Option<Path> {
         }
         _ => return None,
     };
+    let backend_origin = match (layer, dest) {
+        (Nodeport, Dest::Node(d)) if d == s => Some(d),
+        (Ingress | IngressFromPod, Dest::Target { node, .. }) => Some(node),
+        _ => None,
+    };
     let (request_to_node, reply_to_node) = match layer {
         Underlay | UnderlayFullSize | GatewayFromHost | Nodeport | Ingress => (true, true),
         GatewayFromPod | NodeportFromPod | IngressFromPod => (true, false),
@@ -503,7 +540,36 @@ pub fn path(layer: Layer, s: usize, dest: Dest, ports: Ports) -> Option<Path> {
         balanced,
         request_to_node,
         reply_to_node,
+        backend_origin,
     })
+}
+
+/// The path a pod agent's own traffic takes to its node's relay (TCP to the node's
+/// address, over the bridge): when it is cut, the pod agent cannot report, and what its
+/// probes saw is never known.
+pub fn relay_path(x: usize) -> Path {
+    let at = Hop::at;
+    Path {
+        request: vec![
+            at(HopKind::PodLink, x),
+            at(HopKind::Bridge, x),
+            at(HopKind::BridgeIn, x),
+        ],
+        reply: vec![
+            at(HopKind::HostOut, x),
+            at(HopKind::Bridge, x),
+            at(HopKind::PodLink, x),
+        ],
+        scope: Scope {
+            proto: Proto::Tcp,
+            port: None,
+            size: Size::Small,
+        },
+        balanced: false,
+        request_to_node: true,
+        reply_to_node: false,
+        backend_origin: None,
+    }
 }
 
 #[cfg(test)]

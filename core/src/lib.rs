@@ -15,6 +15,7 @@
 pub mod api;
 pub mod auth;
 pub mod capture;
+pub mod catalogue;
 pub mod cause;
 pub mod compact;
 pub mod datapath;

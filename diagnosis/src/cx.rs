@@ -431,6 +431,16 @@ impl<'a> Cx<'a> {
         v
     }
 
+    /// The cause of a service failure on `x`'s own path: the node's bridge skipping
+    /// iptables, by its evidence, whichever service showed it; else `service`'s own.
+    pub(crate) fn service_cause(&self, x: usize, service: Cause) -> Cause {
+        if self.service_odd(x).contains(&ServiceFact::BridgeNfOff) {
+            Cause::BridgeNetfilterOff
+        } else {
+            service
+        }
+    }
+
     /// The fix for a service failure that [`Cx::service_facts`] explains on `x`.
     pub(crate) fn service_fix(&self, x: usize) -> Option<String> {
         let ev = self.evidence(x)?;

@@ -1051,14 +1051,7 @@ impl Cx<'_> {
         // A node hop that load-balanced requests cross when they land on x's backends
         // (its forwarding into its pods, its decapsulation, its bridge) loses its share
         // of them, for the traffic it breaks.
-        if matches!(
-            h.hop.kind,
-            HopKind::ForwardIn
-                | HopKind::ForwardOut
-                | HopKind::Decap
-                | HopKind::Encap
-                | HopKind::Bridge
-        ) {
+        if matches!(h.hop.site, Site::Node(_)) && h.hop.kind.carries_backend_traffic() {
             let narrow = h.narrow;
             let ports = Ports {
                 service: self.t.node_ports.first().map_or(0, |p| p.port),

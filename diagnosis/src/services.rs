@@ -269,7 +269,7 @@ impl Cx<'_> {
             self.push(
                 7,
                 cells * 5,
-                Cause::DnsServiceBroken,
+                self.service_cause(x, Cause::DnsServiceBroken),
                 vec![x],
                 vec![],
                 Direction::Outbound,
@@ -820,13 +820,16 @@ impl Cx<'_> {
             evidence.extend(facts);
             let dns = open.iter().any(|k| k.layer == Layer::DnsService);
             let layers: BTreeSet<Layer> = open.iter().map(|k| k.layer).collect();
-            let cause = if dns {
-                Cause::DnsServiceBroken
-            } else if layers.contains(&Layer::NodeportFromPod) {
-                Cause::NodeportBroken
-            } else {
-                Cause::IngressBroken
-            };
+            let cause = self.service_cause(
+                x,
+                if dns {
+                    Cause::DnsServiceBroken
+                } else if layers.contains(&Layer::NodeportFromPod) {
+                    Cause::NodeportBroken
+                } else {
+                    Cause::IngressBroken
+                },
+            );
             let cells = self.claim_where(|_, k| k.src == x && FROM_PODS.contains(&k.layer));
             self.push(
                 7,

@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use meshprobe_core::capture::{CaptureSummary, PeerFlow, Sizes};
-use meshprobe_core::datapath::{self, Dest, Hop, HopKind, Ports, Proto, Scope, Site};
+use meshprobe_core::catalogue::{Effect, FaultKind, Placement};
+use meshprobe_core::datapath::{self, Dest, Hop, HopKind, Ports, Site};
 use meshprobe_core::evidence::{
     DeviceState, FirewallRule, ForwardEvidence, KubeProxyEvidence, NeighbourEntry, NodeEvidence,
     OverlayConfig, OverlayEvidence,
@@ -91,41 +92,20 @@ pub enum Fault {
     /// Corefile's `acl`); everything else between them works. No rule names this one: it
     /// is left to an `unexplained` finding that says what works.
     DnsFiltered(usize, String),
-    /// Hops of the datapath model that drop this traffic: a fault no detector was
-    /// written for, stated as its effect on the path (see [`Fault::overlay_input_drop`],
-    /// [`Fault::forward_drop`]). `rule` is the firewall rule the node's agent reads
+    /// A kind of the fault catalogue that is hops of the datapath model failing
+    /// ([`FaultKind::effect`]): a fault no detector was written for, simulated from its
+    /// effect on the paths. `forward_rule` is the FORWARD rule the node's agent reads
     /// for it, if any.
     Hops {
         /// The node it is on.
         node: usize,
-        /// The hops that drop.
-        hops: Vec<Hop>,
-        /// What they drop.
-        traffic: Traffic,
+        /// The catalogue's kind.
+        kind: FaultKind,
+        /// The hops that drop, and what.
+        effect: Effect,
         /// The FORWARD rule the agent reports for it.
         forward_rule: Option<String>,
     },
-}
-
-/// The traffic a [`Fault::Hops`] drops: everything (`None`s), one protocol, one port.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Traffic {
-    /// Only this protocol.
-    pub proto: Option<Proto>,
-    /// Only this destination port.
-    pub port: Option<u16>,
-}
-
-impl Traffic {
-    /// Every packet.
-    pub const ALL: Traffic = Traffic {
-        proto: None,
-        port: None,
-    };
-
-    fn covers(self, s: Scope) -> bool {
-        self.proto.is_none_or(|p| p == s.proto) && self.port.is_none_or(|p| Some(p) == s.port)
-    }
 }
 
 fn on(kind: HopKind, x: usize) -> Hop {
@@ -137,97 +117,164 @@ fn on(kind: HopKind, x: usize) -> Hop {
 
 impl Fault {
     /// One fault of every kind the model has, on node `x` (with `y` the other end of a
-    /// pair, and `pod` a CoreDNS pod's name): the catalogue the property tests draw from,
-    /// so that a new kind is drawn the day it is added.
-    pub fn catalogue(x: usize, y: usize, pod: &str, loss: u8) -> Vec<Fault> {
-        let pod = pod.to_owned();
-        vec![
-            Fault::LinkDown(x),
-            Fault::VxlanIn(x),
-            Fault::VxlanOut(x),
-            Fault::ForwardOff(x),
-            Fault::ForwardReject(x),
-            Fault::PeerMissing(x, y),
-            Fault::Mtu(x),
-            Fault::Loss(x, loss),
-            Fault::DnsDown(pod.clone()),
-            Fault::MetricsBlocked(pod),
-            Fault::NodeportRemoved(x),
-            Fault::IngressDown,
+    /// pair, and `pod` a CoreDNS pod's name): each kind of the fault catalogue that the
+    /// synthetic rounds simulate ([`Fault::of`]), then the conditions only they have (a
+    /// silent agent, a sick prober, a fabric no node sees). The property tests draw from
+    /// it, so a kind is drawn the day it is added.
+    pub fn catalogue(t: &Topology, x: usize, y: usize, pod: &str, loss: u8) -> Vec<Fault> {
+        let mut all: Vec<Fault> = Vec::new();
+        for &k in FaultKind::ALL {
+            if let Some(f) = Fault::of(k, t, x, y, pod, loss)
+                && !all.contains(&f)
+            {
+                all.push(f);
+            }
+        }
+        all.extend([
             Fault::AgentsSilent(x),
             Fault::SickProber(x),
             Fault::PathBlockedIn(x),
-            Fault::IcmpBlocked(x),
-            Fault::JumboMtu(x),
-            Fault::VxlanPort(x),
-            Fault::VtepChanged(x),
             Fault::Unpublished(x),
             Fault::PodSilent(x),
-            Fault::DnsRulesMissing(x),
-            Fault::PairBlocked(x, y),
-            Fault::BridgeMtu(x),
-            Fault::BackendDown(x),
-            Fault::MasqueradeMissing(x),
-            Fault::BridgeNfOff(x),
-            Fault::GatewayLost(x),
-            Fault::overlay_input_drop(x),
-            Fault::bridge_down(x),
-            Fault::forward_drop(
-                x,
-                Traffic {
-                    proto: Some(Proto::Icmp),
-                    port: None,
-                },
-            ),
-            Fault::forward_drop(
-                x,
-                Traffic {
-                    proto: Some(Proto::Udp),
-                    port: Some(53),
-                },
-            ),
-        ]
+        ]);
+        all
     }
 
-    /// `iptables -I INPUT -i flannel.1 -j DROP` on `x`: nothing from the overlay is
-    /// delivered to x's own addresses, while pod traffic through the tunnel is forwarded.
-    pub fn overlay_input_drop(x: usize) -> Fault {
-        Fault::Hops {
-            node: x,
-            hops: vec![on(HopKind::OverlayIn, x)],
-            traffic: Traffic::ALL,
-            forward_rule: None,
-        }
+    /// The synthetic rounds' fault for one kind of the catalogue, on node `x` (peer `y`,
+    /// CoreDNS pod `pod`); `None` for the kinds they do not simulate: events and the
+    /// control plane, and what needs evidence the model does not write (a VNI, an INPUT
+    /// chain, a route over another device, a claimed range).
+    pub fn of(
+        k: FaultKind,
+        t: &Topology,
+        x: usize,
+        y: usize,
+        pod: &str,
+        loss: u8,
+    ) -> Option<Fault> {
+        use FaultKind as K;
+        let pod = pod.to_owned();
+        Some(match k {
+            K::VxlanDropIn => Fault::VxlanIn(x),
+            K::VxlanDropOut => Fault::VxlanOut(x),
+            K::IpForwardOff => Fault::ForwardOff(x),
+            K::ForwardReject => Fault::ForwardReject(x),
+            K::FdbMissing | K::RouteMissing | K::NeighMissing | K::VtepStale => {
+                Fault::PeerMissing(x, y)
+            }
+            K::UnderlayMtu => Fault::Mtu(x),
+            K::DnsDown => Fault::DnsDown(pod),
+            K::MetricsBlocked => Fault::MetricsBlocked(pod),
+            K::NodeportRemoved => Fault::NodeportRemoved(x),
+            K::IngressDown => Fault::IngressDown,
+            K::LinkDown => Fault::LinkDown(x),
+            K::Loss => Fault::Loss(x, loss),
+            K::IcmpBlocked => Fault::IcmpBlocked(x),
+            K::JumboMtu => Fault::JumboMtu(x),
+            K::VxlanPort => Fault::VxlanPort(x),
+            K::VtepChanged => Fault::VtepChanged(x),
+            K::DnsRulesMissing => Fault::DnsRulesMissing(x),
+            K::VxlanPairDrop => Fault::PairBlocked(x, y),
+            K::BridgeMtu => Fault::BridgeMtu(x),
+            K::BackendDown => Fault::BackendDown(x),
+            K::MasqueradeMissing => Fault::MasqueradeMissing(x),
+            K::BridgeNfOff => Fault::BridgeNfOff(x),
+            K::BridgeAddrLost => Fault::GatewayLost(x),
+            K::OverlayInputDrop | K::BridgeDown | K::IcmpForwardDrop => Fault::hops(k, t, x, None)?,
+            K::DnsPortDrop => Fault::hops(k, t, x, Some(&pod))?,
+            K::VxlanVni
+            | K::HostFirewall
+            | K::RouteHijack
+            | K::PodCidrClaimed
+            | K::CoordinatorDown
+            | K::ApiServerDown
+            | K::ConntrackFlush
+            | K::FirewallReload
+            | K::CoordinatorRestart
+            | K::HostAgentRestart => return None,
+        })
     }
 
-    /// `ip link set cni0 down` on `x`: every pod path on x crosses a bridge that passes
-    /// nothing; the agent reads the bridge's state.
-    pub fn bridge_down(x: usize) -> Fault {
-        Fault::Hops {
-            node: x,
-            hops: vec![on(HopKind::Bridge, x)],
-            traffic: Traffic::ALL,
-            forward_rule: None,
-        }
+    /// A catalogue kind simulated from its effect ([`Fault::Hops`]), on node `x` or on
+    /// the CoreDNS pod `pod`; `None` for a kind that is not hops failing.
+    pub fn hops(k: FaultKind, t: &Topology, x: usize, pod: Option<&str>) -> Option<Fault> {
+        let pos = |name: &str| t.nodes.iter().position(|n| n.name.as_str() == name);
+        let target = match pod {
+            Some(p) => {
+                let id = t.core_dns.iter().position(|d| d.name == p)?;
+                Some((id, pos(t.core_dns[id].node.as_str())?))
+            }
+            None => None,
+        };
+        let at = Placement {
+            nodes: t.nodes.len(),
+            node: Some(x),
+            peer: None,
+            target,
+            node_port: t.node_ports.first().map_or(0, |p| p.port),
+            overlay_port: t.cluster.overlay.port,
+        };
+        let effect = k.effect(&at)?;
+        let node = target.map_or(x, |(_, n)| n);
+        // A drop on the node's forwarding is a FORWARD rule its agent reads.
+        let forward_rule = effect
+            .hops
+            .iter()
+            .any(|h| matches!(h.kind, HopKind::ForwardIn | HopKind::ForwardOut))
+            .then(|| {
+                let mut rule = String::from("-A FORWARD");
+                if let Some(p) = effect.traffic.proto {
+                    rule += &format!(" -p {}", p.as_str().to_ascii_lowercase());
+                }
+                if let Some(port) = effect.traffic.port {
+                    rule += &format!(" --dport {port}");
+                }
+                rule + " -j DROP"
+            });
+        Some(Fault::Hops {
+            node,
+            kind: k,
+            effect,
+            forward_rule,
+        })
     }
 
-    /// A FORWARD rule on `x` dropping `traffic` to and from its pods (ahead of the CNI's
-    /// accepts), as the agent reads it.
-    pub fn forward_drop(x: usize, traffic: Traffic) -> Fault {
-        let mut rule = String::from("-A FORWARD");
-        if let Some(p) = traffic.proto {
-            rule += &format!(" -p {}", p.as_str().to_ascii_lowercase());
-        }
-        if let Some(port) = traffic.port {
-            rule += &format!(" --dport {port}");
-        }
-        rule += " -j DROP";
-        Fault::Hops {
-            node: x,
-            hops: vec![on(HopKind::ForwardIn, x), on(HopKind::ForwardOut, x)],
-            traffic,
-            forward_rule: Some(rule),
-        }
+    /// The catalogue's kind of this fault, where it has one (the first, where several
+    /// kinds are one fault here).
+    pub fn kind(&self) -> Option<FaultKind> {
+        use FaultKind as K;
+        Some(match self {
+            Fault::LinkDown(_) => K::LinkDown,
+            Fault::VxlanIn(_) => K::VxlanDropIn,
+            Fault::VxlanOut(_) => K::VxlanDropOut,
+            Fault::ForwardOff(_) => K::IpForwardOff,
+            Fault::ForwardReject(_) => K::ForwardReject,
+            Fault::PeerMissing(..) => K::FdbMissing,
+            Fault::Mtu(_) => K::UnderlayMtu,
+            Fault::Loss(..) => K::Loss,
+            Fault::DnsDown(_) => K::DnsDown,
+            Fault::MetricsBlocked(_) => K::MetricsBlocked,
+            Fault::NodeportRemoved(_) => K::NodeportRemoved,
+            Fault::IngressDown => K::IngressDown,
+            Fault::IcmpBlocked(_) => K::IcmpBlocked,
+            Fault::JumboMtu(_) => K::JumboMtu,
+            Fault::VxlanPort(_) => K::VxlanPort,
+            Fault::VtepChanged(_) => K::VtepChanged,
+            Fault::DnsRulesMissing(_) => K::DnsRulesMissing,
+            Fault::PairBlocked(..) => K::VxlanPairDrop,
+            Fault::BridgeMtu(_) => K::BridgeMtu,
+            Fault::BackendDown(_) => K::BackendDown,
+            Fault::MasqueradeMissing(_) => K::MasqueradeMissing,
+            Fault::BridgeNfOff(_) => K::BridgeNfOff,
+            Fault::GatewayLost(_) => K::BridgeAddrLost,
+            Fault::Hops { kind, .. } => *kind,
+            Fault::AgentsSilent(_)
+            | Fault::SickProber(_)
+            | Fault::PathBlockedIn(_)
+            | Fault::Unpublished(_)
+            | Fault::PodSilent(_)
+            | Fault::DnsFiltered(..) => return None,
+        })
     }
 }
 
@@ -474,15 +521,19 @@ impl World<'_> {
     /// Where a [`Fault::Hops`] fault drops the probe's request and reply: the position of
     /// the first dropping hop on each leg.
     fn hop_drops(&self, path: &datapath::Path) -> (Option<usize>, Option<usize>) {
-        let drops = |(hop, scope): &(Hop, Scope)| {
-            self.faults.iter().any(|f| match f {
-                Fault::Hops { hops, traffic, .. } => hops.contains(hop) && traffic.covers(*scope),
-                _ => false,
-            })
+        let first = |a: Option<usize>, b: Option<usize>| match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         };
-        let all: Vec<(Hop, Scope)> = path.crossings(self.overlay_port).collect();
-        let (req, rep) = all.split_at(path.request.len());
-        (req.iter().position(drops), rep.iter().position(drops))
+        self.faults
+            .iter()
+            .filter_map(|f| match f {
+                Fault::Hops { effect, .. } => Some(effect.first_drops(path, self.overlay_port)),
+                _ => None,
+            })
+            .fold((None, None), |(r, p), (r2, p2)| {
+                (first(r, r2), first(p, p2))
+            })
     }
 
     fn hops_pass(&self, layer: Layer, s: usize, col: &str, d: Option<usize>) -> bool {
@@ -1015,8 +1066,8 @@ fn evidence_of(t: &Topology, faults: &[Fault], x: usize, peers: &[usize]) -> Nod
                     ),
                 });
             }
-            Fault::Hops { node, hops, .. }
-                if *node == x && hops.contains(&on(HopKind::Bridge, x)) =>
+            Fault::Hops { node, effect, .. }
+                if *node == x && effect.hops.contains(&on(HopKind::Bridge, x)) =>
             {
                 if let Some(o) = ev.overlay.as_mut() {
                     o.bridge = Some(DeviceState {

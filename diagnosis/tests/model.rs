@@ -5,10 +5,10 @@
 
 use std::collections::BTreeSet;
 
-use meshprobe_core::datapath::Proto;
+use meshprobe_core::catalogue::FaultKind;
 use meshprobe_core::plan::PlanSettings;
 use meshprobe_core::{CellState, CheckReport, Finding};
-use meshprobe_diagnosis::synth::{self, Fault, Traffic};
+use meshprobe_diagnosis::synth::{self, Fault};
 use meshprobe_diagnosis::{Settings, diagnose};
 
 fn run(n: usize, faults: &[Fault]) -> (CheckReport, Vec<Finding>) {
@@ -16,6 +16,12 @@ fn run(n: usize, faults: &[Fault]) -> (CheckReport, Vec<Finding>) {
     let r = synth::report(&t, faults, 1, &PlanSettings::default());
     let f = diagnose(&t, &r, &[], &Settings::default()).findings;
     (r, f)
+}
+
+/// The catalogue's `kind` on node `x` (or on CoreDNS pod `pod`) of an `n`-node cluster,
+/// simulated from its effect.
+fn hops(n: usize, kind: FaultKind, x: usize, pod: Option<&str>) -> Fault {
+    Fault::hops(kind, &synth::topology(n), x, pod).unwrap_or_else(|| panic!("{kind} is hops"))
 }
 
 fn dump(f: &[Finding]) -> String {
@@ -88,7 +94,7 @@ fn layers_of(f: &Finding, cause: &str, node: &str) -> BTreeSet<String> {
 fn issue_21_overlay_input_drop_is_local_delivery_not_vxlan() {
     for n in [3, 6] {
         for x in 0..n {
-            let (r, f) = run(n, &[Fault::overlay_input_drop(x)]);
+            let (r, f) = run(n, &[hops(n, FaultKind::OverlayInputDrop, x, None)]);
             let xn = format!("n{}", x + 1);
             assert_eq!(f[0].cause.as_str(), "host-input-blocked", "{}", dump(&f));
             assert_eq!(f[0].nodes[0].as_str(), xn);
@@ -119,13 +125,9 @@ fn issue_21_overlay_input_drop_is_local_delivery_not_vxlan() {
 /// rejected by what it does forward.
 #[test]
 fn issue_21_a_rule_for_one_protocol_is_not_does_not_forward() {
-    let icmp = Traffic {
-        proto: Some(Proto::Icmp),
-        port: None,
-    };
     for n in [3, 6] {
         for x in 0..n {
-            let (r, f) = run(n, &[Fault::forward_drop(x, icmp)]);
+            let (r, f) = run(n, &[hops(n, FaultKind::IcmpForwardDrop, x, None)]);
             let xn = format!("n{}", x + 1);
             let top = &f[0];
             assert_eq!(
@@ -159,13 +161,9 @@ fn issue_21_a_rule_for_one_protocol_is_not_does_not_forward() {
 /// resolved through it." A rule dropping DNS forwarded into that node's pods.
 #[test]
 fn issue_21_a_dns_port_rule_is_not_a_dead_coredns_pod() {
-    let dns = Traffic {
-        proto: Some(Proto::Udp),
-        port: Some(53),
-    };
     for n in [3, 6] {
         // coredns-b lives on n2.
-        let (r, f) = run(n, &[Fault::forward_drop(1, dns)]);
+        let (r, f) = run(n, &[hops(n, FaultKind::DnsPortDrop, 0, Some("coredns-b"))]);
         let top = &f[0];
         assert_eq!(
             (top.cause.as_str(), top.nodes[0].as_str()),
@@ -174,7 +172,7 @@ fn issue_21_a_dns_port_rule_is_not_a_dead_coredns_pod() {
             dump(&f)
         );
         assert!(top.hop.contains("UDP"), "{}", top.hop);
-        assert!(top.summary.contains("port 53"), "{}", top.summary);
+        assert!(top.summary.contains("UDP 53"), "{}", top.summary);
         assert!(
             f.iter().all(|g| g.nodes.iter().all(|m| m.as_str() == "n2")),
             "{}",
@@ -233,7 +231,7 @@ fn alternatives_of_known_faults_name_passing_cells_only() {
 fn issue_21_a_bridge_that_is_down_is_not_a_firewall() {
     for n in [3, 6] {
         for x in 0..n {
-            let (r, f) = run(n, &[Fault::bridge_down(x)]);
+            let (r, f) = run(n, &[hops(n, FaultKind::BridgeDown, x, None)]);
             let xn = format!("n{}", x + 1);
             assert_eq!(
                 (f[0].cause.as_str(), f[0].nodes[0].as_str()),
@@ -262,22 +260,28 @@ fn issue_21_a_bridge_that_is_down_is_not_a_firewall() {
 /// node; the sufferers are evidence and a rejected alternative, never `nodes`.
 #[test]
 fn issue_21_a_claimed_pod_range_blames_the_claimant_not_the_sufferers() {
-    use meshprobe_core::datapath::{Hop, HopKind, Site};
     use meshprobe_core::evidence::LocalAddress;
     for n in [3, 6] {
         let (claimant, owner) = (n - 1, 0);
         let t = synth::topology(n);
         // Every other node's route toward the owner's pods ends on the claimant.
+        let at = meshprobe_core::catalogue::Placement {
+            nodes: n,
+            node: Some(claimant),
+            peer: Some(owner),
+            target: None,
+            node_port: t.node_ports[0].port,
+            overlay_port: t.cluster.overlay.port,
+        };
+        // Here the claimant holds another address of the range, not the owner's
+        // gateway (the sandbox's kind): nothing addressed to the owner's node is
+        // answered on the claimant either, so nothing is diverted, all is lost.
+        let mut effect = FaultKind::PodCidrClaimed.effect(&at).expect("an effect");
+        effect.diverts = false;
         let fault = Fault::Hops {
             node: claimant,
-            hops: (0..n)
-                .filter(|&s| s != owner)
-                .map(|s| Hop {
-                    kind: HopKind::OverlayRoute,
-                    site: Site::Pair { from: s, to: owner },
-                })
-                .collect(),
-            traffic: Traffic::ALL,
+            kind: FaultKind::PodCidrClaimed,
+            effect,
             forward_rule: None,
         };
         let mut r = synth::report(

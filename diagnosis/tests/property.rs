@@ -12,17 +12,18 @@
 
 use std::collections::BTreeSet;
 
+use meshprobe_core::catalogue::{FaultKind, Role};
 use meshprobe_core::plan::PlanSettings;
 use meshprobe_core::{Cause, CellState, CheckReport, Finding};
 use meshprobe_diagnosis::synth::{self, Fault};
 use meshprobe_diagnosis::{Settings, diagnose};
 
 /// A random single fault in a cluster of `n` nodes.
-fn random_fault(rng: &mut fastrand::Rng, n: usize) -> Fault {
+fn random_fault(rng: &mut fastrand::Rng, t: &meshprobe_core::Topology, n: usize) -> Fault {
     let x = rng.usize(0..n);
     let y = (x + rng.usize(1..n)) % n;
     let pod = if rng.bool() { "coredns-a" } else { "coredns-b" };
-    let mut all = Fault::catalogue(x, y, pod, [30, 50, 80][rng.usize(0..3)]);
+    let mut all = Fault::catalogue(t, x, y, pod, [30, 50, 80][rng.usize(0..3)]);
     all.swap_remove(rng.usize(0..all.len()))
 }
 
@@ -73,11 +74,11 @@ fn check_seed(seed: u64, two: bool) -> Result<bool, String> {
     // Two CoreDNS pods need two nodes; three make quorums meaningful.
     let n = rng.usize(if two { 6..=12 } else { 3..=12 });
     let t = synth::topology(n);
-    let mut faults = vec![random_fault(&mut rng, n)];
+    let mut faults = vec![random_fault(&mut rng, &t, n)];
     if two {
         // On other nodes than the first's, and not the same kind.
         for _ in 0..20 {
-            let other = random_fault(&mut rng, n);
+            let other = random_fault(&mut rng, &t, n);
             let disjoint = other
                 .nodes(&t)
                 .iter()
@@ -162,6 +163,49 @@ fn check_seed(seed: u64, two: bool) -> Result<bool, String> {
         if signature > 0 && !found {
             return Err(format!(
                 "seed {seed}, {n} nodes, {faults:?}: no finding names {f:?} ({signature} cells only it fails)\n{}",
+                shapes()
+            ));
+        }
+    }
+    // Alone, a kind of the fault catalogue gets the finding the catalogue declares for
+    // it, on the node it declares: the same declaration the sandbox suite holds the
+    // real datapath to.
+    if let [f] = faults.as_slice()
+        && let Some(kind) = f.kind()
+        && !failing.is_empty()
+    {
+        let on: Vec<String> = f
+            .nodes(&t)
+            .iter()
+            .map(|&i| t.nodes[i].name.to_string())
+            .collect();
+        // Loss so heavy that a round trip through the node is lost at the settings'
+        // "dead" rate is, to every observer, a node that is down: it is held to that
+        // kind's finding.
+        let all_lost = match f {
+            Fault::Loss(_, p) => {
+                let keep = 1.0 - f64::from(*p) / 100.0;
+                (1.0 - keep * keep) * 100.0 >= Settings::default().dead_loss_pct
+            }
+            _ => false,
+        };
+        let kind = if all_lost { FaultKind::LinkDown } else { kind };
+        let Some(want) = kind.spec().finding else {
+            return Err(format!("{kind} has no finding in the catalogue"));
+        };
+        let right = d.findings.iter().any(|x| {
+            x.cause == want.cause
+                && match want.on {
+                    Role::Nobody => x.nodes.is_empty(),
+                    Role::Node | Role::PodNode | Role::IngressNode => {
+                        x.nodes.iter().map(|n| n.to_string()).eq(on.iter().cloned())
+                    }
+                }
+        });
+        if !right {
+            return Err(format!(
+                "seed {seed}, {n} nodes, {faults:?}: the catalogue says {} on {on:?}\n{}",
+                want.cause,
                 shapes()
             ));
         }

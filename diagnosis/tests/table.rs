@@ -208,7 +208,7 @@ fn beyond_the_list_the_hop_comes_from_the_evidence() {
         ),
         (
             Fault::BridgeNfOff(0),
-            "dns-service-broken",
+            "bridge-netfilter-off",
             "n1",
             "net.bridge.bridge-nf-call-iptables = 0",
         ),

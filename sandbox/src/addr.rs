@@ -214,6 +214,35 @@ impl LabPlan {
             .iter()
             .find(|n| n.coredns.as_deref() == Some(name))
     }
+    /// The CoreDNS pods, in the inventory's order (the datapath model's target ids).
+    pub fn coredns_pods(&self) -> Vec<&str> {
+        self.nodes
+            .iter()
+            .filter_map(|n| n.coredns.as_deref())
+            .collect()
+    }
+
+    /// Where the lab's targets run, in the datapath model's ids (nodes by position).
+    pub fn targets(&self) -> meshprobe_core::catalogue::Targets {
+        let ix = |n: &LabNode| {
+            self.nodes
+                .iter()
+                .position(|x| x.name == n.name)
+                .unwrap_or(0)
+        };
+        meshprobe_core::catalogue::Targets {
+            dns: self
+                .coredns_pods()
+                .iter()
+                .filter_map(|p| self.coredns_node(p).map(ix))
+                .collect(),
+            ingress: self.ingress_node,
+            node_port: NODE_PORT,
+            ingress_port: 80,
+            overlay_port: VXLAN_PORT,
+        }
+    }
+
     /// The ingress node.
     pub fn ingress(&self) -> &LabNode {
         &self.nodes[self.ingress_node]

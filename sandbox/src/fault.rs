@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 use crate::addr::{
     KUBE_DNS_SVC, LabNode, LabPlan, NODE_PORT, OVERLAY_MTU, PodKind, VXLAN_PORT, WEB_PORT,
 };
+use meshprobe_core::catalogue::{Args, FaultKind, Placement};
+
 use crate::script::{Step, Vxlan, fdb_line, neigh_line, nodeport_rule, recreate_vxlan, route_line};
 
 /// A fault the lab can inject.
@@ -281,49 +283,48 @@ pub enum Action {
     Sequence(Vec<Action>),
 }
 
-/// The names of every fault kind, as the CLI takes them.
-pub const KINDS: [&str; 40] = [
-    "vxlan-drop-in",
-    "vxlan-drop-out",
-    "ip-forward-off",
-    "forward-reject",
-    "fdb-missing",
-    "route-missing",
-    "neigh-missing",
-    "vtep-stale",
-    "underlay-mtu",
-    "dns-down",
-    "metrics-blocked",
-    "nodeport-removed",
-    "ingress-down",
-    "link-down",
-    "loss",
-    "coordinator-down",
-    "api-server-down",
-    "conntrack-flush",
-    "firewall-reload",
-    "coordinator-restart",
-    "host-agent-restart",
-    "icmp-blocked",
-    "jumbo-mtu",
-    "vxlan-port",
-    "vxlan-vni",
-    "vtep-changed",
-    "dns-rules-missing",
-    "vxlan-pair-drop",
-    "host-firewall",
-    "bridge-mtu",
-    "backend-down",
-    "masquerade-missing",
-    "bridge-nf-off",
-    "bridge-addr-lost",
-    "overlay-input-drop",
-    "icmp-forward-drop",
-    "dns-port-drop",
-    "route-hijack",
-    "pod-cidr-claimed",
-    "bridge-down",
-];
+/// The names of every fault kind, as the CLI takes them (the catalogue's order).
+pub static KINDS: std::sync::LazyLock<Vec<&'static str>> =
+    std::sync::LazyLock::new(|| FaultKind::ALL.iter().map(|k| k.id()).collect());
+
+/// A fault the CLI's words or the lab do not allow.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FaultError {
+    /// No such kind.
+    #[error("unknown fault {0:?}; known: {known}", known = KINDS.join(", "))]
+    UnknownKind(String),
+    /// The kind needs an argument that was not given.
+    #[error("fault {kind} needs --{arg}")]
+    Missing {
+        /// The kind.
+        kind: FaultKind,
+        /// The argument.
+        arg: &'static str,
+    },
+    /// A loss outside 1-100 %.
+    #[error("--percent must be 1-100, not {0}")]
+    Percent(u8),
+    /// An MTU the switch port cannot take.
+    #[error("--mtu must be 576-1500, not {0}")]
+    Mtu(u16),
+    /// A node the lab does not have.
+    #[error("no node {name:?} in this lab (n1..n{nodes})")]
+    NoNode {
+        /// The name given.
+        name: String,
+        /// The lab's size.
+        nodes: usize,
+    },
+    /// A peer the lab does not have.
+    #[error("no peer node {0:?} in this lab")]
+    NoPeer(String),
+    /// A pair fault with both ends on one node.
+    #[error("--peer must differ from --node")]
+    SamePeer,
+    /// A CoreDNS pod the lab does not run.
+    #[error("no CoreDNS pod {0:?} (coredns-a, coredns-b)")]
+    NoPod(String),
+}
 
 const TAG: &str = "-m comment --comment meshprobe-fault";
 
@@ -346,8 +347,8 @@ fn changed_mac(mac: &str) -> String {
 }
 
 impl Fault {
-    /// Builds a fault from the CLI's words. `pod` defaults to `coredns-b`, `mtu` to
-    /// 1400, `percent` to 50.
+    /// Builds a fault from the CLI's words, by the catalogue's declaration of the kind.
+    /// `pod` defaults to `coredns-b`, `mtu` to 1400, `percent` to 50.
     pub fn parse(
         kind: &str,
         node: Option<&str>,
@@ -355,97 +356,74 @@ impl Fault {
         pod: Option<&str>,
         mtu: Option<u16>,
         percent: Option<u8>,
-    ) -> Result<Self, String> {
-        let need_node = || {
-            node.map(str::to_owned)
-                .ok_or_else(|| format!("fault {kind} needs --node"))
+    ) -> Result<Self, FaultError> {
+        use FaultKind as K;
+        let k = FaultKind::from_id(kind).ok_or_else(|| FaultError::UnknownKind(kind.to_owned()))?;
+        let need = |v: Option<&str>, arg| {
+            v.map(str::to_owned)
+                .ok_or(FaultError::Missing { kind: k, arg })
         };
-        let need_peer = || {
-            peer.map(str::to_owned)
-                .ok_or_else(|| format!("fault {kind} needs --peer"))
+        let args = k.spec().args;
+        let node_ = match args {
+            Args::Node | Args::NodePeer | Args::NodeMtu | Args::NodePercent => need(node, "node")?,
+            _ => String::new(),
+        };
+        let peer_ = match args {
+            Args::NodePeer => need(peer, "peer")?,
+            _ => String::new(),
         };
         let pod = pod.unwrap_or("coredns-b").to_owned();
-        Ok(match kind {
-            "vxlan-drop-in" => Fault::VxlanDropIn { node: need_node()? },
-            "vxlan-drop-out" => Fault::VxlanDropOut { node: need_node()? },
-            "ip-forward-off" => Fault::IpForwardOff { node: need_node()? },
-            "forward-reject" => Fault::ForwardReject { node: need_node()? },
-            "fdb-missing" => Fault::FdbMissing {
-                node: need_node()?,
-                peer: need_peer()?,
-            },
-            "route-missing" => Fault::RouteMissing {
-                node: need_node()?,
-                peer: need_peer()?,
-            },
-            "neigh-missing" => Fault::NeighMissing {
-                node: need_node()?,
-                peer: need_peer()?,
-            },
-            "vtep-stale" => Fault::VtepStale {
-                node: need_node()?,
-                peer: need_peer()?,
-            },
-            "underlay-mtu" => Fault::UnderlayMtu {
-                node: need_node()?,
+        let maybe_node = node.map(str::to_owned);
+        let (node, peer) = (node_, peer_);
+        Ok(match k {
+            K::VxlanDropIn => Fault::VxlanDropIn { node },
+            K::VxlanDropOut => Fault::VxlanDropOut { node },
+            K::IpForwardOff => Fault::IpForwardOff { node },
+            K::ForwardReject => Fault::ForwardReject { node },
+            K::FdbMissing => Fault::FdbMissing { node, peer },
+            K::RouteMissing => Fault::RouteMissing { node, peer },
+            K::NeighMissing => Fault::NeighMissing { node, peer },
+            K::VtepStale => Fault::VtepStale { node, peer },
+            K::UnderlayMtu => Fault::UnderlayMtu {
+                node,
                 mtu: mtu.unwrap_or(1400),
             },
-            "dns-down" => Fault::DnsDown { pod },
-            "metrics-blocked" => Fault::MetricsBlocked { pod },
-            "nodeport-removed" => Fault::NodeportRemoved { node: need_node()? },
-            "ingress-down" => Fault::IngressDown,
-            "coordinator-down" => Fault::CoordinatorDown,
-            "api-server-down" => Fault::ApiServerDown,
-            "link-down" => Fault::LinkDown { node: need_node()? },
-            "conntrack-flush" => Fault::ConntrackFlush {
-                node: node.map(str::to_owned),
-            },
-            "firewall-reload" => Fault::FirewallReload { node: need_node()? },
-            "coordinator-restart" => Fault::CoordinatorRestart,
-            "host-agent-restart" => Fault::HostAgentRestart { node: need_node()? },
-            "icmp-blocked" => Fault::IcmpBlocked { node: need_node()? },
-            "jumbo-mtu" => Fault::JumboMtu { node: need_node()? },
-            "vxlan-port" => Fault::VxlanPort { node: need_node()? },
-            "vxlan-vni" => Fault::VxlanVni { node: need_node()? },
-            "vtep-changed" => Fault::VtepChanged { node: need_node()? },
-            "dns-rules-missing" => Fault::DnsRulesMissing { node: need_node()? },
-            "vxlan-pair-drop" => Fault::VxlanPairDrop {
-                node: need_node()?,
-                peer: need_peer()?,
-            },
-            "host-firewall" => Fault::HostFirewall { node: need_node()? },
-            "bridge-mtu" => Fault::BridgeMtu { node: need_node()? },
-            "backend-down" => Fault::BackendDown { node: need_node()? },
-            "masquerade-missing" => Fault::MasqueradeMissing { node: need_node()? },
-            "bridge-nf-off" => Fault::BridgeNfOff { node: need_node()? },
-            "bridge-addr-lost" => Fault::BridgeAddrLost { node: need_node()? },
-            "overlay-input-drop" => Fault::OverlayInputDrop { node: need_node()? },
-            "icmp-forward-drop" => Fault::IcmpForwardDrop { node: need_node()? },
-            "dns-port-drop" => Fault::DnsPortDrop { pod },
-            "route-hijack" => Fault::RouteHijack {
-                node: need_node()?,
-                peer: need_peer()?,
-            },
-            "pod-cidr-claimed" => Fault::PodCidrClaimed {
-                node: need_node()?,
-                peer: need_peer()?,
-            },
-            "bridge-down" => Fault::BridgeDown { node: need_node()? },
-            "loss" => {
+            K::DnsDown => Fault::DnsDown { pod },
+            K::MetricsBlocked => Fault::MetricsBlocked { pod },
+            K::NodeportRemoved => Fault::NodeportRemoved { node },
+            K::IngressDown => Fault::IngressDown,
+            K::CoordinatorDown => Fault::CoordinatorDown,
+            K::ApiServerDown => Fault::ApiServerDown,
+            K::LinkDown => Fault::LinkDown { node },
+            K::ConntrackFlush => Fault::ConntrackFlush { node: maybe_node },
+            K::FirewallReload => Fault::FirewallReload { node },
+            K::CoordinatorRestart => Fault::CoordinatorRestart,
+            K::HostAgentRestart => Fault::HostAgentRestart { node },
+            K::IcmpBlocked => Fault::IcmpBlocked { node },
+            K::JumboMtu => Fault::JumboMtu { node },
+            K::VxlanPort => Fault::VxlanPort { node },
+            K::VxlanVni => Fault::VxlanVni { node },
+            K::VtepChanged => Fault::VtepChanged { node },
+            K::DnsRulesMissing => Fault::DnsRulesMissing { node },
+            K::VxlanPairDrop => Fault::VxlanPairDrop { node, peer },
+            K::HostFirewall => Fault::HostFirewall { node },
+            K::BridgeMtu => Fault::BridgeMtu { node },
+            K::BackendDown => Fault::BackendDown { node },
+            K::MasqueradeMissing => Fault::MasqueradeMissing { node },
+            K::BridgeNfOff => Fault::BridgeNfOff { node },
+            K::BridgeAddrLost => Fault::BridgeAddrLost { node },
+            K::OverlayInputDrop => Fault::OverlayInputDrop { node },
+            K::IcmpForwardDrop => Fault::IcmpForwardDrop { node },
+            K::DnsPortDrop => Fault::DnsPortDrop { pod },
+            K::RouteHijack => Fault::RouteHijack { node, peer },
+            K::PodCidrClaimed => Fault::PodCidrClaimed { node, peer },
+            K::BridgeDown => Fault::BridgeDown { node },
+            K::Loss => {
                 let percent = percent.unwrap_or(50);
                 if !(1..=100).contains(&percent) {
-                    return Err(format!("--percent must be 1-100, not {percent}"));
+                    return Err(FaultError::Percent(percent));
                 }
-                Fault::Loss {
-                    node: need_node()?,
-                    percent,
-                }
-            }
-            other => {
-                return Err(format!(
-                    "unknown fault {other:?}; known: {}",
-                    KINDS.join(", ")
-                ));
+                Fault::Loss { node, percent }
             }
         })
     }
@@ -508,34 +486,120 @@ impl Fault {
         )
     }
 
-    /// Checks the fault's names against the lab.
-    pub fn validate(&self, plan: &LabPlan) -> Result<(), String> {
-        if let Some(n) = self.node() {
-            plan.node(n)
-                .ok_or_else(|| format!("no node {n:?} in this lab (n1..n{})", plan.nodes.len()))?;
-        }
+    /// The fault's kind in the catalogue.
+    pub fn kind(&self) -> FaultKind {
+        use FaultKind as K;
         match self {
-            Fault::FdbMissing { node, peer }
-            | Fault::RouteMissing { node, peer }
-            | Fault::RouteHijack { node, peer }
-            | Fault::PodCidrClaimed { node, peer }
-            | Fault::NeighMissing { node, peer }
-            | Fault::VtepStale { node, peer }
-            | Fault::VxlanPairDrop { node, peer } => {
-                plan.node(peer)
-                    .ok_or_else(|| format!("no peer node {peer:?} in this lab"))?;
-                if node == peer {
-                    return Err("--peer must differ from --node".to_owned());
-                }
-            }
+            Fault::VxlanDropIn { .. } => K::VxlanDropIn,
+            Fault::VxlanDropOut { .. } => K::VxlanDropOut,
+            Fault::IpForwardOff { .. } => K::IpForwardOff,
+            Fault::ForwardReject { .. } => K::ForwardReject,
+            Fault::FdbMissing { .. } => K::FdbMissing,
+            Fault::RouteMissing { .. } => K::RouteMissing,
+            Fault::NeighMissing { .. } => K::NeighMissing,
+            Fault::VtepStale { .. } => K::VtepStale,
+            Fault::UnderlayMtu { .. } => K::UnderlayMtu,
+            Fault::DnsDown { .. } => K::DnsDown,
+            Fault::MetricsBlocked { .. } => K::MetricsBlocked,
+            Fault::NodeportRemoved { .. } => K::NodeportRemoved,
+            Fault::IngressDown => K::IngressDown,
+            Fault::LinkDown { .. } => K::LinkDown,
+            Fault::Loss { .. } => K::Loss,
+            Fault::CoordinatorDown => K::CoordinatorDown,
+            Fault::ApiServerDown => K::ApiServerDown,
+            Fault::ConntrackFlush { .. } => K::ConntrackFlush,
+            Fault::FirewallReload { .. } => K::FirewallReload,
+            Fault::CoordinatorRestart => K::CoordinatorRestart,
+            Fault::HostAgentRestart { .. } => K::HostAgentRestart,
+            Fault::IcmpBlocked { .. } => K::IcmpBlocked,
+            Fault::JumboMtu { .. } => K::JumboMtu,
+            Fault::VxlanPort { .. } => K::VxlanPort,
+            Fault::VxlanVni { .. } => K::VxlanVni,
+            Fault::VtepChanged { .. } => K::VtepChanged,
+            Fault::DnsRulesMissing { .. } => K::DnsRulesMissing,
+            Fault::VxlanPairDrop { .. } => K::VxlanPairDrop,
+            Fault::HostFirewall { .. } => K::HostFirewall,
+            Fault::BridgeMtu { .. } => K::BridgeMtu,
+            Fault::BackendDown { .. } => K::BackendDown,
+            Fault::MasqueradeMissing { .. } => K::MasqueradeMissing,
+            Fault::BridgeNfOff { .. } => K::BridgeNfOff,
+            Fault::BridgeAddrLost { .. } => K::BridgeAddrLost,
+            Fault::OverlayInputDrop { .. } => K::OverlayInputDrop,
+            Fault::IcmpForwardDrop { .. } => K::IcmpForwardDrop,
+            Fault::DnsPortDrop { .. } => K::DnsPortDrop,
+            Fault::RouteHijack { .. } => K::RouteHijack,
+            Fault::PodCidrClaimed { .. } => K::PodCidrClaimed,
+            Fault::BridgeDown { .. } => K::BridgeDown,
+        }
+    }
+
+    /// The peer of a pair fault.
+    pub fn peer(&self) -> Option<&str> {
+        match self {
+            Fault::FdbMissing { peer, .. }
+            | Fault::RouteMissing { peer, .. }
+            | Fault::RouteHijack { peer, .. }
+            | Fault::PodCidrClaimed { peer, .. }
+            | Fault::NeighMissing { peer, .. }
+            | Fault::VtepStale { peer, .. }
+            | Fault::VxlanPairDrop { peer, .. } => Some(peer),
+            _ => None,
+        }
+    }
+
+    /// The CoreDNS pod a fault is on.
+    pub fn pod(&self) -> Option<&str> {
+        match self {
             Fault::DnsDown { pod } | Fault::MetricsBlocked { pod } | Fault::DnsPortDrop { pod } => {
-                plan.coredns_node(pod)
-                    .ok_or_else(|| format!("no CoreDNS pod {pod:?} (coredns-a, coredns-b)"))?;
+                Some(pod)
             }
-            Fault::UnderlayMtu { mtu, .. } if !(576..=1500).contains(mtu) => {
-                return Err(format!("--mtu must be 576-1500, not {mtu}"));
+            _ => None,
+        }
+    }
+
+    /// Where the fault sits in the lab, in the ids of the datapath model (nodes by
+    /// position, CoreDNS pods by [`LabPlan::coredns_pods`] order).
+    pub fn placement(&self, plan: &LabPlan) -> Placement {
+        let ix = |n: &str| plan.nodes.iter().position(|x| x.name == n);
+        let target = self.pod().and_then(|pod| {
+            let id = plan.coredns_pods().iter().position(|p| *p == pod)?;
+            Some((id, ix(&plan.coredns_node(pod)?.name)?))
+        });
+        Placement {
+            nodes: plan.nodes.len(),
+            node: self.node().and_then(ix),
+            peer: self.peer().and_then(ix),
+            target,
+            node_port: NODE_PORT,
+            overlay_port: VXLAN_PORT,
+        }
+    }
+
+    /// Checks the fault's names against the lab.
+    pub fn validate(&self, plan: &LabPlan) -> Result<(), FaultError> {
+        if let Some(n) = self.node()
+            && plan.node(n).is_none()
+        {
+            return Err(FaultError::NoNode {
+                name: n.to_owned(),
+                nodes: plan.nodes.len(),
+            });
+        }
+        if let Some(peer) = self.peer() {
+            plan.node(peer)
+                .ok_or_else(|| FaultError::NoPeer(peer.to_owned()))?;
+            if self.node() == Some(peer) {
+                return Err(FaultError::SamePeer);
             }
-            _ => {}
+        }
+        if let Some(pod) = self.pod() {
+            plan.coredns_node(pod)
+                .ok_or_else(|| FaultError::NoPod(pod.to_owned()))?;
+        }
+        if let Fault::UnderlayMtu { mtu, .. } = self
+            && !(576..=1500).contains(mtu)
+        {
+            return Err(FaultError::Mtu(*mtu));
         }
         Ok(())
     }
@@ -1078,13 +1142,20 @@ impl fmt::Display for Fault {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use meshprobe_core::catalogue::Class;
 
     #[test]
     fn every_kind_parses_validates_and_heals_what_it_injects() {
         let plan = LabPlan::new("t", 3).expect("valid");
-        for kind in KINDS {
+        for kind in KINDS.iter().copied() {
             let f = Fault::parse(kind, Some("n3"), Some("n1"), None, None, None).expect(kind);
             f.validate(&plan).expect(kind);
+            assert_eq!(f.kind().id(), kind, "parse and kind agree");
+            assert_eq!(
+                f.is_event(),
+                f.kind().spec().class == Class::Event,
+                "{kind}"
+            );
             let (inj, heal) = (f.inject(&plan), f.heal(&plan));
             assert_ne!(inj, heal, "{kind}: heal must differ from inject");
             if f.is_event() {
@@ -1110,19 +1181,25 @@ mod tests {
     #[test]
     fn bad_fault_words_are_named() {
         let plan = LabPlan::new("t", 3).expect("valid");
-        assert!(
-            Fault::parse("vxlan-drop-in", None, None, None, None, None)
-                .expect_err("no node")
-                .contains("--node")
+        assert_eq!(
+            Fault::parse("vxlan-drop-in", None, None, None, None, None).expect_err("no node"),
+            FaultError::Missing {
+                kind: FaultKind::VxlanDropIn,
+                arg: "node"
+            }
         );
         assert!(
             Fault::parse("nope", None, None, None, None, None)
                 .expect_err("kind")
+                .to_string()
                 .contains("unknown fault")
         );
         let f =
             Fault::parse("fdb-missing", Some("n1"), Some("n9"), None, None, None).expect("parses");
-        assert!(f.validate(&plan).expect_err("peer").contains("n9"));
+        assert_eq!(
+            f.validate(&plan).expect_err("peer"),
+            FaultError::NoPeer("n9".into())
+        );
         let f =
             Fault::parse("dns-down", None, None, Some("coredns-z"), None, None).expect("parses");
         assert!(f.validate(&plan).is_err());

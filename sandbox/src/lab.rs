@@ -30,6 +30,9 @@ pub enum LabError {
     /// The spec is invalid.
     #[error("{0}")]
     Spec(String),
+    /// A fault the lab does not allow.
+    #[error(transparent)]
+    Fault(#[from] crate::fault::FaultError),
     /// The lab needs root (network namespaces, iptables).
     #[error(
         "the sandbox needs root (CAP_SYS_ADMIN and CAP_NET_ADMIN) to create network namespaces; run it with sudo"
@@ -728,7 +731,7 @@ impl Lab {
 
     /// Injects a fault and records it.
     pub fn inject(&mut self, fault: Fault) -> Result<(), LabError> {
-        fault.validate(&self.plan).map_err(LabError::Spec)?;
+        fault.validate(&self.plan)?;
         if fault == Fault::ApiServerDown && !self.state.kube_api {
             return Err(LabError::Spec(
                 "api-server-down needs a lab with a fake API server (lab up --kube-api)".into(),
