@@ -21,7 +21,7 @@ impl Cx<'_> {
             if !self.ix.involved(x) {
                 continue;
             }
-            if self.broken.contains_key(&x) || !self.row_sick(x) {
+            if self.ledger.is_broken(x) || !self.row_sick(x) {
                 continue;
             }
             let dead: Vec<(usize, usize)> = self
@@ -67,7 +67,7 @@ impl Cx<'_> {
                 .t
                 .node(&name(self.ix.names[x]))
                 .is_some_and(|n| !n.state.is_ready());
-            if unready || self.broken.get(&x) == Some(&Cause::NodeUnreachable) {
+            if unready || self.ledger.broken(x) == Some(&Cause::NodeUnreachable) {
                 continue;
             }
             let missing: Vec<(&str, AgentState)> = [("host", h), ("pod", p)]
@@ -135,11 +135,12 @@ impl Cx<'_> {
     pub(crate) fn evidence_warnings(&self) -> Vec<String> {
         let mut w = Vec::new();
         let named: BTreeSet<&str> = self
+            .ledger
             .found
             .iter()
             .flat_map(|f| f.finding.nodes.iter().chain(&f.finding.peers))
             .map(|n| n.as_str())
-            .chain(self.accounted.iter().map(|&x| self.ix.names[x]))
+            .chain(self.ledger.accounted.iter().map(|&x| self.ix.names[x]))
             .collect();
         w.extend(self.config_warnings(&named));
         for (node, ev) in &self.r.evidence {

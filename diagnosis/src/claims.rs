@@ -82,7 +82,7 @@ impl Cx<'_> {
             // Evidence on the claimant itself, or several nodes agreeing that it holds the
             // range: one node's stale entry is that node's.
             if (c.addrs.is_empty() && c.holders.len() < 2)
-                || self.vetoed(&Cause::PodCidrConflict, f)
+                || self.ledger.vetoed(&Cause::PodCidrConflict, f)
             {
                 continue;
             }
@@ -130,7 +130,7 @@ impl Cx<'_> {
                 // Nothing fails yet: the configuration warnings say it.
                 continue;
             }
-            let cells = self.pending.clone();
+            let cells = self.ledger.pending().to_vec();
             self.claim_finding(f, p, &c, &cells);
         }
     }
@@ -232,9 +232,9 @@ impl Cx<'_> {
             })
             .collect();
         for &s in c.holders.iter().chain(std::iter::once(&f)) {
-            self.explain_pair(&[Part::Network, Part::Pods], s, p);
+            self.ledger.explain_pair(&[Part::Network, Part::Pods], s, p);
         }
-        self.accounted.extend(c.holders.iter().copied());
+        self.ledger.accounted.extend(c.holders.iter().copied());
         // (The predicted cells are claimed and pending already.)
         // Load-balanced requests that enter at or leave from the owner or a sender may
         // have a backend behind the claimed range, or come back to it.
@@ -242,7 +242,7 @@ impl Cx<'_> {
         for &s in c.holders.iter().chain(std::iter::once(&f)) {
             weight += self.claim_balanced_near(s, p);
         }
-        let before = self.found.len();
+        let before = self.ledger.found.len();
         self.push(
             3,
             weight,
@@ -255,7 +255,7 @@ impl Cx<'_> {
             evidence,
             fix,
         );
-        if let Some(Ranked { finding, .. }) = self.found.get_mut(before) {
+        if let Some(Ranked { finding, .. }) = self.ledger.found.get_mut(before) {
             finding.alternatives = alternatives;
         }
     }

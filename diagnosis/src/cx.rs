@@ -21,33 +21,10 @@ pub(crate) struct Cx<'a> {
     pub(crate) r: &'a CheckReport,
     pub(crate) s: &'a Settings,
     pub(crate) ix: Index<'a>,
-    /// Pairs explained by a pair-level finding.
-    pub(crate) explained: FxSet<(Part, usize, usize)>,
-    /// Nodes whose every pair a node-level finding explains, per part.
-    pub(crate) explained_nodes: FxSet<(Part, usize)>,
-    /// Nodes with a node-level network finding, and its cause.
-    pub(crate) broken: FxMap<usize, Cause>,
-    /// CoreDNS pods found down (their metrics failures need no finding of their own).
-    pub(crate) dns_down: BTreeSet<String>,
-    pub(crate) found: Vec<Ranked>,
-    /// Failing cells some finding explains.
-    pub(crate) claimed: FxSet<CellKey>,
-    /// Cells claimed since the last finding was made: the next finding's.
-    pub(crate) pending: Vec<CellKey>,
-    /// Nodes whose ICMP is lost while TCP or UDP to their node IP gets through.
-    pub(crate) icmp_only: FxSet<usize>,
+    /// What this pass has decided: findings, claimed cells, explained pairs.
+    pub(crate) ledger: crate::ledger::Ledger,
     /// The nodes' own configuration, compared across nodes.
     pub(crate) cfg: Consistency,
-    /// Findings the model withdrew: alternatives for whatever explains their cells.
-    pub(crate) withdrawn: Vec<crate::model::Withdrawn>,
-    /// (cause, node) pairs an earlier pass withdrew: the detectors do not make them
-    /// again, so that what they would have explained is left to the right explanation.
-    pub(crate) veto: FxSet<(Cause, usize)>,
-    /// Nodes whose odd evidence a finding accounts for without blaming them (the
-    /// sufferers of another node's fault): no "though no probe fails yet" warning.
-    pub(crate) accounted: FxSet<usize>,
-    /// Set while the model makes a finding: the veto is for the detectors' findings.
-    pub(crate) from_model: bool,
     /// Each target's endpoint id (one per CoreDNS pod or ingress across its layers),
     /// worked out once.
     pub(crate) endpoints: std::cell::OnceCell<Vec<usize>>,
@@ -138,27 +115,10 @@ impl<'a> Cx<'a> {
             ix,
             ev,
             kube_proxy_norm: std::cell::OnceCell::new(),
-            explained: FxSet::default(),
-            explained_nodes: FxSet::default(),
-            accounted: FxSet::default(),
-            broken: FxMap::default(),
-            dns_down: BTreeSet::new(),
-            found: Vec::new(),
-            claimed: FxSet::default(),
-            pending: Vec::new(),
-            icmp_only: FxSet::default(),
+            ledger: crate::ledger::Ledger::default(),
             cfg: Consistency::default(),
-            withdrawn: Vec::new(),
-            veto: FxSet::default(),
-            from_model: false,
             endpoints: std::cell::OnceCell::new(),
         }
-    }
-
-    /// Whether an earlier pass withdrew this finding (its hops are cleared by passing
-    /// cells).
-    pub(crate) fn vetoed(&self, cause: &Cause, x: usize) -> bool {
-        self.veto.contains(&(cause.clone(), x))
     }
 
     /// Claims the failing cells `f` accepts; returns how many were new.
@@ -168,23 +128,22 @@ impl<'a> Cx<'a> {
             .failing
             .iter()
             .copied()
-            .filter(|k| !self.claimed.contains(k) && f(self, *k))
+            .filter(|k| !self.ledger.is_claimed(k) && f(self, *k))
             .collect();
         let n = keys.len();
-        self.claimed.extend(keys.iter().copied());
-        self.pending.extend(keys);
+        self.ledger.claim(keys);
         n
     }
 
     /// Adds cells claimed for a finding already made (the first naming `x` with `cause`).
     pub(crate) fn attach_pending(&mut self, x: usize, cause: &Cause) {
-        let cells = std::mem::take(&mut self.pending);
+        let cells = self.ledger.take_pending();
         let xn = self.ix.names[x];
         let refs = self.refs(&cells);
-        if let Some(r) = self
-            .found
-            .iter_mut()
-            .find(|r| r.finding.cause == *cause && r.finding.nodes.iter().any(|n| n.as_str() == xn))
+        if let Some(r) =
+            self.ledger.found.iter_mut().find(|r| {
+                r.finding.cause == *cause && r.finding.nodes.iter().any(|n| n.as_str() == xn)
+            })
         {
             r.finding.cell_count += cells.len() as u32;
             let room = MAX_FINDING_CELLS.saturating_sub(r.finding.cells.len());
@@ -251,12 +210,12 @@ impl<'a> Cx<'a> {
             .ix
             .failing
             .iter()
-            .any(|k| BALANCED.contains(&k.layer) && !self.claimed.contains(k))
+            .any(|k| BALANCED.contains(&k.layer) && !self.ledger.is_claimed(k))
         {
             return 0;
         }
         let n = self.n().max(1) as f64;
-        let broken = |cx: &Self, i: usize| i == x || cx.broken.get(&i).is_some_and(cuts_backends);
+        let broken = |cx: &Self, i: usize| i == x || cx.ledger.broken(i).is_some_and(cuts_backends);
         let pods = self.t.core_dns.len();
         let dns_share = if pods == 0 {
             0.0
@@ -332,7 +291,7 @@ impl<'a> Cx<'a> {
                 src: s,
                 col: Col::Target(id),
             };
-            !self.ix.failing.contains(&key) || self.claimed.contains(&key)
+            !self.ix.failing.contains(&key) || self.ledger.is_claimed(&key)
         })
     }
 
@@ -343,7 +302,7 @@ impl<'a> Cx<'a> {
 
     /// The node network from `s` to `d` works, as far as ICMP, TCP or UDP show.
     pub(crate) fn underlay_up(&self, s: usize, d: usize) -> bool {
-        !self.failing(Layer::Underlay, s, d) || self.icmp_only.contains(&d)
+        !self.failing(Layer::Underlay, s, d) || self.ledger.icmp_only(d)
     }
 
     /// A node-local fact that stops `x` from forwarding its pods' traffic, with the lines
@@ -525,22 +484,6 @@ impl<'a> Cx<'a> {
     pub(crate) fn evidence(&self, node: usize) -> Option<&'a NodeEvidence> {
         self.ev.get(node).copied().flatten()
     }
-    pub(crate) fn is_explained(&self, part: Part, s: usize, d: usize) -> bool {
-        self.explained_nodes.contains(&(part, s))
-            || self.explained_nodes.contains(&(part, d))
-            || self.explained.contains(&(part, s, d))
-    }
-    pub(crate) fn explain_node(&mut self, parts: &[Part], x: usize) {
-        for p in parts {
-            self.explained_nodes.insert((*p, x));
-        }
-    }
-    pub(crate) fn explain_pair(&mut self, parts: &[Part], a: usize, b: usize) {
-        for p in parts {
-            self.explained.insert((*p, a, b));
-            self.explained.insert((*p, b, a));
-        }
-    }
     /// Observers needed: `min_observers`, or all there are when fewer exist.
     pub(crate) fn k(&self, available: usize) -> usize {
         self.s.min_observers.min(available).max(1)
@@ -616,10 +559,14 @@ impl<'a> Cx<'a> {
         evidence: Vec<String>,
         fix: String,
     ) {
-        let mut cells = std::mem::take(&mut self.pending);
-        if !self.from_model && nodes.first().is_some_and(|&x| self.vetoed(&cause, x)) {
+        let mut cells = self.ledger.take_pending();
+        if !self.ledger.from_model
+            && nodes
+                .first()
+                .is_some_and(|&x| self.ledger.vetoed(&cause, x))
+        {
             for k in &cells {
-                self.claimed.remove(k);
+                self.ledger.unclaim(k);
             }
             return;
         }
@@ -638,7 +585,7 @@ impl<'a> Cx<'a> {
             rounds: 1,
             alternatives: Vec::new(),
         };
-        self.found.push(Ranked {
+        self.ledger.found.push(Ranked {
             rank,
             weight,
             finding,

@@ -21,7 +21,7 @@ impl Cx<'_> {
             if !self.ix.involved(x) {
                 continue;
             }
-            if self.broken.contains_key(&x) {
+            if self.ledger.is_broken(x) {
                 continue;
             }
             // Out: x's pod cannot reach remote gateways that x's host reaches, while it
@@ -31,7 +31,7 @@ impl Cx<'_> {
                 for d in self.ix.row(Layer::GatewayFromPod, x) {
                     if d != x
                         && self.ok(Layer::GatewayFromHost, x, d)
-                        && !self.is_explained(Part::Pods, x, d)
+                        && !self.ledger.is_explained(Part::Pods, x, d)
                     {
                         out_looked += 1;
                         if self.dead(Layer::GatewayFromPod, x, d) {
@@ -43,7 +43,9 @@ impl Cx<'_> {
             // In: other nodes' pods reach x's gateway but not x's pod.
             let (mut inbound, mut in_looked) = (Vec::new(), 0);
             for &s in self.ix.col(Layer::PodToPod, x) {
-                if self.ok(Layer::GatewayFromPod, s, x) && !self.is_explained(Part::Pods, s, x) {
+                if self.ok(Layer::GatewayFromPod, s, x)
+                    && !self.ledger.is_explained(Part::Pods, s, x)
+                {
                     in_looked += 1;
                     if self.dead(Layer::PodToPod, s, x) {
                         inbound.push((s, x));
@@ -127,11 +129,11 @@ impl Cx<'_> {
                 ),
             };
             let weight = (out.len() + inbound.len()) * 10;
-            if self.vetoed(&cause, x) {
+            if self.ledger.vetoed(&cause, x) {
                 continue;
             }
-            self.broken.insert(x, cause.clone());
-            self.explain_node(&[Part::Pods, Part::Big], x);
+            self.ledger.mark_broken(x, cause.clone());
+            self.ledger.explain_node(&[Part::Pods, Part::Big], x);
             let weight = weight + self.claim_node(x, POD_TRAFFIC) + self.claim_balanced_of(x);
             let hop = format!(
                 "forwarding on {xn}: cni0 <-> {}",

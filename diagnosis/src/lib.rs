@@ -25,6 +25,7 @@ mod consistency;
 mod cx;
 mod forwarding;
 mod index;
+mod ledger;
 mod loss;
 mod model;
 mod mtu;
@@ -84,14 +85,14 @@ pub fn diagnose(
     let mut ix = index::Index::new(topology, report);
     let mut cx = loop {
         let mut cx = Cx::with_index(topology, report, settings, ix);
-        cx.veto = veto.clone();
+        cx.ledger = ledger::Ledger::with_veto(veto.clone());
         cx.detect();
         pass += 1;
-        if cx.withdrawn.is_empty() || pass == MAX_PASSES {
-            cx.withdrawn.append(&mut withdrawn);
+        if cx.ledger.withdrawn.is_empty() || pass == MAX_PASSES {
+            cx.ledger.withdrawn.append(&mut withdrawn);
             break cx;
         }
-        for w in &cx.withdrawn {
+        for w in &cx.ledger.withdrawn {
             if let Some(x) = w
                 .alternative
                 .nodes
@@ -101,14 +102,14 @@ pub fn diagnose(
                 veto.insert((w.alternative.cause.clone(), *x));
             }
         }
-        withdrawn.append(&mut cx.withdrawn);
+        withdrawn.append(&mut cx.ledger.withdrawn);
         ix = cx.ix;
     };
     cx.agents();
     cx.unexplained();
     cx.alternatives();
     let warnings = cx.evidence_warnings();
-    let mut ranked = cx.found;
+    let mut ranked = cx.ledger.found;
     ranked.sort_by(|a, b| a.rank.cmp(&b.rank).then(b.weight.cmp(&a.weight)));
     let mut findings: Vec<Finding> = ranked.into_iter().map(|r| r.finding).collect();
     for f in &mut findings {
@@ -129,26 +130,9 @@ const MAX_PASSES: usize = 4;
 impl Cx<'_> {
     /// The detectors, in path order, then the model's verification and localisation.
     fn detect(&mut self) {
-        let cx = self;
-        cx.compare_configs();
-        cx.unreachable();
-        cx.range_claims();
-        cx.tunnel_nodes();
-        cx.tunnel_pairs();
-        cx.forwarding();
-        cx.mtu();
-        cx.loss();
-        cx.dns();
-        cx.metrics();
-        cx.nodeport();
-        cx.ingress();
-        cx.localise_supported();
-        cx.service_backends();
-        cx.pod_services();
-        cx.lacking_outliers();
-        cx.degraded_probers();
-        cx.verify();
-        cx.localise();
+        for stage in ledger::Stage::PIPELINE {
+            stage.run(self);
+        }
     }
 }
 

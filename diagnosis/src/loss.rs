@@ -41,7 +41,7 @@ impl Cx<'_> {
         }
         for x in 0..n {
             let (lost, sent) = into[x];
-            if self.broken.contains_key(&x) || sent == 0 {
+            if self.ledger.is_broken(x) || sent == 0 {
                 continue;
             }
             let pct = lost as f64 * 100.0 / sent as f64;
@@ -76,7 +76,7 @@ impl Cx<'_> {
             )];
             evidence.extend(self.cite(Layer::Underlay, &worst));
             let dev = self.underlay_dev(x);
-            self.broken.insert(x, Cause::PacketLoss);
+            self.ledger.mark_broken(x, Cause::PacketLoss);
             // Load-balanced targets may land on x's pods.
             self.claim_node(x, ALL);
             self.claim_balanced_of(x);

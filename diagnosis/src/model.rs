@@ -504,8 +504,8 @@ impl Cx<'_> {
     /// Tests every finding against the cells that pass: withdraws those passing cells
     /// clear entirely, narrows those they clear in part.
     pub(crate) fn verify(&mut self) {
-        let mut keep = Vec::with_capacity(self.found.len());
-        for mut r in std::mem::take(&mut self.found) {
+        let mut keep = Vec::with_capacity(self.ledger.found.len());
+        for mut r in std::mem::take(&mut self.ledger.found) {
             let Some(hyps) = self.hyps_of(&r) else {
                 keep.push(r);
                 continue;
@@ -528,10 +528,10 @@ impl Cx<'_> {
             if standing.is_empty() || supplanted.is_some() {
                 let f = &r.finding;
                 for k in &r.keys {
-                    self.claimed.remove(k);
+                    self.ledger.unclaim(k);
                 }
                 if let Some(x) = f.nodes.first().and_then(|n| self.pos(n)) {
-                    self.broken.remove(&x);
+                    self.ledger.clear_broken(x);
                 }
                 let alternative = match supplanted {
                     Some(better) => Alternative {
@@ -551,7 +551,7 @@ impl Cx<'_> {
                         self.alternative(f.cause.clone(), f.nodes.clone(), f.peers.clone(), *h, ex)
                     }
                 };
-                self.withdrawn.push(Withdrawn {
+                self.ledger.withdrawn.push(Withdrawn {
                     alternative,
                     keys: std::mem::take(&mut r.keys),
                 });
@@ -575,7 +575,7 @@ impl Cx<'_> {
             }
             keep.push(r);
         }
-        self.found = keep;
+        self.ledger.found = keep;
     }
 
     // ---- the smallest explanation --------------------------------------------------------
@@ -665,7 +665,7 @@ impl Cx<'_> {
             .failing
             .iter()
             .copied()
-            .filter(|k| !self.claimed.contains(k))
+            .filter(|k| !self.ledger.is_claimed(k))
             .take(MAX_LOCALISED_CELLS)
             .collect();
         if left.is_empty() {
@@ -797,7 +797,7 @@ impl Cx<'_> {
         {
             let mut cells: Vec<CellKey> = cells
                 .into_iter()
-                .filter(|k| !self.claimed.contains(k))
+                .filter(|k| !self.ledger.is_claimed(k))
                 .collect();
             cells.sort_unstable();
             cells.dedup();
@@ -1043,10 +1043,7 @@ impl Cx<'_> {
                 format!("on {xn}: check {}", h.hop.kind.describe()),
             ),
         };
-        for k in cells {
-            self.claimed.insert(*k);
-        }
-        self.pending.extend(cells.iter().copied());
+        self.ledger.claim(cells.iter().copied());
         let mut weight = cells.len();
         // A node hop that load-balanced requests cross when they land on x's backends
         // (its forwarding into its pods, its decapsulation, its bridge) loses its share
@@ -1065,7 +1062,7 @@ impl Cx<'_> {
         {
             weight += self.claim_balanced_near(from, to);
         }
-        self.from_model = true;
+        self.ledger.from_model = true;
         self.push(
             3,
             weight,
@@ -1078,7 +1075,7 @@ impl Cx<'_> {
             evidence,
             fix,
         );
-        self.from_model = false;
+        self.ledger.from_model = false;
     }
 
     /// The target columns of some cells, for a fix.
@@ -1109,8 +1106,8 @@ impl Cx<'_> {
     /// rejected: the findings the verification withdrew first, then the other hops its
     /// cells cross.
     pub(crate) fn alternatives(&mut self) {
-        let withdrawn = std::mem::take(&mut self.withdrawn);
-        let mut all = std::mem::take(&mut self.found);
+        let withdrawn = std::mem::take(&mut self.ledger.withdrawn);
+        let mut all = std::mem::take(&mut self.ledger.found);
         for r in &mut all {
             if r.finding.alternatives.len() >= MAX_ALTERNATIVES || r.keys.is_empty() {
                 continue;
@@ -1173,7 +1170,7 @@ impl Cx<'_> {
                     .push(self.alternative(cause, nodes, peers, h, &ex));
             }
         }
-        self.found = all;
+        self.ledger.found = all;
     }
 
     /// A finding's own (cause, nodes), so that it is not its own alternative.

@@ -19,7 +19,7 @@ impl Cx<'_> {
 
     /// Full-size fails where small passes, s -> d.
     pub(crate) fn big_lost(&self, s: usize, d: usize) -> Option<Layer> {
-        if self.is_explained(Part::Big, s, d) {
+        if self.ledger.is_explained(Part::Big, s, d) {
             return None;
         }
         if self.dead(Layer::UnderlayFullSize, s, d) && self.ok(Layer::Underlay, s, d) {
@@ -42,7 +42,7 @@ impl Cx<'_> {
             if !self.ix.involved(x) {
                 continue;
             }
-            if self.broken.contains_key(&x) {
+            if self.ledger.is_broken(x) {
                 continue;
             }
             // Into x (its path carries less) and out of x (it sends more than its path
@@ -145,8 +145,8 @@ impl Cx<'_> {
                 }
             }
             let dev = self.underlay_dev(x);
-            self.broken.insert(x, Cause::MtuMismatch);
-            self.explain_node(&[Part::Big], x);
+            self.ledger.mark_broken(x, Cause::MtuMismatch);
+            self.ledger.explain_node(&[Part::Big], x);
             let cells = self.claim_node(
                 x,
                 &[
@@ -289,7 +289,7 @@ impl Cx<'_> {
         for (s, d) in pairs {
             if let Some(layer) = self.big_lost(s, d) {
                 let evidence = self.cite(layer, &[(s, d)]);
-                self.explain_pair(&[Part::Big], s, d);
+                self.ledger.explain_pair(&[Part::Big], s, d);
                 self.claim_pair(
                     s,
                     d,

@@ -17,9 +17,9 @@ impl Cx<'_> {
     /// The network path from `s` into `x`'s pods works this round (as far as we know).
     pub(crate) fn path_into_pods(&self, s: usize, x: usize) -> bool {
         s == x
-            || (!self.is_explained(Part::Pods, s, x)
-                && !self.is_explained(Part::Network, s, x)
-                && !matches!(self.broken.get(&x), Some(c) if *c != Cause::PacketLoss)
+            || (!self.ledger.is_explained(Part::Pods, s, x)
+                && !self.ledger.is_explained(Part::Network, s, x)
+                && !matches!(self.ledger.broken(x), Some(c) if *c != Cause::PacketLoss)
                 && !self.failing(Layer::PodToPod, s, x))
     }
 
@@ -34,7 +34,7 @@ impl Cx<'_> {
         let Some((cause, lines)) = self.node_fact(x) else {
             return false;
         };
-        if let Some(made) = self.broken.get(&x).cloned() {
+        if let Some(made) = self.ledger.broken(x).cloned() {
             self.claim_node(x, POD_TRAFFIC);
             self.attach_pending(x, &made);
             return true;
@@ -52,12 +52,12 @@ impl Cx<'_> {
                 format!("{p:?}").to_lowercase()
             ));
         }
-        if self.vetoed(&cause, x) {
+        if self.ledger.vetoed(&cause, x) {
             return false;
         }
         let fix = self.forwarding_fix(&cause, x);
-        self.broken.insert(x, cause.clone());
-        self.explain_node(&[Part::Pods, Part::Big], x);
+        self.ledger.mark_broken(x, cause.clone());
+        self.ledger.explain_node(&[Part::Pods, Part::Big], x);
         let cells = self.claim_node(x, POD_TRAFFIC) + self.claim_balanced_of(x);
         self.push(
             2,
@@ -113,10 +113,10 @@ impl Cx<'_> {
             {
                 continue;
             }
-            if self.vetoed(&Cause::DnsPodDown, x) {
+            if self.ledger.vetoed(&Cause::DnsPodDown, x) {
                 continue;
             }
-            self.dns_down.insert(pod.name.clone());
+            self.ledger.dns_down.insert(pod.name.clone());
             let xn = self.nm(x);
             let mut evidence = cited;
             evidence.push(format!(
@@ -165,7 +165,7 @@ impl Cx<'_> {
         let Some(id) = self.ix.target_id(Layer::DnsService, "kube-dns") else {
             return;
         };
-        if !self.dns_down.is_empty() {
+        if !self.ledger.dns_down.is_empty() {
             return;
         }
         let looked = self.ix.tcol(id).to_vec();
@@ -239,7 +239,7 @@ impl Cx<'_> {
             .filter(|&&s| {
                 !failing.contains(&s)
                     && (self.tok(id, s)
-                        || self.claimed.contains(&crate::index::CellKey {
+                        || self.ledger.is_claimed(&crate::index::CellKey {
                             layer: Layer::DnsService,
                             src: s,
                             col: Col::Target(id),
@@ -289,7 +289,7 @@ impl Cx<'_> {
             ) else {
                 continue;
             };
-            if self.dns_down.contains(&pod.name) {
+            if self.ledger.dns_down.contains(&pod.name) {
                 continue;
             }
             let looked = self.ix.tcol(id).to_vec();
@@ -297,7 +297,9 @@ impl Cx<'_> {
                 .iter()
                 .copied()
                 .filter(|&s| self.tfailing(id, s))
-                .filter(|&s| self.path_into_pods(s, x) && !self.is_explained(Part::Big, s, x))
+                .filter(|&s| {
+                    self.path_into_pods(s, x) && !self.ledger.is_explained(Part::Big, s, x)
+                })
                 .collect();
             if !self.quorum(failing.len(), looked.len()) {
                 continue;
@@ -365,7 +367,7 @@ impl Cx<'_> {
                 continue;
             };
             let col = self.ix.targets[id].name;
-            if self.broken.contains_key(&x) || !self.ix.involved(x) {
+            if self.ledger.is_broken(x) || !self.ix.involved(x) {
                 continue;
             }
             let looked = self.ix.tcol(id).to_vec();
@@ -433,8 +435,8 @@ impl Cx<'_> {
                         Layer::GatewayFromHost | Layer::GatewayFromPod | Layer::PodToPod
                     ) && (k.src == x || d == Some(x))
                         && d.is_none_or(|d| {
-                            !self.is_explained(Part::Network, k.src, d)
-                                && !self.is_explained(Part::Pods, k.src, d)
+                            !self.ledger.is_explained(Part::Network, k.src, d)
+                                && !self.ledger.is_explained(Part::Pods, k.src, d)
                         })
                 });
                 // x's evidence, against its peers', explains any failing request to it;
@@ -526,7 +528,7 @@ impl Cx<'_> {
                 .filter(|&s| node.is_none_or(|n| s == n || self.underlay_up(s, n)))
                 .collect();
             let node_down =
-                node.is_some_and(|n| self.broken.get(&n) == Some(&Cause::NodeUnreachable));
+                node.is_some_and(|n| self.ledger.broken(n) == Some(&Cause::NodeUnreachable));
             if node_down
                 || (self.target_claimed(id) && !self.refused(id, &failing))
                 || !self.quorum(failing.len(), looked.len())
@@ -601,7 +603,7 @@ impl Cx<'_> {
             .ix
             .failing
             .iter()
-            .any(|k| web.contains(&k.layer) && !self.claimed.contains(k))
+            .any(|k| web.contains(&k.layer) && !self.ledger.is_claimed(k))
         {
             return;
         }
@@ -641,7 +643,7 @@ impl Cx<'_> {
                     .ix
                     .failing
                     .iter()
-                    .filter(|k| !self.claimed.contains(k) && in_group(k))
+                    .filter(|k| !self.ledger.is_claimed(k) && in_group(k))
                     .count();
                 if open == 0 && again {
                     continue;
@@ -689,9 +691,9 @@ impl Cx<'_> {
                 // Nodes already found broken take their backends with them: only losses
                 // beyond their share point at another backend.
                 let broken_share = self
-                    .broken
-                    .values()
-                    .filter(|c| crate::cx::cuts_backends(c))
+                    .ledger
+                    .blamed()
+                    .filter(|(_, c)| crate::cx::cuts_backends(c))
                     .count() as f64
                     / self.n().max(1) as f64;
                 let thin = sent > 0
@@ -784,12 +786,12 @@ impl Cx<'_> {
         let mut by_src: std::collections::BTreeMap<usize, Vec<crate::index::CellKey>> =
             std::collections::BTreeMap::new();
         for k in self.ix.failing.iter() {
-            if FROM_PODS.contains(&k.layer) && !self.claimed.contains(k) {
+            if FROM_PODS.contains(&k.layer) && !self.ledger.is_claimed(k) {
                 by_src.entry(k.src).or_default().push(*k);
             }
         }
         for (x, open) in by_src {
-            if self.broken.contains_key(&x) {
+            if self.ledger.is_broken(x) {
                 continue;
             }
             if open.is_empty() {
@@ -853,9 +855,9 @@ impl Cx<'_> {
     fn backends_explain(&self, id: usize, failing: &[usize], x: usize) -> bool {
         let refused = self.refused(id, failing);
         let elsewhere = self
-            .broken
-            .iter()
-            .any(|(n, c)| *n != x && crate::cx::cuts_backends(c));
+            .ledger
+            .blamed()
+            .any(|(n, c)| n != x && crate::cx::cuts_backends(c));
         elsewhere && !refused
     }
 }

@@ -24,7 +24,7 @@ impl Cx<'_> {
         s != d
             && self.dead(Layer::GatewayFromHost, s, d)
             && self.underlay_up(s, d)
-            && !self.is_explained(Part::Network, s, d)
+            && !self.ledger.is_explained(Part::Network, s, d)
     }
 
     pub(crate) fn tunnel_nodes(&mut self) {
@@ -34,7 +34,7 @@ impl Cx<'_> {
             if !self.ix.involved(x) {
                 continue;
             }
-            if self.broken.contains_key(&x) {
+            if self.ledger.is_broken(x) {
                 continue;
             }
             let looked: Vec<usize> = self
@@ -234,11 +234,12 @@ impl Cx<'_> {
                     )
                 };
             }
-            if self.vetoed(&cause, x) {
+            if self.ledger.vetoed(&cause, x) {
                 continue;
             }
-            self.broken.insert(x, cause.clone());
-            self.explain_node(&[Part::Network, Part::Pods, Part::Big], x);
+            self.ledger.mark_broken(x, cause.clone());
+            self.ledger
+                .explain_node(&[Part::Network, Part::Pods, Part::Big], x);
             let cells = self.claim_node(x, OVERLAY) + self.claim_balanced_of(x);
             let hop = format!("overlay: * <-> {xn} {dev}, UDP {port} ({iface})");
             self.push(
@@ -452,7 +453,7 @@ impl Cx<'_> {
             for peer in missing {
                 let Some(p) = self.pos(&peer) else { continue };
                 let (sn, pn) = (self.nm(s), self.nm(p));
-                let named = self.found.iter().any(|f| {
+                let named = self.ledger.found.iter().any(|f| {
                     f.finding.cause == Cause::OverlayPeerMissing
                         && f.finding.nodes.iter().any(|n| n.as_str() == sn)
                 });
@@ -500,7 +501,7 @@ impl Cx<'_> {
                 let cut = self.failing(Layer::GatewayFromHost, s, p)
                     || self.failing(Layer::GatewayFromHost, p, s);
                 let (sn, pn) = (self.nm(s), self.nm(p));
-                let named = self.found.iter().any(|f| {
+                let named = self.ledger.found.iter().any(|f| {
                     f.finding.cause == Cause::VxlanBlocked
                         && f.finding.nodes.iter().any(|n| n.as_str() == sn)
                 });
@@ -658,7 +659,7 @@ impl Cx<'_> {
     fn shared_peers(&mut self, cuts: &[(usize, usize)]) {
         let mut by_node: FxMap<usize, Vec<usize>> = FxMap::default();
         for &(a, b) in cuts {
-            if self.is_explained(Part::Network, a, b) {
+            if self.ledger.is_explained(Part::Network, a, b) {
                 continue;
             }
             // A pair whose own evidence says which end is at fault (one lacks the other's
@@ -678,7 +679,7 @@ impl Cx<'_> {
         for (p, sufferers) in order {
             let sufferers: Vec<usize> = sufferers
                 .into_iter()
-                .filter(|&s| !self.is_explained(Part::Network, s, p))
+                .filter(|&s| !self.ledger.is_explained(Part::Network, s, p))
                 .collect();
             if sufferers.len() < 2 {
                 continue;
@@ -735,7 +736,8 @@ impl Cx<'_> {
             };
             let mut cells = 0;
             for &s in &sufferers {
-                self.explain_pair(&[Part::Network, Part::Pods, Part::Big], s, p);
+                self.ledger
+                    .explain_pair(&[Part::Network, Part::Pods, Part::Big], s, p);
                 cells += self.claim_pair(s, p, OVERLAY) + self.claim_balanced_near(s, p);
             }
             self.push(
@@ -765,7 +767,7 @@ impl Cx<'_> {
         let port = self.t.cluster.overlay.port;
         self.shared_peers(&cuts);
         for (a, b) in cuts {
-            if self.is_explained(Part::Network, a, b) {
+            if self.ledger.is_explained(Part::Network, a, b) {
                 continue;
             }
             let mut cited = self.cite(Layer::GatewayFromHost, &[(a, b), (b, a)]);
@@ -855,7 +857,8 @@ impl Cx<'_> {
                     fix,
                 );
             }
-            self.explain_pair(&[Part::Network, Part::Pods, Part::Big], a, b);
+            self.ledger
+                .explain_pair(&[Part::Network, Part::Pods, Part::Big], a, b);
         }
     }
 }

@@ -99,8 +99,9 @@ impl Cx<'_> {
                 ));
             }
             let ip = self.node_ip(x);
-            self.broken.insert(x, Cause::NodeUnreachable);
-            self.explain_node(&[Part::Network, Part::Pods, Part::Big], x);
+            self.ledger.mark_broken(x, Cause::NodeUnreachable);
+            self.ledger
+                .explain_node(&[Part::Network, Part::Pods, Part::Big], x);
             let cells = self.claim_node(x, ALL) + self.claim_balanced_of(x);
             self.push(
                 0,
@@ -124,9 +125,9 @@ impl Cx<'_> {
             .collect();
         dead_links.sort_unstable();
         for (s, d) in dead_links {
-            if self.is_explained(Part::Network, s, d)
+            if self.ledger.is_explained(Part::Network, s, d)
                 || self.row_sick(s)
-                || self.icmp_only.contains(&d)
+                || self.ledger.icmp_only(d)
             {
                 continue;
             }
@@ -145,7 +146,8 @@ impl Cx<'_> {
                 continue;
             }
             let both = self.dead(Layer::Underlay, d, s);
-            self.explain_pair(&[Part::Network, Part::Pods, Part::Big], s, d);
+            self.ledger
+                .explain_pair(&[Part::Network, Part::Pods, Part::Big], s, d);
             let cells = self.claim_pair(s, d, ALL) + self.claim_balanced_near(s, d);
             let evidence = self.cite(Layer::Underlay, &[(s, d), (d, s)]);
             let (sn, dn, ip) = (self.nm(s), self.nm(d), self.node_ip(d));
@@ -174,7 +176,7 @@ impl Cx<'_> {
 
     /// ICMP to `x` is lost while TCP or UDP to the same address gets through.
     fn icmp_blocked(&mut self, x: usize, dead: &[(usize, usize)], c: Corroboration) {
-        self.icmp_only.insert(x);
+        self.ledger.mark_icmp_only(x);
         let xn = self.nm(x);
         let ip = self.node_ip(x);
         let mut evidence = self.cite(Layer::Underlay, dead);
@@ -207,7 +209,7 @@ impl Cx<'_> {
         let col = self.ix.col(Layer::Underlay, x);
         let row_dead = row
             .iter()
-            .filter(|&&d| self.dead(Layer::Underlay, x, d) && !self.icmp_only.contains(&d))
+            .filter(|&&d| self.dead(Layer::Underlay, x, d) && !self.ledger.icmp_only(d))
             .count();
         let col_ok = col
             .iter()

@@ -20,7 +20,7 @@ impl Cx<'_> {
             .failing
             .iter()
             .copied()
-            .filter(|k| !self.claimed.contains(k))
+            .filter(|k| !self.ledger.is_claimed(k))
             .collect();
         let mut made = 0;
         while !left.is_empty() {
@@ -171,8 +171,7 @@ impl Cx<'_> {
                 ),
             )
         };
-        self.claimed.extend(cells.iter().copied());
-        self.pending.extend(cells.iter().copied());
+        self.ledger.claim(cells.iter().copied());
         self.push(
             11,
             cells.len(),
