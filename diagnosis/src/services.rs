@@ -170,29 +170,48 @@ impl Cx<'_> {
         }
         let looked = self.ix.tcol(id).to_vec();
         // s's pods reach some CoreDNS pods directly, and lose more of their queries to the
-        // service IP than landing on the pods they cannot reach would (within three
-        // standard deviations): what fails is the service path itself.
+        // service IP than landing on the pods at the loss each shows directly would
+        // (within three standard deviations): what fails is the service path itself. A
+        // direct cell that passes with losses proves that share of delivery, not all of it
+        // (a pod behind a lossy node). A pod on a node that a network finding already
+        // blames for small packets too (anything but a size limit) counts as out of reach,
+        // whatever its one sample showed.
         let beyond_the_pods = |cx: &Self, s: usize| {
-            let probed: Vec<bool> =
+            let probed: Vec<(bool, f64)> =
                 cx.t.core_dns
                     .iter()
                     .filter_map(|p| {
                         let pid = cx.ix.target_id(Layer::DnsPod, &p.name)?;
+                        let behind_a_fault = cx
+                            .pos(&p.node)
+                            .and_then(|x| cx.ledger.broken(x))
+                            .is_some_and(|cause| *cause != Cause::MtuMismatch);
                         cx.tcell(pid, s)
-                            .filter(|c| c.state != CellState::Unknown)
-                            .map(|c| c.state == CellState::Ok)
+                            .filter(|c| c.state != CellState::Unknown && c.sent > 0)
+                            .map(|c| {
+                                if behind_a_fault {
+                                    return (false, 1.0);
+                                }
+                                let lost = f64::from(c.sent.saturating_sub(c.ok));
+                                let loss = if c.state == CellState::Ok {
+                                    lost / f64::from(c.sent)
+                                } else {
+                                    1.0
+                                };
+                                (c.state == CellState::Ok, loss)
+                            })
                     })
                     .collect();
-            let reached = probed.iter().filter(|ok| **ok).count();
+            let reached = probed.iter().filter(|(ok, _)| *ok).count();
             let Some(c) = cx.tcell(id, s) else {
                 return false;
             };
             if probed.is_empty() || reached == 0 {
                 return false;
             }
-            // With half the pods out of reach or more, losing every query is what landing
-            // on them does once in a thousand rounds: not enough to blame the node.
-            let share = 1.0 - reached as f64 / probed.len() as f64;
+            // With half the queries lost landing on the pods or more, losing every query
+            // is what that does once in a thousand rounds: not enough to blame the node.
+            let share = probed.iter().map(|(_, loss)| loss).sum::<f64>() / probed.len() as f64;
             if share >= 0.5 {
                 return false;
             }

@@ -1,6 +1,9 @@
 //! DNS probes: one A query per probe, each from its own UDP socket (a fresh source port,
-//! so kube-proxy balances each one independently, as it does a real resolver's), with one
-//! timeout and no cache, retry or search list to hide a failure.
+//! so kube-proxy balances each one independently, as it does a real resolver's), with no
+//! cache or search list to hide a failure. Like a stub resolver (glibc's `attempts`, dig's
+//! `+tries`), a query unanswered at half its timeout is sent once more on the same socket:
+//! one datagram lost to background loss is not a failed lookup, while a server that is
+//! filtered, down or wedged fails both sends.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
@@ -25,16 +28,25 @@ pub enum DnsOutcome {
     Failed(Failure),
 }
 
-/// Asks `server:53` for the A record of `name` (fully qualified) once.
+/// Asks `server:53` for the A record of `name` (fully qualified), sending the query again
+/// once if no answer came in half of `limit`.
 pub async fn query_a(server: Ipv4Addr, name: &str, limit: Duration) -> DnsOutcome {
-    match timeout(limit, exchange(SocketAddr::from((server, 53)), name)).await {
+    query_a_at(SocketAddr::from((server, 53)), name, limit).await
+}
+
+async fn query_a_at(server: SocketAddr, name: &str, limit: Duration) -> DnsOutcome {
+    match timeout(limit, exchange(server, name, limit / 2)).await {
         Ok(Ok(outcome)) => outcome,
         Ok(Err(e)) => DnsOutcome::Failed(e),
         Err(_) => DnsOutcome::Failed(Failure::timeout()),
     }
 }
 
-async fn exchange(server: SocketAddr, name: &str) -> Result<DnsOutcome, Failure> {
+async fn exchange(
+    server: SocketAddr,
+    name: &str,
+    resend_after: Duration,
+) -> Result<DnsOutcome, Failure> {
     let local = |what: String| Failure::new(FailKind::LocalError, what);
     let qname = Name::from_ascii(name).map_err(|e| local(format!("bad name {name:?}: {e}")))?;
     let id = fastrand::u16(..);
@@ -54,8 +66,23 @@ async fn exchange(server: SocketAddr, name: &str) -> Result<DnsOutcome, Failure>
         .await
         .map_err(|e| Failure::io("send", &e))?;
     let mut buf = [0u8; 4096];
+    let mut resend = Some(start + resend_after);
     loop {
-        let n = sock.recv(&mut buf).await.map_err(|e| match e.kind() {
+        let received = match resend {
+            Some(at) => match tokio::time::timeout_at(at, sock.recv(&mut buf)).await {
+                Ok(r) => r,
+                Err(_) => {
+                    // The same id: an answer to either send is the answer.
+                    resend = None;
+                    sock.send(&bytes)
+                        .await
+                        .map_err(|e| Failure::io("send", &e))?;
+                    continue;
+                }
+            },
+            None => sock.recv(&mut buf).await,
+        };
+        let n = received.map_err(|e| match e.kind() {
             std::io::ErrorKind::ConnectionRefused => Failure::new(
                 FailKind::Refused,
                 "ICMP port unreachable (nothing listens on :53)",
@@ -111,10 +138,21 @@ mod tests {
 
     /// A one-shot fake server on 127.0.0.1 that answers with `rcode` and an A record.
     async fn fake_server(rcode: ResponseCode) -> (u16, tokio::task::JoinHandle<()>) {
+        fake_server_ignoring(rcode, 0).await
+    }
+
+    /// A fake server that drops the first `ignore` queries it receives and answers the next.
+    async fn fake_server_ignoring(
+        rcode: ResponseCode,
+        ignore: usize,
+    ) -> (u16, tokio::task::JoinHandle<()>) {
         let sock = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
         let port = sock.local_addr().expect("addr").port();
         let h = tokio::spawn(async move {
             let mut buf = [0u8; 512];
+            for _ in 0..ignore {
+                sock.recv_from(&mut buf).await.expect("recv");
+            }
             let (n, peer) = sock.recv_from(&mut buf).await.expect("recv");
             let q = Message::from_vec(&buf[..n]).expect("query");
             let mut r = Message::response(q.metadata.id, OpCode::Query);
@@ -142,6 +180,7 @@ mod tests {
             exchange(
                 SocketAddr::from(([127, 0, 0, 1], port)),
                 "kubernetes.default.svc.cluster.local.",
+                Duration::from_secs(1),
             ),
         )
         .await
@@ -157,6 +196,7 @@ mod tests {
         let out = exchange(
             SocketAddr::from(([127, 0, 0, 1], port)),
             "nope.cluster.local.",
+            Duration::from_secs(1),
         )
         .await
         .expect("exchange");
@@ -175,11 +215,36 @@ mod tests {
         let sock = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
         let addr = sock.local_addr().expect("addr");
         let Ipv4Addr { .. } = Ipv4Addr::LOCALHOST;
-        let out = timeout(Duration::from_millis(200), exchange(addr, "a.b.")).await;
+        let out = timeout(
+            Duration::from_millis(200),
+            exchange(addr, "a.b.", Duration::from_millis(50)),
+        )
+        .await;
         assert!(
             out.is_err(),
             "a server that never answers must hit the timeout"
         );
         drop(sock);
+    }
+
+    #[tokio::test]
+    async fn one_lost_query_is_sent_again_and_two_are_a_failure() {
+        let ask = |port: u16| {
+            query_a_at(
+                SocketAddr::from(([127, 0, 0, 1], port)),
+                "kubernetes.default.svc.cluster.local.",
+                Duration::from_millis(400),
+            )
+        };
+        // The first send is lost: the second, on the same socket and id, is answered.
+        let (port, h) = fake_server_ignoring(ResponseCode::NoError, 1).await;
+        let out = ask(port).await;
+        assert!(matches!(out, DnsOutcome::Answer { .. }), "{out:?}");
+        h.await.expect("server");
+        // Both sends lost: the lookup fails at the timeout, and is not sent a third time.
+        let (port, h) = fake_server_ignoring(ResponseCode::NoError, 2).await;
+        let out = ask(port).await;
+        assert_eq!(out, DnsOutcome::Failed(Failure::timeout()));
+        h.abort();
     }
 }
