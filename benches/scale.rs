@@ -357,6 +357,9 @@ async fn run(nodes: usize, rounds: usize, fds: u64) -> i32 {
         // report), but at most budget + grace. Here 10,000 agents share two cores with
         // the coordinator, so they get 10 s of grace, not 1.5 s.
         .args(["--grace", "10s"])
+        // 10,000 simulated agents share one loopback address: the per-address cap is for
+        // clients that are one machine each.
+        .args(["--connections-per-source", "0"])
         .env("RUST_LOG", "error")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())

@@ -32,6 +32,10 @@ pub struct CoordinatorArgs {
     /// Address to listen on.
     #[arg(long, default_value = "0.0.0.0:7070")]
     listen: SocketAddr,
+    /// Connections one client address may hold open at once (0: no cap); more are
+    /// answered 503 and closed.
+    #[arg(long, env = "MESHPROBE_CONNECTIONS_PER_SOURCE", default_value_t = meshprobe_serve::Limits::for_this_process().per_source)]
+    connections_per_source: usize,
     /// Run a round this often even when nobody asks (continuous mode).
     #[arg(long, default_value = "30s", value_parser = crate::duration::parse)]
     interval: Duration,
@@ -303,8 +307,10 @@ pub struct ProbeArgs {
     /// The pod agent's IP (default: env POD_IP, else the source address toward the coordinator).
     #[arg(long, env = "POD_IP")]
     pod_ip: Option<Ipv4Addr>,
-    /// Where the host agent serves the relay for its pod agent, or "off".
-    #[arg(long, default_value = "0.0.0.0:7071")]
+    /// Where the host agent serves the relay for its pod agent: ADDR:PORT, or
+    /// node-ip:PORT for the node's own address (env HOST_IP, else the address the node
+    /// reaches the coordinator from), or "off". It admits this node's pods only.
+    #[arg(long, env = "MESHPROBE_RELAY_LISTEN", default_value = "node-ip:7071")]
     relay_listen: String,
     /// Keep the last plan here (a volume), to keep probing after a restart while the
     /// coordinator is unreachable.
@@ -592,7 +598,11 @@ fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
     // Polls past the limit are told to come back (503); connections past the listener's
     // cap would wait unseen in the kernel's backlog. So polls meet their limit first, with
     // a quarter of the connections left for reports, clients and Prometheus.
-    let connections = meshprobe_coordinator::listener::Limits::for_this_process().max_connections;
+    let limits = meshprobe_serve::Limits {
+        per_source: args.connections_per_source,
+        ..meshprobe_serve::Limits::for_this_process()
+    };
+    let connections = limits.max_connections;
     if settings.limits.max_polls > connections / 4 * 3 {
         // Expected with the default and a modest `ulimit -n`: said at info, not a warning.
         tracing::info!(
@@ -712,32 +722,26 @@ fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
         };
         tokio::spawn(Arc::clone(&c).schedule(interval));
         let stopping = Arc::clone(&c);
-        let limits = meshprobe_coordinator::listener::Limits::for_this_process();
         tracing::info!(
             max_connections = limits.max_connections,
+            per_source = limits.per_source,
             "connections capped (the file-descriptor limit leaves room for this many)"
         );
-        let mut listener = meshprobe_coordinator::listener::BoundedListener::new(listener, limits);
+        let mut listener = meshprobe_serve::BoundedListener::new(listener, limits);
         if let Some(tls) = tls {
             listener = listener.with_tls(tls);
         }
-        let served = axum::serve(
-            listener,
-            meshprobe_coordinator::router(c)
-                .into_make_service_with_connect_info::<meshprobe_coordinator::listener::PeerAddr>(),
-        )
-        .with_graceful_shutdown(async move {
+        meshprobe_serve::serve(listener, meshprobe_coordinator::router(c), async move {
             shutdown().await;
             // Open polls end now, so the graceful shutdown does not wait for them.
             stopping.shut_down();
         })
-        .await
-        .context("server");
+        .await;
         // Hand over at once rather than after the Lease expires.
         if let Some(e) = election {
             e.release().await;
         }
-        served
+        Ok(())
     })
 }
 
@@ -750,6 +754,29 @@ async fn shutdown() {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
+}
+
+/// `--relay-listen`'s address: `node-ip:PORT` is the node's own address (env HOST_IP,
+/// else the source address toward the coordinator), never the wildcard.
+fn relay_address(given: &str, coordinator: &str) -> anyhow::Result<SocketAddr> {
+    let bad = || anyhow::anyhow!("--relay-listen {given:?} is not ADDR:PORT, node-ip:PORT or off");
+    if let Some(port) = given.strip_prefix("node-ip:") {
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        let ip = match std::env::var("HOST_IP") {
+            Ok(v) if !v.is_empty() => v.parse::<std::net::IpAddr>().map_err(|_| {
+                anyhow::anyhow!("--relay-listen node-ip: HOST_IP {v:?} is not an IP address")
+            })?,
+            _ => meshprobe_probe::agent::source_ip_toward(coordinator)
+                .map(std::net::IpAddr::V4)
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "--relay-listen node-ip: set HOST_IP, or give the address (the coordinator URL {coordinator:?} names no IPv4 address to find the node's from)"
+                    )
+                })?,
+        };
+        return Ok(SocketAddr::new(ip, port));
+    }
+    given.parse::<SocketAddr>().map_err(|_| bad())
 }
 
 fn run_probe(args: ProbeArgs) -> anyhow::Result<()> {
@@ -798,10 +825,7 @@ fn run_probe(args: ProbeArgs) -> anyhow::Result<()> {
     }
     let relay_listen = match relay_listen.as_str() {
         "off" | "" => None,
-        s => Some(
-            s.parse::<SocketAddr>()
-                .map_err(|_| anyhow::anyhow!("--relay-listen {s:?} is not ADDR:PORT or off"))?,
-        ),
+        s => Some(relay_address(s, &coordinator)?),
     };
     let cfg = meshprobe_probe::AgentConfig {
         pod_ip,

@@ -297,16 +297,54 @@ async fn offline(
         .into_response()
 }
 
-async fn offline_list(State(c): State<Arc<Coordinator>>) -> Response {
-    Json(OfflineBatch {
-        reports: c.offline_reports(),
-    })
-    .into_response()
+/// `GET /v1/reports/offline?after=CURSOR&limit=N`: one page, built from the stored JSON
+/// outside the lock; `next` is the following page's cursor when there is more.
+async fn offline_list(
+    State(c): State<Arc<Coordinator>>,
+    query: Result<Query<OfflinePageQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(q)) = query else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "after and limit must be whole numbers".to_owned(),
+        );
+    };
+    let (page, next) = c.offline_page(q.after, q.limit);
+    let mut body = Vec::with_capacity(page.iter().map(|j| j.len() + 1).sum::<usize>() + 64);
+    body.extend_from_slice(b"{\"reports\":[");
+    for (i, j) in page.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(j);
+    }
+    body.push(b']');
+    if let Some(n) = next {
+        body.extend_from_slice(format!(",\"next\":{n}").as_bytes());
+    }
+    body.push(b'}');
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct OfflinePageQuery {
+    #[serde(default)]
+    after: u64,
+    #[serde(default = "offline_page_default")]
+    limit: usize,
+}
+
+fn offline_page_default() -> usize {
+    64
 }
 
 async fn trigger(
     State(c): State<Arc<Coordinator>>,
-    peer: Option<axum::Extension<axum::extract::ConnectInfo<crate::listener::PeerAddr>>>,
+    peer: Option<axum::Extension<axum::extract::ConnectInfo<meshprobe_serve::PeerAddr>>>,
     body: axum::body::Bytes,
 ) -> Response {
     if let Some(r) = standby(&c) {

@@ -266,6 +266,8 @@ fn access(method: &Method, path: &str) -> Access {
     let agent_write = path == wire::REPORTS || path == wire::REPORTS_OFFLINE;
     match *method {
         Method::GET if agent_poll => Access::Agent,
+        // Raw agent reports, however reads are set: operators only.
+        Method::GET | Method::HEAD if path == wire::REPORTS_OFFLINE => Access::Operate,
         Method::GET | Method::HEAD => Access::Read,
         Method::POST if agent_write => Access::Agent,
         _ => Access::Operate,
@@ -331,7 +333,7 @@ mod tests {
         );
         assert_eq!(access(&Method::POST, "/v1/reports"), Access::Agent);
         assert_eq!(access(&Method::POST, "/v1/reports/offline"), Access::Agent);
-        assert_eq!(access(&Method::GET, "/v1/reports/offline"), Access::Read);
+        assert_eq!(access(&Method::GET, "/v1/reports/offline"), Access::Operate);
         assert_eq!(access(&Method::POST, "/v1/rounds"), Access::Operate);
         assert_eq!(access(&Method::DELETE, "/v1/rounds/3"), Access::Operate);
     }

@@ -217,11 +217,8 @@ struct Inner {
     finishing: Option<u64>,
     /// The next round captures packets (for `check --pcap`).
     capture_next: bool,
-    /// Reports agents made while they could not reach the coordinator, newest last.
-    /// Offline reports and the size of each (their JSON).
-    offline: VecDeque<(AgentReport, usize)>,
-    /// The sum of those sizes.
-    offline_bytes: usize,
+    /// Reports agents made while they could not reach the coordinator, per agent.
+    offline: crate::offline::OfflineStore,
     /// Packets of recent capture rounds: round -> node -> packets.
     packets: VecDeque<(
         u64,
@@ -244,11 +241,11 @@ impl Drop for PollGuard<'_> {
     }
 }
 
-/// Offline reports kept (from all agents together); the oldest go first.
-pub const OFFLINE_KEPT: usize = 4096;
+/// Offline reports kept (from all agents together).
+pub const OFFLINE_KEPT: usize = crate::offline::KEPT;
 
 /// The most bytes of offline reports kept (their JSON), from all agents together.
-pub const OFFLINE_BYTES: usize = 64 << 20;
+pub const OFFLINE_BYTES: usize = crate::offline::BYTES;
 
 /// Offline reports older than this are not kept: an agent buffers 64 rounds (about half
 /// an hour at the default offline interval), so anything older is not plausible.
@@ -320,6 +317,30 @@ pub enum OfflineRefusal {
         at_ms: u64,
         /// The window.
         max_age_s: u64,
+    },
+    /// The same report (node, kind, round, offline time) is kept already.
+    #[error("{node}/{kind}: round {round} at {at_ms} is kept already")]
+    Duplicate {
+        /// Node.
+        node: NodeName,
+        /// Kind.
+        kind: AgentKind,
+        /// Its round.
+        round: u64,
+        /// Its time.
+        at_ms: u64,
+    },
+    /// Its JSON alone is larger than an agent's share of the store.
+    #[error("{node}/{kind}: {bytes} bytes, more than one agent's share of {share}")]
+    TooLarge {
+        /// Node.
+        node: NodeName,
+        /// Kind.
+        kind: AgentKind,
+        /// Its size.
+        bytes: usize,
+        /// The share.
+        share: usize,
     },
     /// Its plan's round is past this coordinator's and past any that could exist.
     #[error("{node}/{kind}: round {round} cannot have existed (this coordinator's last: {last})")]
@@ -1259,25 +1280,52 @@ impl Coordinator {
             }
             let key = (r.node.clone(), r.kind);
             self.touch(&mut inner, &key, None, None);
-            let bytes = serde_json::to_vec(&r).map_or(0, |v| v.len());
-            while !inner.offline.is_empty()
-                && (inner.offline.len() >= OFFLINE_KEPT
-                    || inner.offline_bytes + bytes > OFFLINE_BYTES)
-            {
-                if let Some((_, b)) = inner.offline.pop_front() {
-                    inner.offline_bytes -= b;
+            let Ok(json) = serde_json::to_vec(&r) else {
+                continue;
+            };
+            let bytes = json.len();
+            match inner.offline.insert(&r, json) {
+                Ok(()) => taken += 1,
+                Err(crate::offline::Rejected::Duplicate) => {
+                    refused.push(OfflineRefusal::Duplicate {
+                        node: r.node,
+                        kind: r.kind,
+                        round: r.round,
+                        at_ms: r.offline_at_ms.unwrap_or_default(),
+                    });
+                }
+                Err(crate::offline::Rejected::TooLarge) => {
+                    refused.push(OfflineRefusal::TooLarge {
+                        node: r.node,
+                        kind: r.kind,
+                        bytes,
+                        share: crate::offline::PER_AGENT_BYTES,
+                    });
                 }
             }
-            inner.offline_bytes += bytes;
-            inner.offline.push_back((r, bytes));
-            taken += 1;
         }
         (taken, refused)
     }
 
-    /// The reports agents delivered after an outage, oldest first.
+    /// One page of the reports agents delivered after an outage, in delivery order, as
+    /// their stored JSON (shared, not copied), and the next page's cursor.
+    pub fn offline_page(&self, after: u64, limit: usize) -> (Vec<Arc<[u8]>>, Option<u64>) {
+        self.lock().offline.page(after, limit)
+    }
+
+    /// Every report agents delivered after an outage, oldest first (decoded: for tests
+    /// and tools; the API serves pages).
     pub fn offline_reports(&self) -> Vec<AgentReport> {
-        self.lock().offline.iter().map(|(r, _)| r.clone()).collect()
+        let mut out = Vec::new();
+        let mut cursor = 0;
+        loop {
+            let (page, next) = self.offline_page(cursor, crate::offline::PAGE_MAX);
+            out.extend(page.iter().filter_map(|j| serde_json::from_slice(j).ok()));
+            match next {
+                Some(n) => cursor = n,
+                None => return out,
+            }
+        }
     }
 
     /// The Prometheus text exposition of the last round.

@@ -615,56 +615,12 @@ async fn planning_a_big_round_never_blocks_healthz() {
     );
 }
 
-/// Issue 11: idle connections cannot exhaust the coordinator. With a cap of 8 and 1 s to
-/// the first byte, 40 clients that connect and say nothing hold no slot for long:
-/// `/healthz` answers, and the server keeps accepting.
-#[tokio::test]
-async fn idle_connections_are_capped_and_closed() {
-    use meshprobe_coordinator::listener::{BoundedListener, Limits};
-    let topo = Topology::from_inventory(INVENTORY).expect("valid inventory");
-    let c = Coordinator::new(Box::new(StaticTopology::new(topo)), Settings::default());
-    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = tcp.local_addr().expect("addr");
-    let limits = Limits {
-        max_connections: 8,
-        first_bytes: Duration::from_secs(1),
-        idle: Duration::from_secs(2),
-    };
-    let listener = BoundedListener::new(tcp, limits);
-    tokio::spawn(async move { axum::serve(listener, router(c)).await });
-    let mut idle = Vec::new();
-    for _ in 0..40 {
-        idle.push(tokio::net::TcpStream::connect(addr).await.expect("connect"));
-    }
-    // Every slot is taken by a silent client now; within a few seconds they are closed
-    // and a real request gets through.
-    let http = reqwest::Client::new();
-    let h = http
-        .get(format!("http://{addr}/healthz"))
-        .timeout(Duration::from_secs(15))
-        .send()
-        .await
-        .expect("healthz answers once the silent clients are closed");
-    assert_eq!(h.status(), 200);
-    // The silent clients were closed by the server: reading gives end of file.
-    use tokio::io::AsyncReadExt as _;
-    let mut buf = [0u8; 1];
-    let first = idle.first_mut().expect("a client");
-    let n = tokio::time::timeout(Duration::from_secs(5), first.read(&mut buf))
-        .await
-        .expect("closed by the server, not left hanging")
-        .unwrap_or(0);
-    assert_eq!(n, 0);
-}
-
 /// Issue 11: rounds are rate-limited per client (a flood of round requests cannot make
 /// the coordinator plan and keep round after round); the refusal says when to retry.
 #[tokio::test]
 async fn a_round_flood_is_rate_limited_per_client() {
-    use meshprobe_coordinator::listener::{BoundedListener, Limits, PeerAddr};
     use meshprobe_coordinator::rounds::RoundLimit;
+    use meshprobe_serve::{BoundedListener, Limits};
     let topo = Topology::from_inventory(INVENTORY).expect("valid inventory");
     let settings = Settings {
         silent_after: Duration::from_millis(100),
@@ -680,8 +636,11 @@ async fn a_round_flood_is_rate_limited_per_client() {
         .expect("bind");
     let addr = tcp.local_addr().expect("addr");
     let listener = BoundedListener::new(tcp, Limits::for_this_process());
-    let app = router(c).into_make_service_with_connect_info::<PeerAddr>();
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    tokio::spawn(meshprobe_serve::serve(
+        listener,
+        router(c),
+        std::future::pending(),
+    ));
     // Past silent_after, a round with nobody polling ends at once.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let http = reqwest::Client::new();
@@ -903,12 +862,16 @@ async fn tls_is_served_and_verified_against_the_ca() {
         &dir.join(meshprobe_sandbox::creds::KEY),
     )
     .expect("server config");
-    let listener = meshprobe_coordinator::listener::BoundedListener::new(
+    let listener = meshprobe_serve::BoundedListener::new(
         listener,
-        meshprobe_coordinator::listener::Limits::for_this_process(),
+        meshprobe_serve::Limits::for_this_process(),
     )
     .with_tls(config);
-    tokio::spawn(async move { axum::serve(listener, router(c)).await });
+    tokio::spawn(meshprobe_serve::serve(
+        listener,
+        router(c),
+        std::future::pending(),
+    ));
     let ca = |d: &std::path::Path| {
         let path = d.join(meshprobe_sandbox::creds::CA);
         let pem = std::fs::read(&path).expect("ca");
@@ -1082,4 +1045,94 @@ async fn status_now(http: &reqwest::Client, base: &str) -> meshprobe_core::api::
         .json()
         .await
         .expect("json")
+}
+
+/// Issue 22, row 3: offline reports. One node's 4,096-report batch evicts only its own;
+/// the same report twice is kept once; the list is read in pages, and only with an
+/// operator's credential, however reads are set.
+#[tokio::test]
+async fn one_nodes_offline_flood_keeps_the_others_reports() {
+    use meshprobe_core::api::{OfflineAccepted, OfflineBatch, OfflineList};
+    use meshprobe_core::auth::{ClusterSecret, Subject};
+    let secret = ClusterSecret::from_bytes(b"api-test-secret-0123456789").expect("secret");
+    let as_node = |n: &str| secret.credential(&Subject::Node(n.parse().expect("name")));
+    let operator = secret.credential(&Subject::operator("op").expect("operator"));
+    let (base, c) = start_with(meshprobe_coordinator::auth::Auth::required(
+        Some(secret.clone()),
+        None,
+    ))
+    .await;
+    let http = reqwest::Client::new();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
+    let offline = |node: &str, i: u64| AgentReport {
+        offline_at_ms: Some(now_ms - 1_000_000 + i),
+        ..empty_report(i + 1, node)
+    };
+    let post = |who: String, reports: Vec<AgentReport>| {
+        let http = http.clone();
+        let url = format!("{base}/v1/reports/offline");
+        async move {
+            http.post(url)
+                .bearer_auth(who)
+                .json(&OfflineBatch { reports })
+                .send()
+                .await
+                .expect("post")
+                .json::<OfflineAccepted>()
+                .await
+                .expect("answer")
+        }
+    };
+    let n2 = post(as_node("n2"), vec![offline("n2", 0), offline("n2", 1)]).await;
+    assert_eq!(n2.accepted, 2, "{n2:?}");
+    let again = post(as_node("n2"), vec![offline("n2", 1)]).await;
+    assert_eq!(
+        again.accepted, 0,
+        "a report kept already is refused: {again:?}"
+    );
+    assert_eq!(again.refused.len(), 1, "{again:?}");
+    let flood: Vec<AgentReport> = (0..4096).map(|i| offline("n1", i)).collect();
+    let n1 = post(as_node("n1"), flood).await;
+    assert_eq!(n1.accepted, 4096);
+    let kept = c.offline_reports();
+    let of = |n: &str| kept.iter().filter(|r| r.node.as_str() == n).count();
+    assert_eq!(of("n2"), 2, "n1's flood evicted n2's outage reports");
+    assert_eq!(of("n1"), meshprobe_coordinator::offline::PER_AGENT);
+    // Anonymous and node credentials cannot read agents' raw reports; an operator reads
+    // them a page at a time.
+    let url = format!("{base}/v1/reports/offline?limit=10");
+    let anon = http.get(&url).send().await.expect("get");
+    assert_eq!(anon.status(), 401);
+    let node = http
+        .get(&url)
+        .bearer_auth(as_node("n2"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(node.status(), 403);
+    let page: OfflineList = http
+        .get(&url)
+        .bearer_auth(&operator)
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("a page");
+    assert_eq!(page.reports.len(), 10);
+    let next = page.next.expect("more pages");
+    let rest: OfflineList = http
+        .get(format!("{base}/v1/reports/offline?after={next}&limit=1000"))
+        .bearer_auth(&operator)
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("a page");
+    assert_eq!(page.reports.len() + rest.reports.len(), kept.len());
+    assert_eq!(rest.next, None);
 }

@@ -217,8 +217,17 @@ pub struct OfflineAccepted {
     pub refused: Vec<String>,
 }
 
-/// `GET /v1/reports/offline` answer: what agents delivered after an outage.
-pub type OfflineList = OfflineBatch;
+/// `GET /v1/reports/offline[?after=CURSOR&limit=N]` answer: one page of what agents
+/// delivered after an outage, in delivery order.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OfflineList {
+    /// The reports of this page.
+    pub reports: Vec<AgentReport>,
+    /// The cursor of the next page (`after=`), when there is more.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<u64>,
+}
 
 /// One agent, as `GET /v1/agents` lists it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -136,6 +136,9 @@ pub struct Plan {
     /// cross the node's NAT or forwarding (CONTRACT §1's rule, by construction).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub relay: Option<std::net::SocketAddrV4>,
+    /// Host agents: this node's own pod range. Its relay admits clients from it only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_cidr: Option<crate::PodCidr>,
 }
 
 /// An ICMP echo target.
@@ -364,6 +367,7 @@ impl<'t> Planner<'t> {
             overlay: None,
             capture_packets: false,
             relay: None,
+            pod_cidr: None,
         };
         let overlay = &topology.cluster.overlay;
         let cluster_names = || {
@@ -392,6 +396,7 @@ impl<'t> Planner<'t> {
 
         match kind {
             AgentKind::Host => {
+                plan.pod_cidr = self.node(node.as_str()).map(|me| me.pod_cidr);
                 if overlay.kind == crate::inventory::OverlayKind::Vxlan
                     && let Some(me) = self.node(node.as_str())
                 {

@@ -194,25 +194,41 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
             None
         }
     };
-    let mut relay_port = None;
+    let mut relay = None;
     if cfg.kind == AgentKind::Host
         && let Some(addr) = cfg.relay_listen
     {
         let listener = crate::relay::bind(addr)
             .await
             .map_err(|source| AgentError::Relay { addr, source })?;
-        relay_port = listener.local_addr().ok().map(|a| a.port());
+        let port = listener
+            .local_addr()
+            .map_err(|source| AgentError::Relay { addr, source })?
+            .port();
         let upstream = cfg.coordinator.clone();
         let options = cfg.client.clone();
+        let admission = crate::relay::Admission::default();
+        let serving = admission.clone();
         tokio::spawn(async move {
-            if let Err(e) = crate::relay::serve(listener, upstream, options).await {
+            if let Err(e) = crate::relay::serve(listener, upstream, options, serving).await {
                 tracing::error!(error = %e, "relay stopped");
             }
         });
         tracing::info!(%addr, "relay for the pod agent listening");
+        relay = Some(RelayHandle { port, admission });
     }
     let probers = RealProbers::new(pinger);
-    agent_loop(&cfg, &probers, warnings, relay_port).await
+    agent_loop(&cfg, &probers, warnings, relay).await
+}
+
+/// The host agent's relay, as the agent loop sees it: the port it advertises, and whom it
+/// admits (this node's pod range, from each plan).
+#[derive(Clone, Debug)]
+pub struct RelayHandle {
+    /// The port it listens on.
+    pub port: u16,
+    /// Its admission, updated from each plan.
+    pub admission: crate::relay::Admission,
 }
 
 /// The loop of [`run`] over any [`Probers`]: poll, run, report, repeat; probe with the last
@@ -221,10 +237,11 @@ pub async fn agent_loop(
     cfg: &AgentConfig,
     probers: &impl Probers,
     mut warnings: Vec<String>,
-    relay_port: Option<u16>,
+    relay: Option<RelayHandle>,
 ) -> Result<(), AgentError> {
+    let relay_port = relay.as_ref().map(|r| r.port);
     let pod_ip = match (cfg.kind, cfg.pod_ip) {
-        (AgentKind::Pod, None) => detect_source_ip(&cfg.coordinator),
+        (AgentKind::Pod, None) => source_ip_toward(&cfg.coordinator),
         (_, ip) => ip,
     };
     let mut endpoints = Endpoints {
@@ -255,6 +272,9 @@ pub async fn agent_loop(
         .and_then(|d| load_plan(d, cfg.kind));
     if let Some(p) = &last_plan {
         endpoints.learn(p.relay);
+        if let Some(r) = &relay {
+            r.admission.set(p.pod_cidr);
+        }
     }
     let mut offline: VecDeque<AgentReport> = VecDeque::new();
     let mut next_offline = Instant::now() + cfg.offline_interval;
@@ -284,6 +304,9 @@ pub async fn agent_loop(
                 (poll.after, poll.epoch) = (plan.round, e);
                 if cfg.kind == AgentKind::Pod {
                     endpoints.learn(plan.relay);
+                }
+                if let Some(r) = &relay {
+                    r.admission.set(plan.pod_cidr);
                 }
                 if let Some(dir) = &cfg.state_dir
                     && let Err(err) = save_plan(dir, &plan)
@@ -442,7 +465,9 @@ async fn start_capture(node_ip: Ipv4Addr, port: u16) -> Result<crate::capture::C
 }
 
 /// The local address the kernel picks to reach the coordinator's host.
-fn detect_source_ip(url: &str) -> Option<Ipv4Addr> {
+/// The address this host sends from toward the IPv4 address in `url` (the node IP, from
+/// the host network), or `None` when the URL names no IPv4 address.
+pub fn source_ip_toward(url: &str) -> Option<Ipv4Addr> {
     let host = url.split("://").nth(1)?.split(['/', ':']).next()?;
     let ip: Ipv4Addr = host.parse().ok()?;
     let sock = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;

@@ -8,12 +8,21 @@
 //! coordinator puts the relay's address in the pod agent's plan ([`Plan::relay`]): a pod
 //! agent started with the coordinator's URL switches to the relay after its first plan.
 //!
+//! The relay is bounded like the coordinator ([`meshprobe_serve`], [`Limits::relay`]): it
+//! listens on the node IP, admits connections only from this node's own pod range (which
+//! the host agent's plan names, [`Plan::pod_cidr`]; none before the first plan), and gives
+//! every connection deadlines and byte caps, so that a pod on another node, or a slow or
+//! idle client, cannot take the node's agent down.
+//!
 //! Answers are streamed through as they arrive, so a heartbeat-streamed poll keeps its
 //! heartbeat end to end: the pod agent notices a dead upstream as fast as a host agent.
 //!
 //! [`Plan::relay`]: meshprobe_core::plan::Plan::relay
+//! [`Plan::pod_cidr`]: meshprobe_core::plan::Plan::pod_cidr
+//! [`Limits::relay`]: meshprobe_serve::Limits::relay
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use axum::Router;
@@ -58,19 +67,64 @@ pub fn router(
         .with_state(relay))
 }
 
-/// Serves the relay on `listener` until the task is dropped.
+/// Which clients the relay admits: addresses in this node's pod range, once a plan has
+/// named it. Cheap to clone; the agent loop updates it from each plan.
+#[derive(Clone, Debug, Default)]
+pub struct Admission(Arc<RwLock<Option<meshprobe_core::PodCidr>>>);
+
+impl Admission {
+    /// Admits clients from `range` from now on.
+    pub fn set(&self, range: Option<meshprobe_core::PodCidr>) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = range;
+    }
+
+    /// Whether a client at `ip` is served.
+    pub fn admits(&self, ip: IpAddr) -> bool {
+        let IpAddr::V4(ip) = ip else {
+            return false;
+        };
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some_and(|r| r.net().contains(&ip))
+    }
+}
+
+/// Serves the relay on `listener` with [`meshprobe_serve::Limits::relay`], admitting the
+/// clients `admission` names, until the task is dropped.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     upstream: String,
     options: crate::client::ClientOptions,
-) -> std::io::Result<()> {
+    admission: Admission,
+) -> Result<(), transport::TransportError> {
+    serve_with(
+        listener,
+        upstream,
+        options,
+        admission,
+        meshprobe_serve::Limits::relay(),
+    )
+    .await
+}
+
+/// [`serve`] with other bounds (tests shorten the deadlines).
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    upstream: String,
+    options: crate::client::ClientOptions,
+    admission: Admission,
+    limits: meshprobe_serve::Limits,
+) -> Result<(), transport::TransportError> {
     let app = router(
         &upstream,
         options.tls.as_ref(),
         options.server_name.as_deref(),
-    )
-    .map_err(std::io::Error::other)?;
-    axum::serve(listener, app).await
+    )?;
+    let listener = meshprobe_serve::BoundedListener::new(listener, limits)
+        .admit(Arc::new(move |ip| admission.admits(ip)));
+    meshprobe_serve::serve(listener, app, std::future::pending()).await;
+    Ok(())
 }
 
 /// Binds the relay's address.

@@ -132,7 +132,7 @@ pub fn http_get(
 ) -> io::Result<(u16, String)> {
     in_netns(ns, || -> io::Result<(u16, String)> {
         let s = connect(addr, timeout)?;
-        get_over(s, addr, path)
+        get_over(s, addr, path, None)
     })?
 }
 
@@ -142,6 +142,7 @@ pub fn https_get(
     addr: SocketAddr,
     path: &str,
     tls: &std::sync::Arc<rustls::ClientConfig>,
+    bearer: Option<&str>,
     timeout: Duration,
 ) -> io::Result<(u16, String)> {
     in_netns(ns, || -> io::Result<(u16, String)> {
@@ -149,7 +150,7 @@ pub fn https_get(
         let name = rustls_pki_types::ServerName::IpAddress(addr.ip().into());
         let conn = rustls::ClientConnection::new(std::sync::Arc::clone(tls), name)
             .map_err(io::Error::other)?;
-        get_over(rustls::StreamOwned::new(conn, s), addr, path)
+        get_over(rustls::StreamOwned::new(conn, s), addr, path, bearer)
     })?
 }
 
@@ -160,10 +161,16 @@ fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
     Ok(s)
 }
 
-fn get_over(mut s: impl Read + Write, addr: SocketAddr, path: &str) -> io::Result<(u16, String)> {
+fn get_over(
+    mut s: impl Read + Write,
+    addr: SocketAddr,
+    path: &str,
+    bearer: Option<&str>,
+) -> io::Result<(u16, String)> {
+    let auth = bearer.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     write!(
         s,
-        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
     )?;
     s.flush()?;
     let mut resp = Vec::new();

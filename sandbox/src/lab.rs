@@ -600,11 +600,20 @@ impl Lab {
     }
 
     /// A GET of the coordinator's `path` from the control namespace, over TLS verified
-    /// with the lab's CA, as the operator (reads are open; this works either way).
+    /// with the lab's CA, as the operator.
     pub fn coordinator_get(&self, path: &str, timeout: Duration) -> std::io::Result<(u16, String)> {
         let tls = crate::creds::client_tls(&self.dir).map_err(std::io::Error::other)?;
         let addr = SocketAddr::from((self.plan.ctl_ip(), COORDINATOR_PORT));
-        exec::https_get(&self.plan.ctl_ns(), addr, path, &tls, timeout)
+        // As the lab's operator: some reads (agents' raw offline reports) need a credential.
+        let token = std::fs::read_to_string(self.dir.join(crate::creds::OPERATOR))?;
+        exec::https_get(
+            &self.plan.ctl_ns(),
+            addr,
+            path,
+            &tls,
+            Some(token.trim()),
+            timeout,
+        )
     }
 
     /// What a client in the control namespace needs to reach the coordinator: its URL,

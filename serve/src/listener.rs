@@ -1,9 +1,14 @@
-//! The coordinator's listener: a cap on open connections, and connections that go quiet
-//! are closed, so that idle or slow clients can neither exhaust file descriptors nor hold
-//! the port.
+//! The listener: a cap on open connections, overall and per source address, and
+//! connections that go quiet are closed, so that idle or slow clients can neither exhaust
+//! file descriptors nor hold the port.
 //!
 //! - At most [`Limits::max_connections`] connections are open; past that, new ones wait in
 //!   the kernel's backlog until one closes (never an `accept` error loop).
+//! - At most [`Limits::per_source`] from one address; past that, a new one is answered 503
+//!   and closed at once, so that one client cannot take the slots the others (and the
+//!   kubelet's `/healthz`) need.
+//! - An admission filter ([`BoundedListener::admit`]) closes connections from addresses the
+//!   server does not serve (the relay admits its own node's pods only).
 //! - A connection must send its first bytes within [`Limits::first_bytes`].
 //! - A connection that neither reads nor writes for [`Limits::idle`] is closed. Long polls
 //!   are not idle: they write a heartbeat, or answer within the API's longest wait, which
@@ -12,11 +17,12 @@
 //!   first reads and writes, never in `accept`: a slow handshake holds its own slot only,
 //!   and must finish within [`Limits::first_bytes`] like any first request.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -25,36 +31,112 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 
-/// The listener's bounds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Limits {
-    /// Connections open at once.
-    pub max_connections: usize,
-    /// Time from accept to a connection's first byte.
-    pub first_bytes: Duration,
-    /// Time a connection may neither read nor write.
-    pub idle: Duration,
+use crate::Limits;
+
+/// Which client addresses a server serves.
+pub type Admit = Arc<dyn Fn(IpAddr) -> bool + Send + Sync>;
+
+/// What one source address holds: connections and body bytes in flight.
+#[derive(Clone, Copy, Debug, Default)]
+struct Use {
+    connections: usize,
+    body_bytes: u64,
 }
 
-/// File descriptors kept for everything but client connections (the Kubernetes client,
-/// logs, the runtime).
-const RESERVED_FDS: u64 = 64;
+/// Every source address's [`Use`], shared by the listener and its connections.
+#[derive(Clone, Default)]
+struct Sources(Arc<Mutex<HashMap<IpAddr, Use>>>);
 
-impl Limits {
-    /// The defaults: 10 s to the first byte, 90 s idle (beyond the API's longest wait of
-    /// 60 s), and as many connections as the process's file-descriptor limit leaves room
-    /// for, at most 65,536.
-    pub fn for_this_process() -> Self {
-        let fds = rustix::process::getrlimit(rustix::process::Resource::Nofile)
-            .current
-            .unwrap_or(65_536 + RESERVED_FDS);
-        Self {
-            max_connections: fds.saturating_sub(RESERVED_FDS).clamp(16, 65_536) as usize,
-            first_bytes: Duration::from_secs(10),
-            idle: crate::api::MAX_WAIT + Duration::from_secs(30),
+impl Sources {
+    fn with<R>(&self, f: impl FnOnce(&mut HashMap<IpAddr, Use>) -> R) -> R {
+        f(&mut self.0.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// A connection slot for `ip`, unless it holds `cap` already (0: no cap).
+    fn take(&self, ip: IpAddr, cap: usize) -> Option<SourceSlot> {
+        self.with(|m| {
+            let u = m.entry(ip).or_default();
+            if cap > 0 && u.connections >= cap {
+                return None;
+            }
+            u.connections += 1;
+            Some(SourceSlot {
+                sources: self.clone(),
+                ip,
+            })
+        })
+    }
+
+    fn forget_if_unused(m: &mut HashMap<IpAddr, Use>, ip: IpAddr) {
+        if m.get(&ip)
+            .is_some_and(|u| u.connections == 0 && u.body_bytes == 0)
+        {
+            m.remove(&ip);
         }
     }
 }
+
+/// One connection's hold on its source's count.
+struct SourceSlot {
+    sources: Sources,
+    ip: IpAddr,
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        self.sources.with(|m| {
+            if let Some(u) = m.get_mut(&self.ip) {
+                u.connections = u.connections.saturating_sub(1);
+            }
+            Sources::forget_if_unused(m, self.ip);
+        });
+    }
+}
+
+/// The body bytes a connection's source may still have in flight.
+#[derive(Clone)]
+pub struct BodyBudget {
+    sources: Sources,
+    ip: IpAddr,
+    cap: u64,
+}
+
+impl BodyBudget {
+    /// Counts `n` more bytes in flight; false (and nothing counted) past the cap.
+    pub fn charge(&self, n: u64) -> bool {
+        self.sources.with(|m| {
+            let u = m.entry(self.ip).or_default();
+            if self.cap > 0 && u.body_bytes + n > self.cap {
+                return false;
+            }
+            u.body_bytes += n;
+            true
+        })
+    }
+
+    /// Counts `n` bytes no longer in flight.
+    pub fn release(&self, n: u64) {
+        if n == 0 {
+            return;
+        }
+        self.sources.with(|m| {
+            if let Some(u) = m.get_mut(&self.ip) {
+                u.body_bytes = u.body_bytes.saturating_sub(n);
+            }
+            Sources::forget_if_unused(m, self.ip);
+        });
+    }
+
+    /// The cap (0: none).
+    pub fn cap(&self) -> u64 {
+        self.cap
+    }
+}
+
+/// What a connection past its source's cap is told before it is closed.
+const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+retry-after: 1\r\nconnection: close\r\ncontent-length: 57\r\n\r\n\
+{\"error\":\"too many connections from this client address\"}";
 
 /// A TCP listener with [`Limits`].
 pub struct BoundedListener {
@@ -62,6 +144,8 @@ pub struct BoundedListener {
     permits: Arc<Semaphore>,
     limits: Limits,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    sources: Sources,
+    admit: Option<Admit>,
 }
 
 impl BoundedListener {
@@ -72,7 +156,25 @@ impl BoundedListener {
             permits: Arc::new(Semaphore::new(limits.max_connections.max(1))),
             limits,
             tls: None,
+            sources: Sources::default(),
+            admit: None,
         }
+    }
+
+    /// Serves only clients whose address `admit` accepts; others are closed at accept.
+    pub fn admit(mut self, admit: Admit) -> Self {
+        self.admit = Some(admit);
+        self
+    }
+
+    /// The bounds it was made with.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.local_addr()
     }
 
     /// Serves TLS with `config` on every connection.
@@ -82,22 +184,37 @@ impl BoundedListener {
     }
 }
 
-impl axum::serve::Listener for BoundedListener {
-    type Io = Bounded;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+impl BoundedListener {
+    /// The next connection the bounds admit, with its client's address.
+    pub async fn accept(&mut self) -> (Bounded, SocketAddr) {
         // The semaphore is never closed; should it be, serve without the cap.
         let permit = Arc::clone(&self.permits).acquire_owned().await.ok();
         loop {
             match self.inner.accept().await {
                 Ok((io, addr)) => {
+                    if self.admit.as_ref().is_some_and(|admit| !admit(addr.ip())) {
+                        tracing::debug!(%addr, "connection from an address this server does not serve: closed");
+                        continue;
+                    }
+                    let Some(slot) = self.sources.take(addr.ip(), self.limits.per_source) else {
+                        tracing::debug!(%addr, cap = self.limits.per_source, "too many connections from one address: refused");
+                        if self.tls.is_none() {
+                            // One try, never a wait: the socket's buffer takes it or not.
+                            let _ = io.try_write(BUSY);
+                        }
+                        continue;
+                    };
                     let _ = io.set_nodelay(true);
                     let io = match &self.tls {
                         Some(acceptor) => Stream::Handshake(Box::new(acceptor.accept(io))),
                         None => Stream::Plain(io),
                     };
-                    return (Bounded::new(io, permit, self.limits), addr);
+                    let budget = BodyBudget {
+                        sources: self.sources.clone(),
+                        ip: addr.ip(),
+                        cap: self.limits.body_bytes_per_source,
+                    };
+                    return (Bounded::new(io, permit, slot, budget, self.limits), addr);
                 }
                 Err(e) => {
                     // Out of descriptors or a connection reset before accept: wait a
@@ -107,10 +224,6 @@ impl axum::serve::Listener for BoundedListener {
                 }
             }
         }
-    }
-
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        self.inner.local_addr()
     }
 }
 
@@ -222,18 +335,33 @@ impl AsyncWrite for Stream {
 pub struct Bounded {
     io: Stream,
     _permit: Option<OwnedSemaphorePermit>,
+    _slot: SourceSlot,
+    budget: BodyBudget,
     idle: Duration,
     quiet: Pin<Box<Sleep>>,
 }
 
 impl Bounded {
-    fn new(io: Stream, permit: Option<OwnedSemaphorePermit>, limits: Limits) -> Self {
+    fn new(
+        io: Stream,
+        permit: Option<OwnedSemaphorePermit>,
+        slot: SourceSlot,
+        budget: BodyBudget,
+        limits: Limits,
+    ) -> Self {
         Self {
             io,
             _permit: permit,
+            _slot: slot,
+            budget,
             idle: limits.idle,
             quiet: Box::pin(tokio::time::sleep(limits.first_bytes)),
         }
+    }
+
+    /// The body budget of its source address.
+    pub fn body_budget(&self) -> BodyBudget {
+        self.budget.clone()
     }
 
     fn active(&mut self) {
@@ -321,11 +449,3 @@ impl AsyncWrite for Bounded {
 /// A client's address, as the handlers see it (`ConnectInfo<PeerAddr>`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PeerAddr(pub SocketAddr);
-
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, BoundedListener>>
-    for PeerAddr
-{
-    fn connect_info(stream: axum::serve::IncomingStream<'_, BoundedListener>) -> Self {
-        Self(*stream.remote_addr())
-    }
-}
