@@ -238,10 +238,14 @@ pub struct RoundFlags {
     /// (503 with Retry-After). Default: both agents of 10,000 nodes.
     #[arg(long, env = "MESHPROBE_MAX_POLLS", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     max_polls: u64,
-    /// Reports read at once; the others wait their turn up to 5 s, then are told to come
-    /// back in a second.
+    /// Reports parsed at once, after their bodies arrived; the others wait their turn up
+    /// to 5 s, then are told to come back in a second.
     #[arg(long, env = "MESHPROBE_MAX_REPORTS", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     max_reports: u64,
+    /// Report bodies received at once (each node's credential at most 2 of them); the
+    /// others wait their turn up to 5 s, then are told to come back in a second.
+    #[arg(long, env = "MESHPROBE_MAX_UPLOADS", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    max_uploads: u64,
     /// The largest report body accepted, in KiB (larger gets 413).
     #[arg(long, env = "MESHPROBE_MAX_REPORT_KIB", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(16..=65_536))]
     max_report_kib: u64,
@@ -283,6 +287,7 @@ impl RoundFlags {
             limits: meshprobe_coordinator::rounds::AgentLimits {
                 max_polls: self.max_polls as usize,
                 max_reports: self.max_reports as usize,
+                max_uploads: self.max_uploads as usize,
                 max_report_bytes: (self.max_report_kib as usize) << 10,
                 ..meshprobe_coordinator::rounds::AgentLimits::default()
             },

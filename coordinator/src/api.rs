@@ -216,8 +216,14 @@ async fn report(
     if let Some(r) = standby(&c) {
         return r;
     }
-    // A turn first, then the body: a burst of reports holds at most `max_reports` bodies.
-    let _turn = match c.report_slot().await {
+    // A turn to send the body, of the caller's node's own (a node's slow uploads hold its
+    // own turns only), then the body, then a turn to parse and apply it: a burst of
+    // reports holds at most `max_uploads` bodies, and a slow one no parsing turn.
+    let node = match &caller {
+        Caller::Node(n) => Some(n),
+        _ => None,
+    };
+    let upload = match c.upload_turn(node).await {
         Ok(t) => t,
         Err(e) => return overloaded(&e),
     };
@@ -239,6 +245,12 @@ async fn report(
                 )
             };
         }
+    };
+    // The body stays counted as received until it is applied.
+    let _upload = upload;
+    let _turn = match c.report_slot().await {
+        Ok(t) => t,
+        Err(e) => return overloaded(&e),
     };
     let report: AgentReport = match serde_json::from_slice(&bytes) {
         Ok(r) => r,

@@ -69,10 +69,15 @@ pub struct AgentLimits {
     /// it is told to come back in 1 to 5 s (spread by node, so the retries do not arrive
     /// together).
     pub max_polls: usize,
-    /// Reports read and parsed at once (default 64): the rest wait for a turn, for at most
-    /// `report_wait`, then are told to come back in 1 s. This bounds the memory a burst
-    /// of 10,000 reports takes to 64 bodies.
+    /// Reports parsed and applied at once (default 64), once their bodies have arrived:
+    /// the rest wait for a turn, for at most `report_wait`, then are told to come back in
+    /// 1 s.
     pub max_reports: usize,
+    /// Report bodies received at once (default 256), each node credential at most
+    /// [`UPLOADS_PER_NODE`] of them: a node's slow uploads hold its own turns, not the
+    /// others'. The rest wait for a turn, for at most `report_wait`. This bounds the
+    /// memory a burst of 10,000 reports takes to 256 bodies.
+    pub max_uploads: usize,
     /// How long a report waits for its turn (default 5 s).
     pub report_wait: Duration,
     /// The largest report body (default 4 MiB: a capture round's report carries up to a
@@ -89,6 +94,7 @@ impl Default for AgentLimits {
         Self {
             max_polls: 20_000,
             max_reports: 64,
+            max_uploads: 256,
             report_wait: Duration::from_secs(5),
             max_report_bytes: 4 << 20,
             heartbeats_per_s: 4_000,
@@ -251,6 +257,11 @@ pub const OFFLINE_BYTES: usize = crate::offline::BYTES;
 /// an hour at the default offline interval), so anything older is not plausible.
 pub const OFFLINE_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(6 * 3600);
 
+/// The largest round report kept and served (its compact JSON): half of the 16 MiB that
+/// `check` and the agents' client read, so that a round is always readable, whatever its
+/// agents sent.
+pub const MAX_ROUND_REPORT: usize = 8 << 20;
+
 /// No round number past this is plausible.
 pub const MAX_ROUND: u64 = 1 << 40;
 
@@ -395,8 +406,44 @@ pub struct Coordinator {
     stopping: watch::Sender<bool>,
     /// One permit per poll held open ([`AgentLimits::max_polls`]).
     polls: Arc<tokio::sync::Semaphore>,
-    /// One permit per report being read ([`AgentLimits::max_reports`]).
+    /// One permit per report being parsed and applied ([`AgentLimits::max_reports`]).
     reports_in: Arc<tokio::sync::Semaphore>,
+    /// One permit per report body being received ([`AgentLimits::max_uploads`]).
+    uploads: Arc<tokio::sync::Semaphore>,
+    /// Report bodies being received per node credential ([`UPLOADS_PER_NODE`]).
+    uploads_by_node: Mutex<std::collections::HashMap<NodeName, usize>>,
+}
+
+/// Report bodies one node's credential may be sending at once: its host agent's and its
+/// pod agent's.
+pub const UPLOADS_PER_NODE: usize = 2;
+
+/// A report body's turn to be received: one of its node's, and a global permit.
+pub struct UploadTurn<'a> {
+    _share: Option<NodeShare<'a>>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// One of a node's [`UPLOADS_PER_NODE`], given back when dropped.
+struct NodeShare<'a> {
+    c: &'a Coordinator,
+    node: NodeName,
+}
+
+impl Drop for NodeShare<'_> {
+    fn drop(&mut self) {
+        let mut by = self
+            .c
+            .uploads_by_node
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = by.get_mut(&self.node) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                by.remove(&self.node);
+            }
+        }
+    }
 }
 
 /// Whether an agent that has not reported may still report in a round.
@@ -429,7 +476,50 @@ impl Coordinator {
         })
     }
 
-    /// A turn to read and parse one report, waiting up to [`AgentLimits::report_wait`];
+    /// A turn to receive one report body from `node`'s credential (`None`: a credential
+    /// for any node, which has no share of its own): refused at once when that node has
+    /// [`UPLOADS_PER_NODE`] bodies on their way, else a global turn, waiting up to
+    /// [`AgentLimits::report_wait`].
+    pub async fn upload_turn(&self, node: Option<&NodeName>) -> Result<UploadTurn<'_>, Overloaded> {
+        let refused = |what, limit| {
+            self.metrics.backed_off("reports");
+            self.lock().reports_refused += 1;
+            Overloaded {
+                what,
+                limit,
+                retry_after_s: 1,
+            }
+        };
+        let share = match node {
+            Some(node) => {
+                let mut by = self
+                    .uploads_by_node
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let n = by.entry(node.clone()).or_default();
+                if *n >= UPLOADS_PER_NODE {
+                    drop(by);
+                    return Err(refused("report uploads from one node", UPLOADS_PER_NODE));
+                }
+                *n += 1;
+                Some(NodeShare {
+                    c: self,
+                    node: node.clone(),
+                })
+            }
+            None => None,
+        };
+        let turn = Arc::clone(&self.uploads).acquire_owned();
+        match tokio::time::timeout(self.settings.limits.report_wait, turn).await {
+            Ok(Ok(permit)) => Ok(UploadTurn {
+                _share: share,
+                _permit: permit,
+            }),
+            _ => Err(refused("report uploads", self.settings.limits.max_uploads)),
+        }
+    }
+
+    /// A turn to parse and apply one report, waiting up to [`AgentLimits::report_wait`];
     /// after that, the agent is to come back in a second.
     pub async fn report_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Overloaded> {
         let turn = Arc::clone(&self.reports_in).acquire_owned();
@@ -510,6 +600,10 @@ impl Coordinator {
             stopping: watch::channel(false).0,
             polls: Arc::new(tokio::sync::Semaphore::new(settings.limits.max_polls)),
             reports_in: Arc::new(tokio::sync::Semaphore::new(settings.limits.max_reports)),
+            uploads: Arc::new(tokio::sync::Semaphore::new(
+                settings.limits.max_uploads.max(1),
+            )),
+            uploads_by_node: Mutex::default(),
             settings,
         })
     }
@@ -615,8 +709,7 @@ impl Coordinator {
     ) -> Result<u64, RateLimited> {
         {
             let mut inner = self.lock();
-            let busy = inner.running.as_ref().map(|r| r.id).or(inner.planning);
-            if let Some(current) = busy
+            if let Some(current) = Self::busy(&inner)
                 && inner.queued
             {
                 inner.capture_next |= capture;
@@ -658,7 +751,7 @@ impl Coordinator {
     pub fn trigger_with(self: &Arc<Self>, capture: bool) -> u64 {
         let mut inner = self.lock();
         inner.capture_next |= capture;
-        if let Some(current) = inner.running.as_ref().map(|r| r.id).or(inner.planning) {
+        if let Some(current) = Self::busy(&inner) {
             inner.queued = true;
             return current + 1;
         }
@@ -672,7 +765,7 @@ impl Coordinator {
             return;
         }
         let mut inner = self.lock();
-        if inner.running.is_none() && inner.planning.is_none() {
+        if Self::busy(&inner).is_none() {
             self.start_locked(&mut inner);
         }
     }
@@ -889,6 +982,14 @@ impl Coordinator {
         report.findings = diagnosis.findings;
         report.warnings.extend(diagnosis.warnings);
         report.healthy = report.healthy && report.findings.is_empty();
+        // What clients read whole: cut to the limit once the diagnosis has read it all.
+        if !report.fit_within(MAX_ROUND_REPORT) {
+            tracing::warn!(
+                round = id,
+                bytes = report.encoded_len(),
+                "the round report is over its limit even with evidence and details cut"
+            );
+        }
         tracing::info!(
             round = id,
             healthy = report.healthy,
@@ -940,9 +1041,22 @@ impl Coordinator {
             inner.done.pop_front();
         }
         self.done_tx.send_replace(id);
-        if std::mem::take(&mut inner.queued) {
+        // A round the schedule started meanwhile has the queued request's fresh results.
+        if std::mem::take(&mut inner.queued) && Self::busy(&inner).is_none() {
             self.start_locked(&mut inner);
         }
+    }
+
+    /// The round in hand, planning, running or having its report built: a request for a
+    /// round then queues the next one (its number is this one's plus one), and nothing
+    /// starts another beside it.
+    fn busy(inner: &Inner) -> Option<u64> {
+        inner
+            .running
+            .as_ref()
+            .map(|r| r.id)
+            .or(inner.planning)
+            .or(inner.finishing)
     }
 
     /// What a round says about the agents and reports the limits turned away: nobody is

@@ -55,13 +55,18 @@ fn empty_report(round: u64, node: &str) -> AgentReport {
     }
 }
 
-/// A fake agent: polls once, answers every planned cell with `ok` successes out of 20.
+/// A cell a fake agent reports dead: one layer's, or every layer's (`None`), toward a
+/// column.
+type Dead = Option<(Option<Layer>, &'static str)>;
+
+/// A fake agent: polls once, answers every planned cell with 20 successes out of 20, but
+/// `fail`'s with none.
 async fn fake_agent(
     base: String,
     node: &'static str,
     kind: &'static str,
     pod_ip: &'static str,
-    fail: Option<(Layer, &'static str)>,
+    fail: Dead,
 ) {
     fake_agent_as(base, node, kind, pod_ip, fail, None).await;
 }
@@ -72,7 +77,7 @@ async fn fake_agent_as(
     node: &'static str,
     kind: &'static str,
     pod_ip: &'static str,
-    fail: Option<(Layer, &'static str)>,
+    fail: Dead,
     token: Option<String>,
 ) {
     let http = reqwest::Client::builder()
@@ -109,7 +114,7 @@ async fn fake_agent_as(
         .plan
         .cells()
         .map(|(layer, column)| {
-            let bad = fail == Some((layer, column));
+            let bad = fail.is_some_and(|(l, c)| c == column && l.is_none_or(|l| l == layer));
             ProbeResult {
                 layer,
                 column: column.to_owned(),
@@ -144,6 +149,29 @@ async fn fake_agent_as(
         "{}",
         resp.text().await.unwrap_or_default()
     );
+}
+
+/// The pod agents of [`INVENTORY`] register their IPs (an empty poll), so that the next
+/// round plans pod-to-pod; each presents `token(node)`.
+async fn register_pod_agents(
+    http: &reqwest::Client,
+    base: &str,
+    token: impl Fn(&str) -> Option<String>,
+) {
+    for (node, ip) in [
+        ("n1", "10.42.1.10"),
+        ("n2", "10.42.2.10"),
+        ("n3", "10.42.3.10"),
+    ] {
+        let mut req = http.get(format!(
+            "{base}/v1/agents/{node}/pod/next?after=0&epoch=0&wait=0&podIP={ip}"
+        ));
+        if let Some(t) = token(node) {
+            req = req.bearer_auth(t);
+        }
+        let r = req.send().await.expect("register");
+        assert_eq!(r.status(), 204);
+    }
 }
 
 /// The six agents of [`INVENTORY`] (a host and a pod agent per node), all healthy, each
@@ -195,7 +223,7 @@ async fn round_with_fake_agents_builds_matrices_and_silent_node_is_unknown() {
             "n1",
             "host",
             "0.0.0.0",
-            Some((Layer::Underlay, "n2")),
+            Some((Some(Layer::Underlay), "n2")),
         )),
         tokio::spawn(fake_agent(base.clone(), "n2", "host", "0.0.0.0", None)),
         tokio::spawn(fake_agent(base.clone(), "n1", "pod", "10.42.1.10", None)),
@@ -1135,4 +1163,250 @@ async fn one_nodes_offline_flood_keeps_the_others_reports() {
         .expect("a page");
     assert_eq!(page.reports.len() + rest.reports.len(), kept.len());
     assert_eq!(rest.next, None);
+}
+
+/// Issue 22, row 4: one node's credential cannot starve the others' reports. n1 opens 64
+/// slow uploads (headers, then nothing): only two hold a turn, the rest are told at once
+/// to come back; honest n2 and n3 reports are read and applied at once.
+#[tokio::test]
+async fn one_nodes_slow_uploads_hold_its_own_turns_only() {
+    use meshprobe_core::auth::{ClusterSecret, Subject};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let secret = ClusterSecret::from_bytes(b"api-test-secret-0123456789").expect("secret");
+    let as_node = |n: &str| secret.credential(&Subject::Node(n.parse().expect("name")));
+    let (base, _c) = start_with(meshprobe_coordinator::auth::Auth::required(
+        Some(secret.clone()),
+        None,
+    ))
+    .await;
+    let addr = base.trim_start_matches("http://").to_owned();
+    let n1 = as_node("n1");
+    let mut slow = Vec::new();
+    let mut refused_at_once = 0;
+    for _ in 0..64 {
+        let mut s = tokio::net::TcpStream::connect(&addr)
+            .await
+            .expect("connect");
+        s.write_all(
+            format!(
+                "POST /v1/reports HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {n1}\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{"
+            )
+            .as_bytes(),
+        )
+        .await
+        .expect("write");
+        let mut answer = [0u8; 64];
+        if let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_millis(200), s.read(&mut answer)).await
+            && String::from_utf8_lossy(&answer[..n]).starts_with("HTTP/1.1 503")
+        {
+            refused_at_once += 1;
+        }
+        slow.push(s);
+    }
+    assert_eq!(
+        refused_at_once,
+        64 - meshprobe_coordinator::rounds::UPLOADS_PER_NODE,
+        "past its node's share, an upload is refused at once"
+    );
+    let http = reqwest::Client::new();
+    for n in ["n2", "n3"] {
+        let started = std::time::Instant::now();
+        let r = http
+            .post(format!("{base}/v1/reports"))
+            .bearer_auth(as_node(n))
+            .json(&empty_report(1, n))
+            .send()
+            .await
+            .expect("post");
+        // No round runs: 409 says the report was read and applied, not kept waiting.
+        assert_eq!(
+            r.status(),
+            409,
+            "{n}: {}",
+            r.text().await.unwrap_or_default()
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{n} waited {:?} behind n1's uploads",
+            started.elapsed()
+        );
+    }
+    drop(slow);
+}
+
+/// Issue 22, row 5: one lying observer. n1's agents, with n1's own credentials, report
+/// every probe toward n3 dead while n2 and n3 report everything whole: the round's finding
+/// names n1 (the observer), with n3 only as its peer, and no `meshprobe_finding` series,
+/// node condition or Event (all raised from `nodes`) names n3.
+#[tokio::test]
+async fn one_lying_observer_is_one_nodes_word() {
+    use meshprobe_core::auth::{ClusterSecret, Subject};
+    let secret = ClusterSecret::from_bytes(b"api-test-secret-0123456789").expect("secret");
+    let (base, c) = start_with(meshprobe_coordinator::auth::Auth::required(
+        Some(secret.clone()),
+        None,
+    ))
+    .await;
+    let token = |n: &str| Some(secret.credential(&Subject::Node(n.parse().expect("name"))));
+    let http = reqwest::Client::new();
+    register_pod_agents(&http, &base, |n| token(n)).await;
+    let mut agents = Vec::new();
+    for (node, ip) in [
+        ("n1", "10.42.1.10"),
+        ("n2", "10.42.2.10"),
+        ("n3", "10.42.3.10"),
+    ] {
+        let lie: Dead = (node == "n1").then_some((None, "n3"));
+        for (kind, ip) in [("host", "0.0.0.0"), ("pod", ip)] {
+            agents.push(tokio::spawn(fake_agent_as(
+                base.clone(),
+                node,
+                kind,
+                ip,
+                lie,
+                token(node),
+            )));
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let round = c.trigger();
+    for a in agents {
+        a.await.expect("agent");
+    }
+    let operator = secret.credential(&Subject::operator("op").expect("operator"));
+    let r: meshprobe_core::CheckReport = http
+        .get(format!("{base}/v1/rounds/{round}?wait=10"))
+        .bearer_auth(&operator)
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("report");
+    assert!(!r.findings.is_empty(), "n1's failing cells are named");
+    for f in &r.findings {
+        assert!(
+            !f.nodes.iter().any(|n| n.as_str() == "n3"),
+            "a finding names n3 on n1's word alone: {} {:?} {}",
+            f.cause,
+            f.nodes,
+            f.summary
+        );
+    }
+    assert!(
+        r.findings
+            .iter()
+            .any(|f| f.nodes.iter().any(|n| n.as_str() == "n1")
+                && f.peers.iter().any(|n| n.as_str() == "n3")),
+        "the observer is the party, its victim the peer: {:?}",
+        r.findings
+    );
+    let metrics = c.metrics_text();
+    assert!(
+        !metrics
+            .lines()
+            .any(|l| l.starts_with("meshprobe_finding{") && l.contains("node=\"n3\"")),
+        "{metrics}"
+    );
+}
+
+/// Issue 22, row 6: two nodes' host agents send reports just under the 4 MiB limit each
+/// (the audit: an 18.9 MiB round report, and every `check` then exited 2). The round
+/// report stays within its limit, says what it left out, and keeps its verdict.
+#[tokio::test]
+async fn big_reports_never_make_an_unreadable_round() {
+    let (base, c) = start().await;
+    let http = reqwest::Client::new();
+    register_pod_agents(&http, &base, |_| None).await;
+    let mut agents = Vec::new();
+    for (node, ip) in [
+        ("n1", "10.42.1.10"),
+        ("n2", "10.42.2.10"),
+        ("n3", "10.42.3.10"),
+    ] {
+        agents.push(tokio::spawn(fake_agent(
+            base.clone(),
+            node,
+            "pod",
+            ip,
+            None,
+        )));
+    }
+    agents.push(tokio::spawn(fake_agent(
+        base.clone(),
+        "n3",
+        "host",
+        "0.0.0.0",
+        None,
+    )));
+    let big_host = |node: &'static str| {
+        let (http, base) = (http.clone(), base.clone());
+        async move {
+            let a: Assignment = http
+                .get(format!(
+                    "{base}/v1/agents/{node}/host/next?after=0&epoch=0&wait=10"
+                ))
+                .send()
+                .await
+                .expect("poll")
+                .json()
+                .await
+                .expect("assignment");
+            let mut report = empty_report(a.plan.round, node);
+            report.results = a
+                .plan
+                .cells()
+                .map(|(layer, column)| ProbeResult {
+                    layer,
+                    column: column.to_owned(),
+                    sent: 20,
+                    ok: 20,
+                    rtt_ms: Some(0.3),
+                    detail: None,
+                    failure: None,
+                })
+                .collect();
+            report.evidence = Some(meshprobe_core::evidence::NodeEvidence {
+                unavailable: vec!["x".repeat((4 << 20) - 64 * 1024)],
+                ..Default::default()
+            });
+            let r = http
+                .post(format!("{base}/v1/reports"))
+                .json(&report)
+                .send()
+                .await
+                .expect("report");
+            assert_eq!(r.status(), 202, "{}", r.text().await.unwrap_or_default());
+        }
+    };
+    agents.push(tokio::spawn(big_host("n1")));
+    agents.push(tokio::spawn(big_host("n2")));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let round = c.trigger();
+    for a in agents {
+        a.await.expect("agent");
+    }
+    let body = http
+        .get(format!("{base}/v1/rounds/{round}?wait=10"))
+        .send()
+        .await
+        .expect("get")
+        .bytes()
+        .await
+        .expect("body");
+    assert!(
+        body.len() <= meshprobe_coordinator::rounds::MAX_ROUND_REPORT,
+        "{} bytes",
+        body.len()
+    );
+    let r: meshprobe_core::CheckReport = serde_json::from_slice(&body).expect("a report");
+    assert!(
+        r.warnings
+            .iter()
+            .any(|w| w.contains("left out") && w.contains("evidence")),
+        "{:?}",
+        r.warnings
+    );
+    assert!(r.healthy, "the verdict stays: {:?}", r.findings);
 }

@@ -181,13 +181,13 @@ async fn a_report_over_the_size_limit_gets_413() {
 #[tokio::test]
 async fn reports_past_the_limit_wait_their_turn_then_are_told_to_come_back() {
     let (base, c) = start(AgentLimits {
-        max_reports: 1,
+        max_uploads: 1,
         report_wait: Duration::from_millis(300),
         ..AgentLimits::default()
     })
     .await;
     let addr = base.trim_start_matches("http://").to_owned();
-    // A slow sender: headers and half its body, then nothing. It holds the one turn.
+    // A slow sender: headers and half its body, then nothing. It holds the one upload turn.
     let mut slow = tokio::net::TcpStream::connect(&addr)
         .await
         .expect("connect");

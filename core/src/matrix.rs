@@ -87,6 +87,25 @@ impl Cell {
     }
 }
 
+/// The size of `v`'s compact JSON, counted without building it.
+pub fn json_len<T: Serialize + ?Sized>(v: &T) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut n = Count(0);
+    match serde_json::to_writer(&mut n, v) {
+        Ok(()) => n.0,
+        Err(_) => usize::MAX,
+    }
+}
+
 fn round2(v: f64) -> f64 {
     (v * 100.0).round() / 100.0
 }
@@ -300,6 +319,89 @@ impl CheckReport {
             }
         }
         c
+    }
+
+    /// The size of its compact JSON, counted without building it.
+    pub fn encoded_len(&self) -> usize {
+        json_len(self)
+    }
+
+    /// Shrinks the report to at most `max` bytes of JSON (its findings, matrices' states
+    /// and agents always stay), cutting what is bulkiest and least needed first: nodes'
+    /// evidence, largest first; then capture summaries; then warnings past the first 64
+    /// and cell details past 80 characters. Each cut is said in `warnings`. Run after the
+    /// diagnosis, which reads everything. Returns whether the report fits.
+    pub fn fit_within(&mut self, max: usize) -> bool {
+        let total = self.encoded_len();
+        if total <= max {
+            return true;
+        }
+        let mut over = total - max;
+        // Room for the lines that say what was cut.
+        over += 4096;
+        let mut cut = Vec::new();
+        let mut by_size: Vec<(usize, NodeName)> = self
+            .evidence
+            .iter()
+            .map(|(n, e)| (json_len(e), n.clone()))
+            .collect();
+        by_size.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        for (bytes, node) in by_size {
+            if over == 0 {
+                break;
+            }
+            self.evidence.remove(&node);
+            over = over.saturating_sub(bytes);
+            cut.push(format!("{node}'s evidence ({bytes} bytes)"));
+        }
+        if over > 0 && !self.capture.is_empty() {
+            let bytes: usize = self.capture.values().map(json_len).sum();
+            self.capture.clear();
+            over = over.saturating_sub(bytes);
+            cut.push(format!("the capture summaries ({bytes} bytes)"));
+        }
+        if over > 0 {
+            let kept = 64.min(self.warnings.len());
+            let dropped = self.warnings.len() - kept;
+            if dropped > 0 {
+                self.warnings.truncate(kept);
+                cut.push(format!("{dropped} warnings"));
+            }
+            for w in &mut self.warnings {
+                *w = crate::text::clip(w, 300);
+            }
+            let mut clipped = 0usize;
+            for m in self.layers.values_mut() {
+                let long = m
+                    .cells()
+                    .any(|c| c.detail.is_some_and(|d| d.chars().count() > 80));
+                if !long {
+                    continue;
+                }
+                let mut b = MatrixBuilder::default();
+                for (from, to, c) in m.iter() {
+                    let mut cell = c.to_cell();
+                    if let Some(d) = &cell.detail
+                        && d.chars().count() > 80
+                    {
+                        cell.detail = Some(crate::text::clip(d, 80));
+                        clipped += 1;
+                    }
+                    b.push(from, to, &cell);
+                }
+                *m = b.finish();
+            }
+            if clipped > 0 {
+                cut.push(format!("the detail of {clipped} cells past 80 characters"));
+            }
+        }
+        if !cut.is_empty() {
+            self.warnings.push(format!(
+                "report: {total} bytes is over the round report's limit of {max}: left out {}",
+                cut.join(", ")
+            ));
+        }
+        self.encoded_len() <= max
     }
 
     /// Cells in all layers.
@@ -554,6 +656,62 @@ mod tests {
             None,
             "no self cell on the underlay"
         );
+    }
+
+    /// Issue 22, row 6: two nodes' reports just under the per-agent limit made an 18.9 MiB
+    /// round report that no `check` could read. The round report is cut to its limit,
+    /// evidence first, with the cut said, and every cell's state and every finding kept.
+    #[test]
+    fn a_round_report_is_cut_to_its_limit_and_says_what_it_left_out() {
+        let t = topo();
+        let plans = plans(&t);
+        let mut reports: BTreeMap<_, _> =
+            plans.iter().map(|(k, p)| (k.clone(), all_ok(p))).collect();
+        for (node, fill) in [("a", 'x'), ("b", 'y')] {
+            let host = reports
+                .get_mut(&(NodeName::new(node).expect("name"), AgentKind::Host))
+                .expect("present");
+            host.evidence = Some(crate::evidence::NodeEvidence {
+                unavailable: vec![fill.to_string().repeat(3 << 20)],
+                ..Default::default()
+            });
+            for r in &mut host.results {
+                r.ok = 0;
+                r.detail = Some(format!("{}{}", r.column, "z".repeat(200_000)));
+            }
+        }
+        let mut r = build_report(RoundInput {
+            round: 3,
+            topology: &t,
+            plans: &plans,
+            reports: &reports,
+            live: &|_, _| true,
+            duration_ms: 5,
+            findings: vec![],
+        });
+        let before = r.encoded_len();
+        let states: Vec<CellState> = r
+            .layers
+            .values()
+            .flat_map(|m| m.cells().map(|c| c.state))
+            .collect();
+        assert!(before > 6 << 20, "{before}");
+        assert!(r.fit_within(1 << 20));
+        assert!(r.encoded_len() <= 1 << 20, "{}", r.encoded_len());
+        let after: Vec<CellState> = r
+            .layers
+            .values()
+            .flat_map(|m| m.cells().map(|c| c.state))
+            .collect();
+        assert_eq!(states, after, "every cell's state stays");
+        let said = r.warnings.last().expect("a warning");
+        assert!(said.contains("evidence"), "{said}");
+        assert!(said.contains("detail"), "{said}");
+        // A report within the limit is left alone.
+        let mut small = r.clone();
+        let len = small.encoded_len();
+        assert!(small.fit_within(len));
+        assert_eq!(small, r);
     }
 
     #[test]

@@ -57,6 +57,116 @@ impl Cx<'_> {
         }
     }
 
+    /// Failing cells from one node toward one peer that nobody corroborates: the peer
+    /// does not see the pair fail (its probes toward the node pass, and a fault on the path
+    /// between them would break round trips both ways, since each crosses both
+    /// directions), and every other node that probes the same targets reaches them. That
+    /// is one node's word about its peer: its prober, its own firewall toward the peer
+    /// (new connections out, replies let through), or the peer's rules for it alone. The
+    /// finding names the observer, with the peer as its peer, never the peer alone. Only
+    /// cells toward the peer's own addresses count: a service on the peer that one node
+    /// alone cannot reach is a filter `unexplained` names.
+    pub(crate) fn one_observer(&mut self) {
+        let mut by_pair: std::collections::BTreeMap<(usize, usize), Vec<CellKey>> =
+            std::collections::BTreeMap::new();
+        for k in self.ix.failing.iter().copied() {
+            if self.ledger.is_claimed(&k) {
+                continue;
+            }
+            if let Some(d) = self.ix.dst_node(k)
+                && d != k.src
+            {
+                by_pair.entry((k.src, d)).or_default().push(k);
+            }
+        }
+        for ((s, d), cells) in by_pair {
+            // About the peer itself: its own addresses fail, not only a service on it (one
+            // node's pods filtered from one CoreDNS pod is a filter, said as such by
+            // `unexplained`).
+            if !cells.iter().any(|k| matches!(k.col, Col::Node(_))) {
+                continue;
+            }
+            // A failing cell another finding explains corroborates nothing here.
+            let unexplained_failure = |cx: &Self, key: CellKey| {
+                cx.ix.cell(key).is_some_and(|c| c.state == CellState::Fail)
+                    && !cx.ledger.is_claimed(&key)
+            };
+            // The peer's own probes toward the observer, on any layer: none fails.
+            let reverse: Vec<Layer> = Layer::ALL
+                .iter()
+                .copied()
+                .filter(|&l| self.cell(l, d, s).is_some())
+                .collect();
+            if reverse.is_empty()
+                || reverse.iter().any(|&l| {
+                    unexplained_failure(
+                        self,
+                        CellKey {
+                            layer: l,
+                            src: d,
+                            col: Col::Node(s),
+                        },
+                    )
+                })
+            {
+                continue;
+            }
+            // Everyone else who probes the same targets reaches them, or fails for a
+            // reason another finding gives.
+            let mut others = BTreeSet::new();
+            let corroborated = cells.iter().any(|k| {
+                (0..self.n()).filter(|&o| o != s && o != d).any(|o| {
+                    let key = CellKey { src: o, ..*k };
+                    match self.ix.cell(key) {
+                        Some(c) if c.state == CellState::Ok => {
+                            others.insert(o);
+                            false
+                        }
+                        Some(_) => unexplained_failure(self, key),
+                        None => false,
+                    }
+                })
+            });
+            if corroborated || others.is_empty() {
+                continue;
+            }
+            let (sn, dn) = (self.nm(s), self.nm(d));
+            let layers: BTreeSet<Layer> = cells.iter().map(|k| k.layer).collect();
+            let layer_list = layers
+                .iter()
+                .map(|l| l.as_str())
+                .collect::<Vec<_>>()
+                .join(", ");
+            let mut evidence = self.cite_cells(&cells, 4);
+            evidence.push(format!(
+                "{} other nodes probe the same targets on {dn} and reach them",
+                others.len()
+            ));
+            evidence.push(format!(
+                "{dn}'s own probes toward {sn} pass ({} layers): a fault on the path between them would fail round trips both ways",
+                reverse.len()
+            ));
+            let (s_ip, d_ip) = (self.node_ip(s), self.node_ip(d));
+            self.ledger.claim(cells.iter().copied());
+            self.push(
+                9,
+                cells.len(),
+                Cause::AgentDegraded,
+                vec![s],
+                vec![d],
+                Direction::Outbound,
+                format!("{sn} -> {dn}: {sn}'s probes, or its path toward {dn} alone"),
+                format!(
+                    "only {sn} sees {dn} fail ({layer_list}), while the others reach {dn} and {dn} reaches {sn}: one observer's word, about {sn} or the path between them"
+                ),
+                evidence,
+                format!(
+                    "on {sn}: `ip route get {d_ip}; iptables-save | grep {d_ip}` and the host agent's log; on {dn}: `iptables-save | grep {s_ip}`"
+                ),
+            );
+        }
+    }
+
     pub(crate) fn agents(&mut self) {
         for x in 0..self.n() {
             let Some((h, p)) = self.agent_state(x) else {

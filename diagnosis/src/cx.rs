@@ -506,6 +506,30 @@ impl<'a> Cx<'a> {
             .unwrap_or_else(|| "<underlay interface>".to_owned())
     }
     /// Evidence lines "src -> dst layer: 0/20 ok (timeout)" for up to four cells.
+    /// The first `max` of `cells`, each as "src -> column layer: what it got", and how many
+    /// more there are.
+    pub(crate) fn cite_cells(&self, cells: &[CellKey], max: usize) -> Vec<String> {
+        let mut v: Vec<String> = cells
+            .iter()
+            .take(max)
+            .filter_map(|&k| {
+                self.ix.cell(k).map(|c| {
+                    format!(
+                        "{} -> {} {}: {}",
+                        self.nm(k.src),
+                        self.ix.col_name(k),
+                        k.layer,
+                        describe(c)
+                    )
+                })
+            })
+            .collect();
+        if cells.len() > max {
+            v.push(format!("... and {} more cells", cells.len() - max));
+        }
+        v
+    }
+
     pub(crate) fn cite(&self, layer: Layer, pairs: &[(usize, usize)]) -> Vec<String> {
         let mut v: Vec<String> = pairs
             .iter()

@@ -191,11 +191,13 @@ pub(crate) enum Stage {
     Verify,
     /// The fewest surviving hypotheses for what is left.
     Localise,
+    /// What one observer alone sees about one peer, once everything else is explained.
+    OneObserver,
 }
 
 impl Stage {
     /// The stages of a pass, in the order they run.
-    pub(crate) const PIPELINE: [Stage; 19] = [
+    pub(crate) const PIPELINE: [Stage; 20] = [
         Stage::CompareConfigs,
         Stage::Unreachable,
         Stage::RangeClaims,
@@ -215,6 +217,7 @@ impl Stage {
         Stage::DegradedProbers,
         Stage::Verify,
         Stage::Localise,
+        Stage::OneObserver,
     ];
 
     /// Runs the stage on one pass.
@@ -237,6 +240,7 @@ impl Stage {
             Stage::PodServices => cx.pod_services(),
             Stage::LackingOutliers => cx.lacking_outliers(),
             Stage::DegradedProbers => cx.degraded_probers(),
+            Stage::OneObserver => cx.one_observer(),
             Stage::Verify => cx.verify(),
             Stage::Localise => cx.localise(),
         }

@@ -77,8 +77,18 @@ impl Cx<'_> {
             evidence.extend(self.cite(Layer::Underlay, &worst));
             let dev = self.underlay_dev(x);
             self.ledger.mark_broken(x, Cause::PacketLoss);
+            // Its cells, as far as the loss explains them: a cell that lost every probe
+            // is that loss's doing only if so many in a row is not beyond chance (20 echoes
+            // all lost at 51% round-trip loss happens once in 700,000 rounds: a cut, or an
+            // observer's word, with a cause of its own).
+            let q = pct / 100.0;
+            self.claim_where(|cx, k| {
+                (k.src == x || cx.ix.dst_node(k) == Some(x))
+                    && cx.ix.cell(k).is_some_and(|c| {
+                        !(c.ok == 0 && c.sent > 0 && q.powi(c.sent as i32) < LOSS_ALPHA)
+                    })
+            });
             // Load-balanced targets may land on x's pods.
-            self.claim_node(x, ALL);
             self.claim_balanced_of(x);
             self.push(
                 4,
@@ -95,3 +105,6 @@ impl Cx<'_> {
         }
     }
 }
+
+/// Below this chance, a cell that lost every probe is not the node's loss.
+const LOSS_ALPHA: f64 = 1e-5;

@@ -48,6 +48,10 @@ pub enum Fault {
     AgentsSilent(usize),
     /// The node's host agent's prober is broken: it sees every peer fail.
     SickProber(usize),
+    /// The first node's agents report every probe toward the second node dead, while the
+    /// datapath is whole (a lying or broken observer, issue 22): the fault is the
+    /// observer's, or the link's, never the second node's alone.
+    LiesAbout(usize, usize),
     /// A security group drops VXLAN on the path into the node (nothing on the node shows it).
     PathBlockedIn(usize),
     /// ICMP echo to the node's IP is filtered; TCP and UDP get through.
@@ -133,6 +137,7 @@ impl Fault {
         all.extend([
             Fault::AgentsSilent(x),
             Fault::SickProber(x),
+            Fault::LiesAbout(x, y),
             Fault::PathBlockedIn(x),
             Fault::Unpublished(x),
             Fault::PodSilent(x),
@@ -270,6 +275,7 @@ impl Fault {
             Fault::Hops { kind, .. } => *kind,
             Fault::AgentsSilent(_)
             | Fault::SickProber(_)
+            | Fault::LiesAbout(..)
             | Fault::PathBlockedIn(_)
             | Fault::Unpublished(_)
             | Fault::PodSilent(_)
@@ -296,6 +302,7 @@ impl Fault {
             | Fault::AgentsSilent(x)
             | Fault::PodSilent(x)
             | Fault::SickProber(x)
+            | Fault::LiesAbout(x, _)
             | Fault::PathBlockedIn(x)
             | Fault::IcmpBlocked(x)
             | Fault::JumboMtu(x)
@@ -855,6 +862,15 @@ impl<'a> Model<'a> {
                     })
                     .count() as u32;
                 ok -= lost_here;
+            }
+            // A lying observer says everything toward its victim is lost.
+            let aimed_at = match layer {
+                Layer::DnsPod | Layer::CorednsMetrics => world.dns_nodes.get(col).copied(),
+                Layer::Ingress | Layer::IngressFromPod => Some(world.ingress_node),
+                _ => d,
+            };
+            if aimed_at.is_some_and(|v| v != s && faults.contains(&Fault::LiesAbout(s, v))) {
+                ok = 0;
             }
             // Nothing listening answers with a reset; a lost packet with silence.
             let refused = match layer {

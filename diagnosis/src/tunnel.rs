@@ -756,10 +756,16 @@ impl Cx<'_> {
     }
 
     pub(crate) fn tunnel_pairs(&mut self) {
+        // A cut between two nodes fails round trips both ways (each crosses both
+        // directions): one end alone seeing it is that end's word, not the pair's fault.
         let mut cuts: Vec<(usize, usize)> = self
             .ix
             .all(Layer::GatewayFromHost)
-            .filter(|(s, d, _)| self.tunnel_cut(*s, *d))
+            .filter(|(s, d, _)| {
+                self.tunnel_cut(*s, *d)
+                    && (self.cell(Layer::GatewayFromHost, *d, *s).is_none()
+                        || self.dead(Layer::GatewayFromHost, *d, *s))
+            })
             .map(|(s, d, _)| (s.min(d), s.max(d)))
             .collect();
         cuts.sort_unstable();

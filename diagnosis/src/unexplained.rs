@@ -2,12 +2,17 @@
 //! `unexplained` finding, localised as far as the cells allow. The node most of them leave
 //! or aim at is named first (its cells, the layers, which way, what its evidence shows),
 //! then the next, until every cell is named.
+//!
+//! One node's word is one node's word: cells aimed at a node count toward naming it only
+//! when at least `k` observers see them (the quorum every detector keeps). Cells that one
+//! observer alone sees are about that observer or the path between the two: the finding
+//! names the observer, with the other node as its peer, never the other node alone.
 
 use std::collections::BTreeSet;
 
 use meshprobe_core::{Cause, Direction, Layer};
 
-use crate::cx::{BALANCED, Cx, describe};
+use crate::cx::{BALANCED, Cx};
 use crate::index::{CellKey, FxMap};
 
 /// At most this many `unexplained` findings; the rest of the cells go in one last finding.
@@ -23,7 +28,18 @@ impl Cx<'_> {
             .filter(|k| !self.ledger.is_claimed(k))
             .collect();
         let mut made = 0;
+        // Enough observers to name the node they aim at.
+        let k_needed = self.k(self.n().saturating_sub(1));
         while !left.is_empty() {
+            let mut observers: FxMap<usize, std::collections::BTreeSet<usize>> = FxMap::default();
+            for k in &left {
+                if let Some(d) = self.ix.dst_node(*k)
+                    && d != k.src
+                {
+                    observers.entry(d).or_default().insert(k.src);
+                }
+            }
+            let seen_by_enough = |d: usize| observers.get(&d).is_some_and(|o| o.len() >= k_needed);
             // (cells, cells aimed at it) per node: the node in most cells is named first,
             // and between equals the one they are aimed at.
             let mut score: FxMap<usize, (usize, usize)> = FxMap::default();
@@ -32,6 +48,7 @@ impl Cx<'_> {
                 score.entry(k.src).or_default().0 += 1;
                 if let Some(d) = d
                     && d != k.src
+                    && seen_by_enough(d)
                 {
                     let e = score.entry(d).or_default();
                     e.0 += 1;
@@ -72,24 +89,7 @@ impl Cx<'_> {
             .collect();
         peers.sort_unstable();
         peers.dedup();
-        let mut evidence: Vec<String> = cells
-            .iter()
-            .take(6)
-            .filter_map(|&k| {
-                self.ix.cell(k).map(|c| {
-                    format!(
-                        "{} -> {} {}: {}",
-                        self.nm(k.src),
-                        self.ix.col_name(k),
-                        k.layer,
-                        describe(c)
-                    )
-                })
-            })
-            .collect();
-        if cells.len() > 6 {
-            evidence.push(format!("... and {} more cells", cells.len() - 6));
-        }
+        let mut evidence = self.cite_cells(cells, 6);
         if let Some((_, lines)) = self.node_fact(x) {
             evidence.extend(lines);
         }
@@ -102,6 +102,32 @@ impl Cx<'_> {
                 format!("{h:?}").to_lowercase(),
                 format!("{p:?}").to_lowercase()
             ));
+        }
+        // A destination only x sees failing: the others' cells toward it pass, so this is
+        // x's word about it, not the destination's fault.
+        let mut lone: Vec<(usize, Layer)> = cells
+            .iter()
+            .filter(|k| k.src == x)
+            .filter_map(|k| {
+                self.ix
+                    .dst_node(*k)
+                    .filter(|&d| d != x)
+                    .map(|d| (d, k.layer))
+            })
+            .collect();
+        lone.sort_unstable();
+        lone.dedup_by_key(|(d, _)| *d);
+        for &(d, layer) in lone.iter().take(3) {
+            let others: Vec<usize> = (0..self.n())
+                .filter(|&s| s != x && s != d && self.cell(layer, s, d).is_some())
+                .collect();
+            let passing = others.iter().filter(|&&s| self.ok(layer, s, d)).count();
+            if !others.is_empty() && passing == others.len() {
+                evidence.push(format!(
+                    "only {xn} sees {} fail: the {passing} other nodes that probe it ({layer}) reach it; one observer's word is about {xn} or the path between them",
+                    self.nm(d)
+                ));
+            }
         }
         // What works between the same nodes narrows it: the path between their pods, and
         // the same target from the other nodes.
