@@ -9,6 +9,11 @@
 //! - `baselines`: named copies of a round's report (`check --save-baseline`), kept apart
 //!   from round retention; at most [`MAX_BASELINES`].
 //!
+//! Round numbers are never handed out twice, even across restarts when the database could
+//! not be written (a full disk): beside the database, `round-seq` holds a high-water mark
+//! of the numbers reserved, [`SEQ_BLOCK`] at a time. It is one fixed-size block, written
+//! in place and synced, so that rewriting it needs no new space on the file system.
+//!
 //! Rows older than [`Retention::max_age`] go. The database runs in WAL mode with
 //! `synchronous=NORMAL`: a crash (kill -9, power) loses at most the last round, never the
 //! file's integrity.
@@ -23,6 +28,13 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 /// The database's file name in `--data-dir`.
 pub const DB_FILE: &str = "meshprobe.sqlite3";
+/// The round-number high-water mark's file name in `--data-dir`.
+pub const SEQ_FILE: &str = "round-seq";
+/// Round numbers reserved at a time: one synced write per this many rounds; a restart
+/// skips at most this many numbers.
+pub const SEQ_BLOCK: u64 = 100;
+/// The high-water mark's record: the number, right-aligned, and a newline.
+const SEQ_LEN: usize = 21;
 /// Baselines kept at most.
 pub const MAX_BASELINES: usize = 100;
 /// Findings answered at most by one `/v1/findings` query.
@@ -77,6 +89,21 @@ pub enum HistoryError {
         #[source]
         source: serde_json::Error,
     },
+    /// The round-number high-water mark could not be read or written.
+    #[error("round numbers file {path}: {source}")]
+    Seq {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The round-number high-water mark holds something else than a number.
+    #[error("round numbers file {path} does not hold a number")]
+    SeqCorrupt {
+        /// The file.
+        path: PathBuf,
+    },
     /// No such round kept (with its report).
     #[error("round {0} is not kept (or no longer has its report)")]
     NoRound(u64),
@@ -90,6 +117,66 @@ pub struct History {
     conn: Mutex<Connection>,
     path: String,
     retention: Retention,
+    /// With a data directory: the round numbers reserved so far, and their file.
+    seq: Option<Mutex<RoundSeq>>,
+}
+
+/// The round-number high-water mark (see the module's documentation).
+struct RoundSeq {
+    file: std::fs::File,
+    path: PathBuf,
+    reserved: u64,
+}
+
+impl RoundSeq {
+    fn open(dir: &Path) -> Result<Self, HistoryError> {
+        use std::io::Read;
+        let path = dir.join(SEQ_FILE);
+        let io = |source| HistoryError::Seq {
+            path: path.clone(),
+            source,
+        };
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io)?;
+        let mut text = String::new();
+        (&mut file)
+            .take(SEQ_LEN as u64 * 2)
+            .read_to_string(&mut text)
+            .map_err(io)?;
+        let reserved = match text.trim() {
+            "" => 0,
+            t => t
+                .parse::<u64>()
+                .map_err(|_| HistoryError::SeqCorrupt { path: path.clone() })?,
+        };
+        let mut seq = Self {
+            file,
+            path,
+            reserved,
+        };
+        // The block is written once now, so that later writes only overwrite it.
+        seq.write(reserved)?;
+        Ok(seq)
+    }
+
+    fn write(&mut self, value: u64) -> Result<(), HistoryError> {
+        use std::os::unix::fs::FileExt;
+        let record = format!("{value:>20}\n");
+        self.file
+            .write_all_at(record.as_bytes(), 0)
+            .and_then(|()| self.file.sync_data())
+            .map_err(|source| HistoryError::Seq {
+                path: self.path.clone(),
+                source,
+            })?;
+        self.reserved = value;
+        Ok(())
+    }
 }
 
 impl std::fmt::Debug for History {
@@ -185,11 +272,29 @@ impl History {
         )
         .map_err(db)?;
         conn.execute_batch(SCHEMA).map_err(db)?;
+        let seq = dir.map(RoundSeq::open).transpose()?.map(Mutex::new);
         Ok(Self {
             conn: Mutex::new(conn),
             path,
             retention,
+            seq,
         })
+    }
+
+    /// Round `id` is about to be handed out: past the numbers reserved so far, the next
+    /// [`SEQ_BLOCK`] are reserved first (one synced write), so that no restart hands it
+    /// out again. Without a data directory there is nothing to keep (and nothing to fail).
+    pub fn reserve_round(&self, id: u64) -> Result<(), HistoryError> {
+        let Some(seq) = &self.seq else {
+            return Ok(());
+        };
+        let mut seq = seq
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if id <= seq.reserved {
+            return Ok(());
+        }
+        seq.write(id + SEQ_BLOCK)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -212,12 +317,19 @@ impl History {
 
     /// The newest round kept (0 when none): a restarted coordinator numbers on from it.
     pub fn last_round(&self) -> Result<u64, HistoryError> {
-        self.lock()
+        let kept = self
+            .lock()
             .query_row("SELECT COALESCE(MAX(id), 0) FROM rounds", [], |r| {
                 r.get::<_, i64>(0)
             })
             .map(|v| v.max(0) as u64)
-            .map_err(|e| self.db(e))
+            .map_err(|e| self.db(e))?;
+        let reserved = self.seq.as_ref().map_or(0, |s| {
+            s.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .reserved
+        });
+        Ok(kept.max(reserved))
     }
 
     /// Records a finished round at `at_ms`, then applies the retention.
@@ -517,6 +629,32 @@ mod tests {
             evidence: Default::default(),
             capture: Default::default(),
         }
+    }
+
+    #[test]
+    fn reserved_round_numbers_survive_reopening_without_a_recorded_round() {
+        let dir = std::env::temp_dir().join(format!("meshprobe-seq-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        {
+            let h = History::open(Some(&dir), Retention::default()).expect("open");
+            assert_eq!(h.last_round().expect("last"), 0);
+            for id in 1..=3 {
+                h.reserve_round(id).expect("reserve");
+            }
+        }
+        let h = History::open(Some(&dir), Retention::default()).expect("reopen");
+        assert_eq!(h.last_round().expect("last"), 1 + SEQ_BLOCK);
+        // One fixed-size record, rewritten in place.
+        h.reserve_round(2 + SEQ_BLOCK).expect("reserve");
+        let text = std::fs::read_to_string(dir.join(SEQ_FILE)).expect("seq");
+        assert_eq!(text.len(), SEQ_LEN, "{text:?}");
+        assert_eq!(text.trim(), (2 + 2 * SEQ_BLOCK).to_string());
+        std::fs::write(dir.join(SEQ_FILE), "not a number").expect("corrupt");
+        assert!(matches!(
+            History::open(Some(&dir), Retention::default()),
+            Err(HistoryError::SeqCorrupt { .. })
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -57,6 +57,28 @@ pub const FINDING: &str = "meshprobe_finding";
 pub const ROUND_PHASE: &str = "meshprobe_round_phase_seconds";
 /// Counter: requests the coordinator told to come back later, by `reason`.
 pub const BACKOFFS: &str = "meshprobe_backoffs";
+/// Counter: history writes that failed, by `op` (`record`: a finished round; `reserve`:
+/// the round-number high-water mark).
+pub const HISTORY_ERRORS: &str = "meshprobe_history_errors";
+
+/// A history write, as the metrics name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HistoryOp {
+    /// Recording a finished round.
+    Record,
+    /// Reserving round numbers.
+    Reserve,
+}
+
+impl HistoryOp {
+    /// The `op` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HistoryOp::Record => "record",
+            HistoryOp::Reserve => "reserve",
+        }
+    }
+}
 
 type Labels = Vec<(String, String)>;
 
@@ -81,6 +103,8 @@ pub struct Metrics {
     phases: Family<Labels, Gauge<f64, AtomicU64>>,
     /// Requests told to back off, by reason.
     backoffs: Family<Labels, Counter>,
+    /// History writes that failed, by operation.
+    history_errors: Family<Labels, Counter>,
     /// The nodes of the last round (whose node counters exist).
     known_nodes: std::sync::Mutex<Vec<String>>,
 }
@@ -105,6 +129,7 @@ impl Default for Metrics {
             finding: Family::default(),
             phases: Family::default(),
             backoffs: Family::default(),
+            history_errors: Family::default(),
             known_nodes: std::sync::Mutex::new(Vec::new()),
             registry: Registry::default(),
         };
@@ -184,6 +209,11 @@ impl Default for Metrics {
             BACKOFFS,
             "Requests told to come back later (503 with Retry-After), by reason",
             m.backoffs.clone(),
+        );
+        registry.register(
+            HISTORY_ERRORS,
+            "History writes that failed (a full or read-only disk), by operation",
+            m.history_errors.clone(),
         );
         Metrics { registry, ..m }
     }
@@ -307,6 +337,13 @@ impl Metrics {
                 .get_or_create(&labels(&[("phase", phase)]))
                 .set(ms as f64 / 1000.0);
         }
+    }
+
+    /// Counts a history write that failed.
+    pub fn history_failed(&self, op: HistoryOp) {
+        self.history_errors
+            .get_or_create(&labels(&[("op", op.as_str())]))
+            .inc();
     }
 
     /// Counts a request told to back off.

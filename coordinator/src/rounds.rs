@@ -412,6 +412,16 @@ pub struct Coordinator {
     uploads: Arc<tokio::sync::Semaphore>,
     /// Report bodies being received per node credential ([`UPLOADS_PER_NODE`]).
     uploads_by_node: Mutex<std::collections::HashMap<NodeName, usize>>,
+    /// The history's last failed write and how many there were (shown in `/v1/status`,
+    /// `/metrics` and the view, never only logged).
+    history_fault: Mutex<HistoryFault>,
+}
+
+/// The history's health, as [`Coordinator::status_answer`] tells it.
+#[derive(Default)]
+struct HistoryFault {
+    last: Option<(crate::metrics::HistoryOp, String, Instant)>,
+    failures: u64,
 }
 
 /// Report bodies one node's credential may be sending at once: its host agent's and its
@@ -604,6 +614,7 @@ impl Coordinator {
                 settings.limits.max_uploads.max(1),
             )),
             uploads_by_node: Mutex::default(),
+            history_fault: Mutex::default(),
             settings,
         })
     }
@@ -776,6 +787,11 @@ impl Coordinator {
     fn start_locked(self: &Arc<Self>, inner: &mut Inner) -> u64 {
         inner.last_id += 1;
         let id = inner.last_id;
+        // Reserved before anyone learns the number, so that no restart hands it out again.
+        if let Some(h) = &self.history {
+            let reserved = h.reserve_round(id);
+            self.history_wrote(crate::metrics::HistoryOp::Reserve, reserved);
+        }
         inner.planning = Some(id);
         let pod_ips = self.pod_ips(inner);
         let capture = std::mem::take(&mut inner.capture_next);
@@ -784,10 +800,12 @@ impl Coordinator {
             Ok(rt) => {
                 rt.spawn_blocking(move || me.plan_and_start(id, &pod_ips, capture));
             }
-            // The coordinator always runs in a Tokio runtime; a round cannot run without.
+            // The coordinator always runs in a Tokio runtime; a round cannot run without
+            // (and its number is not spent).
             Err(_) => {
                 tracing::error!(round = id, "a round needs a Tokio runtime: not started");
                 inner.planning = None;
+                inner.last_id -= 1;
             }
         }
         id
@@ -1004,9 +1022,8 @@ impl Coordinator {
             let now_ms = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64);
-            if let Err(e) = h.record(&report, now_ms) {
-                tracing::warn!(round = id, error = %e, "round not kept in the history");
-            }
+            let recorded = h.record(&report, now_ms);
+            self.history_wrote(crate::metrics::HistoryOp::Record, recorded);
         }
         self.metrics
             .observe_phases(&report.timings, phase.elapsed().as_millis() as u64);
@@ -1057,6 +1074,32 @@ impl Coordinator {
             .map(|r| r.id)
             .or(inner.planning)
             .or(inner.finishing)
+    }
+
+    /// Notes how a history write went: a failure is logged, counted in `/metrics` and kept
+    /// for `/v1/status` (and so the view's banner); a success clears what is kept.
+    fn history_wrote(
+        &self,
+        op: crate::metrics::HistoryOp,
+        result: Result<(), crate::history::HistoryError>,
+    ) {
+        let mut fault = self
+            .history_fault
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match result {
+            Ok(()) => {
+                if fault.last.as_ref().is_some_and(|(o, _, _)| *o == op) {
+                    fault.last = None;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(op = op.as_str(), error = %e, "history write failed");
+                self.metrics.history_failed(op);
+                fault.failures += 1;
+                fault.last = Some((op, e.to_string(), Instant::now()));
+            }
+        }
     }
 
     /// What a round says about the agents and reports the limits turned away: nobody is
@@ -1486,6 +1529,21 @@ impl Coordinator {
             leader: self.is_leader(),
             topology_fresh: self.topology_fresh(),
             insecure: self.settings.auth.is_insecure(),
+            history_error: {
+                let fault = self
+                    .history_fault
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                fault
+                    .last
+                    .as_ref()
+                    .map(|(op, error, at)| meshprobe_core::api::HistoryFailure {
+                        op: op.as_str().to_owned(),
+                        error: error.clone(),
+                        age_ms: at.elapsed().as_millis() as u64,
+                        failures: fault.failures,
+                    })
+            },
             capture_rounds,
         }
     }

@@ -354,9 +354,27 @@ pub struct StatusAnswer {
     pub topology_fresh: bool,
     /// Whether authentication is off.
     pub insecure: bool,
+    /// Whether the history is being written: `null` while it is, else its last failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history_error: Option<HistoryFailure>,
     /// Rounds whose captured packets are kept (`GET /v1/rounds/{id}/pcap`).
     #[serde(default)]
     pub capture_rounds: Vec<u64>,
+}
+
+/// The history's last failed write (`/v1/status`'s `historyError`), cleared by the next
+/// write that succeeds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HistoryFailure {
+    /// What failed: `record` (a finished round) or `reserve` (round numbers).
+    pub op: String,
+    /// The error, in words (the coordinator's own, never remote text).
+    pub error: String,
+    /// How long ago, in milliseconds.
+    pub age_ms: u64,
+    /// Failed writes since the process started.
+    pub failures: u64,
 }
 
 /// `PUT /v1/baselines/{name}`.

@@ -56,6 +56,7 @@ function renderStatus() {
   if (view.error) add('Cannot reach the coordinator: ' + view.error + '. What is shown is the last state it gave.', 'error');
   if (s && !s.leader) add('This coordinator is the standby replica: it runs no rounds. Open the active one (the Service sends you there).');
   if (s && !s.topologyFresh) add('The Kubernetes API server is unreachable: rounds are planned from the last known topology.');
+  if (s && s.historyError) add('The history is not being written (' + s.historyError.op + ', ' + s.historyError.failures + ' failed writes): ' + s.historyError.error + '. Rounds still run; what they found is not kept across a restart.', 'error');
   if (s && s.insecure) add('Authentication is off (--insecure-no-auth): anyone who reaches the coordinator can forge reports.');
   renderAge();
 }
