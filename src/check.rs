@@ -195,7 +195,10 @@ pub async fn run(args: CheckArgs) -> u8 {
     let client = match CoordinatorClient::with_options(&args.coordinator, &args.client) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("meshprobe check: error: {}", CheckError::from(e));
+            eprintln!(
+                "meshprobe check: error: {}",
+                crate::cli::error_line(CheckError::from(e))
+            );
             return 2;
         }
     };
@@ -204,7 +207,10 @@ pub async fn run(args: CheckArgs) -> u8 {
         Some(name) => match client.baseline(name, args.timeout).await {
             Ok(r) => Some(r),
             Err(e) => {
-                eprintln!("meshprobe check: error: --baseline {name}: {e}");
+                eprintln!(
+                    "meshprobe check: error: --baseline {name}: {}",
+                    crate::cli::error_line(e)
+                );
                 return 2;
             }
         },
@@ -248,7 +254,11 @@ pub async fn run(args: CheckArgs) -> u8 {
             if let Some(path) = &args.junit
                 && let Err(e) = std::fs::write(path, meshprobe_core::junit::to_junit(&report))
             {
-                eprintln!("meshprobe check: error: --junit {}: {e}", path.display());
+                eprintln!(
+                    "meshprobe check: error: --junit {}: {}",
+                    path.display(),
+                    crate::cli::error_line(e)
+                );
                 return 2;
             }
             if let Some(name) = &args.save_baseline {
@@ -258,7 +268,10 @@ pub async fn run(args: CheckArgs) -> u8 {
                 {
                     Ok(s) => eprintln!("baseline {} saved: round {}", s.name, s.round),
                     Err(e) => {
-                        eprintln!("meshprobe check: error: --save-baseline {name}: {e}");
+                        eprintln!(
+                            "meshprobe check: error: --save-baseline {name}: {}",
+                            crate::cli::error_line(e)
+                        );
                         return 2;
                     }
                 }
@@ -278,7 +291,10 @@ pub async fn run(args: CheckArgs) -> u8 {
                         }
                     }
                     Err(e) => {
-                        eprintln!("meshprobe check: error: pcap: {e}");
+                        eprintln!(
+                            "meshprobe check: error: pcap: {}",
+                            crate::cli::error_line(e)
+                        );
                         return 2;
                     }
                 }
@@ -291,7 +307,7 @@ pub async fn run(args: CheckArgs) -> u8 {
             }
         }
         Err(e) => {
-            eprintln!("meshprobe check: error: {e}");
+            eprintln!("meshprobe check: error: {}", crate::cli::error_line(e));
             2
         }
     }

@@ -459,11 +459,14 @@ pub fn main() -> ExitCode {
                 junit,
             })),
             (Err(e), _) => {
-                eprintln!("meshprobe: error: cannot start the runtime: {e}");
+                eprintln!(
+                    "meshprobe: error: cannot start the runtime: {}",
+                    error_line(e)
+                );
                 2
             }
             (_, Err(e)) => {
-                eprintln!("meshprobe: error: {e:#}");
+                eprintln!("meshprobe: error: {}", error_line(format!("{e:#}")));
                 2
             }
         },
@@ -504,12 +507,19 @@ fn print_credential(
     Ok(())
 }
 
+/// An error as one line for stderr: its text may carry what a coordinator or an agent
+/// sent, so control, bidi and format characters are escaped and newlines are written out
+/// (a fake "HEALTHY" line can never appear under an error).
+pub(crate) fn error_line(e: impl std::fmt::Display) -> String {
+    meshprobe_core::text::printable_line(&e.to_string(), 4000)
+}
+
 fn report(r: anyhow::Result<()>) -> u8 {
     match r {
         Ok(()) => 0,
         Err(e) => {
             // `{:#}`: each context, then its cause, on one line.
-            eprintln!("meshprobe: error: {e:#}");
+            eprintln!("meshprobe: error: {}", error_line(format!("{e:#}")));
             2
         }
     }

@@ -35,7 +35,7 @@ pub fn run(nodes: usize, keep: bool) -> u8 {
     match run_inner(nodes, keep) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("meshprobe demo: error: {e}");
+            eprintln!("meshprobe demo: error: {}", crate::cli::error_line(e));
             2
         }
     }

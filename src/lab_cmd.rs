@@ -194,7 +194,7 @@ pub fn run(cmd: LabCommand) -> u8 {
     match run_inner(cmd) {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("meshprobe lab: error: {e}");
+            eprintln!("meshprobe lab: error: {}", crate::cli::error_line(e));
             2
         }
     }

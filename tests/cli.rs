@@ -486,3 +486,48 @@ fn junit_matches(url: &str, token: &std::path::Path, near: &std::path::Path) {
     assert!(names.iter().any(|n| n == "underlay"), "{names:?}");
     assert!(names.iter().any(|n| n == "agent-missing n1"), "{names:?}");
 }
+
+/// Issue 22, row 8: error lines kept a coordinator's raw newlines, so a fake "HEALTHY" line
+/// could appear under an error. A hostile server's error body, with a newline, a bidi
+/// override and an escape sequence, reaches stderr as one escaped line.
+#[test]
+fn a_hostile_error_body_stays_on_one_escaped_line() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let server = std::thread::spawn(move || {
+        // `check` may retry: answer every request the same way, for a few seconds.
+        listener.set_nonblocking(false).expect("blocking");
+        for s in listener.incoming().take(4) {
+            let Ok(mut s) = s else { break };
+            let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(2)));
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let body = "{\"error\": \"boom\\nHEALTHY: 0 failing cells\\u202e\\u001b[2J\"}";
+            let _ = write!(
+                s,
+                "HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    let out = Command::new(BIN)
+        .args([
+            "check",
+            "--coordinator",
+            &format!("http://{addr}"),
+            "--timeout",
+            "3s",
+        ])
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err:?}");
+    assert!(err.contains("boom\\nHEALTHY"), "{err:?}");
+    assert!(
+        !err.contains('\u{202e}') && !err.contains('\u{1b}'),
+        "{err:?}"
+    );
+    drop(server);
+}

@@ -49,8 +49,9 @@ pub const PROBES_OK: &str = "meshprobe_probes_ok";
 pub const NODE_PROBES: &str = "meshprobe_node_probes";
 /// Probes answered, likewise (`meshprobe_node_probes_ok_total`).
 pub const NODE_PROBES_OK: &str = "meshprobe_node_probes_ok";
-/// One series per finding of the last round, by `cause` and `node` (each node it names),
-/// with its `summary` and `fix`: the value is how many rounds in a row it has been made.
+/// One series per finding of the last round, by `cause`, `node` (each node it names) and
+/// `direction`: the value is how many rounds in a row it has been made. No free text: the
+/// summary and fix quote agents' text and stay in the report.
 pub const FINDING: &str = "meshprobe_finding";
 /// Gauge: the last round's wall time per phase (`plan`, `collect`, `build`, `diagnose`,
 /// `record`), in seconds.
@@ -219,9 +220,6 @@ impl Default for Metrics {
     }
 }
 
-/// The longest `summary` or `fix` label value exposed.
-const MAX_LABEL_TEXT: usize = 200;
-
 fn labels(pairs: &[(&str, &str)]) -> Labels {
     pairs
         .iter()
@@ -295,16 +293,16 @@ impl Metrics {
                 .inc();
         }
         self.finding.clear();
+        // Validated identifiers only: a cause id, a node name (checked when it entered),
+        // a direction. A finding's summary and fix quote what agents sent (a rule, a
+        // device name), so they stay in the report, never in a label an alert quotes.
         for f in &r.findings {
-            let summary = meshprobe_core::text::printable_line(&f.summary, MAX_LABEL_TEXT);
-            let fix = meshprobe_core::text::printable_line(&f.fix, MAX_LABEL_TEXT);
             for node in &f.nodes {
                 self.finding
                     .get_or_create(&labels(&[
                         ("cause", f.cause.as_str()),
                         ("node", node.as_str()),
-                        ("summary", &summary),
-                        ("fix", &fix),
+                        ("direction", f.direction.as_str()),
                     ]))
                     .set(i64::from(f.rounds));
             }

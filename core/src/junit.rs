@@ -18,7 +18,10 @@ use crate::matrix::{CellState, CheckReport};
 /// The most failing cells listed in one layer's failure body.
 const MAX_CELLS: usize = 50;
 
-/// `s` escaped for XML text and attributes, without characters XML 1.0 forbids.
+/// `s` escaped for XML text and attributes, without characters XML 1.0 forbids, and with
+/// what would rewrite a terminal or a CI log showing it (a carriage return, C1 controls,
+/// bidirectional and invisible format characters) written out as `\u{..}` text. Tabs and
+/// newlines stay: the failure bodies are lines.
 pub fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
@@ -28,8 +31,11 @@ pub fn escape(s: &str) -> String {
             '>' => out.push_str("&gt;"),
             '"' => out.push_str("&quot;"),
             '\'' => out.push_str("&apos;"),
-            '\t' | '\n' | '\r' => out.push(c),
-            c if (c as u32) < 0x20 || c == '\u{fffe}' || c == '\u{ffff}' => {}
+            '\t' | '\n' => out.push(c),
+            c if (c as u32) < 0x20 && c != '\r' || c == '\u{fffe}' || c == '\u{ffff}' => {}
+            c if c.is_control() || crate::text::is_invisible_format(c) => {
+                out.extend(c.escape_default());
+            }
             c => out.push(c),
         }
     }
@@ -144,5 +150,8 @@ mod tests {
         assert_eq!(escape("a<b>&\"c'"), "a&lt;b&gt;&amp;&quot;c&apos;");
         assert_eq!(escape("x\u{1b}[31my\u{7}"), "x[31my");
         assert_eq!(escape("tab\tnl\n"), "tab\tnl\n");
+        // Issue 22, row 8: raw CR and C1 reached the document; bidi and format too.
+        assert_eq!(escape("a\rb\u{9b}c"), "a\\rb\\u{9b}c");
+        assert_eq!(escape("x\u{202e}y\u{feff}"), "x\\u{202e}y\\u{feff}");
     }
 }

@@ -431,11 +431,20 @@ impl<'a> Cx<'a> {
         } else {
             ""
         };
+        // The chain is named only when it is a plain identifier, the rule only quoted.
+        let chain = |r: &meshprobe_core::evidence::FirewallRule| {
+            if meshprobe_core::evidence::is_plain_word(&r.chain) {
+                r.chain.clone()
+            } else {
+                "FORWARD".to_owned()
+            }
+        };
         match fwd.and_then(|f| f.blocking_rules.first()) {
-            Some(r) if r.rule.starts_with("-A ") => format!(
-                "on {xn}: `iptables -S {}`; delete the rule above the CNI's accepts (`iptables -D {}`){then}, and find what adds it",
-                r.chain,
-                &r.rule[3..]
+            Some(r) if r.delete_command().is_some() => format!(
+                "on {xn}: `iptables -t {} -S {}`; delete the rule above the CNI's accepts (`{}`){then}, and find what adds it",
+                r.table,
+                chain(r),
+                r.delete_command().unwrap_or_default()
             ),
             Some(_) => format!(
                 "on {xn}: the FORWARD policy is DROP and no Kubernetes or CNI chain accepts pod traffic: restart the CNI so it adds its FORWARD accepts, or `iptables -P FORWARD ACCEPT`{then}"
@@ -498,14 +507,16 @@ impl<'a> Cx<'a> {
             .map(|n| n.internal_ip.to_string())
             .unwrap_or_default()
     }
+    /// x's underlay device as its agent named it, for fix commands: only a name Linux could
+    /// give a device (at most 15 bytes, one plain shell word), else a placeholder.
     pub(crate) fn underlay_dev(&self, x: usize) -> String {
         self.evidence(x)
             .and_then(|e| e.overlay.as_ref())
             .and_then(|o| o.underlay.as_ref())
-            .map(|d| d.name.clone())
-            .unwrap_or_else(|| "<underlay interface>".to_owned())
+            .map(|d| d.name.as_str())
+            .filter(|n| n.len() <= 15 && meshprobe_core::evidence::is_plain_word(n))
+            .map_or_else(|| "<underlay interface>".to_owned(), str::to_owned)
     }
-    /// Evidence lines "src -> dst layer: 0/20 ok (timeout)" for up to four cells.
     /// The first `max` of `cells`, each as "src -> column layer: what it got", and how many
     /// more there are.
     pub(crate) fn cite_cells(&self, cells: &[CellKey], max: usize) -> Vec<String> {
@@ -530,6 +541,7 @@ impl<'a> Cx<'a> {
         v
     }
 
+    /// Evidence lines "src -> dst layer: 0/20 ok (timeout)" for up to four cells.
     pub(crate) fn cite(&self, layer: Layer, pairs: &[(usize, usize)]) -> Vec<String> {
         let mut v: Vec<String> = pairs
             .iter()
