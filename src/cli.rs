@@ -36,6 +36,11 @@ pub struct CoordinatorArgs {
     /// answered 503 and closed.
     #[arg(long, env = "MESHPROBE_CONNECTIONS_PER_SOURCE", default_value_t = meshprobe_serve::Limits::for_this_process().per_source)]
     connections_per_source: usize,
+    /// A host name the coordinator answers to (repeat for more), besides IP addresses,
+    /// localhost and in-cluster Service names: requests naming another host get 421, so
+    /// that no other site's page can read it by DNS rebinding.
+    #[arg(long = "allowed-host")]
+    allowed_hosts: Vec<String>,
     /// Run a round this often even when nobody asks (continuous mode).
     #[arg(long, default_value = "30s", value_parser = crate::duration::parse)]
     interval: Duration,
@@ -184,6 +189,18 @@ pub fn read_small(path: &std::path::Path, max: u64) -> anyhow::Result<Vec<u8>> {
 
 /// Reads the cluster secret from `path`.
 pub fn read_secret(path: &std::path::Path) -> anyhow::Result<meshprobe_core::auth::ClusterSecret> {
+    use std::os::unix::fs::PermissionsExt;
+    // Readable by every user: said, not refused (a Kubernetes Secret volume is 0644 unless
+    // its defaultMode says otherwise; deploy/ sets 0440 with the pod's fsGroup).
+    if let Ok(meta) = std::fs::metadata(path)
+        && meta.permissions().mode() & 0o007 != 0
+    {
+        eprintln!(
+            "meshprobe: warning: the cluster secret {} is readable by every user (mode {:o}): `chmod 600` it, or a Secret volume's defaultMode 0440 with the pod's fsGroup",
+            path.display(),
+            meta.permissions().mode() & 0o777
+        );
+    }
     let bytes = read_small(path, meshprobe_core::auth::MAX_SECRET_BYTES as u64 + 64)?;
     meshprobe_core::auth::ClusterSecret::from_bytes(&bytes)
         .with_context(|| format!("cluster secret {}", path.display()))
@@ -654,6 +671,8 @@ fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
         },
     )?;
     settings.history = Some(Arc::new(history));
+    settings.allowed_hosts = args.allowed_hosts.clone();
+    settings.tls = tls.is_some();
     let (insecure, auth_reads) = (args.auth.insecure_no_auth, args.auth.auth_reads);
     // Said after the "listening on" line, which scripts read first.
     let warning = if insecure {

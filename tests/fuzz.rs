@@ -4,8 +4,11 @@
 //! bytes set, inserted and deleted, ranges repeated, inputs spliced and cut.
 //!
 //! The targets: the inventory parser, the report and plan JSON, the DNS answer decoder,
-//! the capture decoder, the iptables-save parser and the `ip -j` parsers. The functions
-//! have libFuzzer's shape (`fn(&[u8])`), so a cargo-fuzz target can call them as they are.
+//! the capture decoder, the iptables-save parser, the `ip -j` parsers, the host agent's
+//! relay (raw bytes on its port, then a good request must still be answered) and the
+//! offline store (bytes as a sequence of inserts and page reads, its bounds checked after
+//! each). The functions have libFuzzer's shape (`fn(&[u8])`), so a cargo-fuzz target can
+//! call them as they are.
 //!
 //! `cargo test --test fuzz` runs 20,000 mutations per target (CI, a few seconds). For longer runs:
 //! `MESHPROBE_FUZZ_SECS=600 cargo test --release --test fuzz -- --nocapture` spends that
@@ -202,5 +205,162 @@ fn ip_json_parsers() {
         let _ = meshprobe_probe::evidence::check_overlay(&exp, &s, &s, &s, Some(&s));
         let _ = meshprobe_probe::evidence::overlay_config(&exp, &s, &s, &s, &s);
         let _ = meshprobe_probe::evidence::cidr_overlaps(&exp, &s, &s);
+    });
+}
+
+/// The relay as the host agent serves it, in front of a coordinator that answers every
+/// poll "no round" and every report 202: raw bytes from a client on its port (a request
+/// line, headers, a body, chunks, garbage, cut anywhere) must never take it down; after
+/// each batch a good poll is still answered.
+#[test]
+fn relay_request_handling() {
+    use std::io::{Read, Write};
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let (relay, upstream) = rt.block_on(async {
+        let up = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let upstream = up.local_addr().expect("addr");
+        let app = axum::Router::new()
+            .route(
+                meshprobe_core::api::NEXT_PATTERN,
+                axum::routing::get(|| async { axum::http::StatusCode::NO_CONTENT }),
+            )
+            .route(
+                meshprobe_core::api::REPORTS,
+                axum::routing::post(|| async { axum::http::StatusCode::ACCEPTED }),
+            )
+            .route(
+                meshprobe_core::api::REPORTS_OFFLINE,
+                axum::routing::post(|| async { axum::http::StatusCode::ACCEPTED }),
+            );
+        tokio::spawn(async move { axum::serve(up, app).await });
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let relay = tcp.local_addr().expect("addr");
+        let admission = meshprobe_probe::relay::Admission::default();
+        admission.set(Some(PodCidr::parse("127.0.0.0/30").expect("range")));
+        let limits = meshprobe_serve::Limits {
+            per_source: 0,
+            first_bytes: Duration::from_secs(2),
+            head: Duration::from_secs(2),
+            ..meshprobe_serve::Limits::relay()
+        };
+        tokio::spawn(meshprobe_probe::relay::serve_with(
+            tcp,
+            format!("http://{upstream}"),
+            meshprobe_probe::client::ClientOptions::default(),
+            admission,
+            limits,
+        ));
+        (relay, upstream)
+    });
+    let good = |relay: std::net::SocketAddr| {
+        let mut s = std::net::TcpStream::connect(relay).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        s.write_all(b"GET /v1/agents/n1/pod/next?after=0&epoch=0&wait=1 HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .expect("write");
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer);
+        String::from_utf8_lossy(&answer).into_owned()
+    };
+    assert!(
+        good(relay).starts_with("HTTP/1.1 204"),
+        "upstream {upstream}"
+    );
+    let n = std::cell::Cell::new(0u64);
+    let check_every = 200;
+    // Fewer inputs than the in-process targets: each is a connection.
+    let seeds = corpus("relay");
+    for s in &seeds {
+        let mut c = std::net::TcpStream::connect(relay).expect("connect");
+        let _ = c.write_all(s);
+    }
+    let mut rng = fastrand::Rng::with_seed(0x7265_6c61);
+    for _ in 0..2_000 {
+        let input = mutate(&mut rng, &seeds);
+        let mut c = std::net::TcpStream::connect(relay).expect("connect");
+        let _ = c.write_all(&input);
+        let _ = c.shutdown(std::net::Shutdown::Write);
+        n.set(n.get() + 1);
+        if n.get().is_multiple_of(check_every) {
+            let answer = good(relay);
+            assert!(
+                answer.starts_with("HTTP/1.1 204"),
+                "after {} inputs: {answer:?}",
+                n.get()
+            );
+        }
+    }
+    eprintln!("fuzz relay: {} connections", n.get());
+    drop(rt);
+}
+
+/// The offline store: each input is a sequence of operations (a report from one of 16
+/// agents, of some size, round and time; or a page read), and after each the store keeps
+/// its bounds and a walk over its pages sees every report once.
+#[test]
+fn offline_store() {
+    use meshprobe_coordinator::offline::{self, OfflineStore};
+    let seeds = vec![
+        (0u8..=255).collect::<Vec<u8>>(),
+        vec![7; 64],
+        b"\x01\x02\x03\x04\xff\xfe\x80\x00".repeat(16),
+    ];
+    let report = |agent: u8, round: u64, at: u64| AgentReport {
+        round,
+        node: NodeName::new(format!("n{}", agent % 16)).expect("name"),
+        kind: if agent & 0x10 == 0 {
+            AgentKind::Host
+        } else {
+            AgentKind::Pod
+        },
+        results: vec![],
+        warnings: vec![],
+        evidence: None,
+        capture: None,
+        packets: vec![],
+        offline_at_ms: Some(at),
+    };
+    fuzz("offline-store", seeds, |d| {
+        let mut s = OfflineStore::default();
+        for op in d.chunks(4).take(24) {
+            let &[a, b, c, e] = op else { break };
+            if a & 0xe0 == 0xe0 {
+                let (page, next) = s.page(u64::from(b), usize::from(c));
+                assert!(page.len() <= offline::PAGE_MAX);
+                assert!(next.is_none() || !page.is_empty());
+                continue;
+            }
+            let r = report(a, u64::from(b % 8), u64::from(c % 4));
+            let mut json = serde_json::to_vec(&r).expect("json");
+            // Mostly small; one in 32 up to 1.6 MB, so that the byte bounds are met too.
+            let pad = if e >= 0xf8 {
+                usize::from(e - 0xf7) * 200_000
+            } else {
+                usize::from(e) * 40
+            };
+            json.resize(json.len() + pad, b' ');
+            let _ = s.insert(&r, json);
+            assert!(s.len() <= offline::KEPT);
+            assert!(s.bytes() <= offline::BYTES);
+            for agent in 0..32u8 {
+                let r = report(agent, 0, 0);
+                assert!(s.count_of(&r.node, r.kind) <= offline::PER_AGENT);
+            }
+        }
+        let mut seen = 0;
+        let mut cursor = 0;
+        loop {
+            let (page, next) = s.page(cursor, offline::PAGE_MAX);
+            seen += page.len();
+            match next {
+                Some(n) => cursor = n,
+                None => break,
+            }
+        }
+        assert_eq!(seen, s.len());
     });
 }

@@ -73,12 +73,21 @@ pub fn router(state: Arc<Coordinator>) -> Router {
             crate::auth::layer,
         ))
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            crate::guard::layer,
+        ))
         .with_state(state)
 }
 
 /// The 403 for a caller acting for a node its credential is not for.
 fn not_for(caller: &Caller, node: &NodeName) -> Response {
     error(StatusCode::FORBIDDEN, caller.not_for(node))
+}
+
+/// The API's error answer: `status` with `{"error": message}`.
+pub fn json_error(status: StatusCode, message: impl Into<String>) -> Response {
+    error(status, message)
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -147,16 +156,27 @@ async fn next(
         Err(e) => return overloaded(&e),
     };
     let (node, kind) = key;
-    // A pod IP becomes every other node's pod-to-pod target: only one inside the node's
-    // own pod CIDR is taken.
+    // A pod IP becomes every other node's pod-to-pod target: only a pod's address inside
+    // the node's own pod CIDR is taken (not its network, broadcast or gateway address,
+    // which would make everyone probe the node itself).
     if let Some(ip) = poll.pod_ip
-        && let Some(cidr) = c.topology().node(&node).map(|n| n.pod_cidr)
-        && !cidr.contains(ip)
+        && let Some((cidr, gateway)) = c.topology().node(&node).map(|n| (n.pod_cidr, n.gateway))
     {
-        return error(
-            StatusCode::BAD_REQUEST,
-            format!("podIP {ip} is not inside {node}'s pod CIDR {cidr}"),
-        );
+        let why = if !cidr.contains(ip) {
+            Some("is not inside")
+        } else if ip == cidr.net().network() || ip == cidr.net().broadcast() {
+            Some("is the network or broadcast address of")
+        } else if ip == gateway {
+            Some("is the pod gateway of")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("podIP {ip} {why} {node}'s pod CIDR {cidr}"),
+            );
+        }
     }
     let wait = Duration::from_secs(poll.wait.unwrap_or(25)).min(MAX_WAIT);
     match poll.heartbeat_ms {
@@ -356,6 +376,7 @@ fn offline_page_default() -> usize {
 
 async fn trigger(
     State(c): State<Arc<Coordinator>>,
+    caller: Option<axum::Extension<Caller>>,
     peer: Option<axum::Extension<axum::extract::ConnectInfo<meshprobe_serve::PeerAddr>>>,
     body: axum::body::Bytes,
 ) -> Response {
@@ -370,9 +391,20 @@ async fn trigger(
             Err(e) => return error(StatusCode::BAD_REQUEST, format!("round request: {e}")),
         }
     };
-    // Without the peer's address (a router served without connect info), all clients
-    // share one budget.
-    let client = peer.map_or(std::net::IpAddr::from([0, 0, 0, 0]), |p| p.0.0.0.ip());
+    // A credential's own budget; without one, the address's (without the peer's address,
+    // a router served without connect info, all such clients share one budget).
+    let client = match caller.map(|c| c.0) {
+        Some(Caller::Operator(name)) => {
+            crate::rounds::RoundClient::Credential(format!("operator {name}"))
+        }
+        Some(Caller::Node(n)) => crate::rounds::RoundClient::Credential(format!("node {n}")),
+        Some(Caller::Cluster) => {
+            crate::rounds::RoundClient::Credential("the cluster secret".to_owned())
+        }
+        _ => crate::rounds::RoundClient::Address(
+            peer.map_or(std::net::IpAddr::from([0, 0, 0, 0]), |p| p.0.0.0.ip()),
+        ),
+    };
     match c.trigger_for(client, req.capture) {
         Ok(round) => (StatusCode::ACCEPTED, Json(RoundStarted { round })).into_response(),
         Err(e) => {
@@ -604,7 +636,16 @@ async fn with_history<T: Send + 'static>(
     };
     match tokio::task::spawn_blocking(move || f(&h)).await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+        Ok(Err(e)) => {
+            use crate::history::HistoryError as E;
+            let status = match &e {
+                E::TooManyBaselines => StatusCode::CONFLICT,
+                E::BaselineOwned { .. } => StatusCode::FORBIDDEN,
+                E::NoRound(_) => StatusCode::NOT_FOUND,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            Err(error(status, e.to_string()))
+        }
         Err(e) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
     }
 }
@@ -663,9 +704,14 @@ async fn baseline(State(c): State<Arc<Coordinator>>, Path(name): Path<String>) -
 
 async fn save_baseline(
     State(c): State<Arc<Coordinator>>,
+    caller: Option<axum::Extension<Caller>>,
     Path(name): Path<String>,
     body: axum::body::Bytes,
 ) -> Response {
+    let owner = match caller.map(|c| c.0) {
+        Some(Caller::Operator(name)) => Some(name),
+        _ => None,
+    };
     if let Some(r) = bad_baseline_name(&name) {
         return r;
     }
@@ -708,7 +754,11 @@ async fn save_baseline(
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
     let n = name.clone();
-    match with_history(&c, move |h| h.save_baseline(&n, &report, now_ms)).await {
+    match with_history(&c, move |h| {
+        h.save_baseline(&n, &report, now_ms, owner.as_deref())
+    })
+    .await
+    {
         Ok(()) => Json(BaselineSaved { name, round }).into_response(),
         Err(r) => r,
     }

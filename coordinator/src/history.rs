@@ -110,6 +110,14 @@ pub enum HistoryError {
     /// Too many baselines.
     #[error("{MAX_BASELINES} baselines are kept at most; overwrite one")]
     TooManyBaselines,
+    /// Another operator saved this baseline.
+    #[error("baseline {name} is operator {owner}'s: save yours under another name")]
+    BaselineOwned {
+        /// The baseline.
+        name: String,
+        /// Who saved it.
+        owner: String,
+    },
 }
 
 /// The store.
@@ -207,6 +215,10 @@ CREATE TABLE IF NOT EXISTS baselines (
     round INTEGER NOT NULL,
     saved_ms INTEGER NOT NULL,
     report TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS baseline_owners (
+    name TEXT PRIMARY KEY,
+    owner TEXT NOT NULL
 );
 ";
 
@@ -430,11 +442,15 @@ impl History {
     }
 
     /// Saves `report` as baseline `name` (replacing one of that name).
+    /// Saves `report` as baseline `name`, for operator `owner` (`None`: the cluster secret,
+    /// which may overwrite anyone's). A baseline an operator saved is theirs: another
+    /// operator cannot overwrite it.
     pub fn save_baseline(
         &self,
         name: &str,
         report: &CheckReport,
         at_ms: u64,
+        owner: Option<&str>,
     ) -> Result<(), HistoryError> {
         let report = kept_form(report);
         let json = serde_json::to_string(&*report).map_err(|source| HistoryError::Corrupt {
@@ -452,11 +468,34 @@ impl History {
         if !exists && count as usize >= MAX_BASELINES {
             return Err(HistoryError::TooManyBaselines);
         }
+        let held: Option<String> = conn
+            .query_row(
+                "SELECT owner FROM baseline_owners WHERE name = ?1",
+                [name],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.db(e))?;
+        if let (Some(held), Some(me)) = (&held, owner)
+            && held != me
+        {
+            return Err(HistoryError::BaselineOwned {
+                name: name.to_owned(),
+                owner: held.clone(),
+            });
+        }
         conn.execute(
             "INSERT OR REPLACE INTO baselines (name, round, saved_ms, report) VALUES (?1, ?2, ?3, ?4)",
             params![name, report.round as i64, at_ms as i64, json],
         )
         .map_err(|e| self.db(e))?;
+        if let (None, Some(me)) = (&held, owner) {
+            conn.execute(
+                "INSERT OR REPLACE INTO baseline_owners (name, owner) VALUES (?1, ?2)",
+                params![name, me],
+            )
+            .map_err(|e| self.db(e))?;
+        }
         Ok(())
     }
 
@@ -672,7 +711,7 @@ mod tests {
             ] {
                 h.record(&report(round, f), 1_000 * round).expect("record");
             }
-            h.save_baseline("before", &report(1, None), 10)
+            h.save_baseline("before", &report(1, None), 10, None)
                 .expect("baseline");
         }
         let h = History::open(Some(&dir), Retention::default()).expect("reopen");
@@ -733,15 +772,37 @@ mod tests {
     fn baselines_are_bounded() {
         let h = History::open(None, Retention::default()).expect("open");
         for i in 0..MAX_BASELINES {
-            h.save_baseline(&format!("b{i}"), &report(1, None), 1)
+            h.save_baseline(&format!("b{i}"), &report(1, None), 1, None)
                 .expect("save");
         }
         assert!(matches!(
-            h.save_baseline("one-more", &report(1, None), 1),
+            h.save_baseline("one-more", &report(1, None), 1, None),
             Err(HistoryError::TooManyBaselines)
         ));
-        h.save_baseline("b0", &report(2, None), 1)
+        h.save_baseline("b0", &report(2, None), 1, None)
             .expect("overwriting is fine");
         assert_eq!(h.baseline("b0").expect("q").map(|r| r.round), Some(2));
+    }
+
+    /// Issue 22, row 10: any operator could overwrite another's baseline.
+    #[test]
+    fn an_operators_baseline_is_theirs() {
+        let h = History::open(None, Retention::default()).expect("open");
+        h.save_baseline("before", &report(1, None), 1, Some("alice"))
+            .expect("save");
+        h.save_baseline("before", &report(2, None), 2, Some("alice"))
+            .expect("its owner overwrites it");
+        assert!(matches!(
+            h.save_baseline("before", &report(3, None), 3, Some("bob")),
+            Err(HistoryError::BaselineOwned { ref owner, .. }) if owner == "alice"
+        ));
+        assert_eq!(h.baseline("before").expect("q").map(|r| r.round), Some(2));
+        // The cluster secret may overwrite anyone's; the owner stays.
+        h.save_baseline("before", &report(4, None), 4, None)
+            .expect("the cluster secret");
+        assert!(
+            h.save_baseline("before", &report(5, None), 5, Some("bob"))
+                .is_err()
+        );
     }
 }

@@ -12,6 +12,7 @@
 pub mod api;
 pub mod auth;
 pub mod discovery;
+pub mod guard;
 pub mod history;
 pub mod kube_auth;
 pub mod kube_source;

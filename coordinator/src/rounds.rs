@@ -58,6 +58,12 @@ pub struct Settings {
     /// 4,000,000: 32 rounds at 100 nodes, 3 at 5,000); older ones are read from the
     /// history.
     pub keep_cells: usize,
+    /// Host names the coordinator answers to besides IP addresses, `localhost` and
+    /// in-cluster Service names (`--allowed-host`): a request naming another host is
+    /// refused, so that a page on another site cannot read the API by DNS rebinding.
+    pub allowed_hosts: Vec<String>,
+    /// Whether it serves TLS (its answers then carry `Strict-Transport-Security`).
+    pub tls: bool,
 }
 
 /// What the coordinator takes on at once from agents, and how it says no: a request past
@@ -135,12 +141,32 @@ impl Default for RoundLimit {
 /// Clients whose round budget is tracked; past this, the longest-idle is forgotten.
 const TRACKED_CLIENTS: usize = 4096;
 
+/// Whose budget a round request spends: its credential's when it presented one (so that
+/// many operators behind one NAT do not share a budget, and one credential cannot spend
+/// from many addresses), else its address's.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum RoundClient {
+    /// An authenticated caller, by who it is (`operator NAME`, `node NAME`, `cluster`).
+    Credential(String),
+    /// No credential (authentication off): the source address.
+    Address(std::net::IpAddr),
+}
+
+impl std::fmt::Display for RoundClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RoundClient::Credential(who) => f.write_str(who),
+            RoundClient::Address(ip) => write!(f, "{ip}"),
+        }
+    }
+}
+
 /// A client asked for more rounds than its budget allows.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("too many rounds from {client}: try again in {retry_after_s} s")]
 pub struct RateLimited {
     /// The client.
-    pub client: std::net::IpAddr,
+    pub client: RoundClient,
     /// When a round may be started again.
     pub retry_after_s: u64,
 }
@@ -166,6 +192,8 @@ impl Default for Settings {
             signals: None,
             limits: AgentLimits::default(),
             keep_cells: 4_000_000,
+            allowed_hosts: Vec::new(),
+            tls: false,
         }
     }
 }
@@ -213,7 +241,7 @@ struct Inner {
     /// A round whose plans are being made (it starts when they are).
     planning: Option<u64>,
     /// Each client's round budget: (tokens, when last counted).
-    budgets: std::collections::HashMap<std::net::IpAddr, (f64, Instant)>,
+    budgets: std::collections::HashMap<RoundClient, (f64, Instant)>,
     done: VecDeque<Arc<CheckReport>>,
     /// Finding keys of recent rounds, oldest first: how long each finding has persisted.
     history: VecDeque<Vec<meshprobe_core::matrix::FindingKey>>,
@@ -715,7 +743,7 @@ impl Coordinator {
     /// queued is free (a burst coalesces into one round).
     pub fn trigger_for(
         self: &Arc<Self>,
-        client: std::net::IpAddr,
+        client: RoundClient,
         capture: bool,
     ) -> Result<u64, RateLimited> {
         {
@@ -733,14 +761,14 @@ impl Coordinator {
                     .budgets
                     .iter()
                     .min_by_key(|(_, (_, at))| *at)
-                    .map(|(ip, _)| *ip);
+                    .map(|(who, _)| who.clone());
                 if let Some(ip) = oldest {
                     inner.budgets.remove(&ip);
                 }
             }
             let (tokens, at) = inner
                 .budgets
-                .entry(client)
+                .entry(client.clone())
                 .or_insert((f64::from(limit.burst), now));
             let per = limit.per_round.as_secs_f64().max(1e-3);
             *tokens =

@@ -1441,3 +1441,130 @@ async fn every_round_number_handed_out_is_a_round_that_ran() {
         assert_eq!(r.status(), 200, "round {id} of {ids:?}");
     }
 }
+
+/// Issue 22, row 10: the smaller ones. A pod IP that is the pod range's network, broadcast
+/// or gateway address is refused; a rebound Host is refused; a write from another site's
+/// page is refused; an over-limit body's 413 is JSON; the 101st baseline is 409; another
+/// operator cannot overwrite a baseline; rounds are budgeted per credential.
+#[tokio::test]
+async fn the_smaller_holes_are_closed() {
+    use meshprobe_core::auth::{ClusterSecret, Subject};
+    let secret = ClusterSecret::from_bytes(b"api-test-secret-0123456789").expect("secret");
+    let (base, c) = start_with(meshprobe_coordinator::auth::Auth::required(
+        Some(secret.clone()),
+        None,
+    ))
+    .await;
+    let http = reqwest::Client::new();
+    let n1 = secret.credential(&Subject::Node("n1".parse().expect("name")));
+    for ip in ["10.42.1.0", "10.42.1.255", "10.42.1.1"] {
+        let r = http
+            .get(format!(
+                "{base}/v1/agents/n1/pod/next?after=0&epoch=0&wait=0&podIP={ip}"
+            ))
+            .bearer_auth(&n1)
+            .send()
+            .await
+            .expect("poll");
+        assert_eq!(r.status(), 400, "{ip}");
+    }
+    let alice = secret.credential(&Subject::operator("alice").expect("operator"));
+    let bob = secret.credential(&Subject::operator("bob").expect("operator"));
+    // DNS rebinding: the browser sends the attacker's name as the Host.
+    let r = http
+        .get(format!("{base}/v1/agents"))
+        .header("host", "evil.example.com")
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 421);
+    let r = http
+        .post(format!("{base}/v1/rounds"))
+        .header("origin", "https://evil.example.com")
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 403);
+    // A body past the limit: JSON like every other error.
+    let r = http
+        .post(format!("{base}/v1/rounds"))
+        .bearer_auth(&alice)
+        .body(vec![b' '; 9 << 20])
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 413);
+    assert_eq!(
+        r.headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
+        Some("application/json")
+    );
+    let e: meshprobe_core::api::ApiError = r.json().await.expect("a JSON error");
+    assert!(!e.error.is_empty());
+    // The 101st baseline is a conflict, not a server error; a baseline is its operator's.
+    // A finished round to save (past silent_after, nobody is waited for).
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let id = c.trigger();
+    let _ = c.wait_for(id, Duration::from_secs(10)).await;
+    for i in 0..meshprobe_coordinator::history::MAX_BASELINES {
+        let r = http
+            .put(format!("{base}/v1/baselines/b{i}"))
+            .bearer_auth(&alice)
+            .send()
+            .await
+            .expect("put");
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+    }
+    let r = http
+        .put(format!("{base}/v1/baselines/one-more"))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(r.status(), 409);
+    let r = http
+        .put(format!("{base}/v1/baselines/b0"))
+        .bearer_auth(&bob)
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(r.status(), 403, "{}", r.text().await.unwrap_or_default());
+}
+
+/// Issue 22, row 10: the round budget is per credential (`core/src/auth.rs` said so, the
+/// coordinator kept it per address): two operators behind one address have one each.
+#[tokio::test]
+async fn round_budgets_are_per_credential() {
+    use meshprobe_coordinator::rounds::{RoundClient, RoundLimit};
+    let topo = Topology::from_inventory(INVENTORY).expect("valid inventory");
+    let settings = Settings {
+        silent_after: Duration::from_millis(50),
+        round_limit: RoundLimit {
+            burst: 2,
+            per_round: Duration::from_secs(60),
+        },
+        ..Settings::default()
+    };
+    let c = Coordinator::new(Box::new(StaticTopology::new(topo)), settings);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let alice = RoundClient::Credential("operator alice".to_owned());
+    let bob = RoundClient::Credential("operator bob".to_owned());
+    let mut refused = None;
+    for _ in 0..20 {
+        match c.trigger_for(alice.clone(), false) {
+            Ok(id) => {
+                let _ = c.wait_for(id, Duration::from_secs(5)).await;
+            }
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        }
+    }
+    let e = refused.expect("alice runs out of rounds");
+    assert_eq!(e.client, alice);
+    assert!(c.trigger_for(bob, false).is_ok(), "bob has his own budget");
+}
