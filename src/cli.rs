@@ -261,7 +261,7 @@ pub struct RoundFlags {
     max_reports: u64,
     /// Report bodies received at once (each node's credential at most 2 of them); the
     /// others wait their turn up to 5 s, then are told to come back in a second.
-    #[arg(long, env = "MESHPROBE_MAX_UPLOADS", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    #[arg(long, env = "MESHPROBE_MAX_UPLOADS", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     max_uploads: u64,
     /// The largest report body accepted, in KiB (larger gets 413).
     #[arg(long, env = "MESHPROBE_MAX_REPORT_KIB", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(16..=65_536))]

@@ -24,8 +24,8 @@ pub enum BodyError {
         /// Bytes that had arrived.
         got: u64,
     },
-    /// The client's source address has too many body bytes in flight.
-    #[error("more than {cap} body bytes in flight from this client's address")]
+    /// The client's source address, or all clients, have too many body bytes in flight.
+    #[error("more than {cap} body bytes in flight from this client's address, or from all clients")]
     OverBudget {
         /// The budget.
         cap: u64,

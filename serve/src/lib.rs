@@ -11,6 +11,7 @@
 //! | head buffer | [`Limits::head_bytes`] | 400 KB held per unfinished head |
 //! | body rate, after a grace | [`Limits::body_min_rate`], [`Limits::body_grace`] | a body dripped a byte at a time |
 //! | body bytes in flight per source | [`Limits::body_bytes_per_source`] | many slow uploads from one client |
+//! | body bytes in flight in all | [`Limits::body_bytes_total`] | many clients' uploads passing the memory limit |
 //! | quiet time (no read, no write) | [`Limits::idle`] | a client that stops reading its answer |
 //! | graceful shutdown | [`Limits::shutdown_grace`] | a slow client holding SIGTERM |
 //!
@@ -59,6 +60,8 @@ pub struct Limits {
     pub body_grace: Duration,
     /// Body bytes one source address may have in flight at once (0: no cap).
     pub body_bytes_per_source: u64,
+    /// Body bytes all clients together may have in flight at once (0: no cap).
+    pub body_bytes_total: u64,
     /// Time open connections get to finish after shutdown begins; then they are closed.
     pub shutdown_grace: Duration,
 }
@@ -74,7 +77,8 @@ impl Limits {
     /// The coordinator's defaults: as many connections as the file-descriptor limit leaves
     /// room for (at most 65,536), 64 per source address, 10 s to the first byte and to a
     /// whole head, 64 KiB heads, 90 s quiet (beyond the API's longest wait of 60 s), bodies
-    /// at 32 KiB/s after 10 s, 32 MiB of bodies in flight per source, 10 s to shut down.
+    /// at 32 KiB/s after 10 s, 32 MiB of bodies in flight per source and 128 MiB in all
+    /// (within the deployed 512 Mi), 10 s to shut down.
     pub fn for_this_process() -> Self {
         let fds = rustix::process::getrlimit(rustix::process::Resource::Nofile)
             .current
@@ -89,19 +93,21 @@ impl Limits {
             body_min_rate: 32 << 10,
             body_grace: Duration::from_secs(10),
             body_bytes_per_source: 32 << 20,
+            body_bytes_total: 128 << 20,
             shutdown_grace: Duration::from_secs(10),
         }
     }
 
     /// The relay's: one pod agent is its only client, so few connections (16, 8 per
-    /// source), 16 KiB heads and 16 MiB of bodies in flight (two reports); the same
-    /// deadlines as the coordinator's.
+    /// source), 16 KiB heads and 16 MiB of bodies in flight (two reports; within the
+    /// agent's deployed 64 Mi); the same deadlines as the coordinator's.
     pub fn relay() -> Self {
         Self {
             max_connections: 16,
             per_source: 8,
             head_bytes: 16 << 10,
             body_bytes_per_source: 16 << 20,
+            body_bytes_total: 16 << 20,
             ..Self::for_this_process()
         }
     }

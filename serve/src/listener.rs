@@ -43,13 +43,20 @@ struct Use {
     body_bytes: u64,
 }
 
-/// Every source address's [`Use`], shared by the listener and its connections.
+/// Every source address's [`Use`], and the body bytes in flight from all of them, shared
+/// by the listener and its connections.
 #[derive(Clone, Default)]
-struct Sources(Arc<Mutex<HashMap<IpAddr, Use>>>);
+struct Sources(Arc<Mutex<(HashMap<IpAddr, Use>, u64)>>);
 
 impl Sources {
     fn with<R>(&self, f: impl FnOnce(&mut HashMap<IpAddr, Use>) -> R) -> R {
-        f(&mut self.0.lock().unwrap_or_else(PoisonError::into_inner))
+        f(&mut self.0.lock().unwrap_or_else(PoisonError::into_inner).0)
+    }
+
+    fn with_all<R>(&self, f: impl FnOnce(&mut HashMap<IpAddr, Use>, &mut u64) -> R) -> R {
+        let mut g = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let (m, total) = &mut *g;
+        f(m, total)
     }
 
     /// A connection slot for `ip`, unless it holds `cap` already (0: no cap).
@@ -93,23 +100,29 @@ impl Drop for SourceSlot {
     }
 }
 
-/// The body bytes a connection's source may still have in flight.
+/// The body bytes a connection's source, and all clients together, may still have in
+/// flight.
 #[derive(Clone)]
 pub struct BodyBudget {
     sources: Sources,
     ip: IpAddr,
     cap: u64,
+    total_cap: u64,
 }
 
 impl BodyBudget {
-    /// Counts `n` more bytes in flight; false (and nothing counted) past the cap.
+    /// Counts `n` more bytes in flight; false (and nothing counted) past either cap.
     pub fn charge(&self, n: u64) -> bool {
-        self.sources.with(|m| {
+        self.sources.with_all(|m, total| {
+            if self.total_cap > 0 && *total + n > self.total_cap {
+                return false;
+            }
             let u = m.entry(self.ip).or_default();
             if self.cap > 0 && u.body_bytes + n > self.cap {
                 return false;
             }
             u.body_bytes += n;
+            *total += n;
             true
         })
     }
@@ -119,7 +132,8 @@ impl BodyBudget {
         if n == 0 {
             return;
         }
-        self.sources.with(|m| {
+        self.sources.with_all(|m, total| {
+            *total = total.saturating_sub(n);
             if let Some(u) = m.get_mut(&self.ip) {
                 u.body_bytes = u.body_bytes.saturating_sub(n);
             }
@@ -213,6 +227,7 @@ impl BoundedListener {
                         sources: self.sources.clone(),
                         ip: addr.ip(),
                         cap: self.limits.body_bytes_per_source,
+                        total_cap: self.limits.body_bytes_total,
                     };
                     return (Bounded::new(io, permit, slot, budget, self.limits), addr);
                 }

@@ -44,6 +44,7 @@ fn limits() -> Limits {
         body_min_rate: 2_000,
         body_grace: Duration::from_secs(1),
         body_bytes_per_source: 0,
+        body_bytes_total: 0,
         shutdown_grace: Duration::from_secs(1),
     }
 }
@@ -224,31 +225,56 @@ async fn one_address_cannot_hold_more_than_its_body_budget() {
         ..limits()
     })
     .await;
-    let mut first = connect_from([127, 0, 0, 1], addr).await;
-    first
-        .write_all(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 2000000\r\n\r\n")
-        .await
-        .expect("write");
-    first.write_all(&vec![b'a'; 900_000]).await.expect("write");
+    let first = post_partly([127, 0, 0, 1], addr, 2_000_000, 900_000).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut second = connect_from([127, 0, 0, 1], addr).await;
-    second
-        .write_all(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 500000\r\n\r\n")
-        .await
-        .expect("write");
-    let _ = second.write_all(&vec![b'a'; 500_000]).await;
+    let mut second = post_partly([127, 0, 0, 1], addr, 500_000, 500_000).await;
     let (answer, _) = read_to_close(&mut second, Duration::from_secs(3)).await;
     assert!(answer.starts_with("HTTP/1.1 4"), "{answer:?}");
-    let mut other = connect_from([127, 0, 0, 2], addr).await;
-    other
-        .write_all(b"POST /echo HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: 500000\r\n\r\n")
-        .await
-        .expect("write");
-    other.write_all(&vec![b'a'; 500_000]).await.expect("write");
+    let mut other = post_partly([127, 0, 0, 2], addr, 500_000, 500_000).await;
     let (answer, _) = read_to_close(&mut other, Duration::from_secs(3)).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
     assert!(answer.ends_with("500000"), "{answer:?}");
     drop(first);
+}
+
+/// Many addresses' uploads together are capped too: with 1 MiB in all, a second address's
+/// upload is refused while a first holds 900 KB, and served once the first is gone.
+#[tokio::test]
+async fn all_addresses_together_cannot_pass_the_total_body_budget() {
+    let addr = start(Limits {
+        body_bytes_total: 1 << 20,
+        body_min_rate: 0,
+        ..limits()
+    })
+    .await;
+    let first = post_partly([127, 0, 0, 1], addr, 2_000_000, 900_000).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut second = post_partly([127, 0, 0, 2], addr, 500_000, 500_000).await;
+    let (answer, _) = read_to_close(&mut second, Duration::from_secs(3)).await;
+    assert!(answer.starts_with("HTTP/1.1 4"), "{answer:?}");
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut third = post_partly([127, 0, 0, 3], addr, 500_000, 500_000).await;
+    let (answer, _) = read_to_close(&mut third, Duration::from_secs(3)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+}
+
+/// A POST /echo from `source` announcing `length` bytes and sending `send` of them.
+async fn post_partly(source: [u8; 4], addr: SocketAddr, length: usize, send: usize) -> TcpStream {
+    let mut s = connect_from(source, addr).await;
+    let close = if send == length {
+        "connection: close\r\n"
+    } else {
+        ""
+    };
+    s.write_all(
+        format!("POST /echo HTTP/1.1\r\nhost: x\r\n{close}content-length: {length}\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .expect("write");
+    let _ = s.write_all(&vec![b'a'; send]).await;
+    s
 }
 
 /// Row 2: with a slow request open, shutdown ends at its grace (the audit: still running
