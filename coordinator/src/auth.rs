@@ -265,7 +265,8 @@ fn access(method: &Method, path: &str) -> Access {
     let agent_poll = path.starts_with("/v1/agents/") && path.ends_with("/next");
     let agent_write = path == wire::REPORTS || path == wire::REPORTS_OFFLINE;
     match *method {
-        Method::GET if agent_poll => Access::Agent,
+        // HEAD is GET without the body: the same credential, so the same 401 without one.
+        Method::GET | Method::HEAD if agent_poll => Access::Agent,
         // Raw agent reports, however reads are set: operators only.
         Method::GET | Method::HEAD if path == wire::REPORTS_OFFLINE => Access::Operate,
         Method::GET | Method::HEAD => Access::Read,
@@ -330,6 +331,11 @@ mod tests {
         assert_eq!(
             access(&Method::GET, "/v1/agents/n1/host/next"),
             Access::Agent
+        );
+        assert_eq!(
+            access(&Method::HEAD, "/v1/agents/n1/host/next"),
+            Access::Agent,
+            "issue 22, row 10: HEAD without a token got 403, not 401"
         );
         assert_eq!(access(&Method::POST, "/v1/reports"), Access::Agent);
         assert_eq!(access(&Method::POST, "/v1/reports/offline"), Access::Agent);

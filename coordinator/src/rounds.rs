@@ -209,6 +209,9 @@ struct Seen {
     polling: u32,
     /// A host agent's relay port, as it advertised it.
     relay_port: Option<u16>,
+    /// The newest open poll's wake-up: a new poll for the same agent ends the one before
+    /// (one open poll per node and kind, whoever holds the credential).
+    newest_poll: Option<Arc<Notify>>,
 }
 
 struct Running {
@@ -265,6 +268,8 @@ struct Inner {
 struct PollGuard<'a> {
     c: &'a Coordinator,
     key: Key,
+    /// Woken when a newer poll for the same agent arrives.
+    superseded: Arc<Notify>,
 }
 
 impl Drop for PollGuard<'_> {
@@ -272,6 +277,12 @@ impl Drop for PollGuard<'_> {
         if let Some(s) = self.c.lock().agents.get_mut(&self.key) {
             s.polling = s.polling.saturating_sub(1);
             s.at = Instant::now();
+            if s.newest_poll
+                .as_ref()
+                .is_some_and(|n| Arc::ptr_eq(n, &self.superseded))
+            {
+                s.newest_poll = None;
+            }
         }
     }
 }
@@ -1184,6 +1195,7 @@ impl Coordinator {
             pod_ip,
             polling: 0,
             relay_port,
+            newest_poll: None,
         });
         e.at = Instant::now();
         if pod_ip.is_some() {
@@ -1197,7 +1209,10 @@ impl Coordinator {
     /// The assignment for an agent: the running round's plan if the agent has not run it
     /// yet, waiting up to `wait` for one to start. `None` when nothing started in time.
     pub async fn next(&self, key: Key, poll: &AgentPoll, wait: Duration) -> Option<Assignment> {
-        let _polling = self.polling(&key, poll);
+        let polling = self.polling(&key, poll);
+        let superseded = polling.superseded.notified();
+        tokio::pin!(superseded);
+        superseded.as_mut().enable();
         let mut started = self.started_tx.subscribe();
         let mut stopping = self.stopping.subscribe();
         let deadline = Instant::now() + wait;
@@ -1219,6 +1234,9 @@ impl Coordinator {
                     }
                 }
                 _ = stopping.wait_for(|s| *s) => {}
+                // A newer poll for this agent: this one (a dead connection, or a copy of
+                // the credential) gives up its slot.
+                () = &mut superseded => {}
             }
             self.touch(&mut self.lock(), &key, poll.pod_ip, poll.relay_port);
             return None;
@@ -1230,12 +1248,17 @@ impl Coordinator {
     fn polling(&self, key: &Key, poll: &AgentPoll) -> PollGuard<'_> {
         let mut inner = self.lock();
         self.touch(&mut inner, key, poll.pod_ip, poll.relay_port);
+        let superseded = Arc::new(Notify::new());
         if let Some(s) = inner.agents.get_mut(key) {
             s.polling += 1;
+            if let Some(older) = s.newest_poll.replace(Arc::clone(&superseded)) {
+                older.notify_waiters();
+            }
         }
         PollGuard {
             c: self,
             key: key.clone(),
+            superseded,
         }
     }
 

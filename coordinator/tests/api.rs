@@ -1568,3 +1568,41 @@ async fn round_budgets_are_per_credential() {
     assert_eq!(e.client, alice);
     assert!(c.trigger_for(bob, false).is_ok(), "bob has his own budget");
 }
+
+/// Issue 22, row 4: one open poll per node and kind. A second poll for n1's host agent
+/// (the agent again after its connection died, or a copy of its credential) ends the first
+/// at once, which gives its slot back; n1's pod agent's poll is not touched.
+#[tokio::test]
+async fn a_new_poll_replaces_the_old_one() {
+    let (base, _c) = start().await;
+    let http = reqwest::Client::new();
+    let poll = |kind: &'static str| {
+        let (http, base) = (http.clone(), base.clone());
+        tokio::spawn(async move {
+            let t = std::time::Instant::now();
+            let r = http
+                .get(format!(
+                    "{base}/v1/agents/n1/{kind}/next?after=0&epoch=0&wait=10"
+                ))
+                .send()
+                .await
+                .expect("poll");
+            (r.status(), t.elapsed())
+        })
+    };
+    let first = poll("host");
+    let pod = poll("pod");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = poll("host");
+    let (status, took) = first.await.expect("first");
+    assert_eq!(status, 204);
+    assert!(
+        took < Duration::from_secs(3),
+        "the first poll held on for {took:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!second.is_finished(), "the newest poll stays open");
+    assert!(!pod.is_finished(), "another kind's poll is not touched");
+    second.abort();
+    pod.abort();
+}
