@@ -189,21 +189,24 @@ pub fn read_small(path: &std::path::Path, max: u64) -> anyhow::Result<Vec<u8>> {
 
 /// Reads the cluster secret from `path`.
 pub fn read_secret(path: &std::path::Path) -> anyhow::Result<meshprobe_core::auth::ClusterSecret> {
-    use std::os::unix::fs::PermissionsExt;
-    // Readable by every user: said, not refused (a Kubernetes Secret volume is 0644 unless
-    // its defaultMode says otherwise; deploy/ sets 0440 with the pod's fsGroup).
-    if let Ok(meta) = std::fs::metadata(path)
-        && meta.permissions().mode() & 0o007 != 0
-    {
-        eprintln!(
-            "meshprobe: warning: the cluster secret {} is readable by every user (mode {:o}): `chmod 600` it, or a Secret volume's defaultMode 0440 with the pod's fsGroup",
-            path.display(),
-            meta.permissions().mode() & 0o777
-        );
-    }
     let bytes = read_small(path, meshprobe_core::auth::MAX_SECRET_BYTES as u64 + 64)?;
     meshprobe_core::auth::ClusterSecret::from_bytes(&bytes)
         .with_context(|| format!("cluster secret {}", path.display()))
+}
+
+/// What to say about a cluster secret file every user may read: said, not refused (a
+/// Kubernetes Secret volume is 0644 unless its defaultMode says otherwise; deploy/ sets 0440
+/// with the pod's fsGroup).
+fn secret_mode_warning(path: &std::path::Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode();
+    (mode & 0o007 != 0).then(|| {
+        format!(
+            "meshprobe coordinator: WARNING: the cluster secret {} is readable by every user (mode {:o}): `chmod 600` it, or mount it with defaultMode 0440 and the pod's fsGroup",
+            path.display(),
+            mode & 0o777
+        )
+    })
 }
 
 /// The round's settings (`PlanSettings` and the round engine's), each a flag and an env
@@ -675,17 +678,22 @@ fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
     settings.tls = tls.is_some();
     let (insecure, auth_reads) = (args.auth.insecure_no_auth, args.auth.auth_reads);
     // Said after the "listening on" line, which scripts read first.
-    let warning = if insecure {
-        Some(
-            "meshprobe coordinator: WARNING: --insecure-no-auth: anyone who reaches this port can forge reports and start rounds",
-        )
+    let mut warnings: Vec<String> = Vec::new();
+    if insecure {
+        warnings.push(
+            "meshprobe coordinator: WARNING: --insecure-no-auth: anyone who reaches this port can forge reports and start rounds".to_owned(),
+        );
     } else if tls.is_none() {
-        Some(
-            "meshprobe coordinator: WARNING: serving plain HTTP: credentials travel in clear (pass --tls-cert and --tls-key)",
-        )
-    } else {
-        None
-    };
+        warnings.push(
+            "meshprobe coordinator: WARNING: serving plain HTTP: credentials travel in clear (pass --tls-cert and --tls-key)".to_owned(),
+        );
+    }
+    warnings.extend(
+        args.auth
+            .token_file
+            .as_deref()
+            .and_then(secret_mode_warning),
+    );
     let rt = runtime(true).context("cannot start the runtime")?;
     rt.block_on(async move {
         let needs_api = topology.is_none() || lease.is_some();
@@ -738,7 +746,7 @@ fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
         // Printed (not logged) so that scripts and tests binding port 0 learn the port.
         let scheme = if tls.is_some() { "https" } else { "http" };
         eprintln!("meshprobe coordinator listening on {bound} ({what}, {scheme})");
-        if let Some(w) = warning {
+        for w in &warnings {
             eprintln!("{w}");
         }
         let c = meshprobe_coordinator::Coordinator::new(source, settings);
