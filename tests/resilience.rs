@@ -46,13 +46,23 @@ fn assert_every_agent_delivered(lab: &meshprobe_sandbox::Lab, min: usize) {
     let want = lab.plan().nodes.len() * 2;
     let mut per_agent: BTreeMap<String, usize> = BTreeMap::new();
     for _ in 0..40 {
-        let (status, body) = lab
-            .coordinator_get("/v1/reports/offline", Duration::from_secs(2))
-            .expect("GET");
-        assert_eq!(status, 200, "{body}");
-        let v: serde_json::Value = serde_json::from_str(&body).expect("json");
         per_agent.clear();
-        for r in v["reports"].as_array().expect("reports") {
+        // Every page, from the first.
+        let mut reports = Vec::new();
+        let mut path = "/v1/reports/offline?limit=16".to_owned();
+        loop {
+            let (status, body) = lab
+                .coordinator_get(&path, Duration::from_secs(2))
+                .expect("GET");
+            assert_eq!(status, 200, "{body}");
+            let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+            reports.extend(v["reports"].as_array().expect("reports").iter().cloned());
+            match v["next"].as_u64() {
+                Some(next) => path = format!("/v1/reports/offline?limit=16&after={next}"),
+                None => break,
+            }
+        }
+        for r in &reports {
             assert!(
                 r["offlineAtMs"].as_u64().is_some(),
                 "an offline report carries its time: {r}"
