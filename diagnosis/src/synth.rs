@@ -760,7 +760,13 @@ impl<'a> Model<'a> {
             .iter()
             .enumerate()
             .filter(|(i, _)| !self.faults.contains(&Fault::PodSilent(*i)))
-            .map(|(_, n)| (n.name.clone(), n.pod_cidr.first_host()))
+            // The probe pod's own address: the one after the gateway (cni0 holds the first).
+            .map(|(_, n)| {
+                (
+                    n.name.clone(),
+                    std::net::Ipv4Addr::from(u32::from(n.pod_cidr.first_host()) + 1),
+                )
+            })
             .collect()
     }
 
