@@ -326,13 +326,15 @@ impl CheckReport {
         json_len(self)
     }
 
-    /// Shrinks the report to at most `max` bytes of JSON (its findings, matrices' states
+    /// Shrinks what clients read by default (the report, or its summary above
+    /// [`SUMMARY_ABOVE`] cells: a 5,000-node round's ok cells alone are far past any limit)
+    /// to at most `max` bytes of JSON (its findings, matrices' states
     /// and agents always stay), cutting what is bulkiest and least needed first: nodes'
     /// evidence, largest first; then capture summaries; then warnings past the first 64
     /// and cell details past 80 characters. Each cut is said in `warnings`. Run after the
     /// diagnosis, which reads everything. Returns whether the report fits.
     pub fn fit_within(&mut self, max: usize) -> bool {
-        let total = self.encoded_len();
+        let total = self.served_len();
         if total <= max {
             return true;
         }
@@ -401,7 +403,19 @@ impl CheckReport {
                 cut.join(", ")
             ));
         }
-        self.encoded_len() <= max
+        self.served_len() <= max
+    }
+
+    /// The size of what a client gets by default: the whole report, or above
+    /// [`SUMMARY_ABOVE`] cells its summary (whose ok cells are counted, not listed). What
+    /// [`Self::fit_within`] cuts (evidence, captures, warnings, failing cells' details) is
+    /// in both alike.
+    fn served_len(&self) -> usize {
+        if self.cell_count() > SUMMARY_ABOVE {
+            self.summarised().encoded_len()
+        } else {
+            self.encoded_len()
+        }
     }
 
     /// Cells in all layers.
