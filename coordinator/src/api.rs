@@ -60,6 +60,7 @@ pub fn router(state: Arc<Coordinator>) -> Router {
         .route(wire::ROUND_PATTERN, get(round))
         .route(wire::PACKETS_PATTERN, get(packets))
         .route(wire::TOPOLOGY, get(topology))
+        .route(wire::NODE_PATTERN, get(node_entry))
         .route(wire::FINDINGS, get(findings))
         .route(wire::STATUS, get(status))
         .route(wire::PCAP_PATTERN, get(pcap))
@@ -614,6 +615,28 @@ async fn topology(State(c): State<Arc<Coordinator>>) -> Response {
         topology: &topology,
     })
     .into_response()
+}
+
+/// One node's topology entry: a read, as the whole topology is.
+async fn node_entry(State(c): State<Arc<Coordinator>>, Path(node): Path<String>) -> Response {
+    let node = match NodeName::new(node) {
+        Ok(n) => n,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let topology = c.topology();
+    match topology.node(&node) {
+        Some(n) => Json(wire::NodeAnswer {
+            node: n.name.clone(),
+            internal_ip: n.internal_ip,
+            pod_cidr: n.pod_cidr,
+            gateway: n.gateway,
+        })
+        .into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            format!("node {node} is not in the topology"),
+        ),
+    }
 }
 
 #[derive(Deserialize)]

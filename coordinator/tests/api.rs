@@ -1606,3 +1606,25 @@ async fn a_new_poll_replaces_the_old_one() {
     second.abort();
     pod.abort();
 }
+
+/// A host agent reads its node's entry (its relay's admission) with no round running; an
+/// unknown node is 404 and a malformed name 400.
+#[tokio::test]
+async fn a_nodes_entry_is_answered_without_a_round() {
+    let (base, _c) = start().await;
+    let http = reqwest::Client::new();
+    let r = http
+        .get(format!("{base}/v1/nodes/n2"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 200);
+    let a: meshprobe_core::api::NodeAnswer = r.json().await.expect("a node answer");
+    assert_eq!(a.pod_cidr.to_string(), "10.42.2.0/24");
+    assert_eq!(a.internal_ip.to_string(), "192.168.77.12");
+    assert_eq!(a.gateway.to_string(), "10.42.2.1");
+    for (path, want) in [("/v1/nodes/n9", 404), ("/v1/nodes/N%20x", 400)] {
+        let r = http.get(format!("{base}{path}")).send().await.expect("get");
+        assert_eq!(r.status(), want, "{path}");
+    }
+}

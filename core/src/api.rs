@@ -53,6 +53,10 @@ pub const ROUND_PATTERN: &str = "/v1/rounds/{id}";
 pub const PACKETS_PATTERN: &str = "/v1/rounds/{id}/packets";
 /// `GET`: the topology the next round plans from ([`TopologyAnswer`]).
 pub const TOPOLOGY: &str = "/v1/topology";
+/// `GET`: one node's entry in the topology ([`NodeAnswer`]; build paths with
+/// [`node_path`]). A host agent reads it at start, so that its relay admits its node's pods
+/// before the first round's plan arrives.
+pub const NODE_PATTERN: &str = "/v1/nodes/{node}";
 /// `GET`: the findings' timeline since a round (`?since=R`; 0 for everything kept).
 pub const FINDINGS: &str = "/v1/findings";
 /// `PUT` `{"round": N}` saves round N (default: the latest) as baseline `name`; `GET`
@@ -137,6 +141,11 @@ impl AgentPoll {
 /// The path (and query) of an agent's poll.
 pub fn next_path(node: &NodeName, kind: AgentKind, poll: &AgentPoll) -> String {
     format!("/v1/agents/{node}/{kind}/next?{}", poll.to_query())
+}
+
+/// The path of `node`'s topology entry.
+pub fn node_path(node: &NodeName) -> String {
+    format!("/v1/nodes/{node}")
 }
 
 /// The path of round `id`, held up to `wait` seconds until it finishes.
@@ -266,6 +275,22 @@ pub struct TopologyAnswer<'a> {
     pub fresh: bool,
     /// The topology.
     pub topology: &'a crate::Topology,
+}
+
+/// `GET /v1/nodes/{node}` answer: what the coordinator's topology says of one node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeAnswer {
+    /// The node.
+    pub node: NodeName,
+    /// Its underlay address.
+    #[serde(rename = "internalIP")]
+    pub internal_ip: Ipv4Addr,
+    /// Its pod range.
+    #[serde(rename = "podCIDR")]
+    pub pod_cidr: crate::PodCidr,
+    /// Its pods' gateway.
+    pub gateway: Ipv4Addr,
 }
 
 /// `GET /v1/rounds/{id}/packets` answer.

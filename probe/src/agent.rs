@@ -89,7 +89,7 @@ pub const OFFLINE_BUFFER: usize = 64;
 pub const MAX_PROBE_SIZE: u16 = 65_000;
 
 /// The first retry after a failed poll; doubles up to [`MAX_BACKOFF`].
-const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+pub(crate) const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// The longest pause between two polls of an unreachable coordinator: a restarted
 /// coordinator hears from every agent within this.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -215,6 +215,21 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
             }
         });
         tracing::info!(%addr, "relay for the pod agent listening");
+        // The pod range from the topology, not from a round's plan: a round may be 30 s
+        // away (or its plan planned before this agent started), and the pod agent cannot
+        // poll through the relay until it is admitted.
+        match CoordinatorClient::with_options(&cfg.coordinator, &cfg.client) {
+            Ok(client) => {
+                tokio::spawn(crate::relay::learn_pod_range(
+                    client,
+                    cfg.node.clone(),
+                    admission.clone(),
+                ));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot ask the coordinator for this node's pod range")
+            }
+        }
         relay = Some(RelayHandle { port, admission });
     }
     let probers = RealProbers::new(pinger);

@@ -396,6 +396,15 @@ impl CoordinatorClient {
         self.get(&api::packets_path(id, node, peer), timeout).await
     }
 
+    /// What the coordinator's topology says of `node` (its pod range, for the relay).
+    pub async fn node(
+        &self,
+        node: &NodeName,
+        timeout: Duration,
+    ) -> Result<api::NodeAnswer, ClientError> {
+        self.get(&api::node_path(node), timeout).await
+    }
+
     async fn get<T: DeserializeOwned>(
         &self,
         path: &str,

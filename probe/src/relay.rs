@@ -10,7 +10,8 @@
 //!
 //! The relay is bounded like the coordinator ([`meshprobe_serve`], [`Limits::relay`]): it
 //! listens on the node IP, admits connections only from this node's own pod range (which
-//! the host agent's plan names, [`Plan::pod_cidr`]; none before the first plan), and gives
+//! the host agent reads from the coordinator at start, [`learn_pod_range`], and then from
+//! each plan, [`Plan::pod_cidr`]; nobody before either answered), and gives
 //! every connection deadlines and byte caps, so that a pod on another node, or a slow or
 //! idle client, cannot take the node's agent down.
 //!
@@ -78,6 +79,15 @@ impl Admission {
         *self.0.write().unwrap_or_else(PoisonError::into_inner) = range;
     }
 
+    /// Admits clients from `range`, unless a range is already set (a plan's is newer than
+    /// the topology read at start).
+    pub fn set_if_unset(&self, range: meshprobe_core::PodCidr) {
+        let mut r = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        if r.is_none() {
+            *r = Some(range);
+        }
+    }
+
     /// Whether a client at `ip` is served.
     pub fn admits(&self, ip: IpAddr) -> bool {
         let IpAddr::V4(ip) = ip else {
@@ -87,6 +97,30 @@ impl Admission {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .is_some_and(|r| r.net().contains(&ip))
+    }
+}
+
+/// Asks the coordinator for `node`'s pod range until it answers, and admits it, unless a
+/// plan got there first.
+pub async fn learn_pod_range(
+    client: crate::client::CoordinatorClient,
+    node: meshprobe_core::NodeName,
+    admission: Admission,
+) {
+    let mut wait = crate::agent::FIRST_BACKOFF;
+    loop {
+        match client.node(&node, std::time::Duration::from_secs(10)).await {
+            Ok(answer) => {
+                admission.set_if_unset(answer.pod_cidr);
+                tracing::info!(pod_cidr = %answer.pod_cidr, "relay admits this node's pods");
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read this node's pod range yet");
+            }
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(crate::agent::MAX_BACKOFF);
     }
 }
 

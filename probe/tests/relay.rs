@@ -135,3 +135,59 @@ async fn a_huge_head_is_refused_at_the_relays_buffer() {
     assert!(answer.starts_with("HTTP/1.1 431"), "{answer:?}");
     assert!(closed);
 }
+
+/// The relay learns its node's pod range from the coordinator's topology at start, with no
+/// round needed (CI: the pod agents of a discovering coordinator, whose first round was
+/// planned before the topology loaded, waited 30 s for a plan and the lab gave up), and
+/// retries while the coordinator is not answering yet.
+#[tokio::test]
+async fn the_relay_learns_its_pod_range_without_a_round() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let calls = std::sync::Arc::new(AtomicUsize::new(0));
+    let seen = std::sync::Arc::clone(&calls);
+    let app = axum::Router::new().route(
+        "/v1/nodes/{node}",
+        axum::routing::get(
+            move |axum::extract::Path(node): axum::extract::Path<String>| {
+                let seen = std::sync::Arc::clone(&seen);
+                async move {
+                    if seen.fetch_add(1, Ordering::SeqCst) == 0 {
+                        return (axum::http::StatusCode::SERVICE_UNAVAILABLE, String::new());
+                    }
+                    let body = serde_json::json!({
+                        "node": node, "internalIP": "127.0.0.1",
+                        "podCIDR": "127.0.0.0/30", "gateway": "127.0.0.1",
+                    });
+                    (axum::http::StatusCode::OK, body.to_string())
+                }
+            },
+        ),
+    );
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", tcp.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(tcp, app).await });
+    let client = meshprobe_probe::client::CoordinatorClient::new(&url).expect("client");
+    let admission = Admission::default();
+    assert!(!admission.admits([127, 0, 0, 2].into()));
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        meshprobe_probe::relay::learn_pod_range(
+            client.clone(),
+            "n1".parse().expect("name"),
+            admission.clone(),
+        ),
+    )
+    .await
+    .expect("the range is learnt after a retry");
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "one refusal, one answer");
+    assert!(admission.admits([127, 0, 0, 2].into()));
+    assert!(!admission.admits([127, 0, 0, 9].into()));
+    // A plan's range (newer) is not overwritten by the topology read.
+    admission.set(Some(PodCidr::parse("127.0.1.0/30").expect("range")));
+    meshprobe_probe::relay::learn_pod_range(client, "n1".parse().expect("name"), admission.clone())
+        .await;
+    assert!(admission.admits([127, 0, 1, 2].into()));
+    assert!(!admission.admits([127, 0, 0, 2].into()));
+}
