@@ -27,10 +27,10 @@ pub struct Cli {
 pub struct CoordinatorArgs {
     /// Static mode: take the cluster from this inventory file (YAML or JSON). Without it,
     /// discover the cluster from the Kubernetes API.
-    #[arg(long)]
+    #[arg(long, env = "MESHPROBE_INVENTORY")]
     inventory: Option<PathBuf>,
     /// Address to listen on.
-    #[arg(long, default_value = "0.0.0.0:7070")]
+    #[arg(long, env = "MESHPROBE_LISTEN", default_value = "0.0.0.0:7070")]
     listen: SocketAddr,
     /// Connections one client address may hold open at once (0: no cap); more are
     /// answered 503 and closed.
@@ -39,24 +39,32 @@ pub struct CoordinatorArgs {
     /// A host name the coordinator answers to (repeat for more), besides IP addresses,
     /// localhost and in-cluster Service names: requests naming another host get 421, so
     /// that no other site's page can read it by DNS rebinding.
-    #[arg(long = "allowed-host")]
+    #[arg(
+        long = "allowed-host",
+        env = "MESHPROBE_ALLOWED_HOSTS",
+        value_delimiter = ','
+    )]
     allowed_hosts: Vec<String>,
     /// Run a round this often even when nobody asks (continuous mode).
-    #[arg(long, default_value = "30s", value_parser = crate::duration::parse)]
+    #[arg(long, env = "MESHPROBE_INTERVAL", default_value = "30s", value_parser = crate::duration::parse)]
     interval: Duration,
     /// Discovery: the cluster's DNS domain (kubelet's clusterDomain).
-    #[arg(long, default_value = "cluster.local")]
+    #[arg(
+        long,
+        env = "MESHPROBE_CLUSTER_DOMAIN",
+        default_value = "cluster.local"
+    )]
     cluster_domain: String,
     /// Discovery: a name for the cluster, for people.
-    #[arg(long, default_value = "kubernetes")]
+    #[arg(long, env = "MESHPROBE_CLUSTER_NAME", default_value = "kubernetes")]
     cluster_name: String,
     /// The kubeconfig to reach the API with (default: in-cluster config, else KUBECONFIG
     /// or ~/.kube/config).
-    #[arg(long)]
+    #[arg(long, env = "MESHPROBE_KUBECONFIG")]
     kubeconfig: Option<PathBuf>,
     /// Leader election: run as one of several replicas, the one holding this Lease being
     /// active (the others are standby: not ready, no rounds).
-    #[arg(long)]
+    #[arg(long, env = "MESHPROBE_LEASE")]
     lease: Option<String>,
     /// The Lease's namespace (the coordinator's own).
     #[arg(long, env = "POD_NAMESPACE", default_value = "meshprobe")]
@@ -65,7 +73,7 @@ pub struct CoordinatorArgs {
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
     /// How long the Lease stays valid after the leader's last renewal (whole seconds).
-    #[arg(long, default_value = "8s", value_parser = crate::duration::parse)]
+    #[arg(long, env = "MESHPROBE_LEASE_DURATION", default_value = "8s", value_parser = crate::duration::parse)]
     lease_duration: Duration,
     /// What every round's plans carry, and how rounds end.
     #[command(flatten)]
@@ -95,11 +103,15 @@ pub struct ServeAuthFlags {
     token_file: Option<PathBuf>,
     /// Accept everyone, unauthenticated (v1 behaviour): for experiments only; every round
     /// warns.
-    #[arg(long, conflicts_with = "token_file")]
+    #[arg(
+        long,
+        env = "MESHPROBE_INSECURE_NO_AUTH",
+        conflicts_with = "token_file"
+    )]
     insecure_no_auth: bool,
     /// Reads (the GET endpoints, /metrics) need a credential too (default: open, guarded
     /// by a NetworkPolicy and port-forward as cluster dashboards are).
-    #[arg(long)]
+    #[arg(long, env = "MESHPROBE_AUTH_READS")]
     auth_reads: bool,
     /// Serve HTTPS with this certificate (PEM, chain first); needs --tls-key.
     #[arg(
@@ -327,7 +339,7 @@ pub struct ProbeArgs {
     #[arg(long, env = "MESHPROBE_COORDINATOR")]
     coordinator: String,
     /// Run as the pod-network agent (default: host-network agent).
-    #[arg(long)]
+    #[arg(long, env = "MESHPROBE_POD")]
     pod: bool,
     /// The pod agent's IP (default: env POD_IP, else the source address toward the coordinator).
     #[arg(long, env = "POD_IP")]
@@ -356,6 +368,13 @@ pub struct ProbeArgs {
     client: ClientFlags,
 }
 
+/// What `check`'s exit code says (its `--help` ends with it).
+const CHECK_EXIT_CODES: &str = "\
+Exit codes:
+  0  healthy: every cell passed, no finding
+  1  NOT HEALTHY: a cell failed or is unknown, or there are findings
+  2  no verdict: bad arguments, the coordinator unreachable or refusing, a timeout";
+
 /// The subcommands.
 #[derive(Subcommand, Debug)]
 pub enum Command {
@@ -364,6 +383,7 @@ pub enum Command {
     /// Run one probe agent.
     Probe(ProbeArgs),
     /// Ask the coordinator for a fresh round and print matrices and findings.
+    #[command(after_help = CHECK_EXIT_CODES)]
     Check {
         /// Coordinator URL.
         #[arg(long, env = "MESHPROBE_COORDINATOR")]
@@ -394,18 +414,16 @@ pub enum Command {
     },
     /// Print a credential derived from the cluster secret: a node's (for its host and pod
     /// agents only) or an operator's (for `check`).
+    #[command(group(clap::ArgGroup::new("role").required(true).args(["node", "operator"])))]
     Credential {
         /// The file holding the cluster secret (the coordinator's --token-file).
         #[arg(long, value_name = "FILE")]
         token_file: PathBuf,
-        /// The node whose agents the credential is for.
-        #[arg(
-            long,
-            required_unless_present = "operator",
-            conflicts_with = "operator"
-        )]
+        /// The node whose agents the credential is for (this, or --operator).
+        #[arg(long)]
         node: Option<String>,
-        /// An operator's name (a person or a CI job): the credential starts rounds.
+        /// An operator's name (a person or a CI job): the credential starts rounds (this,
+        /// or --node).
         #[arg(long)]
         operator: Option<String>,
     },
@@ -891,4 +909,51 @@ fn run_probe(args: ProbeArgs) -> anyhow::Result<()> {
             () = shutdown() => Ok(()),
         }
     })
+}
+
+#[cfg(test)]
+mod flag_tests {
+    use clap::CommandFactory as _;
+
+    /// Issue 23: every coordinator and agent flag has an environment variable (a
+    /// Deployment sets them in `env:`), as the README says.
+    #[test]
+    fn every_coordinator_and_agent_flag_has_an_environment_variable() {
+        let cli = super::Cli::command();
+        for sub in ["coordinator", "probe"] {
+            let cmd = cli.find_subcommand(sub).expect("the subcommand");
+            let missing: Vec<String> = cmd
+                .get_arguments()
+                .filter(|a| a.get_long().is_some_and(|l| l != "help" && l != "version"))
+                .filter(|a| a.get_env().is_none())
+                .map(|a| format!("--{}", a.get_long().unwrap_or_default()))
+                .collect();
+            assert!(
+                missing.is_empty(),
+                "{sub}: no environment variable for {missing:?}"
+            );
+        }
+    }
+
+    /// `check --help` ends with the exit codes; `credential` with neither role names both.
+    #[test]
+    fn check_help_lists_exit_codes_and_credential_names_both_roles() {
+        let mut cli = super::Cli::command();
+        let help = cli
+            .find_subcommand_mut("check")
+            .expect("check")
+            .render_long_help()
+            .to_string();
+        for code in ["0  healthy", "1  NOT HEALTHY", "2  no verdict"] {
+            assert!(help.contains(code), "{help}");
+        }
+        let err = super::Cli::command()
+            .try_get_matches_from(["meshprobe", "credential", "--token-file", "/x"])
+            .expect_err("a role is required");
+        let text = err.to_string();
+        assert!(
+            text.contains("--node") && text.contains("--operator"),
+            "{text}"
+        );
+    }
 }

@@ -6,14 +6,21 @@ use std::time::Instant;
 use meshprobe_sandbox::Fault;
 use meshprobe_sandbox::lab::{Lab, LabSpec, default_state_root};
 
+/// A step's heading: bold on a terminal, plain in a pipe or with NO_COLOR set.
 fn say(s: &str) {
-    println!("\n\x1b[1m==> {s}\x1b[0m");
+    use std::io::IsTerminal as _;
+    if std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none() {
+        println!("\n\x1b[1m==> {s}\x1b[0m");
+    } else {
+        println!("\n==> {s}");
+    }
 }
 
 fn check(lab: &Lab, exe: &std::path::Path) -> Result<u8, String> {
     let ctl = lab.plan().ctl_ns();
     println!(
-        "$ meshprobe lab exec --name {} ctl -- meshprobe check   # https, as operator `lab`",
+        "$ {} lab exec --name {} ctl -- meshprobe check   # https, as operator `lab`",
+        crate::lab_cmd::invocation(),
         lab.name()
     );
     let status = Command::new("ip")
@@ -108,9 +115,10 @@ fn run_inner(nodes: usize, keep: bool) -> Result<u8, String> {
             "The lab's CA is {} (import it, or accept the warning). {victim} is still broken; in another terminal:",
             lab.creds_file(meshprobe_sandbox::creds::CA).display()
         );
-        println!("  meshprobe lab heal --name {name}          # watch it turn green");
-        println!("  meshprobe lab fault --name {name} vxlan-drop-in --node n3");
-        println!("  meshprobe lab exec --name {name} ctl -- meshprobe check");
+        let me = crate::lab_cmd::invocation();
+        println!("  {me} lab heal --name {name}          # watch it turn green");
+        println!("  {me} lab fault --name {name} vxlan-drop-in --node n3");
+        println!("  {me} lab exec --name {name} ctl -- meshprobe check");
         let (ns, target) = lab.coordinator_target();
         lab.keep();
         // The Ctrl-C thread removes the lab by name and exits.
@@ -124,18 +132,19 @@ fn run_inner(nodes: usize, keep: bool) -> Result<u8, String> {
     lab.down().map_err(|e| e.to_string())?;
     println!("lab {name} removed: namespaces deleted, processes stopped");
 
+    let me = crate::lab_cmd::invocation();
     say("What to try next");
     println!(
-        "  meshprobe demo --keep                           # the same, then the live view at https://{VIEW_ADDR}/"
+        "  {me} demo --keep                           # the same, then the live view at https://{VIEW_ADDR}/"
     );
-    println!("  meshprobe lab up --nodes 6                      # a lab that stays up");
+    println!("  {me} lab up --nodes 6                      # a lab that stays up");
     println!(
-        "  meshprobe lab fault vxlan-drop-in --node n3     # or: forward-reject, underlay-mtu, fdb-missing --peer n1, link-down, loss ..."
+        "  {me} lab fault vxlan-drop-in --node n3     # or: forward-reject, underlay-mtu, fdb-missing --peer n1, link-down, loss ..."
     );
     println!(
-        "  meshprobe lab exec ctl -- meshprobe check --output json   # lab exec passes the coordinator's URL, CA and an operator credential"
+        "  {me} lab exec ctl -- meshprobe check --output json   # lab exec passes the coordinator's URL, CA and an operator credential"
     );
-    println!("  meshprobe lab heal; meshprobe lab down");
+    println!("  {me} lab heal; {me} lab down");
     let ok = healthy == 0 && broken == 1;
     if !ok {
         println!(

@@ -48,14 +48,19 @@ pub enum LabCommand {
         #[command(flatten)]
         target: FaultTarget,
     },
-    /// Heal a fault, or all of them.
+    /// Heal a fault, or all of them. What was already fixed by hand is left as it is.
     Heal {
-        /// The fault kind to heal; heals every fault in force when omitted.
+        /// The fault kind to heal; heals every fault in force when omitted. With no
+        /// --node (or other target), the one fault of this kind in force.
         #[arg(value_parser = clap::builder::PossibleValuesParser::new(KINDS.iter()))]
         kind: Option<String>,
         /// Where the fault goes.
         #[command(flatten)]
         target: FaultTarget,
+        /// Only forget the fault (or all of them): the lab stops counting it in force,
+        /// and nothing in the datapath is touched.
+        #[arg(long)]
+        forget: bool,
     },
     /// Run a command inside one of the lab's namespaces (n1, n1-probe, n1-web, n1-dns, ctl, sw).
     Exec {
@@ -101,6 +106,43 @@ pub struct FaultTarget {
 }
 
 impl FaultTarget {
+    /// Whether a target beyond the lab's name was given.
+    fn is_given(&self) -> bool {
+        self.node.is_some()
+            || self.peer.is_some()
+            || self.pod.is_some()
+            || self.mtu.is_some()
+            || self.percent.is_some()
+    }
+
+    /// The fault of `kind` in force that this target names: with no target, the only one
+    /// of that kind.
+    fn in_force(&self, lab: &Lab, kind: &str) -> Result<Fault, String> {
+        if self.is_given() {
+            return self.fault(kind).map_err(|e| e.to_string());
+        }
+        let of_kind: Vec<&Fault> = lab
+            .faults()
+            .iter()
+            .filter(|f| f.kind().id() == kind)
+            .collect();
+        match of_kind.as_slice() {
+            [one] => Ok((*one).clone()),
+            [] => Err(format!(
+                "no {kind} fault is in force in lab {} (meshprobe lab status lists them)",
+                lab.name()
+            )),
+            many => Err(format!(
+                "{} {kind} faults are in force ({}); say which with --node (or --peer, --pod)",
+                many.len(),
+                many.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        }
+    }
+
     fn fault(&self, kind: &str) -> Result<Fault, meshprobe_sandbox::fault::FaultError> {
         Fault::parse(
             kind,
@@ -189,18 +231,74 @@ fn exe() -> Result<PathBuf, String> {
     std::env::current_exe().map_err(|e| format!("cannot find the meshprobe binary: {e}"))
 }
 
+/// Why a `lab` subcommand failed, as its exit code tells it.
+#[derive(Debug)]
+enum LabFailure {
+    /// Anything else: exit 2.
+    Other(String),
+    /// `lab exec`'s command is not installed: exit 127, as a shell says it.
+    CommandNotFound(String),
+}
+
+impl From<String> for LabFailure {
+    fn from(e: String) -> Self {
+        LabFailure::Other(e)
+    }
+}
+
 /// Runs a `lab` subcommand; returns the exit code.
 pub fn run(cmd: LabCommand) -> u8 {
     match run_inner(cmd) {
         Ok(()) => 0,
-        Err(e) => {
+        Err(LabFailure::Other(e)) => {
             eprintln!("meshprobe lab: error: {}", crate::cli::error_line(e));
             2
+        }
+        Err(LabFailure::CommandNotFound(program)) => {
+            eprintln!(
+                "meshprobe lab exec: {}: command not found on PATH (give its full path; `meshprobe` itself is always this binary)",
+                crate::cli::error_line(program)
+            );
+            127
         }
     }
 }
 
-fn run_inner(cmd: LabCommand) -> Result<(), String> {
+/// How to run this binary again from a shell: `meshprobe` when that is what PATH finds,
+/// else its full path (after `cargo run -- demo`, nothing named meshprobe is on PATH).
+pub fn invocation() -> String {
+    let me = std::env::current_exe().ok();
+    let on_path = find_on_path("meshprobe", std::env::var_os("PATH").as_deref())
+        .and_then(|p| std::fs::canonicalize(p).ok());
+    match me {
+        Some(me) if on_path.as_deref() != std::fs::canonicalize(&me).ok().as_deref() => {
+            let s = me.display().to_string();
+            if s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "/._-+".contains(c))
+            {
+                s
+            } else {
+                format!("'{}'", s.replace('\'', "'\\''"))
+            }
+        }
+        _ => "meshprobe".to_owned(),
+    }
+}
+
+/// Where `program` is on `path` (a name without a slash), if anywhere.
+fn find_on_path(program: &str, path: Option<&std::ffi::OsStr>) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt as _;
+    if program.contains('/') {
+        return Some(PathBuf::from(program));
+    }
+    std::env::split_paths(path?)
+        .map(|dir| dir.join(program))
+        .find(|p| {
+            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
+fn run_inner(cmd: LabCommand) -> Result<(), LabFailure> {
     match cmd {
         LabCommand::Up {
             nodes,
@@ -244,16 +342,17 @@ fn run_inner(cmd: LabCommand) -> Result<(), String> {
             let coord = p.coordinator_url();
             let name = lab.name().to_owned();
             lab.keep();
+            let me = invocation();
             println!("\nnext:");
             if !no_mesh {
-                println!("  meshprobe lab exec --name {name} ctl -- meshprobe check");
+                println!("  {me} lab exec --name {name} ctl -- meshprobe check");
                 println!(
                     "    (lab exec sets MESHPROBE_COORDINATOR={coord}, MESHPROBE_TOKEN_FILE and MESHPROBE_CA_FILE)"
                 );
             }
-            println!("  meshprobe lab fault --name {name} vxlan-drop-in --node n2");
-            println!("  meshprobe lab heal --name {name}");
-            println!("  meshprobe lab down --name {name}");
+            println!("  {me} lab fault --name {name} vxlan-drop-in --node n2");
+            println!("  {me} lab heal --name {name}");
+            println!("  {me} lab down --name {name}");
             Ok(())
         }
         LabCommand::Down { name, all } => {
@@ -309,18 +408,23 @@ fn run_inner(cmd: LabCommand) -> Result<(), String> {
             println!("injected: {fault}");
             Ok(())
         }
-        LabCommand::Heal { kind, target } => {
+        LabCommand::Heal {
+            kind,
+            target,
+            forget,
+        } => {
             let mut lab = pick(target.name.clone())?;
-            match kind {
-                Some(k) => {
-                    let fault = target.fault(&k).map_err(|e| e.to_string())?;
+            let faults: Vec<Fault> = match kind {
+                Some(k) => vec![target.in_force(&lab, &k)?],
+                None => lab.faults().iter().rev().cloned().collect(),
+            };
+            for fault in faults {
+                if forget {
+                    lab.forget(&fault).map_err(|e| e.to_string())?;
+                    println!("forgotten: {fault} (the datapath was not touched)");
+                } else {
                     lab.heal(&fault).map_err(|e| e.to_string())?;
                     println!("healed: {fault}");
-                }
-                None => {
-                    for f in lab.heal_all().map_err(|e| e.to_string())? {
-                        println!("healed: {f}");
-                    }
                 }
             }
             Ok(())
@@ -337,16 +441,37 @@ fn run_inner(cmd: LabCommand) -> Result<(), String> {
                     lab.name()
                 )
             })?;
+            // `meshprobe` is this binary, wherever it was started from (`cargo run --
+            // demo` puts nothing on PATH), and its directory goes first on PATH for the
+            // scripts the command runs.
+            let me = exe()?;
+            let mut command = command;
+            let path = std::env::var_os("PATH");
+            if command[0] == "meshprobe" {
+                command[0] = me.display().to_string();
+            } else if find_on_path(&command[0], path.as_deref()).is_none() {
+                return Err(LabFailure::CommandNotFound(command[0].clone()));
+            }
+            let mut dirs: Vec<PathBuf> = me.parent().map(PathBuf::from).into_iter().collect();
+            dirs.extend(
+                path.as_deref()
+                    .map(std::env::split_paths)
+                    .into_iter()
+                    .flatten(),
+            );
+            let path = std::env::join_paths(dirs)
+                .map_err(|e| format!("cannot put the binary's directory on PATH: {e}"))?;
             // The coordinator's URL, the operator's credential and the lab's CA, for a
             // `meshprobe check` with no flags (flags given win over these).
             let err = std::process::Command::new("ip")
                 .args(["netns", "exec", &ns])
                 .args(&command)
+                .env("PATH", path)
                 .envs(lab.client_env())
                 .exec();
-            Err(format!("cannot run ip netns exec: {err}"))
+            Err(format!("cannot run ip netns exec: {err}").into())
         }
-        LabCommand::Serve { what } => serve(what),
+        LabCommand::Serve { what } => serve(what).map_err(LabFailure::from),
     }
 }
 

@@ -93,6 +93,17 @@ impl Session {
     }
 }
 
+/// Saves the page as a PNG at `path`, and says where (the test's output links it).
+async fn screenshot(s: &Session, path: &std::path::Path) {
+    let png = s.call(reqwest::Method::GET, "/screenshot", None).await;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(png.as_str().expect("base64"))
+        .expect("png");
+    assert!(bytes.starts_with(b"\x89PNG"), "a PNG");
+    std::fs::write(path, &bytes).expect("write the screenshot");
+    println!("screenshot: {}", path.display());
+}
+
 #[test]
 fn the_web_view_shows_a_fault_and_a_cells_probes() {
     if !(have("chromium") && have("chromedriver")) {
@@ -245,14 +256,63 @@ fn the_web_view_shows_a_fault_and_a_cells_probes() {
             "{detail}"
         );
 
-        // 4. A screenshot for the README.
-        let png = s.call(reqwest::Method::GET, "/screenshot", None).await;
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(png.as_str().expect("base64"))
-            .expect("png");
-        let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/web-view.png");
-        std::fs::write(&out, &bytes).expect("write the screenshot");
-        assert!(bytes.starts_with(b"\x89PNG"), "a PNG");
+        // 4. Issue 23: the node strip names n2 as blamed, and the page opened on a layer
+        // where n2's cells fail; rows and columns share one node order.
+        let strip = s
+            .script("return Array.from(document.querySelectorAll('#nodes .node')).map((b) => b.dataset.node + ':' + b.dataset.state).join(' ')")
+            .await;
+        let strip = strip.as_str().unwrap_or("").to_owned();
+        assert!(strip.contains("n2:blamed"), "{strip}");
+        assert!(!strip.contains("n1:blamed") && !strip.contains("n3:blamed"), "{strip}");
+        let on_n2 = s
+            .script("return Array.from(document.querySelectorAll('#grid .cell.fail')).some((c) => c.dataset.from === 'n2' || c.dataset.to === 'n2')")
+            .await;
+        assert_eq!(on_n2, true, "the layer shown has n2's failing cells");
+        let orders = s
+            .script("const rows = Array.from(document.querySelectorAll('#grid .label')).slice(1).map((e) => e.textContent); const cols = Array.from(document.querySelectorAll('#grid .collabel')).map((e) => e.textContent).filter((c) => rows.includes(c)); return JSON.stringify([rows, cols])")
+            .await;
+        let (rows, cols): (Vec<String>, Vec<String>) =
+            serde_json::from_str(orders.as_str().expect("json")).expect("two lists");
+        assert_eq!(rows, cols, "one node order for rows and columns");
+        // The node's own evidence comes first, and every probe line is on the page (three
+        // shown, the rest behind "more", which opens).
+        let first = s
+            .script("const li = document.querySelector('#findings .finding .evidence li'); return li.className + '|' + li.textContent")
+            .await;
+        let first = first.as_str().unwrap_or("").to_owned();
+        assert!(
+            !first.starts_with("probe|"),
+            "the first evidence line is the node's own, not a probe line: {first}"
+        );
+        let probes = s
+            .script("const f = window.meshprobe.report.findings[0]; const n = document.querySelectorAll('#findings .finding:first-child li.probe').length; const more = document.querySelector('#findings .finding:first-child details.more'); if (more) more.open = true; return JSON.stringify([f.evidenceCells || 0, n, !!more, more ? more.open : false])")
+            .await;
+        let (cells, shown, has_more, open): (u64, u64, bool, bool) =
+            serde_json::from_str(probes.as_str().expect("json")).expect("four values");
+        assert_eq!(cells, shown, "every probe line is on the page");
+        assert_eq!(has_more, cells > 3);
+        assert_eq!(open, has_more);
+        let shots = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+        screenshot(&s, &shots.join("web-view.png")).await;
+
+        // 5. At 375 px (a phone): no sideways scroll of the page, findings read as lines
+        // (not a word per line), and no column is kept for the hidden detail panel.
+        s.call(
+            reqwest::Method::POST,
+            "/window/rect",
+            Some(json!({ "width": 375, "height": 812 })),
+        )
+        .await;
+        let layout = s
+            .script("const d = document.documentElement; const f = document.querySelector('#findings .summary').getBoundingClientRect(); const g = document.getElementById('grid-wrap').getBoundingClientRect(); return JSON.stringify([window.innerWidth, d.scrollWidth, f.width, g.width])")
+            .await;
+        let (inner, scroll, finding_w, grid_w): (f64, f64, f64, f64) =
+            serde_json::from_str(layout.as_str().expect("json")).expect("four numbers");
+        assert!(inner <= 400.0, "the window is phone-sized: {inner}");
+        assert!(scroll <= inner + 1.0, "the page scrolls sideways: {scroll} > {inner}");
+        assert!(finding_w >= inner * 0.6, "findings are squeezed: {finding_w} of {inner}");
+        assert!(grid_w >= inner * 0.8, "the grid keeps a column for a hidden panel: {grid_w} of {inner}");
+        screenshot(&s, &shots.join("web-view-375.png")).await;
         s.call(reqwest::Method::DELETE, "", None).await;
     });
 }

@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::apps::v1::{DaemonSet, StatefulSet};
 use k8s_openapi::api::core::v1::{Namespace, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -16,6 +16,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 const DEPLOY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy");
+/// The kustomize base every install and overlay builds on.
+const BASE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/base");
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -74,7 +76,7 @@ fn validate(v: &Value) -> Result<(), String> {
         "ClusterRoleBinding" => round_trip::<ClusterRoleBinding>(v),
         "Role" => round_trip::<Role>(v),
         "RoleBinding" => round_trip::<RoleBinding>(v),
-        "Deployment" => round_trip::<Deployment>(v),
+        "StatefulSet" => round_trip::<StatefulSet>(v),
         "DaemonSet" => round_trip::<DaemonSet>(v),
         "Service" => round_trip::<Service>(v),
         "PodDisruptionBudget" => round_trip::<PodDisruptionBudget>(v),
@@ -85,14 +87,14 @@ fn validate(v: &Value) -> Result<(), String> {
 
 fn base() -> (Kustomization, Vec<Value>) {
     let k: Kustomization = serde_yaml_ng::from_str(
-        &std::fs::read_to_string(Path::new(DEPLOY).join("kustomization.yaml"))
+        &std::fs::read_to_string(Path::new(BASE).join("kustomization.yaml"))
             .expect("kustomization"),
     )
     .expect("kustomization.yaml has only known fields");
     let mut all = Vec::new();
     for r in &k.resources {
-        let text = std::fs::read_to_string(Path::new(DEPLOY).join(r))
-            .unwrap_or_else(|e| panic!("{r}: {e}"));
+        let text =
+            std::fs::read_to_string(Path::new(BASE).join(r)).unwrap_or_else(|e| panic!("{r}: {e}"));
         all.extend(docs(&text, r));
     }
     (k, all)
@@ -176,7 +178,8 @@ fn security_posture_is_what_the_readme_promises() {
         "reports via the host agent's relay"
     );
 
-    let coord = &find(&all, "Deployment", "meshprobe-coordinator")["spec"]["template"]["spec"];
+    let sts = find(&all, "StatefulSet", "meshprobe-coordinator");
+    let coord = &sts["spec"]["template"]["spec"];
     assert_eq!(
         coord["hostNetwork"], true,
         "reports reach it over the underlay"
@@ -309,11 +312,344 @@ fn kustomize_renders_the_base() {
             );
         }
         validate(v).unwrap_or_else(|e| panic!("rendered {kind} {}: {e}", v["metadata"]["name"]));
-        if kind == "DaemonSet" || kind == "Deployment" {
+        if kind == "DaemonSet" || kind == "StatefulSet" {
             assert_eq!(
                 v["spec"]["template"]["spec"]["containers"][0]["image"],
                 "ghcr.io/meshprobe/meshprobe:0.1.0"
             );
         }
+    }
+}
+
+/// Issue 23, item 4: baselines and history survive a restart and the leader change an
+/// upgrade makes: each replica's `--data-dir` is its own PersistentVolumeClaim. The memory
+/// limit is at least the README's 5,000-node peak.
+#[test]
+fn the_history_sits_on_a_claim_and_memory_fits_the_scale_table() {
+    let (_, all) = base();
+    let sts = find(&all, "StatefulSet", "meshprobe-coordinator");
+    let spec = &sts["spec"]["template"]["spec"];
+    let c = &spec["containers"][0];
+    let args: Vec<&str> = c["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let dir = args
+        .windows(2)
+        .find(|w| w[0] == "--data-dir")
+        .map(|w| w[1])
+        .expect("the coordinator keeps a history (--data-dir)");
+    let mount = c["volumeMounts"]
+        .as_array()
+        .expect("mounts")
+        .iter()
+        .find(|m| m["mountPath"] == dir)
+        .unwrap_or_else(|| panic!("nothing is mounted at the data dir {dir}"));
+    assert_ne!(mount["readOnly"], true);
+    let claims = sts["spec"]["volumeClaimTemplates"]
+        .as_array()
+        .expect("volumeClaimTemplates");
+    assert!(
+        claims
+            .iter()
+            .any(|t| t["metadata"]["name"] == mount["name"]),
+        "{} is a claim of its own per replica, not an emptyDir",
+        mount["name"]
+    );
+    assert!(
+        !spec["volumes"]
+            .as_array()
+            .expect("volumes")
+            .iter()
+            .any(|v| v["name"] == mount["name"]),
+        "a pod volume of the same name would shadow the claim"
+    );
+    // The README's scale table: "| 5,000 (10,000) | ... | 1,406 MiB | ...".
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README");
+    let row = readme
+        .lines()
+        .find(|l| l.starts_with("| 5,000 (10,000) |"))
+        .expect("the README's scale table has a 5,000-node row");
+    let peak_mib: u64 = row
+        .split('|')
+        .map(str::trim)
+        .find_map(|cell| cell.strip_suffix(" MiB"))
+        .map(|n| n.replace(',', "").parse().expect("a number of MiB"))
+        .expect("the row's peak RSS");
+    let limit = c["resources"]["limits"]["memory"]
+        .as_str()
+        .expect("a limit");
+    let limit_mib: u64 = if let Some(g) = limit.strip_suffix("Gi") {
+        g.parse::<u64>().expect("Gi") * 1024
+    } else {
+        limit
+            .strip_suffix("Mi")
+            .expect("Mi or Gi")
+            .parse()
+            .expect("Mi")
+    };
+    assert!(
+        limit_mib >= peak_mib,
+        "the limit {limit} is below the 5,000-node peak of {peak_mib} MiB"
+    );
+}
+
+/// Every directory under deploy/ with a kustomization.
+fn kustomizations() -> Vec<std::path::PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+        if dir.join("kustomization.yaml").exists() {
+            out.push(dir.to_path_buf());
+        }
+        for e in std::fs::read_dir(dir).expect("read deploy/").flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                walk(&e.path(), out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(Path::new(DEPLOY), &mut out);
+    out.sort();
+    out
+}
+
+/// `kubectl kustomize DIR`, or `None` when kubectl is missing outside CI.
+fn kustomize(dir: &Path) -> Option<Vec<Value>> {
+    let out = match Command::new("kubectl").arg("kustomize").arg(dir).output() {
+        Ok(o) => o,
+        Err(_) if std::env::var_os("CI").is_none() => {
+            eprintln!("skipped: kubectl is not installed (CI installs kubernetes-client)");
+            return None;
+        }
+        Err(e) => panic!("CI must install kubectl (Debian's kubernetes-client): {e}"),
+    };
+    assert!(
+        out.status.success(),
+        "kubectl kustomize {}: {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(docs(
+        &String::from_utf8_lossy(&out.stdout),
+        &dir.display().to_string(),
+    ))
+}
+
+/// The Prometheus Operator's objects, as far as meshprobe writes them: the fields of its
+/// CRDs (monitoring.coreos.com/v1), unknown ones refused (kubernetes-validate has no
+/// schema for CRDs).
+#[allow(
+    dead_code,
+    reason = "the fields are checked by serde's shape; the test reads a few"
+)]
+mod operator {
+    use serde::Deserialize;
+    use serde_json::Value;
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    pub(crate) struct Object<S> {
+        pub(crate) api_version: String,
+        pub(crate) kind: String,
+        pub(crate) metadata: Value,
+        pub(crate) spec: S,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    pub(crate) struct ServiceMonitorSpec {
+        pub(crate) selector: Value,
+        pub(crate) endpoints: Vec<Endpoint>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    pub(crate) struct Endpoint {
+        pub(crate) port: String,
+        pub(crate) scheme: Option<String>,
+        pub(crate) path: Option<String>,
+        pub(crate) interval: Option<String>,
+        pub(crate) tls_config: Option<TlsConfig>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    pub(crate) struct TlsConfig {
+        pub(crate) server_name: Option<String>,
+        pub(crate) ca: Option<SecretOrConfigMap>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    pub(crate) struct SecretOrConfigMap {
+        pub(crate) secret: Option<KeySelector>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    pub(crate) struct KeySelector {
+        pub(crate) name: String,
+        pub(crate) key: String,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    pub(crate) struct PrometheusRuleSpec {
+        pub(crate) groups: Vec<Value>,
+    }
+}
+
+/// Issue 23, item 3: every kustomization under deploy/ renders (the ServiceMonitor overlay
+/// stopped with "cycle detected"), and what it renders passes `kubernetes-validate
+/// --strict` for the newest Kubernetes that tool knows; the Prometheus Operator's objects,
+/// which it has no schema for, pass their own typed check.
+#[test]
+fn every_kustomization_renders_and_validates() {
+    let dirs = kustomizations();
+    assert!(dirs.len() >= 4, "{dirs:?}");
+    let validator = Command::new("kubernetes-validate")
+        .arg("--version")
+        .output();
+    let have_validator = match validator {
+        Ok(o) => o.status.success(),
+        Err(_) if std::env::var_os("CI").is_none() => {
+            eprintln!("kubernetes-validate is not installed (pip install kubernetes-validate)");
+            false
+        }
+        Err(e) => panic!("CI must install kubernetes-validate (PyPI): {e}"),
+    };
+    let scratch = std::env::temp_dir().join(format!("meshprobe-deploy-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).expect("scratch dir");
+    for dir in &dirs {
+        let Some(objects) = kustomize(dir) else {
+            return;
+        };
+        assert!(!objects.is_empty(), "{} renders nothing", dir.display());
+        for v in &objects {
+            let kind = v["kind"].as_str().unwrap_or_default();
+            let name = &v["metadata"]["name"];
+            match kind {
+                "ServiceMonitor" => {
+                    serde_json::from_value::<operator::Object<operator::ServiceMonitorSpec>>(
+                        v.clone(),
+                    )
+                    .unwrap_or_else(|e| panic!("{}: ServiceMonitor {name}: {e}", dir.display()));
+                }
+                "PrometheusRule" => {
+                    serde_json::from_value::<operator::Object<operator::PrometheusRuleSpec>>(
+                        v.clone(),
+                    )
+                    .unwrap_or_else(|e| panic!("{}: PrometheusRule {name}: {e}", dir.display()));
+                }
+                _ => {
+                    validate(v).unwrap_or_else(|e| panic!("{}: {kind} {name}: {e}", dir.display()))
+                }
+            }
+        }
+        if have_validator {
+            let file = scratch.join("rendered.yaml");
+            let text: Vec<String> = objects
+                .iter()
+                .map(|v| serde_yaml_ng::to_string(v).expect("YAML"))
+                .collect();
+            std::fs::write(&file, text.join("---\n")).expect("write the rendering");
+            let out = Command::new("kubernetes-validate")
+                .args(["--strict", "--quiet", "--no-warn"])
+                .arg(&file)
+                .output()
+                .expect("run kubernetes-validate");
+            assert!(
+                out.status.success(),
+                "kubernetes-validate --strict on {}:\n{}{}",
+                dir.display(),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+}
+
+/// Issue 23, item 3: the ServiceMonitor scrapes the port the Service has, over HTTPS with
+/// the CA of the coordinator's certificate and a name the certificate carries; it and the
+/// PrometheusRule carry the `release` label kube-prometheus-stack selects by default.
+#[test]
+fn the_servicemonitor_speaks_https_to_the_services_port() {
+    let overlay = Path::new(DEPLOY).join("overlays/servicemonitor");
+    let Some(objects) = kustomize(&overlay) else {
+        return;
+    };
+    let sm = find(&objects, "ServiceMonitor", "meshprobe-coordinator");
+    let svc = find(&objects, "Service", "meshprobe-coordinator");
+    let sts = find(&objects, "StatefulSet", "meshprobe-coordinator");
+    let ep: operator::Endpoint =
+        serde_json::from_value(sm["spec"]["endpoints"][0].clone()).expect("an endpoint");
+    assert!(
+        svc["spec"]["ports"]
+            .as_array()
+            .expect("ports")
+            .iter()
+            .any(|p| p["name"] == ep.port.as_str()),
+        "the ServiceMonitor's port {} is not a port of the Service",
+        ep.port
+    );
+    for (k, v) in sm["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .expect("matchLabels")
+    {
+        assert_eq!(
+            &svc["metadata"]["labels"][k], v,
+            "the selector misses the Service"
+        );
+    }
+    let tls_secret = sts["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .find(|v| v["name"] == "tls")
+        .expect("a tls volume")["secret"]["secretName"]
+        .clone();
+    assert_eq!(
+        ep.scheme.as_deref(),
+        Some("https"),
+        "the coordinator serves TLS"
+    );
+    let tls = ep.tls_config.expect("tlsConfig");
+    let ca = tls.ca.and_then(|c| c.secret).expect("the CA from a Secret");
+    assert_eq!(ca.name, tls_secret.as_str().expect("a name"));
+    assert_eq!(ca.key, "ca.crt");
+    let certs = std::fs::read_to_string(Path::new(BASE).join("../cert-manager.yaml"))
+        .expect("cert-manager.yaml");
+    let names: Vec<Value> = docs(&certs, "cert-manager.yaml")
+        .into_iter()
+        .filter(|d| d["kind"] == "Certificate")
+        .flat_map(|d| {
+            d["spec"]["dnsNames"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .collect();
+    let server_name = tls.server_name.expect("serverName: endpoints are node IPs");
+    assert!(
+        names.iter().any(|n| n == server_name.as_str()),
+        "{server_name} is not in the certificate's names {names:?}"
+    );
+    let Some(rules) = kustomize(&Path::new(DEPLOY).join("monitoring")) else {
+        return;
+    };
+    for (kind, v) in [
+        ("ServiceMonitor", sm),
+        (
+            "PrometheusRule",
+            find(&rules, "PrometheusRule", "meshprobe"),
+        ),
+    ] {
+        assert!(
+            v["metadata"]["labels"]["release"].is_string(),
+            "{kind}: kube-prometheus-stack selects on `release`"
+        );
     }
 }

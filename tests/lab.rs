@@ -627,3 +627,122 @@ fn lab_down_removes_every_namespace_and_process() {
         );
     }
 }
+
+/// The meshprobe binary run as a user runs it, on the test's lab, with a PATH that has no
+/// meshprobe on it (as after `cargo run -- demo`).
+fn lab_cli(lab: &meshprobe_sandbox::lab::Lab, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(common::BIN)
+        .arg("lab")
+        .args(args)
+        .env(
+            "MESHPROBE_LAB_DIR",
+            std::env::temp_dir().join("meshprobe-test-labs"),
+        )
+        .env("MESHPROBE_LAB", lab.name())
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )
+        .output()
+        .expect("run meshprobe lab")
+}
+
+/// Issue 23, items 5 and 6: `lab exec ... -- meshprobe check`, as `lab up` and `demo`
+/// print it, runs this binary with no meshprobe on PATH; a command that is not installed
+/// exits 127 with a hint (1 would read as NOT HEALTHY). A fault fixed by hand heals
+/// (`lab heal KIND` finds the one in force without --node), can be injected again, and
+/// `--forget` drops one without touching the datapath.
+#[test]
+fn lab_exec_and_heal_work_as_printed() {
+    let Some(lab) = lab_or_skip(2) else {
+        return;
+    };
+    let out = lab_cli(
+        &lab,
+        &[
+            "exec",
+            "ctl",
+            "--",
+            "meshprobe",
+            "check",
+            "--output",
+            "json",
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: meshprobe_core::CheckReport =
+        serde_json::from_slice(&out.stdout).expect("a JSON report");
+    assert!(report.healthy, "{:?}", report.findings);
+    let out = lab_cli(
+        &lab,
+        &["exec", "ctl", "--", "no-such-command-meshprobe-test"],
+    );
+    assert_eq!(out.status.code(), Some(127));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("command not found"), "{err}");
+
+    // Inject, then fix by hand the way the finding's fix says: delete the rule.
+    let out = lab_cli(&lab, &["fault", "icmp-blocked", "--node", "n2"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ns = lab.plan().node("n2").expect("n2").ns.clone();
+    let rules = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns, "iptables", "-w", "-S", "INPUT"])
+        .output()
+        .expect("iptables -S");
+    let rules = String::from_utf8_lossy(&rules.stdout).into_owned();
+    let rule = rules
+        .lines()
+        .find(|l| l.contains("-p icmp") && l.contains("-j DROP"))
+        .unwrap_or_else(|| panic!("the fault's rule in {rules}"));
+    let undo = rule.replacen("-A ", "-D ", 1);
+    let mut delete = vec!["netns", "exec", &ns, "iptables", "-w"];
+    delete.extend(undo.split_whitespace());
+    let fixed = std::process::Command::new("ip")
+        .args(&delete)
+        .status()
+        .expect("iptables -D");
+    assert!(fixed.success(), "{delete:?}");
+    let out = lab_cli(&lab, &["heal", "icmp-blocked"]);
+    assert!(
+        out.status.success(),
+        "a fault fixed by hand heals: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("healed"));
+    let out = lab_cli(&lab, &["fault", "icmp-blocked", "--node", "n2"]);
+    assert!(
+        out.status.success(),
+        "not 'already in force' after the heal: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = lab_cli(&lab, &["heal", "--forget"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("forgotten"));
+    let saved = meshprobe_sandbox::lab::Lab::open(
+        lab.name(),
+        &std::env::temp_dir().join("meshprobe-test-labs"),
+    )
+    .expect("the lab's saved state");
+    assert!(saved.faults().is_empty(), "{:?}", saved.faults());
+    let still = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns, "iptables", "-w", "-S", "INPUT"])
+        .output()
+        .expect("iptables -S");
+    assert!(
+        String::from_utf8_lossy(&still.stdout).contains("-j DROP"),
+        "--forget leaves the datapath as it is"
+    );
+}

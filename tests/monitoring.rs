@@ -39,7 +39,7 @@ fn promtool_checks_the_rules_and_their_unit_tests_pass() {
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{text}");
-    assert!(text.contains("SUCCESS: 14 rules found"), "{text}");
+    assert!(text.contains("SUCCESS: 15 rules found"), "{text}");
     let Some(out) = promtool(&["test", "rules", "rules.test.yaml"]) else {
         return;
     };
@@ -69,6 +69,7 @@ fn the_prometheusrule_carries_the_rules_files_groups() {
             assert!(rule["labels"]["severity"].is_string(), "{alert}");
             assert!(rule["annotations"]["summary"].is_string(), "{alert}");
             assert!(rule["annotations"]["description"].is_string(), "{alert}");
+            runbook_exists(alert, &rule["annotations"]["runbook_url"]);
             let fired = tests.contains(&format!(
                 "alertname: {alert}\n        exp_alerts:\n          - "
             ));
@@ -135,4 +136,29 @@ fn kustomize_renders_the_monitoring_overlay() {
     assert_eq!(v["kind"], "PrometheusRule");
     assert_eq!(v["metadata"]["namespace"], "meshprobe");
     assert_eq!(v["spec"]["groups"], yaml("rules.yaml")["groups"]);
+}
+
+/// An alert's `runbook_url` is a section of docs/alerts.md, under the repository the
+/// workspace's Cargo.toml names.
+fn runbook_exists(alert: &str, url: &Value) {
+    let url = url
+        .as_str()
+        .unwrap_or_else(|| panic!("{alert}: no runbook_url"));
+    let manifest = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))
+        .expect("Cargo.toml");
+    let repo = manifest
+        .lines()
+        .find_map(|l| l.strip_prefix("repository = "))
+        .map(|v| v.trim_matches('"'))
+        .expect("the workspace names its repository");
+    let anchor = url
+        .strip_prefix(&format!("{repo}/blob/main/docs/alerts.md#"))
+        .unwrap_or_else(|| panic!("{alert}: {url} is not a section of docs/alerts.md"));
+    assert_eq!(anchor, alert.to_lowercase(), "{alert}: {url}");
+    let runbooks = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/alerts.md"))
+        .expect("docs/alerts.md");
+    assert!(
+        runbooks.lines().any(|l| l == format!("## {alert}")),
+        "docs/alerts.md has no section for {alert}"
+    );
 }

@@ -593,13 +593,25 @@ async fn latest(
     }
 }
 
-async fn metrics(State(c): State<Arc<Coordinator>>) -> Response {
+/// `/metrics` in the format the scraper's `Accept` asks for: OpenMetrics for Prometheus,
+/// the classic text format for everyone else (curl, `promtool check metrics`).
+async fn metrics(State(c): State<Arc<Coordinator>>, headers: axum::http::HeaderMap) -> Response {
+    use meshprobe_core::promtext::{Exposition, openmetrics_to_classic};
+    let accept = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok());
+    let format = Exposition::negotiate(accept);
+    let text = c.metrics_text();
+    let body = match format {
+        Exposition::OpenMetrics => text,
+        Exposition::Classic => openmetrics_to_classic(&text),
+    };
     (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        c.metrics_text(),
+        [
+            (axum::http::header::CONTENT_TYPE, format.content_type()),
+            (axum::http::header::VARY, "accept"),
+        ],
+        body,
     )
         .into_response()
 }

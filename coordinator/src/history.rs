@@ -654,6 +654,7 @@ mod tests {
                     hop: "forwarding".into(),
                     summary: format!("{node} does not forward (round {round})"),
                     evidence: vec![],
+                    evidence_cells: 0,
                     fix: "sysctl".into(),
                     rounds: 1,
                     cells: vec![],

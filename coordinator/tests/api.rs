@@ -1628,3 +1628,82 @@ async fn a_nodes_entry_is_answered_without_a_round() {
         assert_eq!(r.status(), want, "{path}");
     }
 }
+
+/// Issue 23, item 11: `/metrics` is OpenMetrics for a scraper that asks for it, and the
+/// classic text format otherwise, which `promtool check metrics` (it reads only that)
+/// passes, lint included, on a live coordinator after a round.
+#[tokio::test]
+async fn metrics_negotiate_the_classic_format_and_promtool_passes_it() {
+    let (base, c) = start().await;
+    let id = c.trigger();
+    assert!(matches!(
+        c.wait_for(id, Duration::from_secs(10)).await,
+        meshprobe_coordinator::rounds::RoundStatus::Done(_)
+    ));
+    let http = reqwest::Client::new();
+    let om = http
+        .get(format!("{base}/metrics"))
+        .header(
+            "accept",
+            "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+        )
+        .send()
+        .await
+        .expect("metrics");
+    assert!(
+        om.headers()["content-type"]
+            .to_str()
+            .expect("ascii")
+            .starts_with("application/openmetrics-text")
+    );
+    let om = om.text().await.expect("text");
+    assert!(om.trim_end().ends_with("# EOF"), "{om}");
+    let classic = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("metrics");
+    assert!(
+        classic.headers()["content-type"]
+            .to_str()
+            .expect("ascii")
+            .starts_with("text/plain; version=0.0.4")
+    );
+    let classic = classic.text().await.expect("text");
+    assert!(
+        !classic.contains("# EOF") && !classic.contains("# UNIT"),
+        "{classic}"
+    );
+    assert!(
+        classic.contains("# TYPE meshprobe_rounds_total counter"),
+        "{classic}"
+    );
+    meshprobe_core::promtext::validate(&classic).unwrap_or_else(|e| panic!("{e}\n{classic}"));
+    let promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let mut child = match promtool {
+        Ok(c) => c,
+        Err(_) if std::env::var_os("CI").is_none() => {
+            eprintln!("skipped: promtool is not installed (Debian's prometheus has it)");
+            return;
+        }
+        Err(e) => panic!("CI must install promtool: {e}"),
+    };
+    {
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(classic.as_bytes()).expect("write");
+    }
+    let out = child.wait_with_output().expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool check metrics exited {:?}:\n{}{}\n{classic}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

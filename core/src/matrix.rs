@@ -129,8 +129,13 @@ pub struct Finding {
     pub hop: String,
     /// One line a person reads first.
     pub summary: String,
-    /// Facts with numbers.
+    /// Facts with numbers: the nodes' own evidence and the reasoning first, then the
+    /// probe cells that show it (the last `evidenceCells` lines).
     pub evidence: Vec<String>,
+    /// Extension: how many of `evidence`'s lines, at its end, cite probe cells (a view
+    /// shows every other line, and a few of these).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub evidence_cells: u32,
     /// What to check or run next.
     pub fix: String,
     /// Extension: consecutive rounds this finding has been made, this one included.
@@ -192,6 +197,11 @@ pub struct CellRef {
 
 fn one() -> u32 {
     1
+}
+
+/// serde's `skip_serializing_if` passes a reference.
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// What identifies a finding from one round to the next.

@@ -110,6 +110,107 @@ fn find_label_end(s: &str) -> Option<usize> {
     None
 }
 
+/// A `/metrics` body's format, as the scraper's `Accept` header asks for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exposition {
+    /// OpenMetrics 1.0 (what Prometheus asks for first).
+    OpenMetrics,
+    /// The classic text format 0.0.4 (curl, `promtool check metrics`, older scrapers).
+    Classic,
+}
+
+impl Exposition {
+    /// OpenMetrics when `accept` lists `application/openmetrics-text` with a weight above
+    /// zero, the classic format otherwise (no header, `*/*`, `text/plain`).
+    pub fn negotiate(accept: Option<&str>) -> Self {
+        let wants_om = accept.is_some_and(|a| {
+            a.split(',').any(|range| {
+                let mut parts = range.split(';').map(str::trim);
+                let media = parts.next().unwrap_or_default();
+                let q_zero = parts.any(|p| {
+                    p.strip_prefix("q=")
+                        .and_then(|q| q.parse::<f32>().ok())
+                        .is_some_and(|q| q <= 0.0)
+                });
+                media.eq_ignore_ascii_case("application/openmetrics-text") && !q_zero
+            })
+        });
+        if wants_om {
+            Self::OpenMetrics
+        } else {
+            Self::Classic
+        }
+    }
+
+    /// The body's `Content-Type`.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Self::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Self::Classic => "text/plain; version=0.0.4; charset=utf-8",
+        }
+    }
+}
+
+/// Rewrites an OpenMetrics exposition in the classic text format: a counter family is
+/// named by its `_total` sample, an info family becomes a gauge named `_info`, `unknown`
+/// becomes `untyped`; `# UNIT`, `# EOF`, `_created` samples and exemplars are dropped.
+pub fn openmetrics_to_classic(om: &str) -> String {
+    let mut out = String::with_capacity(om.len());
+    // HELP comes before TYPE in OpenMetrics, and its name depends on the type.
+    let mut help: Option<(&str, &str)> = None;
+    let mut counters: Vec<String> = Vec::new();
+    for line in om.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, text) = rest.split_once(' ').unwrap_or((rest, ""));
+            help = Some((name, text));
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (family, kind) = rest.split_once(' ').unwrap_or((rest, "unknown"));
+            let (name, kind) = match kind {
+                "counter" => {
+                    counters.push(family.to_owned());
+                    (format!("{family}_total"), "counter")
+                }
+                "info" => (format!("{family}_info"), "gauge"),
+                "gauge" | "histogram" | "summary" => (family.to_owned(), kind),
+                "stateset" => (family.to_owned(), "gauge"),
+                _ => (family.to_owned(), "untyped"),
+            };
+            if let Some((h, text)) = help.take() {
+                let h = if h == family { name.as_str() } else { h };
+                out.push_str(&format!("# HELP {h} {text}\n"));
+            }
+            out.push_str(&format!("# TYPE {name} {kind}\n"));
+            continue;
+        }
+        if line.starts_with('#') {
+            // # UNIT, # EOF and other comments have no classic form.
+            continue;
+        }
+        let name_end = line.find(['{', ' ']).unwrap_or(line.len());
+        let name = &line[..name_end];
+        if let Some(base) = name.strip_suffix("_created")
+            && counters.iter().any(|c| c == base)
+        {
+            continue;
+        }
+        // An exemplar follows the value after " # ", outside the label set.
+        let body_start = if line[name_end..].starts_with('{') {
+            find_label_end(&line[name_end + 1..]).map_or(line.len(), |e| name_end + 1 + e + 1)
+        } else {
+            name_end
+        };
+        let sample = match line[body_start..].find(" # ") {
+            Some(p) => &line[..body_start + p],
+            None => line,
+        };
+        out.push_str(sample);
+        out.push('\n');
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,5 +234,37 @@ mod tests {
             Err("sample value is not a number".into())
         );
         assert!(validate("# TYPE m blob\nm 1\n").is_err());
+    }
+
+    #[test]
+    fn the_accept_header_picks_the_format() {
+        let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        assert_eq!(
+            Exposition::negotiate(Some(prometheus)),
+            Exposition::OpenMetrics
+        );
+        for classic in [
+            None,
+            Some("*/*"),
+            Some("text/plain"),
+            Some("application/openmetrics-text;q=0"),
+        ] {
+            assert_eq!(
+                Exposition::negotiate(classic),
+                Exposition::Classic,
+                "{classic:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn openmetrics_becomes_classic_text() {
+        let om = "# HELP rounds Rounds finished.\n# TYPE rounds counter\nrounds_total 3\nrounds_created 1.7e9\n# HELP build Build.\n# TYPE build info\nbuild_info{version=\"1\"} 1\n# HELP up Up.\n# TYPE up gauge\n# UNIT up seconds\nup{a=\"x # y\"} 1 # {trace=\"t\"} 1\n# EOF\n";
+        let text = openmetrics_to_classic(om);
+        assert_eq!(
+            text,
+            "# HELP rounds_total Rounds finished.\n# TYPE rounds_total counter\nrounds_total 3\n# HELP build_info Build.\n# TYPE build_info gauge\nbuild_info{version=\"1\"} 1\n# HELP up Up.\n# TYPE up gauge\nup{a=\"x # y\"} 1\n"
+        );
+        assert_eq!(validate(&text), Ok(3));
     }
 }

@@ -60,8 +60,12 @@ fn cell_text(c: &CellView<'_>) -> String {
 /// The most rejected alternatives the table prints per finding (JSON has them all).
 const MAX_ALTERNATIVE_LINES: usize = 2;
 
-/// The most evidence lines the table prints per finding.
-const MAX_EVIDENCE_LINES: usize = 12;
+/// The most lines of a finding's own evidence (the nodes' evidence and the reasoning)
+/// the table prints; `--output wide` prints every one.
+const MAX_FACT_LINES: usize = 16;
+
+/// The most probe-cell lines the table prints per finding, after its own evidence.
+const MAX_PROBE_LINES: usize = 3;
 
 /// Remote text, on one line, control characters escaped, bounded.
 fn esc(s: &str) -> String {
@@ -72,15 +76,59 @@ fn esc(s: &str) -> String {
 /// layer and a grid per layer with failures. Text that came from agents or the
 /// coordinator is printed with its control characters escaped, one line each, bounded.
 pub fn render(report: &CheckReport, style: Style) -> String {
-    let mut out = head(report, style);
+    let mut out = head(report, style, Detail::Compact);
     compact_layers(report, style, &mut out);
     out
 }
 
-/// The report with every layer's full matrix (RTT and loss per cell).
+/// The report with every layer's full matrix (RTT and loss per cell), and every line of
+/// every finding's evidence.
 pub fn render_wide(report: &CheckReport, style: Style) -> String {
-    let mut out = head(report, style);
+    let mut out = head(report, style, Detail::Full);
     wide_layers(report, style, &mut out);
+    out
+}
+
+/// How much of a finding the table prints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Detail {
+    /// Its own evidence, a few probe cells, two alternatives.
+    Compact,
+    /// Everything (`--output wide`).
+    Full,
+}
+
+/// A finding's evidence lines as the table prints them: every line of the nodes' own
+/// evidence and the reasoning (up to [`MAX_FACT_LINES`]), then a few of the probe cells
+/// that show it, each cut said with where to see the rest.
+fn evidence_lines(f: &crate::Finding, detail: Detail) -> Vec<String> {
+    let cells = (f.evidence_cells as usize).min(f.evidence.len());
+    let (facts, probes) = f.evidence.split_at(f.evidence.len() - cells);
+    if detail == Detail::Full {
+        return f.evidence.iter().map(|l| esc(l)).collect();
+    }
+    let mut out: Vec<String> = facts.iter().take(MAX_FACT_LINES).map(|l| esc(l)).collect();
+    let more = |n: usize, one: &str, many: &str| {
+        format!(
+            "... and {n} more {} (--output wide shows them all)",
+            if n == 1 { one } else { many }
+        )
+    };
+    if facts.len() > MAX_FACT_LINES {
+        out.push(more(
+            facts.len() - MAX_FACT_LINES,
+            "line of evidence",
+            "lines of evidence",
+        ));
+    }
+    out.extend(probes.iter().take(MAX_PROBE_LINES).map(|l| esc(l)));
+    if probes.len() > MAX_PROBE_LINES {
+        out.push(more(
+            probes.len() - MAX_PROBE_LINES,
+            "probe line",
+            "probe lines",
+        ));
+    }
     out
 }
 
@@ -236,7 +284,7 @@ fn compact_layers(report: &CheckReport, style: Style, out: &mut String) {
 }
 
 /// The verdict, the findings, the agents not reporting and the warnings.
-fn head(report: &CheckReport, style: Style) -> String {
+fn head(report: &CheckReport, style: Style, detail: Detail) -> String {
     let mut out = String::new();
     let (ok, fail, unknown) = report.counts();
     let total = ok + fail + unknown;
@@ -272,17 +320,14 @@ fn head(report: &CheckReport, style: Style) -> String {
                 esc(&f.hop),
                 esc(f.direction.as_str())
             );
-            for e in f.evidence.iter().take(MAX_EVIDENCE_LINES) {
-                let _ = writeln!(out, "   - {}", esc(e));
+            for e in evidence_lines(f, detail) {
+                let _ = writeln!(out, "   - {e}");
             }
-            if f.evidence.len() > MAX_EVIDENCE_LINES {
-                let _ = writeln!(
-                    out,
-                    "   - ... and {} more lines (--output json has them all)",
-                    f.evidence.len() - MAX_EVIDENCE_LINES
-                );
-            }
-            for a in f.alternatives.iter().take(MAX_ALTERNATIVE_LINES) {
+            let alternatives = match detail {
+                Detail::Compact => MAX_ALTERNATIVE_LINES,
+                Detail::Full => usize::MAX,
+            };
+            for a in f.alternatives.iter().take(alternatives) {
                 let _ = writeln!(
                     out,
                     "   ruled out {} on {}: {}",

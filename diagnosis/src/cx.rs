@@ -32,6 +32,9 @@ pub(crate) struct Cx<'a> {
     ev: Vec<Option<&'a NodeEvidence>>,
     /// What kube-proxy looks like on the nodes that report it (computed once).
     kube_proxy_norm: std::cell::OnceCell<KubeProxyNorm>,
+    /// The evidence lines the citers made (a probe cell each, or their "... and N more"):
+    /// a finding lists its other lines, the nodes' own evidence and the reasoning, first.
+    cited: std::cell::RefCell<crate::index::FxSet<String>>,
 }
 
 /// kube-proxy's chains across the reporting nodes, to compare one node with its peers.
@@ -115,6 +118,7 @@ impl<'a> Cx<'a> {
             ix,
             ev,
             kube_proxy_norm: std::cell::OnceCell::new(),
+            cited: std::cell::RefCell::default(),
             ledger: crate::ledger::Ledger::default(),
             cfg: Consistency::default(),
             endpoints: std::cell::OnceCell::new(),
@@ -519,6 +523,11 @@ impl<'a> Cx<'a> {
     }
     /// The first `max` of `cells`, each as "src -> column layer: what it got", and how many
     /// more there are.
+    /// Remembers `lines` as probe citations (see [`Cx::push`]).
+    fn mark_cited(&self, lines: &[String]) {
+        self.cited.borrow_mut().extend(lines.iter().cloned());
+    }
+
     pub(crate) fn cite_cells(&self, cells: &[CellKey], max: usize) -> Vec<String> {
         let mut v: Vec<String> = cells
             .iter()
@@ -538,6 +547,7 @@ impl<'a> Cx<'a> {
         if cells.len() > max {
             v.push(format!("... and {} more cells", cells.len() - max));
         }
+        self.mark_cited(&v);
         v
     }
 
@@ -557,6 +567,7 @@ impl<'a> Cx<'a> {
                 pairs.len() - 4
             ));
         }
+        self.mark_cited(&v);
         v
     }
     pub(crate) fn tcite(&self, id: usize, srcs: &[usize]) -> Vec<String> {
@@ -575,6 +586,7 @@ impl<'a> Cx<'a> {
                 srcs.len() - 4
             ));
         }
+        self.mark_cited(&v);
         v
     }
 
@@ -607,6 +619,14 @@ impl<'a> Cx<'a> {
             return;
         }
         cells.sort_unstable();
+        // The nodes' own evidence and the reasoning first, then the probe cells that
+        // show it (issue 23: a REJECT rule or `ip_forward = 0` hid behind probe lines).
+        let (probes, mut evidence): (Vec<String>, Vec<String>) = {
+            let cited = self.cited.borrow();
+            evidence.into_iter().partition(|l| cited.contains(l))
+        };
+        let evidence_cells = probes.len() as u32;
+        evidence.extend(probes);
         let finding = Finding {
             cell_count: cells.len() as u32,
             cells: self.refs(&cells),
@@ -617,6 +637,7 @@ impl<'a> Cx<'a> {
             hop,
             summary,
             evidence,
+            evidence_cells,
             fix,
             rounds: 1,
             alternatives: Vec::new(),

@@ -830,7 +830,8 @@ impl Fault {
                 let Some(n) = node(n) else {
                     return Action::Steps(vec![]);
                 };
-                let op = if inject { "del" } else { "add" };
+                // Replace, not add: the address may have been put back by hand.
+                let op = if inject { "del" } else { "replace" };
                 vec![Step::ip_batch(
                     &n.ns,
                     format!("addr {op} {}/24 dev cni0\n", n.gateway()),

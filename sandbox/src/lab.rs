@@ -758,14 +758,49 @@ impl Lab {
         self.save()
     }
 
-    /// Heals one fault in force.
+    /// Heals one fault in force. What was undone by hand already (a rule deleted, an
+    /// address put back) is left as it is: the heal deletes only what is still there and
+    /// sets the rest to its healthy value, so it succeeds after a manual fix.
     pub fn heal(&mut self, fault: &Fault) -> Result<(), LabError> {
         let Some(i) = self.state.faults.iter().position(|f| f == fault) else {
             return Err(LabError::Spec(format!("{fault} is not in force")));
         };
-        self.act(fault.heal(&self.plan))?;
+        let action = fault.heal(&self.plan);
+        self.act_undo(action)?;
         self.state.faults.remove(i);
         self.save()
+    }
+
+    /// Forgets a fault without touching the datapath: for one healed by other means, or
+    /// whose heal cannot succeed (the lab's record of it goes, nothing else).
+    pub fn forget(&mut self, fault: &Fault) -> Result<(), LabError> {
+        let Some(i) = self.state.faults.iter().position(|f| f == fault) else {
+            return Err(LabError::Spec(format!("{fault} is not in force")));
+        };
+        self.state.faults.remove(i);
+        self.save()
+    }
+
+    /// [`Lab::act`] for an undo: each deletion runs only if what it deletes is there.
+    fn act_undo(&mut self, action: Action) -> Result<(), LabError> {
+        match action {
+            Action::Steps(steps) => {
+                for step in &steps {
+                    if let Some(check) = step.presence_check() {
+                        match exec::run(&check) {
+                            Ok(()) => {}
+                            // Not there: removed by hand already.
+                            Err(ExecError::Failed { .. }) => continue,
+                            Err(e) => return Err(e.into()),
+                        }
+                    }
+                    exec::run(step)?;
+                }
+                Ok(())
+            }
+            Action::Sequence(actions) => actions.into_iter().try_for_each(|a| self.act_undo(a)),
+            other => self.act(other),
+        }
     }
 
     /// Heals every fault in force, newest first.

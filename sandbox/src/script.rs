@@ -70,6 +70,36 @@ impl Step {
             value: value.to_owned(),
         }
     }
+    /// For a step that deletes something (an iptables rule `-D`, a chain `-X`), the step
+    /// that says whether it is still there: `iptables -C` / `iptables -L` succeed only if
+    /// it is. A heal skips the deletion of what someone removed by hand already.
+    pub fn presence_check(&self) -> Option<Step> {
+        let Step::Run {
+            ns,
+            program: "iptables",
+            args,
+            stdin: None,
+        } = self
+        else {
+            return None;
+        };
+        let op = args.iter().position(|a| a == "-D" || a == "-X")?;
+        let mut check = args.clone();
+        if check[op] == "-D" {
+            check[op] = "-C".to_owned();
+        } else {
+            // `-L CHAIN -n`: fails for a chain that does not exist.
+            check[op] = "-L".to_owned();
+            check.push("-n".to_owned());
+        }
+        Some(Step::Run {
+            ns: ns.clone(),
+            program: "iptables",
+            args: check,
+            stdin: None,
+        })
+    }
+
     /// `iptables -w args...` inside `ns`.
     pub fn iptables(ns: &str, args: &str) -> Self {
         let mut v = vec!["-w".to_owned()];

@@ -6,9 +6,25 @@ const MAX_ROWS = 60;      // rows shown per layer, worst first; the rest are cou
 const MAX_COLS = 60;      // columns likewise
 const STALE_MS = 120000;  // a round older than this makes the page say it is stale
 const POLL_MS = 2000;
+const EPISODE_GAP = 3;    // a finding missing from this many rounds in a row ends its episode
 
 const view = { round: null, report: null, layer: null, layerChosen: false, status: null, statusAt: 0,
-               selected: null, timeline: null, error: null };
+               selected: null, timeline: null, error: null, node: null };
+// A link names a layer and a node: #layer=pod-to-pod&node=n2 (the strip and the tabs set it).
+function readHash() {
+  const h = new URLSearchParams(location.hash.slice(1));
+  if (h.get('layer')) { view.layer = h.get('layer'); view.layerChosen = true; }
+  view.node = h.get('node') || null;
+}
+function writeHash() {
+  const h = new URLSearchParams();
+  if (view.layerChosen && view.layer) h.set('layer', view.layer);
+  if (view.node) h.set('node', view.node);
+  const s = h.toString();
+  if (('#' + s) !== location.hash && !(s === '' && location.hash === '')) history.replaceState(null, '', s ? '#' + s : location.pathname + location.search);
+}
+readHash();
+window.addEventListener('hashchange', () => { readHash(); if (view.report) renderReport(); });
 window.meshprobe = view; // for the browser test and for curious operators
 
 const $ = (id) => document.getElementById(id);
@@ -105,17 +121,35 @@ function renderReport() {
     li.appendChild(el('div', 'summary', f.summary));
     li.appendChild(el('div', 'cause', '[' + f.cause + '] ' + f.direction + (f.rounds > 1 ? ', ' + f.rounds + ' rounds in a row' : '')));
     li.appendChild(el('div', 'hop', 'hop: ' + f.hop));
+    // The nodes' own evidence and the reasoning, all of it; then a few of the probe cells
+    // that show it, the rest behind a "more" that opens in place.
+    const cells = Math.min(f.evidenceCells || 0, f.evidence.length);
+    const facts = f.evidence.slice(0, f.evidence.length - cells);
+    const probes = f.evidence.slice(f.evidence.length - cells);
     const ev = el('ul', 'evidence');
-    f.evidence.slice(0, 12).forEach((e) => ev.appendChild(el('li', null, e)));
-    if (f.evidence.length > 12) ev.appendChild(el('li', 'muted', '... and ' + (f.evidence.length - 12) + ' more'));
+    facts.forEach((e) => ev.appendChild(el('li', null, e)));
+    probes.slice(0, 3).forEach((e) => ev.appendChild(el('li', 'probe', e)));
     li.appendChild(ev);
+    if (probes.length > 3) {
+      const more = el('details', 'more');
+      more.appendChild(el('summary', null, (probes.length - 3) + (probes.length - 3 === 1 ? ' more probe line' : ' more probe lines')));
+      const rest = el('ul', 'evidence');
+      probes.slice(3).forEach((e) => rest.appendChild(el('li', 'probe', e)));
+      more.appendChild(rest);
+      li.appendChild(more);
+    }
     li.appendChild(el('div', 'fix', 'next: ' + f.fix));
     list.appendChild(li);
   });
   const layers = Object.keys(rep.layers);
-  // Until someone picks a layer, show the first one with failures.
+  renderNodes();
+  // Until someone picks a layer, show the one where the node the first finding names (or
+  // the picked node) fails most; else the first one with failures.
   if (!view.layerChosen || !rep.layers[view.layer]) {
-    view.layer = layers.find((l) => bad(rep.layers[l]) > 0) || layers[0] || null;
+    const focus = view.node || (rep.findings[0] && rep.findings[0].nodes[0]);
+    const touching = (l) => focus ? badFor(rep.layers[l], focus) : 0;
+    const best = layers.slice().sort((a, b) => touching(b) - touching(a))[0];
+    view.layer = (best && touching(best) > 0 ? best : null) || layers.find((l) => bad(rep.layers[l]) > 0) || layers[0] || null;
   }
   const tabs = $('layers');
   tabs.replaceChildren();
@@ -124,11 +158,52 @@ function renderReport() {
     b.dataset.layer = l;
     const n = bad(rep.layers[l]);
     if (n > 0) b.appendChild(el('span', 'bad', n));
-    b.addEventListener('click', () => { view.layer = l; view.layerChosen = true; renderReport(); });
+    b.addEventListener('click', () => { view.layer = l; view.layerChosen = true; writeHash(); renderReport(); });
     tabs.appendChild(b);
   });
   renderGrid();
   if (view.selected) showCell(view.selected.from, view.selected.to);
+}
+
+// A node's failing (or unknown) cells in a layer: its row and its column.
+function badFor(m, node) {
+  let n = 0;
+  for (const [r, row] of Object.entries(m)) for (const [c, cell] of Object.entries(row)) {
+    if (cell.state !== 'ok' && (r === node || c === node)) n++;
+  }
+  return n;
+}
+
+// One chip per node: its worst state over every layer and the layer it is worst in; a
+// click shows that layer with the node's row and column marked.
+function renderNodes() {
+  const rep = view.report;
+  const strip = $('nodes');
+  strip.replaceChildren();
+  const blamed = new Set(rep.findings.flatMap((f) => f.nodes));
+  rep.nodes.forEach((n) => {
+    let fail = 0, unknown = 0, worstLayer = null, worstN = 0;
+    for (const [l, m] of Object.entries(rep.layers)) {
+      let lf = 0;
+      for (const [r, row] of Object.entries(m)) for (const [c, cell] of Object.entries(row)) {
+        if (r !== n && c !== n) continue;
+        if (cell.state === 'fail') { fail++; lf++; } else if (cell.state === 'unknown') unknown++;
+      }
+      if (lf > worstN) { worstN = lf; worstLayer = l; }
+    }
+    const state = blamed.has(n) ? 'blamed' : fail > 0 ? 'fail' : unknown > 0 ? 'unknown' : 'ok';
+    const b = el('button', 'node ' + state + (view.node === n ? ' active' : ''), n);
+    b.dataset.node = n;
+    b.dataset.state = state;
+    b.title = n + ': ' + (blamed.has(n) ? 'named by a finding; ' : '') + fail + ' failing cells' + (worstLayer ? ', most in ' + worstLayer : '') + (unknown ? ', ' + unknown + ' unknown' : '');
+    b.addEventListener('click', () => {
+      view.node = view.node === n ? null : n;
+      if (view.node && worstLayer) { view.layer = worstLayer; view.layerChosen = true; }
+      writeHash();
+      renderReport();
+    });
+    strip.appendChild(b);
+  });
 }
 
 function bad(m) {
@@ -161,9 +236,15 @@ function renderGrid() {
   const order = (a, b) => (nodeOrder.has(a) ? nodeOrder.get(a) : 1e9) - (nodeOrder.has(b) ? nodeOrder.get(b) : 1e9) || (a < b ? -1 : a > b ? 1 : 0);
   const rowBad = (r) => Object.values(m[r]).filter((c) => c.state !== 'ok').length;
   const colBad = (c) => rows.filter((r) => m[r][c] && m[r][c].state !== 'ok').length;
-  // Worst first, so that at 1,000 nodes the broken part is what is on screen.
-  rows.sort((a, b) => rowBad(b) - rowBad(a) || order(a, b));
-  cols.sort((a, b) => colBad(b) - colBad(a) || order(a, b));
+  // Worst first, so that at 1,000 nodes the broken part is what is on screen; and one
+  // order for a node as a row and as a column (its failures both ways), so that the
+  // diagonal stays a diagonal. Columns that are not nodes (CoreDNS pods, ingresses) follow.
+  const worst = new Map();
+  for (const n of new Set([...rows, ...cols])) worst.set(n, (m[n] ? rowBad(n) : 0) + (cols.includes(n) ? colBad(n) : 0));
+  const byWorst = (a, b) => worst.get(b) - worst.get(a) || order(a, b);
+  rows.sort(byWorst);
+  const rank = new Map(rows.map((r, i) => [r, i]));
+  cols.sort((a, b) => (rank.has(a) ? rank.get(a) : 1e9) - (rank.has(b) ? rank.get(b) : 1e9) || byWorst(a, b));
   const shownRows = rows.slice(0, MAX_ROWS);
   const shownCols = cols.slice(0, MAX_COLS);
   grid.style.gridTemplateColumns = 'minmax(4rem, 10rem) repeat(' + shownCols.length + ', 14px)';
@@ -173,10 +254,10 @@ function renderGrid() {
   for (const r of rows) for (const c of Object.values(m[r])) if (c.rttMs !== null && c.rttMs !== undefined) rtts.push(c.rttMs);
   const maxRtt = Math.max(1, ...rtts);
   shownRows.forEach((r) => {
-    grid.appendChild(el('div', 'label', r));
+    grid.appendChild(el('div', 'label' + (r === view.node ? ' focus' : ''), r));
     shownCols.forEach((c) => {
       const cell = m[r][c];
-      const d = el('div', cellClass(cell));
+      const d = el('div', cellClass(cell) + (view.node && (r === view.node || c === view.node) ? ' focus' : ''));
       d.dataset.from = r; d.dataset.to = c;
       if (cell) {
         d.dataset.state = cell.state;
@@ -242,18 +323,34 @@ function renderTimeline() {
   if (t.findings.length === 0) { box.appendChild(el('p', 'muted', 'no finding in rounds ' + t.oldestRound + ' to ' + t.newestRound)); return; }
   const last = t.newestRound;
   const first = Math.max(t.oldestRound, last - 119);
-  t.findings.slice(0, 20).forEach((f) => {
-    const row = el('div', 'row');
+  // Each finding's rounds, cut into episodes: three clean rounds in a row end one (a
+  // round or two without it is flapping, the same episode). An episode that ended before
+  // the newest round is resolved.
+  const episodes = [];
+  t.findings.forEach((f) => {
+    let cur = null;
+    f.rounds.slice().sort((a, b) => a - b).forEach((r) => {
+      if (cur && r - cur.last <= EPISODE_GAP) { cur.last = r; cur.rounds.push(r); return; }
+      cur = { f, first: r, last: r, rounds: [r] };
+      episodes.push(cur);
+    });
+  });
+  episodes.sort((a, b) => b.last - a.last || b.first - a.first);
+  episodes.slice(0, 20).forEach((e) => {
+    const resolved = e.last < last;
+    const row = el('div', 'row episode' + (resolved ? ' resolved' : ' ongoing'));
+    row.dataset.cause = e.f.cause;
     const strip = el('div', 'strip');
-    const on = new Set(f.rounds);
+    const on = new Set(e.rounds);
     for (let r = first; r <= last; r++) {
       const i = el('i', on.has(r) ? 'on' : '');
       i.title = 'round ' + r;
       strip.appendChild(i);
     }
     row.appendChild(strip);
-    row.appendChild(el('span', 'cause', f.cause + ' ' + f.nodes.join(',')));
-    row.appendChild(el('span', 'muted', 'first seen round ' + f.firstRound + ' (' + new Date(f.firstSeenMs).toLocaleString() + '), last round ' + f.lastRound));
+    row.appendChild(el('span', 'cause', e.f.cause + ' ' + e.f.nodes.join(',')));
+    row.appendChild(el('span', 'state', resolved ? 'resolved' : 'ongoing'));
+    row.appendChild(el('span', 'muted', 'rounds ' + e.first + ' to ' + e.last + (resolved ? ', resolved by round ' + (e.last + 1) : ', still made')));
     box.appendChild(row);
   });
 }
