@@ -199,6 +199,7 @@ fn ip_json_parsers() {
             vtep_ip: "10.42.2.0".parse().expect("ip"),
             vtep_mac: Some("0e:6d:70:00:00:02".into()),
         }],
+        relay: None,
     };
     fuzz("ip-json", corpus("ip-json"), |d| {
         let s = text(d);

@@ -191,6 +191,7 @@ fn expect(p: &LabPlan, f: &Fault, layer: Layer, s: &str, d: &str) -> Exp {
         | Fault::DnsRulesMissing { .. }
         | Fault::OverlayInputDrop { .. }
         | Fault::IcmpForwardDrop { .. }
+        | Fault::IcmpOutputDrop { .. }
         | Fault::DnsPortDrop { .. }
         | Fault::BridgeDown { .. }
         | Fault::PodCidrClaimed { .. } => Exp::Any,
@@ -586,6 +587,13 @@ fn fault_overlay_input_drop() {
 #[test]
 fn fault_icmp_forward_drop() {
     fault_round_trip(Fault::IcmpForwardDrop { node: on("n3") });
+}
+
+/// Issue 23, row 10: the node's own sends refused (EPERM) are its OUTPUT chain's, not
+/// packet loss.
+#[test]
+fn fault_icmp_output_drop() {
+    fault_round_trip(Fault::IcmpOutputDrop { node: on("n2") });
 }
 
 /// DNS to coredns-b dropped for other nodes' pods: its own node's pods resolve, so the

@@ -220,6 +220,9 @@ kinds! {
     OverlayInputDrop = "overlay-input-drop", Node, Datapath, on(Cause::HostInputBlocked);
     /// The node's FORWARD chain drops ICMP to and from its pods.
     IcmpForwardDrop = "icmp-forward-drop", Node, Datapath, on(Cause::ForwardRejected);
+    /// The node's OUTPUT chain drops ICMP (a policy against ping from hosts): its own
+    /// echoes fail at the sender (EPERM), its echo replies vanish; forwarded traffic passes.
+    IcmpOutputDrop = "icmp-output-drop", Node, Datapath, on(Cause::HostOutputBlocked);
     /// The CoreDNS pod's node drops forwarded DNS queries to it.
     DnsPortDrop = "dns-port-drop", Pod, Datapath, at(Cause::ForwardRejected, Role::PodNode);
     /// The node routes a peer's pod range over another interface.
@@ -362,6 +365,11 @@ impl FaultKind {
                     node_hop(HopKind::ForwardOut, x?),
                     node_hop(HopKind::BridgedForward, x?),
                 ],
+                Traffic::of(Proto::Icmp, None),
+            ),
+            // OUTPUT sees only what the node itself sends: its own echoes and its replies.
+            K::IcmpOutputDrop => some(
+                vec![node_hop(HopKind::HostOut, x?)],
                 Traffic::of(Proto::Icmp, None),
             ),
             K::DnsPortDrop => some(

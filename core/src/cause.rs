@@ -91,6 +91,10 @@ ids! {
         /// (INPUT: its pod gateway, its overlay address), while it forwards pod traffic
         /// through the same tunnel.
         HostInputBlocked = "host-input-blocked",
+        /// The node's kernel refuses its own sends (EPERM on the host network: a DROP or
+        /// REJECT in its OUTPUT chain, a full conntrack table), so its probes never leave
+        /// it, while traffic to it and through it passes.
+        HostOutputBlocked = "host-output-blocked",
         /// Another node holds addresses inside the node's pod CIDR, and peers' overlay
         /// entries for that range resolve to it: the other node takes the pods' traffic
         /// (a stale bridge address from before the node was re-registered, a duplicate

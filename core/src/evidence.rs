@@ -29,6 +29,22 @@ pub struct OverlayExpectation {
     /// The peers whose route, neighbour and fdb entries this node is checked for this
     /// round (those it probes).
     pub peers: Vec<OverlayPeer>,
+    /// The host agent's relay, whose path from the node's pods its firewall is checked
+    /// for: set by the host agent itself (it knows its port), never sent by the
+    /// coordinator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay: Option<RelayPath>,
+}
+
+/// The host agent's relay as its node's pods reach it: TCP from the pod range to the node
+/// IP's `port`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RelayPath {
+    /// The relay's port (`--relay-listen`, 7071 by default).
+    pub port: u16,
+    /// The node's own pod range: where the pod agent connects from.
+    pub pod_cidr: PodCidr,
 }
 
 /// One peer's expected overlay state.
@@ -374,6 +390,11 @@ pub struct NodeEvidence {
     /// before something accepts it (a catch-all REJECT, a DROP policy, a rule for one
     /// peer's address).
     pub overlay_port_rules: Vec<FirewallRule>,
+    /// Rules a pod's connection to the host agent's relay (TCP from the node's pod range
+    /// to its node IP's relay port) meets in the raw table and INPUT before something
+    /// accepts it: why a pod agent beside a reporting host agent is silent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub relay_port_rules: Vec<FirewallRule>,
     /// Overlay device, routes, neighbours, fdb.
     pub overlay: Option<OverlayEvidence>,
     /// `/run/flannel/subnet.env`, if present (key=value lines).

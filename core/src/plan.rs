@@ -421,6 +421,7 @@ impl<'t> Planner<'t> {
                                 vtep_mac: p.vtep_mac.clone(),
                             })
                             .collect(),
+                        relay: None,
                     });
                 }
                 for peer in sampled.iter().copied() {

@@ -193,16 +193,28 @@ impl Cx<'_> {
                 .iter()
                 .map(|(k, s)| format!("{xn}'s {k} agent: {}", format!("{s:?}").to_lowercase()))
                 .collect();
-            evidence.push(format!(
-                "any verdict about {xn} comes from the other nodes' view of it"
-            ));
+            // Who else can see this node: with no agent reporting anywhere, there is no
+            // other view of it either, and the cause is the deployment, not the node.
+            let observed = (0..self.n()).any(|y| {
+                y != x
+                    && self.agent_state(y).is_some_and(|(h, p)| {
+                        h == AgentState::Reported || p == AgentState::Reported
+                    })
+            });
+            evidence.push(if observed {
+                format!("any verdict about {xn} comes from the other nodes' view of it")
+            } else {
+                format!("no agent on any node reports: nothing reaches or leaves {xn} under test this round")
+            });
             // A silent pod agent next to a reporting host agent talks to the coordinator
             // through the relay on its node's IP: what the node's own evidence says about
             // that path explains the silence.
             let mut fix = format!(
                 "`kubectl -n meshprobe get pods -o wide --field-selector spec.nodeName={xn}` and the agents' logs"
             );
-            if h == AgentState::Reported && p != AgentState::Reported {
+            if !observed {
+                fix = "`kubectl -n meshprobe get daemonsets,pods -o wide` and one agent's log: with no agent reporting on any node, look at what they share (the DaemonSets, the credential, the coordinator's address)".to_owned();
+            } else if h == AgentState::Reported && p != AgentState::Reported {
                 if let Some(b) = self.bridge_down(x) {
                     evidence.push(format!(
                         "{xn}: {} is down: its pod agent has no path to the relay on {xn}'s node IP",
@@ -211,11 +223,16 @@ impl Cx<'_> {
                 } else if self.cfg.is_odd(x, &[crate::consistency::Attr::Gateway]) {
                     evidence.push(format!("{xn}'s cni0 does not hold its pod gateway: its pod agent has no route to the relay on {xn}'s node IP"));
                 } else if let Some(r) = self.evidence(x).and_then(|e| {
-                    e.overlay_port_rules
-                        .iter()
-                        .find(|r| r.chain == "INPUT" && catch_all(&r.rule))
+                    // The walk of the relay's own flow (TCP from the pod range to the node
+                    // IP's relay port), or, from an agent that does not walk it, a
+                    // catch-all INPUT rule in the overlay's walk.
+                    e.relay_port_rules.first().or_else(|| {
+                        e.overlay_port_rules
+                            .iter()
+                            .find(|r| r.chain == "INPUT" && catch_all(&r.rule))
+                    })
                 }) {
-                    evidence.push(format!("{xn}: iptables {} rejects new connections to {xn}, the relay's too: its pod agent cannot reach the coordinator through it", r.rule));
+                    evidence.push(format!("{xn}: iptables {} ({} {}) takes new connections from {xn}'s pods to its relay: its pod agent cannot reach the coordinator through it", r.rule, r.table, r.chain));
                     fix = format!(
                         "on {xn}: accept the relay port (the host agent's `--relay-listen`, 7071 by default) from the pod CIDR ahead of that rule, or open the overlay and the relay in firewalld"
                     );

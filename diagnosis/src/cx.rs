@@ -524,7 +524,7 @@ impl<'a> Cx<'a> {
     /// The first `max` of `cells`, each as "src -> column layer: what it got", and how many
     /// more there are.
     /// Remembers `lines` as probe citations (see [`Cx::push`]).
-    fn mark_cited(&self, lines: &[String]) {
+    pub(crate) fn mark_cited(&self, lines: &[String]) {
         self.cited.borrow_mut().extend(lines.iter().cloned());
     }
 

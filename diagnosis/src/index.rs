@@ -61,6 +61,10 @@ pub(crate) struct Index<'a> {
     /// that is neither cannot be the subject of a finding built on failing cells, so the
     /// per-node detectors skip it: their work follows the failures, not the cluster.
     involved: Vec<bool>,
+    /// Per node: its failing cells whose sends its own kernel refused (EPERM from the
+    /// host network: the node's OUTPUT, or a full conntrack table). Such probes never
+    /// left the node.
+    pub(crate) refused_sends: Vec<u32>,
 }
 
 pub(crate) fn layer_ix(layer: Layer) -> usize {
@@ -86,6 +90,7 @@ impl<'a> Index<'a> {
             targets_on: vec![Vec::new(); n],
             failing: Vec::new(),
             involved: vec![false; n],
+            refused_sends: vec![0; n],
         };
         for (layer, m) in &r.layers {
             let li = layer_ix(*layer);
@@ -129,6 +134,11 @@ impl<'a> Index<'a> {
                     }
                 };
                 if cell.state == CellState::Fail {
+                    if cell.failure == Some(meshprobe_core::FailKind::LocalRefusal)
+                        && layer.vantage() == meshprobe_core::AgentKind::Host
+                    {
+                        ix.refused_sends[s] += 1;
+                    }
                     ix.failing.push(CellKey {
                         layer: *layer,
                         src: s,

@@ -25,7 +25,11 @@ impl Cx<'_> {
         let mut who: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); n];
         let mut total = (0u64, 0u64);
         for (s, d, c) in Layer::ICMP.iter().flat_map(|l| self.ix.all(*l)) {
-            if s == d || c.loss_pct.unwrap_or(0.0) >= dead {
+            // Sends the kernel refused on the sender never met the path: not loss.
+            if s == d
+                || c.loss_pct.unwrap_or(0.0) >= dead
+                || c.failure == Some(meshprobe_core::FailKind::LocalRefusal)
+            {
                 continue;
             }
             let (l, t) = (u64::from(lost_of(c)), u64::from(c.sent));
@@ -41,7 +45,10 @@ impl Cx<'_> {
         }
         for x in 0..n {
             let (lost, sent) = into[x];
-            if self.ledger.is_broken(x) || sent == 0 {
+            // A node whose kernel refuses its own sends (EPERM) loses its echo replies
+            // the same way: the round trips through it lost are its OUTPUT's, which the
+            // model tests against what passes, not its NIC's.
+            if self.ledger.is_broken(x) || sent == 0 || self.ix.refused_sends[x] > 0 {
                 continue;
             }
             let pct = lost as f64 * 100.0 / sent as f64;

@@ -603,6 +603,8 @@ impl Cx<'_> {
             }
             (HopKind::ServiceNat, Site::Node(x)) => !self.service_odd(x).is_empty(),
             (HopKind::Bridge, Site::Node(x)) => self.bridge_down(x).is_some(),
+            // The kernel said so: the node's own sends were refused before they left.
+            (HopKind::HostOut, Site::Node(x)) => self.ix.refused_sends[x] > 0,
             _ => false,
         }
     }
@@ -829,6 +831,9 @@ impl Cx<'_> {
                 (Cause::IcmpBlocked, x, None, Direction::Inbound)
             }
             (Gateway, Site::Node(x)) => (Cause::PodGatewayMissing, x, None, Direction::Inbound),
+            (HostOut, Site::Node(x)) if self.ix.refused_sends[x] > 0 => {
+                (Cause::HostOutputBlocked, x, None, Direction::Outbound)
+            }
             (Bridge, Site::Node(x)) if self.bridge_down(x).is_some() => {
                 (Cause::PodDeviceDown, x, None, Direction::Both)
             }
@@ -948,10 +953,18 @@ impl Cx<'_> {
                 cells.len() - 4
             ));
         }
+        // These are the probes; what the nodes' own evidence adds below goes first.
+        self.mark_cited(&evidence);
         if matches!(h.hop.kind, HopKind::ForwardOut | HopKind::ForwardIn)
             && let Some((_, lines)) = self.node_fact(x)
         {
             evidence.extend(lines);
+        }
+        if h.hop.kind == HopKind::HostOut {
+            evidence.push(format!(
+                "{xn}'s own kernel refused the sends of {} failing cells (EPERM): those probes never left {xn}",
+                self.ix.refused_sends[x]
+            ));
         }
         if h.hop.kind == HopKind::Bridge
             && let Some(o) = self.evidence(x).and_then(|e| e.overlay.as_ref())
@@ -1014,6 +1027,19 @@ impl Cx<'_> {
                     ),
                 )
             }
+            HopKind::HostOut => (
+                format!(
+                    "{xn}'s kernel refuses {only}sends of its own (OUTPUT, or a full conntrack table): they never leave {xn}, while traffic to it passes"
+                ),
+                format!(
+                    "on {xn}: `iptables -S OUTPUT; iptables -t raw -S OUTPUT; nft list ruleset | grep -i output` for a rule matching {}; `sysctl net.netfilter.nf_conntrack_count net.netfilter.nf_conntrack_max` and `dmesg | grep -i conntrack` for a full table",
+                    if scope.is_empty() {
+                        "them"
+                    } else {
+                        scope.as_str()
+                    }
+                ),
+            ),
             HopKind::ForwardOut | HopKind::ForwardIn if !scope.is_empty() => (
                 format!(
                     "{xn} forwards its pods' traffic but drops {scope} {}",

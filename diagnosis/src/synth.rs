@@ -64,6 +64,10 @@ pub enum Fault {
     VtepChanged(usize),
     /// The node's subnet was never published: every peer lacks its overlay entries.
     Unpublished(usize),
+    /// The node's OUTPUT refuses this share (percent) of its own ICMP (a `statistic` or
+    /// `limit` match, a full conntrack table): its own echoes fail with EPERM, and its
+    /// echo replies to others vanish. Forwarded traffic and TCP pass.
+    SendsRefused(usize, u8),
     /// The node's pod agent is silent (its pod is not running): its pod IP is unknown, so
     /// nobody probes it, and it probes nothing.
     PodSilent(usize),
@@ -141,6 +145,7 @@ impl Fault {
             Fault::PathBlockedIn(x),
             Fault::Unpublished(x),
             Fault::PodSilent(x),
+            Fault::SendsRefused(x, loss.max(30)),
         ]);
         all
     }
@@ -185,7 +190,9 @@ impl Fault {
             K::MasqueradeMissing => Fault::MasqueradeMissing(x),
             K::BridgeNfOff => Fault::BridgeNfOff(x),
             K::BridgeAddrLost => Fault::GatewayLost(x),
-            K::OverlayInputDrop | K::BridgeDown | K::IcmpForwardDrop => Fault::hops(k, t, x, None)?,
+            K::OverlayInputDrop | K::BridgeDown | K::IcmpForwardDrop | K::IcmpOutputDrop => {
+                Fault::hops(k, t, x, None)?
+            }
             K::DnsPortDrop => Fault::hops(k, t, x, Some(&pod))?,
             K::VxlanVni
             | K::HostFirewall
@@ -279,6 +286,7 @@ impl Fault {
             | Fault::PathBlockedIn(_)
             | Fault::Unpublished(_)
             | Fault::PodSilent(_)
+            | Fault::SendsRefused(..)
             | Fault::DnsFiltered(..) => return None,
         })
     }
@@ -301,6 +309,7 @@ impl Fault {
             | Fault::NodeportRemoved(x)
             | Fault::AgentsSilent(x)
             | Fault::PodSilent(x)
+            | Fault::SendsRefused(x, _)
             | Fault::SickProber(x)
             | Fault::LiesAbout(x, _)
             | Fault::PathBlockedIn(x)
@@ -869,6 +878,42 @@ impl<'a> Model<'a> {
                     .count() as u32;
                 ok -= lost_here;
             }
+            // A node's OUTPUT refusing its own ICMP: its echoes fail at the sender
+            // (EPERM), and the echo replies it sends vanish.
+            let refusing = |x: usize| {
+                faults.iter().find_map(|f| match f {
+                    Fault::SendsRefused(n, pct) if *n == x => Some(f64::from(*pct) / 100.0),
+                    _ => None,
+                })
+            };
+            // A request dropped at its sender's own OUTPUT is refused there: EPERM.
+            let mut refused_own = ok < sent
+                && kind == AgentKind::Host
+                && world.path(layer, s, col, d).is_some_and(|p| {
+                    world.hop_drops(&p).0 == Some(0)
+                        && p.request.first().map(|h| h.kind) == Some(HopKind::HostOut)
+                });
+            if matches!(
+                layer,
+                Layer::Underlay | Layer::UnderlayFullSize | Layer::GatewayFromHost
+            ) && let Some(q) = refusing(s)
+            {
+                *salt = salt.wrapping_add(1);
+                let k = lost(ok, q, *salt);
+                refused_own |= k > 0;
+                ok -= k;
+            }
+            if matches!(
+                layer,
+                Layer::Underlay
+                    | Layer::UnderlayFullSize
+                    | Layer::GatewayFromHost
+                    | Layer::GatewayFromPod
+            ) && let Some(q) = d.and_then(refusing)
+            {
+                *salt = salt.wrapping_add(1);
+                ok -= lost(ok, q, *salt);
+            }
             // A lying observer says everything toward its victim is lost.
             let aimed_at = match layer {
                 Layer::DnsPod | Layer::CorednsMetrics => world.dns_nodes.get(col).copied(),
@@ -901,6 +946,8 @@ impl<'a> Model<'a> {
                     } else if refused_locally {
                         "1450-byte packet refused locally: larger than the path MTU (EMSGSIZE)"
                             .to_owned()
+                    } else if refused_own {
+                        "send refused by a local firewall rule (EPERM)".to_owned()
                     } else {
                         "timeout".to_owned()
                     }
@@ -909,6 +956,8 @@ impl<'a> Model<'a> {
                     FailKind::Refused
                 } else if refused_locally {
                     FailKind::TooBig
+                } else if refused_own {
+                    FailKind::LocalRefusal
                 } else {
                     FailKind::Timeout
                 }),

@@ -523,3 +523,125 @@ fn several_nodes_lacking_one_peer_blame_the_peer() {
         ("overlay-peer-missing", vec!["n4".to_owned()])
     );
 }
+
+/// A silent pod agent beside a reporting host agent: the host agent's walk of the relay's
+/// own flow (TCP from the pods to the node IP) explains it, even with the overlay's port
+/// open (so no overlay rule is left to read it from), and the fix is for the relay.
+#[test]
+fn the_relay_walk_explains_a_silent_pod_agent() {
+    use meshprobe_core::evidence::FirewallRule;
+    let t = synth::topology(3);
+    let mut r = synth::report(&t, &[Fault::PodSilent(1)], 1, &PlanSettings::default());
+    let reject = "-A INPUT -j REJECT --reject-with icmp-host-prohibited";
+    let n2 = meshprobe_core::NodeName::new("n2").expect("name");
+    let ev = r.evidence.get_mut(&n2).expect("n2's evidence");
+    assert!(ev.overlay_port_rules.is_empty());
+    ev.relay_port_rules.push(FirewallRule {
+        table: "filter".into(),
+        chain: "INPUT".into(),
+        rule: reject.into(),
+    });
+    let d = diagnose(&t, &r, &[], &Settings::default());
+    let f = d
+        .findings
+        .iter()
+        .find(|f| f.cause.to_string() == "agent-missing")
+        .unwrap_or_else(|| panic!("{:#?}", d.findings));
+    assert_eq!(f.nodes, vec![n2.clone()]);
+    assert!(
+        f.evidence
+            .iter()
+            .any(|l| l.contains(reject) && l.contains("relay")),
+        "{:#?}",
+        f.evidence
+    );
+    assert!(f.fix.contains("relay port"), "{}", f.fix);
+    // Without the walk's rule, nothing on n2 says why.
+    let mut r = synth::report(&t, &[Fault::PodSilent(1)], 1, &PlanSettings::default());
+    r.evidence
+        .get_mut(&n2)
+        .expect("n2")
+        .relay_port_rules
+        .clear();
+    let d = diagnose(&t, &r, &[], &Settings::default());
+    let f = d
+        .findings
+        .iter()
+        .find(|f| f.cause.to_string() == "agent-missing")
+        .expect("agent-missing");
+    assert!(!f.fix.contains("relay port"), "{}", f.fix);
+}
+
+/// No agent reports anywhere: each node's finding says so, not that the others' view of
+/// it decides, and the fix points at what the agents share.
+#[test]
+fn no_agent_anywhere_is_said_as_such() {
+    let faults: Vec<Fault> = (0..3).map(Fault::AgentsSilent).collect();
+    let (f, _) = run(3, &faults);
+    let missing: Vec<&Finding> = f
+        .iter()
+        .filter(|f| f.cause.to_string() == "agent-missing")
+        .collect();
+    assert_eq!(missing.len(), 3, "{f:#?}");
+    for m in missing {
+        assert!(
+            m.evidence
+                .iter()
+                .any(|l| l.contains("no agent on any node reports")),
+            "{:#?}",
+            m.evidence
+        );
+        assert!(
+            m.evidence.iter().all(|l| !l.contains("other nodes' view")),
+            "{:#?}",
+            m.evidence
+        );
+        assert!(m.fix.contains("daemonsets"), "{}", m.fix);
+    }
+    // One node silent: the others' view is what speaks for it.
+    let (f, _) = run(3, &[Fault::AgentsSilent(1)]);
+    assert!(
+        f[0].evidence
+            .iter()
+            .any(|l| l.contains("other nodes' view")),
+        "{:#?}",
+        f[0].evidence
+    );
+}
+
+/// Issue 23, row 10: a node whose OUTPUT refuses half its own ICMP (its echoes fail with
+/// EPERM at the sender, its echo replies vanish) is that node's own sends, said with the
+/// kernel's word and the OUTPUT chain to read, not packet loss on its NIC.
+#[test]
+fn sends_the_kernel_refused_are_not_packet_loss() {
+    for n in [3, 6] {
+        let (f, _) = run(n, &[Fault::SendsRefused(1, 50)]);
+        let got = shape(&f);
+        assert!(
+            got.iter().all(|s| s.0 != "packet-loss"),
+            "{n} nodes: {got:?}"
+        );
+        let out = f
+            .iter()
+            .find(|f| f.cause.to_string() == "host-output-blocked")
+            .unwrap_or_else(|| panic!("{n} nodes: {f:#?}"));
+        assert_eq!(
+            out.nodes.iter().map(|x| x.as_str()).collect::<Vec<_>>(),
+            ["n2"]
+        );
+        assert!(
+            out.fix.contains("OUTPUT") && !out.fix.contains("ethtool"),
+            "{}",
+            out.fix
+        );
+        assert!(
+            out.evidence[0].contains("EPERM"),
+            "the kernel's word comes before the probes: {:#?}",
+            out.evidence
+        );
+        assert!(
+            got.iter().all(|s| s.1.iter().all(|x| x == "n2")),
+            "{n} nodes: only n2 is named: {got:?}"
+        );
+    }
+}

@@ -246,6 +246,20 @@ pub struct RelayHandle {
     pub admission: crate::relay::Admission,
 }
 
+impl RelayHandle {
+    /// Takes a plan in: admits its pod range, and asks the evidence to walk the firewall
+    /// for the path from those pods to this relay (the coordinator does not know the port).
+    fn take(&self, plan: &mut Plan) {
+        self.admission.set(plan.pod_cidr);
+        if let (Some(o), Some(pod_cidr)) = (plan.overlay.as_mut(), plan.pod_cidr) {
+            o.relay = Some(meshprobe_core::evidence::RelayPath {
+                port: self.port,
+                pod_cidr,
+            });
+        }
+    }
+}
+
 /// The loop of [`run`] over any [`Probers`]: poll, run, report, repeat; probe with the last
 /// plan while the coordinator is unreachable and deliver those reports later.
 pub async fn agent_loop(
@@ -285,10 +299,10 @@ pub async fn agent_loop(
         .state_dir
         .as_deref()
         .and_then(|d| load_plan(d, cfg.kind));
-    if let Some(p) = &last_plan {
+    if let Some(p) = &mut last_plan {
         endpoints.learn(p.relay);
         if let Some(r) = &relay {
-            r.admission.set(p.pod_cidr);
+            r.take(p);
         }
     }
     let mut offline: VecDeque<AgentReport> = VecDeque::new();
@@ -313,7 +327,7 @@ pub async fn agent_loop(
             }
         }
         match polled {
-            Ok(Some(Assignment { epoch: e, plan })) => {
+            Ok(Some(Assignment { epoch: e, mut plan })) => {
                 backoff = FIRST_BACKOFF;
                 endpoints.succeeded();
                 (poll.after, poll.epoch) = (plan.round, e);
@@ -321,7 +335,7 @@ pub async fn agent_loop(
                     endpoints.learn(plan.relay);
                 }
                 if let Some(r) = &relay {
-                    r.admission.set(plan.pod_cidr);
+                    r.take(&mut plan);
                 }
                 if let Some(dir) = &cfg.state_dir
                     && let Err(err) = save_plan(dir, &plan)

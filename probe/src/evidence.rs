@@ -13,7 +13,7 @@ use std::process::Command;
 use meshprobe_core::evidence::{
     DeviceState, FdbEntry, FirewallRule, ForwardEvidence, KubeProxyEvidence, LocalAddress,
     MAX_CONFIG_ENTRIES, MisroutedPeer, NeighbourEntry, NodeEvidence, OverlayConfig,
-    OverlayEvidence, OverlayExpectation, OverlayPeer, RouteEntry, ipv4_net_holds,
+    OverlayEvidence, OverlayExpectation, OverlayPeer, RouteEntry,
 };
 use serde_json::Value;
 
@@ -178,9 +178,16 @@ pub fn collect(host: &dyn Host, expect: Option<&OverlayExpectation>) -> NodeEvid
         &[],
     ) {
         Ok(text) => {
-            let (fwd, port_rules) = parse_iptables_save(&text, &OverlayTraffic::of(expect));
+            let relay = expect.and_then(|e| {
+                e.relay
+                    .as_ref()
+                    .map(|r| Flow::relay(r.pod_cidr, e.node_ip, r.port))
+            });
+            let (fwd, port_rules, relay_rules) =
+                parse_iptables_save_with(&text, &OverlayTraffic::of(expect), relay.as_ref());
             ev.forward = Some(fwd);
             ev.overlay_port_rules = port_rules;
+            ev.relay_port_rules = relay_rules;
             ev.kube_proxy = parse_kube_proxy(&text);
         }
         Err(e) => ev.unavailable.push(format!("iptables-save: {e}")),
@@ -309,20 +316,116 @@ impl OverlayTraffic {
             },
         }
     }
+}
 
-    /// Whether an iptables address match (`10.0.0.0/8`, `192.168.1.5/32`, `1.2.3.4`) can
-    /// hold a node's IP.
-    fn may_hold_a_node(&self, value: &str) -> bool {
-        self.node_ips.is_empty()
-            || value.split(',').any(|net| {
-                // A name, a dotted mask or IPv6: cannot tell, so it may.
-                self.node_ips
-                    .iter()
-                    .any(|ip| ipv4_net_holds(net, *ip).unwrap_or(true))
+/// The protocol of a [`Flow`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proto {
+    /// UDP (VXLAN).
+    Udp,
+    /// TCP (the relay).
+    Tcp,
+}
+
+impl Proto {
+    /// Whether iptables' `-p VALUE` takes this protocol.
+    fn matched_by(self, value: &str) -> bool {
+        match self {
+            Proto::Udp => matches!(value, "udp" | "17" | "all" | "0"),
+            Proto::Tcp => matches!(value, "tcp" | "6" | "all" | "0"),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Proto::Udp => "UDP",
+            Proto::Tcp => "TCP",
+        }
+    }
+}
+
+/// A flow the firewall walk follows as the kernel would: new packets of one protocol to
+/// one port, from an arbitrary source port, between the addresses given.
+#[derive(Debug, Clone)]
+pub struct Flow {
+    /// The protocol.
+    pub proto: Proto,
+    /// The destination port.
+    pub port: u16,
+    /// Where its packets may come from (`(address, prefix length)`; empty: anywhere).
+    pub sources: Vec<(Ipv4Addr, u8)>,
+    /// Where they go (likewise).
+    pub destinations: Vec<(Ipv4Addr, u8)>,
+    /// The interfaces they arrive on, when known (empty: any).
+    pub in_interfaces: Vec<String>,
+}
+
+impl From<&OverlayTraffic> for Flow {
+    fn from(t: &OverlayTraffic) -> Self {
+        let ips: Vec<(Ipv4Addr, u8)> = t.node_ips.iter().map(|ip| (*ip, 32)).collect();
+        Flow {
+            proto: Proto::Udp,
+            port: t.port,
+            sources: ips.clone(),
+            destinations: ips,
+            in_interfaces: Vec::new(),
+        }
+    }
+}
+
+impl Flow {
+    /// The host agent's relay, as its node's pods reach it: TCP from the pod range to the
+    /// node IP's relay port.
+    pub fn relay(pod_cidr: meshprobe_core::PodCidr, node_ip: Ipv4Addr, port: u16) -> Self {
+        Flow {
+            proto: Proto::Tcp,
+            port,
+            sources: vec![(pod_cidr.network(), pod_cidr.net().prefix_len())],
+            destinations: vec![(node_ip, 32)],
+            // Pods reach their node through the CNI's bridge.
+            in_interfaces: vec!["cni0".to_owned()],
+        }
+    }
+
+    /// Whether an iptables address match takes every one of `nets` (so the rule is no
+    /// narrower than the flow there).
+    fn takes_all(nets: &[(Ipv4Addr, u8)], value: &str) -> bool {
+        !nets.is_empty()
+            && nets.iter().all(|&(addr, len)| {
+                value
+                    .split(',')
+                    .any(|net| net_holds(net, addr, len) == Some(true))
             })
     }
 
-    /// How much of the overlay's traffic a rule's match covers.
+    /// How an `-i` match meets the flow's interfaces: all, some (or unknown), or none.
+    fn interface_covers(&self, value: &str) -> Covers {
+        if self.in_interfaces.is_empty() {
+            return Covers::Part;
+        }
+        let takes = |dev: &str| match value.strip_suffix('+') {
+            Some(prefix) => dev.starts_with(prefix),
+            None => dev == value,
+        };
+        match self.in_interfaces.iter().filter(|d| takes(d)).count() {
+            0 => Covers::Nothing,
+            n if n == self.in_interfaces.len() => Covers::All,
+            _ => Covers::Part,
+        }
+    }
+
+    /// Whether an iptables address match (`10.0.0.0/8`, `192.168.1.5/32`, `1.2.3.4`, a
+    /// comma-separated list) may take some of `nets`.
+    fn may_take(nets: &[(Ipv4Addr, u8)], value: &str) -> bool {
+        nets.is_empty()
+            || value.split(',').any(|net| {
+                // A name, a dotted mask or IPv6: cannot tell, so it may.
+                nets.iter()
+                    .any(|&(addr, len)| net_overlaps(net, addr, len).unwrap_or(true))
+            })
+    }
+
+    /// How much of the flow a rule's match covers.
     fn covered_by(&self, rule: &str) -> Covers {
         let w: Vec<&str> = rule.split_whitespace().collect();
         let port_in = |v: &str| {
@@ -341,13 +444,41 @@ impl OverlayTraffic {
         while i < w.len() {
             let (opt, val) = (w[i], w.get(i + 1).copied().unwrap_or(""));
             match opt {
-                // A negated match: what it leaves is not worth guessing.
+                // A negated match takes what the match leaves: none of the flow when the
+                // match takes all of it, all when it takes none, else part.
                 "!" => {
-                    part = true;
-                    i += 1;
+                    let (nopt, nval) = (
+                        w.get(i + 1).copied().unwrap_or(""),
+                        w.get(i + 2).copied().unwrap_or(""),
+                    );
+                    let (all, none) = match nopt {
+                        "-s" | "--source" => (
+                            Self::takes_all(&self.sources, nval),
+                            !Self::may_take(&self.sources, nval),
+                        ),
+                        "-d" | "--destination" => (
+                            Self::takes_all(&self.destinations, nval),
+                            !Self::may_take(&self.destinations, nval),
+                        ),
+                        "-p" | "--protocol" => (
+                            self.proto.matched_by(nval) && !matches!(nval, "all" | "0"),
+                            !self.proto.matched_by(nval),
+                        ),
+                        "-i" | "--in-interface" => match self.interface_covers(nval) {
+                            Covers::All => (true, false),
+                            Covers::Nothing => (false, true),
+                            Covers::Part => (false, false),
+                        },
+                        _ => (false, false),
+                    };
+                    if all {
+                        return Covers::Nothing;
+                    }
+                    part |= !none;
+                    i += if nopt.starts_with('-') { 3 } else { 1 };
                     continue;
                 }
-                "-p" | "--protocol" if !matches!(val, "udp" | "17" | "all") => {
+                "-p" | "--protocol" if !self.proto.matched_by(val) => {
                     return Covers::Nothing;
                 }
                 "-i" | "--in-interface" | "-o" | "--out-interface" if val == "lo" => {
@@ -358,19 +489,31 @@ impl OverlayTraffic {
                 {
                     return Covers::Nothing;
                 }
-                // VXLAN's source port is a hash of the inner flow, not the VXLAN port.
+                // The source port is arbitrary (VXLAN's is a hash of the inner flow, a TCP
+                // client's is ephemeral).
                 "--sport" | "--sports" | "--source-port" | "--source-ports" => part = true,
-                // VXLAN between nodes is never a reply: only a match that takes NEW
+                // The flow's first packet is never a reply: only a match that takes NEW
                 // packets sees it.
                 "--ctstate" | "--state" if !val.split(',').any(|s| s == "NEW") => {
                     return Covers::Nothing;
                 }
-                "-s" | "--source" | "-d" | "--destination" | "--src-range" | "--dst-range" => {
-                    if !self.may_hold_a_node(val) {
+                "-s" | "--source" | "--src-range" => {
+                    if !Self::may_take(&self.sources, val) {
                         return Covers::Nothing;
                     }
-                    part = true;
+                    part |= opt == "--src-range" || !Self::takes_all(&self.sources, val);
                 }
+                "-d" | "--destination" | "--dst-range" => {
+                    if !Self::may_take(&self.destinations, val) {
+                        return Covers::Nothing;
+                    }
+                    part |= opt == "--dst-range" || !Self::takes_all(&self.destinations, val);
+                }
+                "-i" | "--in-interface" => match self.interface_covers(val) {
+                    Covers::Nothing => return Covers::Nothing,
+                    Covers::Part => part = true,
+                    Covers::All => {}
+                },
                 "-p"
                 | "--protocol"
                 | "-m"
@@ -397,7 +540,32 @@ impl OverlayTraffic {
     }
 }
 
-/// How much of the overlay's traffic a rule's match covers.
+/// Whether the iptables address `net` (`a.b.c.d` or `a.b.c.d/len`) holds all of
+/// `addr/len`; `None` when `net` is not one.
+fn net_holds(net: &str, addr: Ipv4Addr, len: u8) -> Option<bool> {
+    let (a, l) = net.split_once('/').unwrap_or((net, "32"));
+    let (a, l) = (a.parse::<Ipv4Addr>().ok()?, l.parse::<u8>().ok()?);
+    if l > 32 {
+        return None;
+    }
+    let mask = u32::MAX.checked_shl(32 - u32::from(l)).unwrap_or(0);
+    Some(l <= len && u32::from(a) & mask == u32::from(addr) & mask)
+}
+
+/// Whether the iptables address `net` (`a.b.c.d` or `a.b.c.d/len`) and `addr/len` share
+/// an address; `None` when `net` is not one.
+fn net_overlaps(net: &str, addr: Ipv4Addr, len: u8) -> Option<bool> {
+    let (a, l) = net.split_once('/').unwrap_or((net, "32"));
+    let (a, l) = (a.parse::<Ipv4Addr>().ok()?, l.parse::<u32>().ok()?);
+    if l > 32 {
+        return None;
+    }
+    let shorter = l.min(u32::from(len));
+    let mask = u32::MAX.checked_shl(32 - shorter).unwrap_or(0);
+    Some(u32::from(a) & mask == u32::from(addr) & mask)
+}
+
+/// How much of a flow a rule's match covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Covers {
     Nothing,
@@ -422,10 +590,10 @@ type ByChain<'a> = std::collections::HashMap<(&'a str, &'a str), Vec<&'a str>>;
 
 /// Walks `chain` of `table` as the kernel would for a VXLAN packet, pushing every DROP or
 /// REJECT that may take it before something accepts all of it.
-fn walk_overlay(
+fn walk_flow(
     rules: &ByChain<'_>,
     policies: &[(String, String, String)],
-    traffic: &OverlayTraffic,
+    traffic: &Flow,
     (table, chain): (&str, &str),
     depth: u8,
     found: &mut Vec<FirewallRule>,
@@ -460,7 +628,7 @@ fn walk_overlay(
                     && !is_cluster_chain(user)
                     && !matches!(user, "ACCEPT" | "DROP" | "REJECT" | "RETURN" | "LOG") =>
             {
-                let fate = walk_overlay(
+                let fate = walk_flow(
                     rules,
                     policies,
                     traffic,
@@ -485,7 +653,8 @@ fn walk_overlay(
             table: table.to_owned(),
             chain: chain.to_owned(),
             rule: format!(
-                ":{chain} DROP (policy) and no rule accepts UDP {}",
+                ":{chain} DROP (policy) and no rule accepts {} {}",
+                traffic.proto.name(),
                 traffic.port
             ),
         });
@@ -504,6 +673,18 @@ pub fn parse_iptables_save(
     text: &str,
     traffic: &OverlayTraffic,
 ) -> (ForwardEvidence, Vec<FirewallRule>) {
+    let (fwd, overlay, _) = parse_iptables_save_with(text, traffic, None);
+    (fwd, overlay)
+}
+
+/// [`parse_iptables_save`], and the rules a connection of `relay` (the host agent's relay,
+/// from its node's pods) meets in the raw table's PREROUTING and in INPUT before something
+/// accepts it.
+pub fn parse_iptables_save_with(
+    text: &str,
+    traffic: &OverlayTraffic,
+    relay: Option<&Flow>,
+) -> (ForwardEvidence, Vec<FirewallRule>, Vec<FirewallRule>) {
     let mut fwd = ForwardEvidence::default();
     let mut port_rules = Vec::new();
     let mut table = String::new();
@@ -608,32 +789,39 @@ pub fn parse_iptables_save(
             .or_default()
             .push(r.as_str());
     }
-    for at in [
-        ("raw", "PREROUTING"),
-        ("raw", "OUTPUT"),
-        ("filter", "INPUT"),
-        ("filter", "OUTPUT"),
-    ] {
-        let mut found = Vec::new();
-        let mut budget = WALK_BUDGET;
-        walk_overlay(
-            &by_chain,
-            &policies,
-            traffic,
-            at,
-            0,
-            &mut found,
-            &mut budget,
-        );
-        for r in found {
-            if !port_rules.contains(&r) {
-                port_rules.push(r);
+    let walk = |flow: &Flow, chains: &[(&str, &str)], out: &mut Vec<FirewallRule>| {
+        for &at in chains {
+            let mut found = Vec::new();
+            let mut budget = WALK_BUDGET;
+            walk_flow(&by_chain, &policies, flow, at, 0, &mut found, &mut budget);
+            for r in found {
+                if !out.contains(&r) {
+                    out.push(r);
+                }
             }
         }
+        out.truncate(MAX_CONFIG_ENTRIES);
+    };
+    walk(
+        &Flow::from(traffic),
+        &[
+            ("raw", "PREROUTING"),
+            ("raw", "OUTPUT"),
+            ("filter", "INPUT"),
+            ("filter", "OUTPUT"),
+        ],
+        &mut port_rules,
+    );
+    let mut relay_rules = Vec::new();
+    if let Some(flow) = relay {
+        walk(
+            flow,
+            &[("raw", "PREROUTING"), ("filter", "INPUT")],
+            &mut relay_rules,
+        );
     }
-    port_rules.truncate(MAX_CONFIG_ENTRIES);
     fwd.blocking_rules.truncate(MAX_CONFIG_ENTRIES);
-    (fwd, port_rules)
+    (fwd, port_rules, relay_rules)
 }
 
 /// Most rules one walk of a built-in chain looks at, user chains included.
@@ -1042,6 +1230,7 @@ mod tests {
                 .map(|i| PodCidr::parse(&format!("10.42.{i}.0/24")).expect("cidr"))
                 .collect(),
             peers: vec![peer("n2", 2), peer("n3", 3)],
+            relay: None,
         }
     }
 
@@ -1192,6 +1381,75 @@ mod tests {
         assert!(
             rules[0].rule.starts_with(":INPUT DROP (policy)"),
             "{rules:?}"
+        );
+    }
+
+    /// The relay's own flow (TCP from the node's pods to the node IP's relay port) is
+    /// walked apart from VXLAN: opening the overlay's port leaves the relay rejected, and
+    /// only an accept that takes the pods' connections clears it. A rule for other sources
+    /// or another protocol does not.
+    #[test]
+    fn the_relay_from_the_pods_is_walked_on_its_own() {
+        let traffic = OverlayTraffic {
+            port: 8472,
+            node_ips: vec![Ipv4Addr::new(192, 168, 77, 11)],
+        };
+        let pods = PodCidr::parse("10.42.1.0/24").expect("cidr");
+        let relay = Flow::relay(pods, Ipv4Addr::new(192, 168, 77, 11), 7071);
+        let rhel = "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -m state --state RELATED,ESTABLISHED -j ACCEPT\n-A INPUT -p icmp -j ACCEPT\n-A INPUT -p udp -m udp --dport 8472 -j ACCEPT\n-A INPUT -p tcp -m state --state NEW -m tcp --dport 22 -j ACCEPT\nACCEPTS\n-A INPUT -j REJECT --reject-with icmp-host-prohibited\nCOMMIT\n";
+        let walk = |accepts: &str| {
+            parse_iptables_save_with(&rhel.replace("ACCEPTS\n", accepts), &traffic, Some(&relay))
+        };
+        let (_, overlay, rules) = walk("");
+        assert!(overlay.is_empty(), "VXLAN is open: {overlay:?}");
+        let texts: Vec<&str> = rules.iter().map(|r| r.rule.as_str()).collect();
+        assert_eq!(
+            texts,
+            ["-A INPUT -j REJECT --reject-with icmp-host-prohibited"]
+        );
+        assert_eq!(
+            (rules[0].table.as_str(), rules[0].chain.as_str()),
+            ("filter", "INPUT")
+        );
+        for beside in [
+            "-A INPUT -s 10.42.2.0/24 -p tcp --dport 7071 -j ACCEPT\n",
+            "-A INPUT -p udp --dport 7071 -j ACCEPT\n",
+            "-A INPUT -p tcp --dport 7072 -j ACCEPT\n",
+        ] {
+            assert_eq!(
+                walk(beside).2.len(),
+                1,
+                "{beside} does not take the relay's flow"
+            );
+        }
+        // A negated source: it takes the pods' connections when it excludes others.
+        assert!(
+            walk("-A INPUT ! -s 10.42.2.0/24 -p tcp --dport 7071 -j ACCEPT\n")
+                .2
+                .is_empty()
+        );
+        let (_, _, rules) = walk("-A INPUT ! -s 10.42.1.0/24 -j DROP\n");
+        assert!(
+            rules.len() == 1 && rules[0].rule.contains("REJECT"),
+            "a drop of everyone but the pods is not theirs: {rules:?}"
+        );
+        for opens in [
+            "-A INPUT -s 10.42.1.0/24 -p tcp -m tcp --dport 7071 -j ACCEPT\n",
+            "-A INPUT -s 10.42.0.0/16 -d 192.168.77.11/32 -p tcp --dport 7071 -j ACCEPT\n",
+            "-A INPUT -i cni0 -j ACCEPT\n",
+        ] {
+            assert!(walk(opens).2.is_empty(), "{opens} accepts the relay's flow");
+        }
+        // A raw-table drop of the pods' range is met first, whatever INPUT says.
+        let raw = format!(
+            "*raw\n:PREROUTING ACCEPT [0:0]\n-A PREROUTING -s 10.42.1.0/24 -j DROP\nCOMMIT\n{}",
+            rhel.replace("ACCEPTS\n", "-A INPUT -i cni0 -j ACCEPT\n")
+        );
+        let (_, _, rules) = parse_iptables_save_with(&raw, &traffic, Some(&relay));
+        assert_eq!(rules.len(), 1, "{rules:?}");
+        assert_eq!(
+            (rules[0].table.as_str(), rules[0].chain.as_str()),
+            ("raw", "PREROUTING")
         );
     }
 

@@ -209,6 +209,13 @@ pub enum Fault {
         /// Node.
         node: String,
     },
+    /// The node's OUTPUT chain drops ICMP (a host hardening policy against ping): its own
+    /// echoes are refused at the socket (EPERM), its echo replies never leave, and the ICMP
+    /// it forwards for pods passes.
+    IcmpOutputDrop {
+        /// Node.
+        node: String,
+    },
     /// A FORWARD rule on a CoreDNS pod's node drops DNS arriving from the overlay for that
     /// pod: its own node's pods resolve through it, the other nodes' do not.
     DnsPortDrop {
@@ -414,6 +421,7 @@ impl Fault {
             K::BridgeAddrLost => Fault::BridgeAddrLost { node },
             K::OverlayInputDrop => Fault::OverlayInputDrop { node },
             K::IcmpForwardDrop => Fault::IcmpForwardDrop { node },
+            K::IcmpOutputDrop => Fault::IcmpOutputDrop { node },
             K::DnsPortDrop => Fault::DnsPortDrop { pod },
             K::RouteHijack => Fault::RouteHijack { node, peer },
             K::PodCidrClaimed => Fault::PodCidrClaimed { node, peer },
@@ -462,6 +470,7 @@ impl Fault {
             | Fault::BridgeAddrLost { node }
             | Fault::OverlayInputDrop { node }
             | Fault::IcmpForwardDrop { node }
+            | Fault::IcmpOutputDrop { node }
             | Fault::Loss { node, .. } => Some(node),
             Fault::ConntrackFlush { node } => node.as_deref(),
             Fault::DnsDown { .. }
@@ -526,6 +535,7 @@ impl Fault {
             Fault::BridgeAddrLost { .. } => K::BridgeAddrLost,
             Fault::OverlayInputDrop { .. } => K::OverlayInputDrop,
             Fault::IcmpForwardDrop { .. } => K::IcmpForwardDrop,
+            Fault::IcmpOutputDrop { .. } => K::IcmpOutputDrop,
             Fault::DnsPortDrop { .. } => K::DnsPortDrop,
             Fault::RouteHijack { .. } => K::RouteHijack,
             Fault::PodCidrClaimed { .. } => K::PodCidrClaimed,
@@ -669,6 +679,13 @@ impl Fault {
                 vec![Step::iptables(
                     &ns,
                     &format!("{op} FORWARD -p icmp {TAG} -j DROP"),
+                )]
+            }
+            Fault::IcmpOutputDrop { node: n } => {
+                let ns = node(n).map(|n| n.ns).unwrap_or_default();
+                vec![Step::iptables(
+                    &ns,
+                    &format!("{op} OUTPUT -p icmp {TAG} -j DROP"),
                 )]
             }
             Fault::DnsPortDrop { pod } => {
@@ -1114,6 +1131,7 @@ impl fmt::Display for Fault {
             Fault::IcmpBlocked { node } => write!(f, "icmp-blocked on {node}"),
             Fault::OverlayInputDrop { node } => write!(f, "overlay-input-drop on {node}"),
             Fault::IcmpForwardDrop { node } => write!(f, "icmp-forward-drop on {node}"),
+            Fault::IcmpOutputDrop { node } => write!(f, "icmp-output-drop on {node}"),
             Fault::DnsPortDrop { pod } => write!(f, "dns-port-drop toward {pod}"),
             Fault::RouteHijack { node, peer } => {
                 write!(f, "route-hijack on {node}: half of {peer}'s pods over eth0")
