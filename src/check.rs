@@ -82,6 +82,81 @@ pub enum CheckError {
     },
 }
 
+/// `meshprobe baselines`: the baselines the coordinator keeps, newest first (exit 0), or
+/// why they cannot be listed (exit 2).
+pub async fn list_baselines(
+    coordinator: &str,
+    client: &ClientOptions,
+    json: bool,
+    timeout: Duration,
+) -> u8 {
+    let answer = match CoordinatorClient::with_options(coordinator, client) {
+        Ok(c) => c.baselines(timeout).await,
+        Err(e) => Err(e),
+    };
+    let answer = match answer {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!(
+                "meshprobe baselines: error: {}",
+                crate::cli::error_line(CheckError::from(e))
+            );
+            return 2;
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    if json {
+        let _ = writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&answer).unwrap_or_default()
+        );
+    } else {
+        let _ = write!(out, "{}", render_baselines(&answer));
+    }
+    0
+}
+
+/// The baselines as a table (names and owners escaped: they are the coordinator's text).
+fn render_baselines(a: &meshprobe_core::api::BaselinesAnswer) -> String {
+    use meshprobe_core::text::{printable_line, utc};
+    if a.baselines.is_empty() {
+        return "no baselines saved (save one with `meshprobe check --save-baseline NAME`)\n"
+            .to_owned();
+    }
+    let rows: Vec<[String; 4]> = a
+        .baselines
+        .iter()
+        .map(|b| {
+            [
+                printable_line(&b.name, 63),
+                b.round.to_string(),
+                utc(b.saved_ms),
+                b.owner
+                    .as_deref()
+                    .map_or_else(|| "-".to_owned(), |o| printable_line(o, 63)),
+            ]
+        })
+        .collect();
+    let head = ["NAME", "ROUND", "SAVED", "OWNER"];
+    let width = |i: usize| {
+        rows.iter()
+            .map(|r| r[i].chars().count())
+            .chain([head[i].len()])
+            .max()
+            .unwrap_or(0)
+    };
+    let (w0, w1, w2) = (width(0), width(1), width(2));
+    let mut out = String::new();
+    for r in std::iter::once(head.map(str::to_owned)).chain(rows) {
+        out.push_str(&format!(
+            "{:<w0$}  {:>w1$}  {:<w2$}  {}\n",
+            r[0], r[1], r[2], r[3]
+        ));
+    }
+    out
+}
+
 /// Triggers a round and waits for its report.
 pub async fn fetch(
     client: &CoordinatorClient,
@@ -216,11 +291,24 @@ pub async fn run(args: CheckArgs) -> u8 {
         },
         None => None,
     };
+    // When the baseline was saved, for the diff's header (a coordinator that cannot list
+    // them still compares).
+    let saved_ms = match &args.baseline {
+        Some(name) if name != meshprobe_core::api::LATEST_HEALTHY => client
+            .baselines(args.timeout)
+            .await
+            .ok()
+            .and_then(|a| a.baselines.into_iter().find(|b| &b.name == name))
+            .map(|b| b.saved_ms),
+        _ => None,
+    };
     match fetch(&client, &args).await {
         Ok(report) => {
-            let diff = before
-                .as_ref()
-                .map(|b| meshprobe_core::diff::compare(b, &report));
+            let diff = before.as_ref().map(|b| meshprobe_core::diff::ReportDiff {
+                baseline_name: args.baseline.clone(),
+                baseline_saved_ms: saved_ms,
+                ..meshprobe_core::diff::compare(b, &report)
+            });
             let mut out = std::io::stdout().lock();
             let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
             match args.output {
@@ -310,5 +398,44 @@ pub async fn run(args: CheckArgs) -> u8 {
             eprintln!("meshprobe check: error: {}", crate::cli::error_line(e));
             2
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use meshprobe_core::api::{BaselineInfo, BaselinesAnswer};
+
+    #[test]
+    fn baselines_print_as_a_table_with_owners_escaped() {
+        let a = BaselinesAnswer {
+            baselines: vec![
+                BaselineInfo {
+                    name: "pre-upgrade".into(),
+                    round: 1234,
+                    saved_ms: 1_796_418_307_000,
+                    owner: Some("ci\u{1b}[2J".into()),
+                },
+                BaselineInfo {
+                    name: "b".into(),
+                    round: 7,
+                    saved_ms: 0,
+                    owner: None,
+                },
+            ],
+        };
+        let text = super::render_baselines(&a);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(lines[0].starts_with("NAME         ROUND  SAVED"), "{text}");
+        assert!(
+            lines[1].starts_with("pre-upgrade   1234  2026-12-04 21:05:07 UTC  ci\\u{1b}[2J"),
+            "{text}"
+        );
+        assert!(
+            lines[2].starts_with("b                7  1970-01-01 00:00:00 UTC  -"),
+            "{text}"
+        );
+        assert!(!text.contains('\u{1b}'));
+        assert!(super::render_baselines(&BaselinesAnswer::default()).contains("--save-baseline"));
     }
 }

@@ -405,12 +405,28 @@ pub enum Command {
         #[arg(long, value_name = "NAME", value_parser = baseline_name)]
         save_baseline: Option<String>,
         /// Print what changed since baseline NAME (or `latest-healthy`) before the report:
-        /// cells that broke, cells that recovered, latency shifts.
+        /// cells that broke, cells that recovered, latency shifts (`meshprobe baselines`
+        /// lists the names).
         #[arg(long, value_name = "NAME", value_parser = baseline_name)]
         baseline: Option<String>,
         /// Also write the round as JUnit XML (a testcase per layer and per finding) to FILE.
         #[arg(long, value_name = "FILE")]
         junit: Option<PathBuf>,
+    },
+    /// List the baselines the coordinator keeps (for `check --baseline NAME`), newest first.
+    Baselines {
+        /// Coordinator URL.
+        #[arg(long, env = "MESHPROBE_COORDINATOR")]
+        coordinator: String,
+        /// Print JSON (`{"baselines": [{"name", "round", "savedMs", "owner"}]}`).
+        #[arg(long)]
+        json: bool,
+        /// Give up (exit 2) after this long.
+        #[arg(long, default_value = "30s", value_parser = crate::duration::parse)]
+        timeout: Duration,
+        /// The credential and the coordinator's CA.
+        #[command(flatten)]
+        client: ClientFlags,
     },
     /// Print a credential derived from the cluster secret: a node's (for its host and pod
     /// agents only) or an operator's (for `check`).
@@ -469,6 +485,31 @@ fn runtime(multi: bool) -> std::io::Result<tokio::runtime::Runtime> {
     }
 }
 
+/// Runs a client command (`check`, `baselines`) on a one-thread runtime with the client
+/// options `flags` describe; exit 2 when either cannot be had.
+fn with_client<F>(
+    flags: &ClientFlags,
+    f: impl FnOnce(meshprobe_probe::client::ClientOptions) -> F,
+) -> u8
+where
+    F: std::future::Future<Output = u8>,
+{
+    match (runtime(false), flags.options()) {
+        (Ok(rt), Ok(options)) => rt.block_on(f(options)),
+        (Err(e), _) => {
+            eprintln!(
+                "meshprobe: error: cannot start the runtime: {}",
+                error_line(e)
+            );
+            2
+        }
+        (_, Err(e)) => {
+            eprintln!("meshprobe: error: {}", error_line(format!("{e:#}")));
+            2
+        }
+    }
+}
+
 /// Entry point: parse, dispatch, map errors to exit codes (2: could not run).
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -485,8 +526,8 @@ pub fn main() -> ExitCode {
             save_baseline,
             baseline,
             junit,
-        } => match (runtime(false), client.options()) {
-            (Ok(rt), Ok(client)) => rt.block_on(crate::check::run(CheckArgs {
+        } => with_client(&client, |client| {
+            crate::check::run(CheckArgs {
                 coordinator,
                 output,
                 timeout,
@@ -495,19 +536,16 @@ pub fn main() -> ExitCode {
                 save_baseline,
                 baseline,
                 junit,
-            })),
-            (Err(e), _) => {
-                eprintln!(
-                    "meshprobe: error: cannot start the runtime: {}",
-                    error_line(e)
-                );
-                2
-            }
-            (_, Err(e)) => {
-                eprintln!("meshprobe: error: {}", error_line(format!("{e:#}")));
-                2
-            }
-        },
+            })
+        }),
+        Command::Baselines {
+            coordinator,
+            json,
+            timeout,
+            client,
+        } => with_client(&client, |client| async move {
+            crate::check::list_baselines(&coordinator, &client, json, timeout).await
+        }),
         Command::Credential {
             token_file,
             node,
@@ -675,7 +713,7 @@ fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
         anyhow::bail!(
             "the coordinator refuses unauthenticated agents: pass --token-file FILE (the cluster \
              secret; agents and clients present it, or a credential from `meshprobe credential`), \
-             or --insecure-no-auth for an experiment (CONTRACT §4)"
+             or --insecure-no-auth for an experiment (see docs/security.md)"
         );
     }
     let tls = match (&args.auth.tls_cert, &args.auth.tls_key) {
@@ -916,7 +954,7 @@ mod flag_tests {
     use clap::CommandFactory as _;
 
     /// Issue 23: every coordinator and agent flag has an environment variable (a
-    /// Deployment sets them in `env:`), as the README says.
+    /// Deployment sets them in `env:`), as docs/usage.md says.
     #[test]
     fn every_coordinator_and_agent_flag_has_an_environment_variable() {
         let cli = super::Cli::command();
@@ -955,5 +993,38 @@ mod flag_tests {
             text.contains("--node") && text.contains("--operator"),
             "{text}"
         );
+    }
+
+    /// Issue 23, row 12: `lab fault --help` says what every kind does, and each option
+    /// lists every kind that takes it (both from the catalogue).
+    #[test]
+    fn lab_fault_help_describes_every_kind_and_who_takes_each_option() {
+        use meshprobe_core::catalogue::{Args, FaultKind};
+        let mut cli = super::Cli::command();
+        let help = cli
+            .find_subcommand_mut("lab")
+            .and_then(|lab| lab.find_subcommand_mut("fault"))
+            .expect("lab fault")
+            .render_long_help()
+            .to_string();
+        // clap wraps long lines: compare with whitespace collapsed.
+        let flat = help.split_whitespace().collect::<Vec<_>>().join(" ");
+        for &k in FaultKind::ALL {
+            let line = format!("{}: {}", k.id(), k.summary());
+            assert!(flat.contains(&line), "{line:?} missing from:\n{help}");
+        }
+        for (option, args) in [
+            ("--peer", Args::NodePeer),
+            ("--pod", Args::Pod),
+            ("--mtu", Args::NodeMtu),
+            ("--percent", Args::NodePercent),
+        ] {
+            let at = flat.find(&format!("{option} <")).expect(option);
+            let said = &flat[at..];
+            let said = &said[..said.find(" --").unwrap_or(said.len())];
+            for k in FaultKind::ALL.iter().filter(|k| k.spec().args == args) {
+                assert!(said.contains(k.id()), "{option} does not name {k}: {said}");
+            }
+        }
     }
 }

@@ -6,8 +6,9 @@ use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 
 use clap::Subcommand;
+use meshprobe_core::catalogue::{Args as KindArgs, FaultKind};
+use meshprobe_sandbox::Fault;
 use meshprobe_sandbox::lab::{Lab, LabSpec, default_state_root, unique_name};
-use meshprobe_sandbox::{Fault, fault::KINDS};
 
 /// `lab` subcommands.
 #[derive(Subcommand, Debug)]
@@ -39,10 +40,13 @@ pub enum LabCommand {
     },
     /// List labs, their processes and the faults in force.
     Status,
-    /// Inject a fault.
+    /// Inject a fault: a real change to the lab's datapath, as the field meets it.
+    ///
+    /// Each kind names what it takes (--node, --peer, --pod, --mtu, --percent); `meshprobe
+    /// lab status` lists the faults in force and `meshprobe lab heal` undoes them.
     Fault {
-        /// One of the fault kinds (see `meshprobe lab fault --help`).
-        #[arg(value_parser = clap::builder::PossibleValuesParser::new(KINDS.iter()))]
+        /// The fault kind.
+        #[arg(value_parser = kind_parser())]
         kind: String,
         /// Where the fault goes.
         #[command(flatten)]
@@ -52,7 +56,7 @@ pub enum LabCommand {
     Heal {
         /// The fault kind to heal; heals every fault in force when omitted. With no
         /// --node (or other target), the one fault of this kind in force.
-        #[arg(value_parser = clap::builder::PossibleValuesParser::new(KINDS.iter()))]
+        #[arg(value_parser = kind_parser())]
         kind: Option<String>,
         /// Where the fault goes.
         #[command(flatten)]
@@ -91,18 +95,38 @@ pub struct FaultTarget {
     /// The node (n1, n2, ...).
     #[arg(long)]
     node: Option<String>,
-    /// The peer node, for fdb-missing, route-missing, neigh-missing.
-    #[arg(long)]
+    /// The peer node.
+    #[arg(long, help = taking("The peer node", KindArgs::NodePeer, ""))]
     peer: Option<String>,
-    /// The CoreDNS pod, for dns-down and metrics-blocked (default coredns-b).
-    #[arg(long)]
+    /// The CoreDNS pod.
+    #[arg(long, help = taking("The CoreDNS pod", KindArgs::Pod, " (default coredns-b)"))]
     pod: Option<String>,
-    /// The switch port's MTU, for underlay-mtu (default 1400).
-    #[arg(long)]
+    /// The switch port's MTU.
+    #[arg(long, help = taking("The switch port's MTU", KindArgs::NodeMtu, " (default 1400)"))]
     mtu: Option<u16>,
-    /// Percent lost each way, for loss (default 50).
-    #[arg(long)]
+    /// Percent lost each way.
+    #[arg(long, help = taking("Percent lost each way", KindArgs::NodePercent, " (default 50)"))]
     percent: Option<u8>,
+}
+
+/// The fault kinds, each with what it does (shown by `--help`), from the catalogue.
+fn kind_parser() -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(
+        FaultKind::ALL
+            .iter()
+            .map(|k| clap::builder::PossibleValue::new(k.id()).help(k.summary())),
+    )
+}
+
+/// An option's help: what it is, and the kinds that take it (from the catalogue, so that a
+/// new kind is listed where it belongs).
+fn taking(what: &str, args: KindArgs, default: &str) -> String {
+    let kinds: Vec<&str> = FaultKind::ALL
+        .iter()
+        .filter(|k| k.spec().args == args)
+        .map(|k| k.id())
+        .collect();
+    format!("{what}, for {}{default}", kinds.join(", "))
 }
 
 impl FaultTarget {

@@ -1,7 +1,7 @@
 //! deploy/ is valid Kubernetes: every object of the kustomize base deserialises into its
 //! k8s-openapi type and serialises back to exactly what the file says (so a misspelt or
 //! misplaced field, which a lenient parser would drop, fails here), and the security
-//! posture the README promises holds. When `kubectl` is installed (CI makes sure it is),
+//! posture the docs promise holds. When `kubectl` is installed (CI makes sure it is),
 //! `kubectl kustomize deploy/` is rendered and checked the same way.
 
 use std::path::Path;
@@ -323,7 +323,7 @@ fn kustomize_renders_the_base() {
 
 /// Issue 23, item 4: baselines and history survive a restart and the leader change an
 /// upgrade makes: each replica's `--data-dir` is its own PersistentVolumeClaim. The memory
-/// limit is at least the README's 5,000-node peak.
+/// limit is at least the 5,000-node peak in docs/benchmarks.md.
 #[test]
 fn the_history_sits_on_a_claim_and_memory_fits_the_scale_table() {
     let (_, all) = base();
@@ -366,13 +366,14 @@ fn the_history_sits_on_a_claim_and_memory_fits_the_scale_table() {
             .any(|v| v["name"] == mount["name"]),
         "a pod volume of the same name would shadow the claim"
     );
-    // The README's scale table: "| 5,000 (10,000) | ... | 1,406 MiB | ...".
+    // docs/benchmarks.md's scale table: "| 5,000 (10,000) | ... | 1,406 MiB | ...".
     let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README");
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/benchmarks.md"))
+            .expect("docs/benchmarks.md");
     let row = readme
         .lines()
         .find(|l| l.starts_with("| 5,000 (10,000) |"))
-        .expect("the README's scale table has a 5,000-node row");
+        .expect("the scale table has a 5,000-node row");
     let peak_mib: u64 = row
         .split('|')
         .map(str::trim)

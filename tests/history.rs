@@ -106,6 +106,41 @@ fn history_survives_a_restart_and_a_kill_9_mid_write() {
         "{}",
         v["baseline"]
     );
+    // The diff names its baseline and when it was saved; `meshprobe baselines` lists it.
+    assert_eq!(v["baseline"]["baselineName"], "before-change");
+    let saved_ms = v["baseline"]["baselineSavedMs"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("the saved time: {}", v["baseline"]));
+    let listed = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.plan().ctl_ns(),
+            BIN,
+            "baselines",
+            "--json",
+        ])
+        .envs(lab.client_env())
+        .output()
+        .expect("meshprobe baselines");
+    assert_eq!(
+        listed.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    let listed: meshprobe_core::api::BaselinesAnswer =
+        serde_json::from_slice(&listed.stdout).expect("a baselines answer");
+    let entry = listed
+        .baselines
+        .iter()
+        .find(|b| b.name == "before-change")
+        .unwrap_or_else(|| panic!("{listed:?}"));
+    assert_eq!(entry.saved_ms, saved_ms);
+    assert_eq!(
+        entry.round,
+        v["baseline"]["baselineRound"].as_u64().unwrap_or(0)
+    );
 
     // kill -9 while rounds are written back to back, then the file is whole.
     let hammer = {

@@ -120,7 +120,7 @@ fn expect(p: &LabPlan, f: &Fault, layer: Layer, s: &str, d: &str) -> Exp {
         // either direction (the replies come back encapsulated too). x's pod agent talks
         // to its relay on x's node IP, which the chain rejects as well, so its own cells
         // may be unknown.
-        Fault::HostFirewall { node: x } => match layer {
+        Fault::HostFirewall { node: x } | Fault::NftHostFirewall { node: x } => match layer {
             Underlay | UnderlayFullSize => Exp::Ok,
             GatewayFromPod | PodToPod | PodToPodFullSize | PodToPodFragmented | DnsPod
                 if s == x =>
@@ -229,6 +229,11 @@ fn expect(p: &LabPlan, f: &Fault, layer: Layer, s: &str, d: &str) -> Exp {
 /// Injects `fault`, checks that every cell says what the path predicts, heals, and checks
 /// that the cluster is healthy again.
 fn fault_round_trip(fault: Fault) {
+    fault_round_trip_reading(fault, |_| {});
+}
+
+/// [`fault_round_trip`], with `read` given the broken round's report before the heal.
+fn fault_round_trip_reading(fault: Fault, read: impl FnOnce(&meshprobe_core::CheckReport)) {
     let Some(mut lab) = lab_or_skip(3) else {
         return;
     };
@@ -280,6 +285,7 @@ fn fault_round_trip(fault: Fault) {
         "{fault}: failing cells no finding claims: {unclaimed:?}"
     );
     assert!(oks > 10, "{fault}: only {oks} cells were expected ok");
+    read(&r);
     lab.heal(&fault)
         .unwrap_or_else(|e| panic!("heal {fault}: {e}"));
     check_until_healthy(&lab, Duration::from_secs(30));
@@ -406,6 +412,9 @@ fn fault_link_down() {
 
 #[test]
 fn fault_loss() {
+    if !common::nft_here() {
+        return;
+    }
     fault_round_trip(Fault::Loss {
         node: on("n3"),
         percent: 50,
@@ -453,6 +462,40 @@ fn fault_vxlan_pair_drop() {
 #[test]
 fn fault_host_firewall() {
     fault_round_trip(Fault::HostFirewall { node: on("n1") });
+}
+
+/// Row 13 of issue 23: firewalld's native nftables, which `iptables-save` does not show.
+/// The finding quotes the nft rule and opens the port in nft, and the heal removes the
+/// table by name.
+#[test]
+fn fault_nft_host_firewall() {
+    if !common::nft_here() {
+        return;
+    }
+    fault_round_trip_reading(Fault::NftHostFirewall { node: on("n1") }, |r| {
+        let f = r
+            .findings
+            .iter()
+            .find(|f| f.cause.as_str() == "vxlan-blocked")
+            .unwrap_or_else(|| panic!("{:#?}", r.findings));
+        assert_eq!(
+            f.nodes,
+            [meshprobe_core::NodeName::new("n1").expect("name")]
+        );
+        assert!(
+            f.evidence.iter().any(|e| e.contains(
+                "nft inet meshprobe_fw filter_INPUT: reject with icmpx admin-prohibited"
+            )),
+            "{:#?}",
+            f.evidence
+        );
+        assert!(
+            f.fix
+                .contains("nft insert rule inet meshprobe_fw filter_INPUT udp dport 8472 accept"),
+            "{}",
+            f.fix
+        );
+    });
 }
 
 #[test]

@@ -68,6 +68,7 @@ pub fn router(state: Arc<Coordinator>) -> Router {
         .route("/ui/app.js", get(crate::web::app))
         .route("/ui/style.css", get(crate::web::style))
         .route("/ui/favicon.svg", get(crate::web::icon))
+        .route(wire::BASELINES, get(baselines))
         .route(wire::BASELINE_PATTERN, get(baseline).put(save_baseline))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),
@@ -695,6 +696,13 @@ async fn findings(
     };
     match with_history(&c, move |h| h.findings_since(since)).await {
         Ok(a) => Json(a).into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn baselines(State(c): State<Arc<Coordinator>>) -> Response {
+    match with_history(&c, |h| h.baselines()).await {
+        Ok(baselines) => Json(wire::BaselinesAnswer { baselines }).into_response(),
         Err(r) => r,
     }
 }

@@ -441,8 +441,7 @@ impl History {
         )
     }
 
-    /// Saves `report` as baseline `name` (replacing one of that name).
-    /// Saves `report` as baseline `name`, for operator `owner` (`None`: the cluster secret,
+    /// Saves `report` as baseline `name` (replacing one of that name), for operator `owner` (`None`: the cluster secret,
     /// which may overwrite anyone's). A baseline an operator saved is theirs: another
     /// operator cannot overwrite it.
     pub fn save_baseline(
@@ -502,6 +501,30 @@ impl History {
     /// Baseline `name`'s report.
     pub fn baseline(&self, name: &str) -> Result<Option<CheckReport>, HistoryError> {
         self.report_where("SELECT round, report FROM baselines WHERE name = ?1", name)
+    }
+
+    /// Every baseline saved, newest first: name, round, when and by whom (not the reports).
+    pub fn baselines(&self) -> Result<Vec<meshprobe_core::api::BaselineInfo>, HistoryError> {
+        let conn = self.lock();
+        let db = |e| self.db(e);
+        let mut q = conn
+            .prepare_cached(
+                "SELECT b.name, b.round, b.saved_ms, o.owner FROM baselines b
+                 LEFT JOIN baseline_owners o ON o.name = b.name
+                 ORDER BY b.saved_ms DESC, b.name LIMIT ?1",
+            )
+            .map_err(db)?;
+        let rows = q
+            .query_map([MAX_BASELINES as i64], |r| {
+                Ok(meshprobe_core::api::BaselineInfo {
+                    name: r.get(0)?,
+                    round: r.get::<_, i64>(1)?.max(0) as u64,
+                    saved_ms: r.get::<_, i64>(2)?.max(0) as u64,
+                    owner: r.get(3)?,
+                })
+            })
+            .map_err(db)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(db)
     }
 
     /// Every finding made in a round after `since`, most recently seen first, with its
@@ -783,6 +806,30 @@ mod tests {
         h.save_baseline("b0", &report(2, None), 1, None)
             .expect("overwriting is fine");
         assert_eq!(h.baseline("b0").expect("q").map(|r| r.round), Some(2));
+    }
+
+    /// Issue 23, row 12: the baselines are listed, newest first, with their round, time
+    /// and owner.
+    #[test]
+    fn baselines_are_listed_newest_first() {
+        let h = History::open(None, Retention::default()).expect("open");
+        assert!(h.baselines().expect("list").is_empty());
+        h.save_baseline("pre-upgrade", &report(3, None), 1_000, Some("alice"))
+            .expect("save");
+        h.save_baseline("after", &report(7, None), 5_000, None)
+            .expect("save");
+        let listed = h.baselines().expect("list");
+        let got: Vec<(&str, u64, u64, Option<&str>)> = listed
+            .iter()
+            .map(|b| (b.name.as_str(), b.round, b.saved_ms, b.owner.as_deref()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("after", 7, 5_000, None),
+                ("pre-upgrade", 3, 1_000, Some("alice"))
+            ]
+        );
     }
 
     /// Issue 22, row 10: any operator could overwrite another's baseline.

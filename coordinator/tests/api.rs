@@ -945,13 +945,16 @@ async fn tls_is_served_and_verified_against_the_ca() {
     assert!(err.to_string().contains("TLS"), "{err}");
     // https without a CA is refused before any connection.
     assert!(CoordinatorClient::new(&url).is_err());
-    // Plain HTTP to the TLS port: no HTTP answer.
+    // Plain HTTP to the TLS port: never served, but told to use https (issue 23).
     let plain = reqwest::Client::new()
         .get(format!("http://{addr}/healthz"))
         .timeout(Duration::from_secs(5))
         .send()
-        .await;
-    assert!(plain.is_err(), "{plain:?}");
+        .await
+        .expect("a plain HTTP answer");
+    assert_eq!(plain.status(), 400);
+    let said = plain.text().await.unwrap_or_default();
+    assert!(said.contains("use https://"), "{said}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -62,6 +62,8 @@ pub const FINDINGS: &str = "/v1/findings";
 /// `PUT` `{"round": N}` saves round N (default: the latest) as baseline `name`; `GET`
 /// answers the saved round's report (`latest-healthy`: the latest healthy round kept).
 pub const BASELINE_PATTERN: &str = "/v1/baselines/{name}";
+/// `GET`: the baselines saved ([`BaselinesAnswer`]), newest first.
+pub const BASELINES: &str = "/v1/baselines";
 /// `GET`: the coordinator's state in a few bytes (what the web view polls).
 pub const STATUS: &str = "/v1/status";
 /// `GET ?node=A&peer=B`: the frames A captured with B in a capture round, as a pcap file.
@@ -419,6 +421,29 @@ pub struct BaselineSaved {
     pub name: String,
     /// The round saved.
     pub round: u64,
+}
+
+/// One saved baseline, as `GET /v1/baselines` lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BaselineInfo {
+    /// Its name.
+    pub name: String,
+    /// The round it holds.
+    pub round: u64,
+    /// When it was saved (milliseconds since the Unix epoch).
+    pub saved_ms: u64,
+    /// The operator who saved it (none for a cluster-secret or open coordinator).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+}
+
+/// The answer to `GET /v1/baselines`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BaselinesAnswer {
+    /// Every baseline saved, newest first (at most the coordinator's 100).
+    pub baselines: Vec<BaselineInfo>,
 }
 
 /// Every 4xx and 5xx answer's body.

@@ -89,10 +89,10 @@ pub struct Spec {
 }
 
 macro_rules! kinds {
-    ( $( $(#[$doc:meta])* $v:ident = $id:literal, $args:ident, $class:ident, $finding:expr; )* ) => {
+    ( $( $(#[doc = $doc:literal])* $v:ident = $id:literal, $args:ident, $class:ident, $finding:expr; )* ) => {
         /// A kind of fault the sandbox injects.
         #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-        pub enum FaultKind { $( $(#[$doc])* $v, )* }
+        pub enum FaultKind { $( $(#[doc = $doc])* $v, )* }
 
         impl FaultKind {
             /// Every kind, in the catalogue's order.
@@ -113,6 +113,12 @@ macro_rules! kinds {
             /// The CLI's name.
             pub fn id(self) -> &'static str {
                 match self { $( FaultKind::$v => $id, )* }
+            }
+
+            /// What it does, in the words of its declaration (the CLI's help), as doc
+            /// lines joined: each begins with a space.
+            fn doc(self) -> &'static str {
+                match self { $( FaultKind::$v => concat!($($doc),*), )* }
             }
 
             /// The kind the CLI calls `id`.
@@ -206,6 +212,9 @@ kinds! {
     VxlanPairDrop = "vxlan-pair-drop", NodePeer, Datapath, pair(Cause::VxlanBlocked);
     /// A distribution's INPUT chain rejects VXLAN into the node.
     HostFirewall = "host-firewall", Node, Datapath, on(Cause::VxlanBlocked);
+    /// A native nftables table in firewalld's shape (RHEL 8 and 9) rejects VXLAN into the
+    /// node, where `iptables-save` shows nothing.
+    NftHostFirewall = "nft-host-firewall", Node, Datapath, on(Cause::VxlanBlocked);
     /// The node's pod bridge has an MTU below the overlay's.
     BridgeMtu = "bridge-mtu", Node, Datapath, on(Cause::MtuMismatch);
     /// The web service's backend on the node does not answer.
@@ -232,6 +241,13 @@ kinds! {
     PodCidrClaimed = "pod-cidr-claimed", NodePeer, Datapath, pair(Cause::PodCidrConflict);
     /// The node's pod bridge is down.
     BridgeDown = "bridge-down", Node, Datapath, on(Cause::PodDeviceDown);
+}
+
+impl FaultKind {
+    /// What it does, in one line (`lab fault --help`).
+    pub fn summary(self) -> &'static str {
+        self.doc().trim()
+    }
 }
 
 impl fmt::Display for FaultKind {
@@ -442,6 +458,7 @@ impl FaultKind {
             | K::IcmpBlocked
             | K::JumboMtu
             | K::HostFirewall
+            | K::NftHostFirewall
             | K::BridgeMtu
             | K::BackendDown
             | K::MasqueradeMissing
@@ -608,6 +625,24 @@ mod tests {
             assert_eq!(s.finding.is_some(), s.class == Class::Datapath, "{k}");
         }
         assert_eq!(FaultKind::from_id("no-such-fault"), None);
+    }
+
+    #[test]
+    fn every_kind_says_what_it_does_in_one_line() {
+        for &k in FaultKind::ALL {
+            let s = k.summary();
+            assert!(s.len() > 10, "{k}: {s:?}");
+            assert!(!s.contains("  ") && !s.contains('\n'), "{k}: {s:?}");
+            assert!(s.ends_with('.'), "{k}: {s:?}");
+        }
+        // A declaration of two doc lines reads as one sentence.
+        assert!(
+            FaultKind::IcmpOutputDrop
+                .summary()
+                .contains("from hosts): its own echoes fail"),
+            "{}",
+            FaultKind::IcmpOutputDrop.summary()
+        );
     }
 
     fn targets() -> Targets {

@@ -62,6 +62,12 @@ pub struct FindingId {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ReportDiff {
+    /// The baseline's name, where the caller knows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline_name: Option<String>,
+    /// When the baseline was saved (milliseconds since the Unix epoch), where known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline_saved_ms: Option<u64>,
     /// The baseline's round.
     pub baseline_round: u64,
     /// The new round.
@@ -74,16 +80,35 @@ pub struct ReportDiff {
     pub recovered: Vec<CellChange>,
     /// How many recovered.
     pub recovered_count: usize,
-    /// Cells whose latency shifted (at most [`MAX_LISTED`], biggest ratio first).
+    /// Cells whose latency shifted (at most [`MAX_LISTED`], biggest ratio first, slower
+    /// or faster: see [`CellChange::slower`]).
     pub latency: Vec<CellChange>,
     /// How many shifted.
     pub latency_count: usize,
+    /// How many of them got slower (the rest got faster).
+    #[serde(default)]
+    pub latency_slower: usize,
     /// Cells in only one of the two rounds.
     pub unmatched_cells: usize,
     /// Findings the new round has and the baseline had not.
     pub new_findings: Vec<FindingId>,
     /// Findings the baseline had and the new round has not.
     pub gone_findings: Vec<FindingId>,
+}
+
+impl CellChange {
+    /// Its RTT ratio, now over the baseline's (above 1: slower), where both are known.
+    pub fn rtt_ratio(&self) -> Option<f64> {
+        match (self.before_rtt_ms, self.after_rtt_ms) {
+            (Some(b), Some(a)) if b > 0.0 && a > 0.0 => Some(a / b),
+            _ => None,
+        }
+    }
+
+    /// Whether it got slower than the baseline.
+    pub fn slower(&self) -> bool {
+        matches!((self.before_rtt_ms, self.after_rtt_ms), (Some(b), Some(a)) if a > b)
+    }
 }
 
 impl ReportDiff {
@@ -224,7 +249,12 @@ pub fn compare(before: &CheckReport, after: &CheckReport) -> ReportDiff {
         }
     }
     d.latency_count = latency.len();
-    latency.sort_by(|a, b| b.0.total_cmp(&a.0));
+    d.latency_slower = latency.iter().filter(|(_, c)| c.slower()).count();
+    // Biggest change first; equal ones in the matrix's order (layer, row, column).
+    latency.sort_by(|a, b| {
+        b.0.total_cmp(&a.0)
+            .then_with(|| (a.1.layer, &a.1.from, &a.1.to).cmp(&(b.1.layer, &b.1.from, &b.1.to)))
+    });
     d.latency = latency
         .into_iter()
         .take(MAX_LISTED)
@@ -250,13 +280,31 @@ pub fn render_diff(d: &ReportDiff, limit: usize) -> String {
     let p = |s: &str| crate::text::printable_line(s, crate::text::MAX_REMOTE_TEXT);
     use std::fmt::Write as _;
     let mut out = String::new();
+    let baseline = match (&d.baseline_name, d.baseline_saved_ms) {
+        (Some(name), Some(at)) => format!(
+            "baseline {} (round {}, saved {})",
+            p(name),
+            d.baseline_round,
+            crate::text::utc(at)
+        ),
+        (Some(name), None) => format!("baseline {} (round {})", p(name), d.baseline_round),
+        (None, _) => format!("baseline round {}", d.baseline_round),
+    };
     let _ = writeln!(
         out,
-        "Since baseline round {}: {} cells broke, {} recovered, {} latency shifts (>= {RTT_SHIFT_MS} ms and x{RTT_SHIFT_RATIO}){}",
-        d.baseline_round,
+        "Since {baseline}: {} cells broke, {} recovered, {} latency shifts{} (>= {RTT_SHIFT_MS} ms and x{RTT_SHIFT_RATIO}){}",
         d.broke_count,
         d.recovered_count,
         d.latency_count,
+        if d.latency_count > 0 {
+            format!(
+                ", {} slower and {} faster",
+                d.latency_slower,
+                d.latency_count - d.latency_slower.min(d.latency_count)
+            )
+        } else {
+            String::new()
+        },
         if d.unmatched_cells > 0 {
             format!(
                 ", {} cells in only one of the two rounds",
@@ -307,9 +355,20 @@ pub fn render_diff(d: &ReportDiff, limit: usize) -> String {
     section("recovered", &d.recovered, d.recovered_count, &|c| {
         format!("failed, now ok ({})", ms(c.after_rtt_ms))
     });
-    section("latency", &d.latency, d.latency_count, &|c| {
-        format!("{} -> {}", ms(c.before_rtt_ms), ms(c.after_rtt_ms))
-    });
+    section(
+        "latency, biggest change first",
+        &d.latency,
+        d.latency_count,
+        &|c| {
+            let how = match c.rtt_ratio() {
+                Some(r) if r >= 1.0 => format!("x{r:.1} slower"),
+                Some(r) => format!("x{:.1} faster", 1.0 / r),
+                None if c.slower() => "slower".to_owned(),
+                None => "faster".to_owned(),
+            };
+            format!("{} -> {} ({how})", ms(c.before_rtt_ms), ms(c.after_rtt_ms))
+        },
+    );
     for (title, list) in [
         ("new findings", &d.new_findings),
         ("gone findings", &d.gone_findings),
@@ -455,5 +514,71 @@ mod tests {
             "{text}"
         );
         assert!(compare(&before, &before).is_empty());
+    }
+
+    /// Issue 23, row 12: the shifts come biggest first with their direction, and the
+    /// header names the baseline and when it was saved.
+    #[test]
+    fn shifts_are_sorted_by_size_and_say_which_way() {
+        use CellState::Ok;
+        let before = report(
+            1,
+            &[
+                ("n1", "n2", Ok, Some(1.0)),
+                ("n1", "n3", Ok, Some(30.0)),
+                ("n2", "n1", Ok, Some(1.0)),
+                ("n2", "n3", Ok, Some(2.0)),
+            ],
+        );
+        let after = report(
+            2,
+            &[
+                // x3 slower, x10 faster, x20 slower, x4 slower.
+                ("n1", "n2", Ok, Some(3.0)),
+                ("n1", "n3", Ok, Some(3.0)),
+                ("n2", "n1", Ok, Some(20.0)),
+                ("n2", "n3", Ok, Some(8.0)),
+            ],
+        );
+        let mut d = compare(&before, &after);
+        let order: Vec<(&str, &str, bool)> = d
+            .latency
+            .iter()
+            .map(|c| (c.from.as_str(), c.to.as_str(), c.slower()))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                ("n2", "n1", true),
+                ("n1", "n3", false),
+                ("n2", "n3", true),
+                ("n1", "n2", true)
+            ]
+        );
+        assert_eq!((d.latency_count, d.latency_slower), (4, 3));
+        d.baseline_name = Some("pre-upgrade".into());
+        d.baseline_saved_ms = Some(1_796_418_307_000);
+        let text = render_diff(&d, 10);
+        assert!(
+            text.starts_with(
+                "Since baseline pre-upgrade (round 1, saved 2026-12-04 21:05:07 UTC): "
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("4 latency shifts, 3 slower and 1 faster"),
+            "{text}"
+        );
+        assert!(
+            text.contains("n2 -> n1: 1.00ms -> 20.00ms (x20.0 slower)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("n1 -> n3: 30.00ms -> 3.00ms (x10.0 faster)"),
+            "{text}"
+        );
+        let lines: Vec<&str> = text.lines().collect();
+        let at = |needle: &str| lines.iter().position(|l| l.contains(needle)).expect(needle);
+        assert!(at("n2 -> n1") < at("n1 -> n3") && at("n1 -> n3") < at("n1 -> n2"));
     }
 }

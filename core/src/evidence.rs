@@ -176,27 +176,167 @@ pub fn ipv4_net_holds(net: &str, ip: Ipv4Addr) -> Option<bool> {
     Some(u32::from(ip) & mask == u32::from(addr) & mask)
 }
 
-/// A firewall rule that drops or rejects something, as iptables-save prints it.
+/// Where a firewall rule was read: which of the kernel's two iptables backends, or a native
+/// nftables table. Both iptables backends can hold rules on one host at once (an image
+/// built for the other one, kube-proxy before iptables-wrapper), and a packet meets the
+/// rules of both, so both are read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FirewallBackend {
+    /// The backend the host's own `iptables` command uses (what an operator types).
+    #[default]
+    Iptables,
+    /// iptables-legacy, where the host's `iptables` is the nft one.
+    IptablesLegacy,
+    /// iptables-nft, where the host's `iptables` is the legacy one.
+    IptablesNft,
+    /// A native nftables table (firewalld on RHEL 8 and 9, an `nft -f` ruleset).
+    Nftables,
+}
+
+impl FirewallBackend {
+    /// The command that edits its rules (`iptables`, `iptables-legacy`, `iptables-nft`,
+    /// `nft`).
+    pub fn command(self) -> &'static str {
+        match self {
+            FirewallBackend::Iptables => "iptables",
+            FirewallBackend::IptablesLegacy => "iptables-legacy",
+            FirewallBackend::IptablesNft => "iptables-nft",
+            FirewallBackend::Nftables => "nft",
+        }
+    }
+
+    fn is_default(&self) -> bool {
+        *self == FirewallBackend::Iptables
+    }
+}
+
+/// A firewall rule that drops or rejects something: as iptables-save prints it, or, for a
+/// native nftables rule, in nft's words.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct FirewallRule {
-    /// Table (`filter`, `raw`, `mangle`).
+    /// Table (`filter`, `raw`, `mangle`; for nftables, family and name: `inet firewalld`).
     pub table: String,
     /// Chain.
     pub chain: String,
-    /// The rule, e.g. `-A FORWARD -j REJECT --reject-with icmp-host-prohibited`.
+    /// The rule, e.g. `-A FORWARD -j REJECT --reject-with icmp-host-prohibited`, or
+    /// `reject with icmpx admin-prohibited` (nftables).
     pub rule: String,
+    /// Where it was read (default: the host's `iptables`).
+    #[serde(default, skip_serializing_if = "FirewallBackend::is_default")]
+    pub backend: FirewallBackend,
+    /// An nftables rule's handle (what `nft delete rule` takes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handle: Option<u64>,
 }
 
+/// nftables' families that carry IPv4 (the only ones the walk reads).
+const NFT_FAMILIES: [&str; 2] = ["ip", "inet"];
+
 impl FirewallRule {
-    /// The command that deletes it (`iptables -t filter -D OUTPUT ...`), safe to paste
-    /// into a shell whatever the agent sent: the rule is split into iptables-save's words
-    /// and each word that is not plainly safe is single-quoted, so that `; curl … | sh` in
-    /// a rule is one argument iptables refuses, never a command. `None` for what is not an
-    /// appended rule (a chain's policy), a table iptables does not have, or a rule with
-    /// control characters or unbalanced quotes.
+    /// An iptables rule of the host's own `iptables`.
+    pub fn iptables(table: &str, chain: &str, rule: &str) -> Self {
+        FirewallRule {
+            table: table.to_owned(),
+            chain: chain.to_owned(),
+            rule: rule.to_owned(),
+            backend: FirewallBackend::Iptables,
+            handle: None,
+        }
+    }
+
+    /// The rule as an evidence line says it: `iptables -t filter -A INPUT ...`, or
+    /// `nft inet firewalld filter_INPUT: reject with ... (handle 23)`.
+    pub fn shown(&self) -> String {
+        match (self.backend, self.handle) {
+            (FirewallBackend::Nftables, Some(h)) => {
+                format!(
+                    "nft {} {}: {} (handle {h})",
+                    self.table, self.chain, self.rule
+                )
+            }
+            (FirewallBackend::Nftables, None) => {
+                format!("nft {} {}: {}", self.table, self.chain, self.rule)
+            }
+            (b, _) => format!("{} -t {} {}", b.command(), self.table, self.rule),
+        }
+    }
+
+    /// The nftables family, table and chain, when they are plain words of a family the
+    /// walk reads.
+    fn nft_location(&self) -> Option<(&str, &str, &str)> {
+        let (family, table) = self.table.split_once(' ')?;
+        (NFT_FAMILIES.contains(&family) && is_plain_word(table) && is_plain_word(&self.chain))
+            .then_some((family, table, self.chain.as_str()))
+    }
+
+    /// Whether firewalld owns it (its changes are made with `firewall-cmd`: a rule deleted
+    /// by hand comes back at the next reload).
+    pub fn is_firewalld(&self) -> bool {
+        self.backend == FirewallBackend::Nftables && self.table.ends_with(" firewalld")
+    }
+
+    /// The command that lists its chain (`iptables -t filter -S FORWARD`, `nft -a list
+    /// chain inet firewalld filter_FORWARD`), when the chain is a plain word.
+    pub fn list_command(&self) -> Option<String> {
+        if self.backend == FirewallBackend::Nftables {
+            let (family, table, chain) = self.nft_location()?;
+            return Some(format!("nft -a list chain {family} {table} {chain}"));
+        }
+        is_plain_word(&self.chain).then(|| {
+            format!(
+                "{} -t {} -S {}",
+                self.backend.command(),
+                self.table,
+                self.chain
+            )
+        })
+    }
+
+    /// The command that accepts `proto` traffic to `port` ahead of this rule: an insert at
+    /// the top of its chain, or for firewalld the port opened its way.
+    pub fn accept_ahead(&self, proto: &str, port: u16) -> Option<String> {
+        if self.is_firewalld() {
+            return Some(format!(
+                "firewall-cmd --permanent --add-port={port}/{proto} && firewall-cmd --reload"
+            ));
+        }
+        if self.backend == FirewallBackend::Nftables {
+            let (family, table, chain) = self.nft_location()?;
+            return Some(format!(
+                "nft insert rule {family} {table} {chain} {proto} dport {port} accept"
+            ));
+        }
+        is_plain_word(&self.chain).then(|| {
+            format!(
+                "{} -t {} -I {} -p {proto} --dport {port} -j ACCEPT",
+                self.backend.command(),
+                self.table,
+                self.chain
+            )
+        })
+    }
+
+    /// The command that deletes it (`iptables -t filter -D OUTPUT ...`, `nft delete rule
+    /// inet t c handle 7`), safe to paste into a shell whatever the agent sent: the rule is
+    /// split into iptables-save's words and each word that is not plainly safe is
+    /// single-quoted, so that `; curl … | sh` in a rule is one argument iptables refuses,
+    /// never a command. `None` for what is not an appended rule (a chain's policy), a table
+    /// iptables does not have, a rule with control characters or unbalanced quotes, and
+    /// firewalld's rules (which firewalld puts back: [`FirewallRule::accept_ahead`]).
     pub fn delete_command(&self) -> Option<String> {
         const TABLES: [&str; 5] = ["filter", "nat", "mangle", "raw", "security"];
+        if self.backend == FirewallBackend::Nftables {
+            if self.is_firewalld() {
+                return None;
+            }
+            let (family, table, chain) = self.nft_location()?;
+            let handle = self.handle?;
+            return Some(format!(
+                "nft delete rule {family} {table} {chain} handle {handle}"
+            ));
+        }
         let rest = self.rule.strip_prefix("-A ")?;
         if !TABLES.contains(&self.table.as_str()) {
             return None;
@@ -204,7 +344,8 @@ impl FirewallRule {
         let words = iptables_words(rest)?;
         let quoted: Vec<String> = words.iter().map(|w| shell_quote(w)).collect();
         Some(format!(
-            "iptables -t {} -D {}",
+            "{} -t {} -D {}",
+            self.backend.command(),
             self.table,
             quoted.join(" ")
         ))
@@ -417,6 +558,21 @@ pub struct NodeEvidence {
     /// What kube-proxy's iptables chains hold, when it runs in iptables mode.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kube_proxy: Option<KubeProxyEvidence>,
+    /// Where the firewall was read, and how many rules each source held: both iptables
+    /// backends and native nftables, so that rules in the backend the host's `iptables`
+    /// does not show are never silently missing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub firewall_sources: Vec<FirewallSource>,
+}
+
+/// One source of the firewall a host agent read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FirewallSource {
+    /// Which.
+    pub backend: FirewallBackend,
+    /// Its rules (native nftables: the IPv4 tables' rules that are not the cluster's).
+    pub rules: u32,
 }
 
 /// kube-proxy's iptables-mode NAT chains on a node, counted.
@@ -446,11 +602,7 @@ mod tests {
         assert_eq!(ipv4_net_holds("0.0.0.0/0", ip), Some(true));
         assert_eq!(ipv4_net_holds("10.0.0.0/255.0.0.0", ip), None);
         assert_eq!(ipv4_net_holds("node-a", ip), None);
-        let rule = |r: &str| FirewallRule {
-            table: "filter".into(),
-            chain: "OUTPUT".into(),
-            rule: r.into(),
-        };
+        let rule = |r: &str| FirewallRule::iptables("filter", "OUTPUT", r);
         assert_eq!(
             rule("-A OUTPUT -d 192.168.77.13/32 -j DROP").delete_command(),
             Some("iptables -t filter -D OUTPUT -d 192.168.77.13/32 -j DROP".into())
@@ -462,11 +614,7 @@ mod tests {
     /// command verbatim (`; curl … | sh`). Every word that is not plainly safe is quoted.
     #[test]
     fn a_delete_command_never_runs_what_the_rule_text_smuggles() {
-        let rule = |table: &str, r: &str| FirewallRule {
-            table: table.into(),
-            chain: "OUTPUT".into(),
-            rule: r.into(),
-        };
+        let rule = |table: &str, r: &str| FirewallRule::iptables(table, "OUTPUT", r);
         assert_eq!(
             rule("filter", "-A OUTPUT -p udp -m comment --comment \"flannel \\\"vxlan\\\" rule\" -j DROP")
                 .delete_command(),
@@ -503,5 +651,70 @@ mod tests {
             rule("filter", "-A OUTPUT -j DROP\u{202E}").delete_command(),
             None
         );
+    }
+
+    /// Issue 23, row 13: a rule says which backend holds it, and its commands are that
+    /// backend's: the other iptables backend by name, native nftables by handle, and
+    /// firewalld's the way firewalld keeps them.
+    #[test]
+    fn each_backend_gets_its_own_commands() {
+        let legacy = FirewallRule {
+            backend: FirewallBackend::IptablesLegacy,
+            ..FirewallRule::iptables("filter", "INPUT", "-A INPUT -j REJECT")
+        };
+        assert_eq!(
+            legacy.delete_command().as_deref(),
+            Some("iptables-legacy -t filter -D INPUT -j REJECT")
+        );
+        assert_eq!(
+            legacy.shown(),
+            "iptables-legacy -t filter -A INPUT -j REJECT"
+        );
+        assert_eq!(
+            legacy.accept_ahead("udp", 8472).as_deref(),
+            Some("iptables-legacy -t filter -I INPUT -p udp --dport 8472 -j ACCEPT")
+        );
+        let nft = |table: &str, chain: &str| FirewallRule {
+            table: table.into(),
+            chain: chain.into(),
+            rule: "reject with icmpx admin-prohibited".into(),
+            backend: FirewallBackend::Nftables,
+            handle: Some(23),
+        };
+        let own = nft("inet filter", "input");
+        assert_eq!(
+            own.delete_command().as_deref(),
+            Some("nft delete rule inet filter input handle 23")
+        );
+        assert_eq!(
+            own.list_command().as_deref(),
+            Some("nft -a list chain inet filter input")
+        );
+        assert_eq!(
+            own.accept_ahead("udp", 8472).as_deref(),
+            Some("nft insert rule inet filter input udp dport 8472 accept")
+        );
+        assert_eq!(
+            own.shown(),
+            "nft inet filter input: reject with icmpx admin-prohibited (handle 23)"
+        );
+        let firewalld = nft("inet firewalld", "filter_IN_public");
+        assert_eq!(firewalld.delete_command(), None, "firewalld puts it back");
+        assert_eq!(
+            firewalld.accept_ahead("udp", 8472).as_deref(),
+            Some("firewall-cmd --permanent --add-port=8472/udp && firewall-cmd --reload")
+        );
+        // An agent's odd names give no command.
+        assert_eq!(nft("inet fw; id", "input").delete_command(), None);
+        assert_eq!(nft("ip6 filter", "input").delete_command(), None);
+        assert_eq!(nft("inet filter", "in put").list_command(), None);
+        // The wire form of a host's own iptables rule is as before.
+        let json = serde_json::to_value(FirewallRule::iptables(
+            "filter",
+            "INPUT",
+            "-A INPUT -j DROP",
+        ))
+        .expect("json");
+        assert_eq!(json.as_object().map(|o| o.len()), Some(3), "{json}");
     }
 }

@@ -68,7 +68,7 @@ impl Layer {
     ];
 
     /// The SLO group the layer counts toward (a fixed set: `node-network`, `pod-network`,
-    /// `dns`, `services`), each with its own objective (README, "Continuous SLO").
+    /// `dns`, `services`), each with its own objective (docs/slo.md).
     pub fn slo_group(self) -> &'static str {
         match self {
             Layer::Underlay | Layer::UnderlayFullSize => "node-network",

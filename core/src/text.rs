@@ -40,6 +40,29 @@ pub fn is_invisible_format(c: char) -> bool {
         | '\u{FFF9}'..='\u{FFFB}')
 }
 
+/// A time given in milliseconds since the Unix epoch, in UTC, as people read it:
+/// `2026-12-04 21:05:07 UTC` (the proleptic Gregorian calendar; no time-zone database).
+pub fn utc(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil from days (Howard Hinnant's algorithm), with eras of 400 years from 0000-03-01.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
 fn escape(s: &str, max: usize, keep_newlines: bool) -> String {
     let mut out = String::with_capacity(s.len().min(max));
     for (i, c) in s.chars().enumerate() {
@@ -58,6 +81,13 @@ fn escape(s: &str, max: usize, keep_newlines: bool) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn utc_times_read_as_the_calendar_does() {
+        assert_eq!(super::utc(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(super::utc(951_868_799_000), "2000-02-29 23:59:59 UTC");
+        assert_eq!(super::utc(1_796_418_307_999), "2026-12-04 21:05:07 UTC");
+    }
+
     use super::*;
 
     #[test]

@@ -232,7 +232,7 @@ impl Cx<'_> {
                             .find(|r| r.chain == "INPUT" && catch_all(&r.rule))
                     })
                 }) {
-                    evidence.push(format!("{xn}: iptables {} ({} {}) takes new connections from {xn}'s pods to its relay: its pod agent cannot reach the coordinator through it", r.rule, r.table, r.chain));
+                    evidence.push(format!("{xn}: {} takes new connections from {xn}'s pods to its relay: its pod agent cannot reach the coordinator through it", r.shown()));
                     fix = format!(
                         "on {xn}: accept the relay port (the host agent's `--relay-listen`, 7071 by default) from the pod CIDR ahead of that rule, or open the overlay and the relay in firewalld"
                     );
@@ -293,14 +293,14 @@ impl Cx<'_> {
             }
             for r in ev.forward.iter().flat_map(|f| &f.blocking_rules) {
                 w.push(format!(
-                    "{x}: iptables {} precedes the CNI's accept rules, though no probe fails yet",
-                    r.rule
+                    "{x}: {} precedes the CNI's accept rules, though no probe fails yet",
+                    r.shown()
                 ));
             }
             for r in &ev.overlay_port_rules {
                 w.push(format!(
-                    "{x}: iptables {} drops the overlay port, though no probe fails yet",
-                    r.rule
+                    "{x}: {} drops the overlay port, though no probe fails yet",
+                    r.shown()
                 ));
             }
             if let Some(i) = self.pos(node) {

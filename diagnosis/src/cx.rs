@@ -331,7 +331,7 @@ impl<'a> Cx<'a> {
                 Cause::ForwardRejected,
                 rules
                     .iter()
-                    .map(|r| format!("{xn}: iptables {} (before the CNI's accept rules)", r.rule))
+                    .map(|r| format!("{xn}: {} (before the CNI's accept rules)", r.shown()))
                     .collect(),
             ));
         }
@@ -436,19 +436,19 @@ impl<'a> Cx<'a> {
             ""
         };
         // The chain is named only when it is a plain identifier, the rule only quoted.
-        let chain = |r: &meshprobe_core::evidence::FirewallRule| {
-            if meshprobe_core::evidence::is_plain_word(&r.chain) {
-                r.chain.clone()
-            } else {
-                "FORWARD".to_owned()
-            }
+        let list = |r: &meshprobe_core::evidence::FirewallRule| {
+            r.list_command()
+                .unwrap_or_else(|| format!("iptables -t {} -S FORWARD", r.table))
         };
         match fwd.and_then(|f| f.blocking_rules.first()) {
             Some(r) if r.delete_command().is_some() => format!(
-                "on {xn}: `iptables -t {} -S {}`; delete the rule above the CNI's accepts (`{}`){then}, and find what adds it",
-                r.table,
-                chain(r),
+                "on {xn}: `{}`; delete the rule above the CNI's accepts (`{}`){then}, and find what adds it",
+                list(r),
                 r.delete_command().unwrap_or_default()
+            ),
+            Some(r) if r.is_firewalld() => format!(
+                "on {xn}: `{}`: firewalld rejects forwarded pod traffic; add the pod CIDR to its trusted zone (`firewall-cmd --permanent --zone=trusted --add-source=<pod CIDR> && firewall-cmd --reload`)",
+                list(r)
             ),
             Some(_) => format!(
                 "on {xn}: the FORWARD policy is DROP and no Kubernetes or CNI chain accepts pod traffic: restart the CNI so it adds its FORWARD accepts, or `iptables -P FORWARD ACCEPT`{then}"

@@ -196,6 +196,7 @@ impl Fault {
             K::DnsPortDrop => Fault::hops(k, t, x, Some(&pod))?,
             K::VxlanVni
             | K::HostFirewall
+            | K::NftHostFirewall
             | K::RouteHijack
             | K::PodCidrClaimed
             | K::CoordinatorDown
@@ -1106,11 +1107,11 @@ fn evidence_of(t: &Topology, faults: &[Fault], x: usize, peers: &[usize]) -> Nod
             Fault::ForwardOff(n) if *n == x => ev.ip_forward = Some(false),
             Fault::ForwardReject(n) if *n == x => {
                 if let Some(fwd) = ev.forward.as_mut() {
-                    fwd.blocking_rules.push(FirewallRule {
-                        table: "filter".into(),
-                        chain: "FORWARD".into(),
-                        rule: "-A FORWARD -j REJECT --reject-with icmp-host-prohibited".into(),
-                    });
+                    fwd.blocking_rules.push(FirewallRule::iptables(
+                        "filter",
+                        "FORWARD",
+                        "-A FORWARD -j REJECT --reject-with icmp-host-prohibited",
+                    ));
                     fwd.foreign_chains =
                         vec!["FORWARD_IN_ZONES".into(), "FORWARD_OUT_ZONES".into()];
                 }
@@ -1121,21 +1122,21 @@ fn evidence_of(t: &Topology, faults: &[Fault], x: usize, peers: &[usize]) -> Nod
                 } else {
                     "OUTPUT"
                 };
-                ev.overlay_port_rules.push(FirewallRule {
-                    table: "filter".into(),
-                    chain: chain.into(),
-                    rule: format!("-A {chain} -p udp -m udp --dport {port} -j DROP"),
-                });
+                ev.overlay_port_rules.push(FirewallRule::iptables(
+                    "filter",
+                    chain,
+                    &format!("-A {chain} -p udp -m udp --dport {port} -j DROP"),
+                ));
             }
             Fault::PairBlocked(a, b) if *a == x => {
-                ev.overlay_port_rules.push(FirewallRule {
-                    table: "filter".into(),
-                    chain: "OUTPUT".into(),
-                    rule: format!(
+                ev.overlay_port_rules.push(FirewallRule::iptables(
+                    "filter",
+                    "OUTPUT",
+                    &format!(
                         "-A OUTPUT -d {}/32 -p udp -m udp --dport {port} -j DROP",
                         t.nodes[*b].internal_ip
                     ),
-                });
+                ));
             }
             Fault::Hops { node, effect, .. }
                 if *node == x && effect.hops.contains(&on(HopKind::Bridge, x)) =>
@@ -1155,11 +1156,8 @@ fn evidence_of(t: &Topology, faults: &[Fault], x: usize, peers: &[usize]) -> Nod
                 ..
             } if *node == x => {
                 if let Some(fwd) = ev.forward.as_mut() {
-                    fwd.blocking_rules.push(FirewallRule {
-                        table: "filter".into(),
-                        chain: "FORWARD".into(),
-                        rule: rule.clone(),
-                    });
+                    fwd.blocking_rules
+                        .push(FirewallRule::iptables("filter", "FORWARD", rule));
                 }
             }
             Fault::PeerMissing(a, b) if *a == x => {

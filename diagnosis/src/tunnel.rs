@@ -107,7 +107,7 @@ impl Cx<'_> {
                     _ => Direction::Inbound,
                 };
                 for r in &port_rules {
-                    evidence.push(format!("{xn}: iptables -t {} {}", r.table, r.rule));
+                    evidence.push(format!("{xn}: {}", r.shown()));
                 }
                 cause = Cause::VxlanBlocked;
                 summary = format!(
@@ -120,10 +120,18 @@ impl Cx<'_> {
                         "on {xn}: `{delete}`, then `tcpdump -ni {dev} udp port {port}` on {xn} and a peer"
                     )
                 } else {
-                    // A catch-all REJECT or a policy of DROP: open the port ahead of it.
+                    // A catch-all REJECT or a policy of DROP: open the port ahead of it, in
+                    // the rule's own backend (firewalld's way for its tables).
+                    let accept = first.accept_ahead("udp", port).unwrap_or_else(|| {
+                        format!("iptables -I INPUT -p udp --dport {port} -j ACCEPT")
+                    });
+                    let firewalld = if first.is_firewalld() {
+                        String::new()
+                    } else {
+                        format!(" (firewalld: `firewall-cmd --permanent --add-port={port}/udp`)")
+                    };
                     format!(
-                        "on {xn}: accept the overlay ahead of that rule, `iptables -t {} -I {} -p udp --dport {port} -j ACCEPT` (firewalld: `firewall-cmd --permanent --add-port={port}/udp`), as flannel's docs require; then `tcpdump -ni {dev} udp port {port}` on {xn}",
-                        first.table, first.chain
+                        "on {xn}: accept the overlay ahead of that rule, `{accept}`{firewalld}, as flannel's docs require; then `tcpdump -ni {dev} udp port {port}` on {xn}"
                     )
                 };
             } else if self.cfg.is_odd(x, &[Attr::Gateway]) {
@@ -510,7 +518,7 @@ impl Cx<'_> {
                 }
                 let mut evidence = self.cite(Layer::GatewayFromHost, &[(s, p), (p, s)]);
                 for r in &rules {
-                    evidence.push(format!("{sn}: iptables -t {} {}", r.table, r.rule));
+                    evidence.push(format!("{sn}: {}", r.shown()));
                 }
                 evidence.push(format!(
                     "the rule names {pn}'s address: it drops VXLAN between them whatever else is wrong with {pn}"
@@ -810,7 +818,7 @@ impl Cx<'_> {
                         evidence.push(why);
                         let rules = self.rules_toward(at, other);
                         for r in &rules {
-                            evidence.push(format!("{xn}: iptables -t {} {}", r.table, r.rule));
+                            evidence.push(format!("{xn}: {}", r.shown()));
                         }
                         let way = if direction == Direction::Outbound {
                             "to"

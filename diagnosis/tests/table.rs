@@ -536,11 +536,8 @@ fn the_relay_walk_explains_a_silent_pod_agent() {
     let n2 = meshprobe_core::NodeName::new("n2").expect("name");
     let ev = r.evidence.get_mut(&n2).expect("n2's evidence");
     assert!(ev.overlay_port_rules.is_empty());
-    ev.relay_port_rules.push(FirewallRule {
-        table: "filter".into(),
-        chain: "INPUT".into(),
-        rule: reject.into(),
-    });
+    ev.relay_port_rules
+        .push(FirewallRule::iptables("filter", "INPUT", reject));
     let d = diagnose(&t, &r, &[], &Settings::default());
     let f = d
         .findings

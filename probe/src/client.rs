@@ -440,6 +440,11 @@ impl CoordinatorClient {
         self.get(&api::baseline_path(name), timeout).await
     }
 
+    /// The baselines saved, newest first.
+    pub async fn baselines(&self, timeout: Duration) -> Result<api::BaselinesAnswer, ClientError> {
+        self.get(api::BASELINES, timeout).await
+    }
+
     /// The findings' timeline since round `since`.
     pub async fn findings(
         &self,

@@ -11,11 +11,16 @@ use std::net::Ipv4Addr;
 use std::process::Command;
 
 use meshprobe_core::evidence::{
-    DeviceState, FdbEntry, FirewallRule, ForwardEvidence, KubeProxyEvidence, LocalAddress,
-    MAX_CONFIG_ENTRIES, MisroutedPeer, NeighbourEntry, NodeEvidence, OverlayConfig,
-    OverlayEvidence, OverlayExpectation, OverlayPeer, RouteEntry,
+    DeviceState, FdbEntry, FirewallBackend, FirewallRule, FirewallSource, ForwardEvidence,
+    KubeProxyEvidence, LocalAddress, MAX_CONFIG_ENTRIES, MisroutedPeer, NeighbourEntry,
+    NodeEvidence, OverlayConfig, OverlayEvidence, OverlayExpectation, OverlayPeer, RouteEntry,
 };
 use serde_json::Value;
+
+pub use crate::firewall::{Flow, Proto};
+use crate::firewall::{
+    Hook, Ruleset, SaveLine, is_builtin_chain, is_cluster_chain, jump_target, save_lines,
+};
 
 /// Security agents that hook the host's network stack, as the field notes name them
 /// (process names, which the kernel truncates to 15 characters in `comm`).
@@ -32,21 +37,6 @@ pub const SECURITY_AGENTS: [&str; 11] = [
     "wsssr_defence_agent",
     "kesl",
 ];
-
-/// Chains that belong to Kubernetes or a CNI (the field notes' `egrep -v "KUBE|CNI|DOCKER"`).
-fn is_cluster_chain(name: &str) -> bool {
-    const PREFIXES: [&str; 9] = [
-        "KUBE-", "CNI-", "FLANNEL", "DOCKER", "cali-", "CILIUM", "WEAVE", "ANTREA", "KUBE_",
-    ];
-    PREFIXES.iter().any(|p| name.starts_with(p))
-}
-
-fn is_builtin_chain(name: &str) -> bool {
-    matches!(
-        name,
-        "INPUT" | "FORWARD" | "OUTPUT" | "PREROUTING" | "POSTROUTING"
-    )
-}
 
 /// Where evidence is read from.
 pub trait Host {
@@ -172,26 +162,7 @@ pub fn collect(host: &dyn Host, expect: Option<&OverlayExpectation>) -> NodeEvid
         Ok(v) => ev.ip_forward = Some(v.trim() == "1"),
         Err(e) => ev.unavailable.push(format!("net.ipv4.ip_forward: {e}")),
     }
-    match run_any(
-        host,
-        &["iptables-save", "iptables-nft-save", "iptables-legacy-save"],
-        &[],
-    ) {
-        Ok(text) => {
-            let relay = expect.and_then(|e| {
-                e.relay
-                    .as_ref()
-                    .map(|r| Flow::relay(r.pod_cidr, e.node_ip, r.port))
-            });
-            let (fwd, port_rules, relay_rules) =
-                parse_iptables_save_with(&text, &OverlayTraffic::of(expect), relay.as_ref());
-            ev.forward = Some(fwd);
-            ev.overlay_port_rules = port_rules;
-            ev.relay_port_rules = relay_rules;
-            ev.kube_proxy = parse_kube_proxy(&text);
-        }
-        Err(e) => ev.unavailable.push(format!("iptables-save: {e}")),
-    }
+    read_firewall(host, expect, &mut ev);
     if let Some(exp) = expect {
         let json = |args: &[&str]| {
             host.run("ip", args)
@@ -254,38 +225,210 @@ pub fn collect(host: &dyn Host, expect: Option<&OverlayExpectation>) -> NodeEvid
     ev
 }
 
-fn run_any(host: &dyn Host, programs: &[&str], args: &[&str]) -> io::Result<String> {
-    let mut last = io::Error::other("no program tried");
-    for p in programs {
-        match host.run(p, args) {
-            Ok(out) => return Ok(out),
-            Err(e) => last = io::Error::new(e.kind(), format!("{p}: {e}")),
+/// The iptables backend the host's own `iptables` uses (`iptables -V`: "(nf_tables)" or
+/// "(legacy)"), when it says.
+fn default_backend(host: &dyn Host) -> Option<Backend> {
+    let v = host.run("iptables", &["-V"]).ok()?;
+    if v.contains("nf_tables") {
+        Some(Backend::Nft)
+    } else if v.contains("legacy") {
+        Some(Backend::Legacy)
+    } else {
+        None
+    }
+}
+
+/// The kernel's two iptables backends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Backend {
+    Legacy,
+    Nft,
+}
+
+/// How many rules an `iptables-save` dump holds, counting a chain's DROP policy as one
+/// (what iptables-wrapper counts to tell which backend is in use).
+fn rule_count(text: &str) -> u32 {
+    let n = save_lines(text)
+        .filter(|l| {
+            matches!(
+                l,
+                SaveLine::Rule { .. } | SaveLine::Chain { policy: "DROP", .. }
+            )
+        })
+        .count();
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// Reads the firewall from every source the host has, as iptables-wrapper tells the
+/// backends apart: both iptables backends (a packet meets the rules of both, so rules in
+/// the one the host's `iptables` does not show count too), and native nftables tables
+/// (`nft -j list ruleset`: firewalld on RHEL 8 and 9), each walked on its own.
+fn read_firewall(host: &dyn Host, expect: Option<&OverlayExpectation>, ev: &mut NodeEvidence) {
+    let traffic = OverlayTraffic::of(expect);
+    let relay = expect.and_then(|e| {
+        e.relay
+            .as_ref()
+            .map(|r| Flow::relay(r.pod_cidr, e.node_ip, r.port))
+    });
+    let default = default_backend(host);
+    let mut dumps: Vec<(Backend, String)> = Vec::new();
+    let mut last_error = None;
+    for (program, backend) in [
+        ("iptables-legacy-save", Backend::Legacy),
+        ("iptables-nft-save", Backend::Nft),
+    ] {
+        match host.run(program, &[]) {
+            Ok(text) => dumps.push((backend, text)),
+            Err(e) => last_error = Some(format!("{program}: {e}")),
         }
     }
-    Err(last)
+    let nft_read = dumps.iter().any(|(b, _)| *b == Backend::Nft);
+    let holding: Vec<&(Backend, String)> =
+        dumps.iter().filter(|(_, t)| rule_count(t) > 0).collect();
+    // Each backend that holds rules, named as the host's `iptables` would be when it is
+    // that one (or when only one holds any and the host does not say which it uses).
+    let mut sources: Vec<(FirewallBackend, &str)> = holding
+        .iter()
+        .map(|(b, text)| {
+            let tag = match (b, default) {
+                (b, Some(d)) if *b == d => FirewallBackend::Iptables,
+                (_, None) if holding.len() == 1 => FirewallBackend::Iptables,
+                (Backend::Legacy, _) => FirewallBackend::IptablesLegacy,
+                (Backend::Nft, _) => FirewallBackend::IptablesNft,
+            };
+            (tag, text.as_str())
+        })
+        .collect();
+    let plain;
+    if sources.is_empty() {
+        // Nothing held anywhere: read the host's own dump (empty tables say ACCEPT), or,
+        // without either variant, plain `iptables-save`.
+        match dumps
+            .iter()
+            .find(|(b, _)| Some(*b) == default)
+            .or(dumps.first())
+        {
+            Some((_, text)) => sources.push((FirewallBackend::Iptables, text.as_str())),
+            None => match host.run("iptables-save", &[]) {
+                Ok(text) => {
+                    plain = text;
+                    sources.push((FirewallBackend::Iptables, plain.as_str()));
+                }
+                Err(e) => ev.unavailable.push(format!(
+                    "iptables-save: {e}{}",
+                    last_error.map(|l| format!(" ({l})")).unwrap_or_default()
+                )),
+            },
+        }
+    }
+    for (backend, text) in sources {
+        let paths = parse_iptables_save_as(text, backend, &traffic, relay.as_ref());
+        let fwd = ev.forward.get_or_insert_with(ForwardEvidence::default);
+        // A DROP policy in either backend drops.
+        if fwd.policy.is_none() || paths.forward.policy.as_deref() == Some("DROP") {
+            fwd.policy = paths.forward.policy;
+        }
+        extend_unique(&mut fwd.blocking_rules, paths.forward.blocking_rules);
+        for c in paths.forward.foreign_chains {
+            if !fwd.foreign_chains.contains(&c) {
+                fwd.foreign_chains.push(c);
+            }
+        }
+        extend_unique(&mut ev.overlay_port_rules, paths.overlay);
+        extend_unique(&mut ev.relay_port_rules, paths.relay);
+        if ev.kube_proxy.is_none() {
+            ev.kube_proxy = parse_kube_proxy(text);
+        }
+        ev.firewall_sources.push(FirewallSource {
+            backend,
+            rules: rule_count(text),
+        });
+    }
+    match host.run("nft", &["-j", "list", "ruleset"]) {
+        Ok(json) => match Ruleset::from_nft_json(&json, nft_read) {
+            Some(set) => read_nft(&set, expect, &traffic, relay.as_ref(), ev),
+            None => ev
+                .unavailable
+                .push("nft -j list ruleset: not nftables' JSON".to_owned()),
+        },
+        // No nft on this host: its nftables tables, if any, are iptables-nft's.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => ev.unavailable.push(format!("nft -j list ruleset: {e}")),
+    }
+}
+
+/// What native nftables tables drop: the overlay, the relay, and pods' forwarded traffic.
+fn read_nft(
+    set: &Ruleset,
+    expect: Option<&OverlayExpectation>,
+    traffic: &OverlayTraffic,
+    relay: Option<&Flow>,
+    ev: &mut NodeEvidence,
+) {
+    if set.rules.is_empty() {
+        return;
+    }
+    let overlay = set.drops(
+        &Flow::from(traffic),
+        &[
+            (Hook::Prerouting, ""),
+            (Hook::Input, ""),
+            (Hook::Output, ""),
+        ],
+    );
+    extend_unique(&mut ev.overlay_port_rules, overlay);
+    if let Some(flow) = relay {
+        let found = set.drops(flow, &[(Hook::Prerouting, ""), (Hook::Input, "")]);
+        extend_unique(&mut ev.relay_port_rules, found);
+    }
+    let pods: Vec<(Ipv4Addr, u8)> = expect
+        .map(|e| {
+            e.pod_cidrs
+                .iter()
+                .map(|c| (c.network(), c.net().prefix_len()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let dev = expect.map_or("flannel.1", |e| e.interface.as_str());
+    let forwarded = set.drops(
+        &Flow::forwarded(&pods, &["cni0", dev]),
+        &[(Hook::Forward, "")],
+    );
+    if !forwarded.is_empty() {
+        let fwd = ev.forward.get_or_insert_with(ForwardEvidence::default);
+        extend_unique(&mut fwd.blocking_rules, forwarded);
+    }
+    ev.firewall_sources.push(FirewallSource {
+        backend: FirewallBackend::Nftables,
+        rules: u32::try_from(set.rules.len()).unwrap_or(u32::MAX),
+    });
 }
 
 /// kube-proxy's iptables-mode NAT chains, counted; `None` when it does not run in that
 /// mode here (no `KUBE-SERVICES` in the nat table).
 pub fn parse_kube_proxy(text: &str) -> Option<KubeProxyEvidence> {
-    let mut table = "";
     let mut seen = false;
     let mut kp = KubeProxyEvidence::default();
-    for line in text.lines().map(str::trim) {
-        if let Some(t) = line.strip_prefix('*') {
-            table = t;
-        } else if table != "nat" {
-            continue;
-        } else if line.starts_with(":KUBE-SERVICES ") {
-            seen = true;
-        } else if line.starts_with("-A KUBE-SERVICES ") {
-            kp.service_rules += 1;
-        } else if line.starts_with("-A KUBE-NODEPORTS ") {
-            kp.nodeport_rules += 1;
-        } else if line.starts_with("-A KUBE-POSTROUTING ")
-            && jump_target(line) == Some("MASQUERADE")
-        {
-            kp.masquerade = true;
+    for line in save_lines(text) {
+        match line {
+            SaveLine::Chain {
+                table: "nat",
+                chain: "KUBE-SERVICES",
+                ..
+            } => seen = true,
+            SaveLine::Rule {
+                table: "nat",
+                chain,
+                line,
+            } => match chain {
+                "KUBE-SERVICES" => kp.service_rules += 1,
+                "KUBE-NODEPORTS" => kp.nodeport_rules += 1,
+                "KUBE-POSTROUTING" if jump_target(line) == Some("MASQUERADE") => {
+                    kp.masquerade = true;
+                }
+                _ => {}
+            },
+            _ => {}
         }
     }
     seen.then_some(kp)
@@ -318,349 +461,10 @@ impl OverlayTraffic {
     }
 }
 
-/// The protocol of a [`Flow`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Proto {
-    /// UDP (VXLAN).
-    Udp,
-    /// TCP (the relay).
-    Tcp,
-}
-
-impl Proto {
-    /// Whether iptables' `-p VALUE` takes this protocol.
-    fn matched_by(self, value: &str) -> bool {
-        match self {
-            Proto::Udp => matches!(value, "udp" | "17" | "all" | "0"),
-            Proto::Tcp => matches!(value, "tcp" | "6" | "all" | "0"),
-        }
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            Proto::Udp => "UDP",
-            Proto::Tcp => "TCP",
-        }
-    }
-}
-
-/// A flow the firewall walk follows as the kernel would: new packets of one protocol to
-/// one port, from an arbitrary source port, between the addresses given.
-#[derive(Debug, Clone)]
-pub struct Flow {
-    /// The protocol.
-    pub proto: Proto,
-    /// The destination port.
-    pub port: u16,
-    /// Where its packets may come from (`(address, prefix length)`; empty: anywhere).
-    pub sources: Vec<(Ipv4Addr, u8)>,
-    /// Where they go (likewise).
-    pub destinations: Vec<(Ipv4Addr, u8)>,
-    /// The interfaces they arrive on, when known (empty: any).
-    pub in_interfaces: Vec<String>,
-}
-
 impl From<&OverlayTraffic> for Flow {
     fn from(t: &OverlayTraffic) -> Self {
-        let ips: Vec<(Ipv4Addr, u8)> = t.node_ips.iter().map(|ip| (*ip, 32)).collect();
-        Flow {
-            proto: Proto::Udp,
-            port: t.port,
-            sources: ips.clone(),
-            destinations: ips,
-            in_interfaces: Vec::new(),
-        }
+        Flow::overlay(t.port, &t.node_ips)
     }
-}
-
-impl Flow {
-    /// The host agent's relay, as its node's pods reach it: TCP from the pod range to the
-    /// node IP's relay port.
-    pub fn relay(pod_cidr: meshprobe_core::PodCidr, node_ip: Ipv4Addr, port: u16) -> Self {
-        Flow {
-            proto: Proto::Tcp,
-            port,
-            sources: vec![(pod_cidr.network(), pod_cidr.net().prefix_len())],
-            destinations: vec![(node_ip, 32)],
-            // Pods reach their node through the CNI's bridge.
-            in_interfaces: vec!["cni0".to_owned()],
-        }
-    }
-
-    /// Whether an iptables address match takes every one of `nets` (so the rule is no
-    /// narrower than the flow there).
-    fn takes_all(nets: &[(Ipv4Addr, u8)], value: &str) -> bool {
-        !nets.is_empty()
-            && nets.iter().all(|&(addr, len)| {
-                value
-                    .split(',')
-                    .any(|net| net_holds(net, addr, len) == Some(true))
-            })
-    }
-
-    /// How an `-i` match meets the flow's interfaces: all, some (or unknown), or none.
-    fn interface_covers(&self, value: &str) -> Covers {
-        if self.in_interfaces.is_empty() {
-            return Covers::Part;
-        }
-        let takes = |dev: &str| match value.strip_suffix('+') {
-            Some(prefix) => dev.starts_with(prefix),
-            None => dev == value,
-        };
-        match self.in_interfaces.iter().filter(|d| takes(d)).count() {
-            0 => Covers::Nothing,
-            n if n == self.in_interfaces.len() => Covers::All,
-            _ => Covers::Part,
-        }
-    }
-
-    /// Whether an iptables address match (`10.0.0.0/8`, `192.168.1.5/32`, `1.2.3.4`, a
-    /// comma-separated list) may take some of `nets`.
-    fn may_take(nets: &[(Ipv4Addr, u8)], value: &str) -> bool {
-        nets.is_empty()
-            || value.split(',').any(|net| {
-                // A name, a dotted mask or IPv6: cannot tell, so it may.
-                nets.iter()
-                    .any(|&(addr, len)| net_overlaps(net, addr, len).unwrap_or(true))
-            })
-    }
-
-    /// How much of the flow a rule's match covers.
-    fn covered_by(&self, rule: &str) -> Covers {
-        let w: Vec<&str> = rule.split_whitespace().collect();
-        let port_in = |v: &str| {
-            v.split(',').any(|p| match p.split_once(':') {
-                Some((lo, hi)) => {
-                    let lo = lo.parse::<u16>().unwrap_or(0);
-                    let hi = hi.parse::<u16>().unwrap_or(u16::MAX);
-                    (lo..=hi).contains(&self.port)
-                }
-                None => p.parse::<u16>().ok() == Some(self.port),
-            })
-        };
-        let mut part = false;
-        // Skip `-A CHAIN`.
-        let mut i = 2;
-        while i < w.len() {
-            let (opt, val) = (w[i], w.get(i + 1).copied().unwrap_or(""));
-            match opt {
-                // A negated match takes what the match leaves: none of the flow when the
-                // match takes all of it, all when it takes none, else part.
-                "!" => {
-                    let (nopt, nval) = (
-                        w.get(i + 1).copied().unwrap_or(""),
-                        w.get(i + 2).copied().unwrap_or(""),
-                    );
-                    let (all, none) = match nopt {
-                        "-s" | "--source" => (
-                            Self::takes_all(&self.sources, nval),
-                            !Self::may_take(&self.sources, nval),
-                        ),
-                        "-d" | "--destination" => (
-                            Self::takes_all(&self.destinations, nval),
-                            !Self::may_take(&self.destinations, nval),
-                        ),
-                        "-p" | "--protocol" => (
-                            self.proto.matched_by(nval) && !matches!(nval, "all" | "0"),
-                            !self.proto.matched_by(nval),
-                        ),
-                        "-i" | "--in-interface" => match self.interface_covers(nval) {
-                            Covers::All => (true, false),
-                            Covers::Nothing => (false, true),
-                            Covers::Part => (false, false),
-                        },
-                        _ => (false, false),
-                    };
-                    if all {
-                        return Covers::Nothing;
-                    }
-                    part |= !none;
-                    i += if nopt.starts_with('-') { 3 } else { 1 };
-                    continue;
-                }
-                "-p" | "--protocol" if !self.proto.matched_by(val) => {
-                    return Covers::Nothing;
-                }
-                "-i" | "--in-interface" | "-o" | "--out-interface" if val == "lo" => {
-                    return Covers::Nothing;
-                }
-                "--dport" | "--dports" | "--destination-port" | "--destination-ports"
-                    if !port_in(val) =>
-                {
-                    return Covers::Nothing;
-                }
-                // The source port is arbitrary (VXLAN's is a hash of the inner flow, a TCP
-                // client's is ephemeral).
-                "--sport" | "--sports" | "--source-port" | "--source-ports" => part = true,
-                // The flow's first packet is never a reply: only a match that takes NEW
-                // packets sees it.
-                "--ctstate" | "--state" if !val.split(',').any(|s| s == "NEW") => {
-                    return Covers::Nothing;
-                }
-                "-s" | "--source" | "--src-range" => {
-                    if !Self::may_take(&self.sources, val) {
-                        return Covers::Nothing;
-                    }
-                    part |= opt == "--src-range" || !Self::takes_all(&self.sources, val);
-                }
-                "-d" | "--destination" | "--dst-range" => {
-                    if !Self::may_take(&self.destinations, val) {
-                        return Covers::Nothing;
-                    }
-                    part |= opt == "--dst-range" || !Self::takes_all(&self.destinations, val);
-                }
-                "-i" | "--in-interface" => match self.interface_covers(val) {
-                    Covers::Nothing => return Covers::Nothing,
-                    Covers::Part => part = true,
-                    Covers::All => {}
-                },
-                "-p"
-                | "--protocol"
-                | "-m"
-                | "--match"
-                | "-j"
-                | "--jump"
-                | "-g"
-                | "--goto"
-                | "--comment"
-                | "--reject-with"
-                | "--dport"
-                | "--dports"
-                | "--destination-port"
-                | "--destination-ports"
-                | "--ctstate"
-                | "--state" => {}
-                // Any other match (an interface, a set, a mark, a rate) narrows the rule.
-                o if o.starts_with('-') => part = true,
-                _ => {}
-            }
-            i += if opt.starts_with('-') { 2 } else { 1 };
-        }
-        if part { Covers::Part } else { Covers::All }
-    }
-}
-
-/// Whether the iptables address `net` (`a.b.c.d` or `a.b.c.d/len`) holds all of
-/// `addr/len`; `None` when `net` is not one.
-fn net_holds(net: &str, addr: Ipv4Addr, len: u8) -> Option<bool> {
-    let (a, l) = net.split_once('/').unwrap_or((net, "32"));
-    let (a, l) = (a.parse::<Ipv4Addr>().ok()?, l.parse::<u8>().ok()?);
-    if l > 32 {
-        return None;
-    }
-    let mask = u32::MAX.checked_shl(32 - u32::from(l)).unwrap_or(0);
-    Some(l <= len && u32::from(a) & mask == u32::from(addr) & mask)
-}
-
-/// Whether the iptables address `net` (`a.b.c.d` or `a.b.c.d/len`) and `addr/len` share
-/// an address; `None` when `net` is not one.
-fn net_overlaps(net: &str, addr: Ipv4Addr, len: u8) -> Option<bool> {
-    let (a, l) = net.split_once('/').unwrap_or((net, "32"));
-    let (a, l) = (a.parse::<Ipv4Addr>().ok()?, l.parse::<u32>().ok()?);
-    if l > 32 {
-        return None;
-    }
-    let shorter = l.min(u32::from(len));
-    let mask = u32::MAX.checked_shl(32 - shorter).unwrap_or(0);
-    Some(u32::from(a) & mask == u32::from(addr) & mask)
-}
-
-/// How much of a flow a rule's match covers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Covers {
-    Nothing,
-    Part,
-    All,
-}
-
-/// Where a chain leaves the overlay's traffic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Fate {
-    Accepted,
-    Dropped,
-    /// Fell off the end of a user chain, or was returned from it.
-    Continues,
-}
-
-/// Every rule, in order: (table, chain, rule).
-type Rules = Vec<(String, String, String)>;
-
-/// The rules of each (table, chain), in order, indexed once for the walk.
-type ByChain<'a> = std::collections::HashMap<(&'a str, &'a str), Vec<&'a str>>;
-
-/// Walks `chain` of `table` as the kernel would for a VXLAN packet, pushing every DROP or
-/// REJECT that may take it before something accepts all of it.
-fn walk_flow(
-    rules: &ByChain<'_>,
-    policies: &[(String, String, String)],
-    traffic: &Flow,
-    (table, chain): (&str, &str),
-    depth: u8,
-    found: &mut Vec<FirewallRule>,
-    budget: &mut u32,
-) -> Fate {
-    for &rule in rules.get(&(table, chain)).map_or(&[][..], Vec::as_slice) {
-        // Chains that jump into each other many times over cannot make the walk long.
-        if *budget == 0 || found.len() >= MAX_CONFIG_ENTRIES {
-            return Fate::Continues;
-        }
-        *budget -= 1;
-        let covers = traffic.covered_by(rule);
-        if covers == Covers::Nothing {
-            continue;
-        }
-        match jump_target(rule) {
-            Some("ACCEPT") if covers == Covers::All => return Fate::Accepted,
-            Some("DROP" | "REJECT") => {
-                found.push(FirewallRule {
-                    table: table.to_owned(),
-                    chain: chain.to_owned(),
-                    rule: rule.to_owned(),
-                });
-                if covers == Covers::All {
-                    return Fate::Dropped;
-                }
-            }
-            Some("RETURN") if covers == Covers::All => return Fate::Continues,
-            Some(user)
-                if depth < 4
-                    && !is_builtin_chain(user)
-                    && !is_cluster_chain(user)
-                    && !matches!(user, "ACCEPT" | "DROP" | "REJECT" | "RETURN" | "LOG") =>
-            {
-                let fate = walk_flow(
-                    rules,
-                    policies,
-                    traffic,
-                    (table, user),
-                    depth + 1,
-                    found,
-                    budget,
-                );
-                if covers == Covers::All && fate != Fate::Continues {
-                    return fate;
-                }
-            }
-            _ => {}
-        }
-    }
-    let policy = policies
-        .iter()
-        .find(|(t, c, _)| t == table && c == chain)
-        .map(|(_, _, p)| p.as_str());
-    if depth == 0 && policy == Some("DROP") {
-        found.push(FirewallRule {
-            table: table.to_owned(),
-            chain: chain.to_owned(),
-            rule: format!(
-                ":{chain} DROP (policy) and no rule accepts {} {}",
-                traffic.proto.name(),
-                traffic.port
-            ),
-        });
-        return Fate::Dropped;
-    }
-    Fate::Continues
 }
 
 /// What `iptables-save` says about the FORWARD path and the overlay's traffic.
@@ -685,51 +489,67 @@ pub fn parse_iptables_save_with(
     traffic: &OverlayTraffic,
     relay: Option<&Flow>,
 ) -> (ForwardEvidence, Vec<FirewallRule>, Vec<FirewallRule>) {
+    let f = parse_iptables_save_as(text, FirewallBackend::Iptables, traffic, relay);
+    (f.forward, f.overlay, f.relay)
+}
+
+/// What one firewall source says about the three paths the evidence follows.
+#[derive(Debug, Clone, Default)]
+pub struct FirewallPaths {
+    /// The FORWARD path.
+    pub forward: ForwardEvidence,
+    /// What may drop the overlay's traffic.
+    pub overlay: Vec<FirewallRule>,
+    /// What may drop a pod's connection to the relay.
+    pub relay: Vec<FirewallRule>,
+}
+
+/// [`parse_iptables_save_with`] for the rules of one iptables `backend`.
+pub fn parse_iptables_save_as(
+    text: &str,
+    backend: FirewallBackend,
+    traffic: &OverlayTraffic,
+    relay: Option<&Flow>,
+) -> FirewallPaths {
+    let rule = |table: &str, chain: &str, text: &str| FirewallRule {
+        backend,
+        ..FirewallRule::iptables(table, chain, text)
+    };
     let mut fwd = ForwardEvidence::default();
     let mut port_rules = Vec::new();
-    let mut table = String::new();
     // filter table: chain -> its rules, in order.
     let mut filter: Vec<(String, String)> = Vec::new();
-    let mut all: Rules = Vec::new();
-    let mut policies: Vec<(String, String, String)> = Vec::new();
     let port = traffic.port.to_string();
-    for line in text.lines().map(str::trim) {
-        if let Some(t) = line.strip_prefix('*') {
-            table = t.to_owned();
-        } else if let Some(decl) = line.strip_prefix(':') {
-            let mut it = decl.split_whitespace();
-            let (Some(chain), Some(policy)) = (it.next(), it.next()) else {
-                continue;
-            };
-            if table == "filter" && chain == "FORWARD" {
-                fwd.policy = Some(policy.to_owned());
+    for line in save_lines(text) {
+        match line {
+            SaveLine::Chain {
+                table,
+                chain,
+                policy,
+            } => {
+                if table == "filter" && chain == "FORWARD" {
+                    fwd.policy = Some(policy.to_owned());
+                }
+                if !is_builtin_chain(chain)
+                    && !is_cluster_chain(chain)
+                    && !fwd.foreign_chains.iter().any(|c| c == chain)
+                {
+                    fwd.foreign_chains.push(chain.to_owned());
+                }
             }
-            policies.push((table.clone(), chain.to_owned(), policy.to_owned()));
-            if !is_builtin_chain(chain)
-                && !is_cluster_chain(chain)
-                && !fwd.foreign_chains.iter().any(|c| c == chain)
-            {
-                fwd.foreign_chains.push(chain.to_owned());
-            }
-        } else if let Some(rest) = line.strip_prefix("-A ") {
-            let chain = rest.split_whitespace().next().unwrap_or("").to_owned();
-            let target = jump_target(line);
-            let blocks = matches!(target, Some("DROP" | "REJECT"));
-            let words: Vec<&str> = line.split_whitespace().collect();
-            let on_port = words.windows(2).any(|w| {
-                matches!(w[0], "--dport" | "--sport" | "--dports" | "--sports")
-                    && w[1].split(',').any(|p| p == port)
-            }) && line.contains("-p udp");
-            if blocks && on_port {
-                port_rules.push(FirewallRule {
-                    table: table.clone(),
-                    chain: chain.clone(),
-                    rule: line.to_owned(),
-                });
-            }
-            all.push((table.clone(), chain.clone(), line.to_owned()));
-            if table == "filter" {
-                filter.push((chain, line.to_owned()));
+            SaveLine::Rule { table, chain, line } => {
+                let blocks = matches!(jump_target(line), Some("DROP" | "REJECT"));
+                let words: Vec<&str> = line.split_whitespace().collect();
+                let on_port = words.windows(2).any(|w| {
+                    matches!(w[0], "--dport" | "--sport" | "--dports" | "--sports")
+                        && w[1].split(',').any(|p| p == port)
+                }) && line.contains("-p udp");
+                if blocks && on_port {
+                    port_rules.push(rule(table, chain, line));
+                }
+                if table == "filter" {
+                    filter.push((chain.to_owned(), line.to_owned()));
+                }
             }
         }
     }
@@ -746,29 +566,21 @@ pub fn parse_iptables_save_with(
             .map(|(_, r)| r.as_str())
     }
     let mut cluster_accept_seen = false;
-    for rule in rules_of(&filter, "FORWARD") {
-        match jump_target(rule) {
+    for r in rules_of(&filter, "FORWARD") {
+        match jump_target(r) {
             Some(t) if is_cluster_chain(t) => {
                 cluster_accept_seen = true;
                 break;
             }
-            Some("DROP" | "REJECT") if !is_conntrack_invalid(rule) => {
-                fwd.blocking_rules.push(FirewallRule {
-                    table: "filter".into(),
-                    chain: "FORWARD".into(),
-                    rule: rule.to_owned(),
-                });
+            Some("DROP" | "REJECT") if !is_conntrack_invalid(r) => {
+                fwd.blocking_rules.push(rule("filter", "FORWARD", r));
             }
             Some(t) if !is_builtin_chain(t) && !matches!(t, "ACCEPT" | "RETURN" | "LOG") => {
                 for inner in rules_of(&filter, t) {
                     if matches!(jump_target(inner), Some("DROP" | "REJECT"))
                         && !is_conntrack_invalid(inner)
                     {
-                        fwd.blocking_rules.push(FirewallRule {
-                            table: "filter".into(),
-                            chain: t.to_owned(),
-                            rule: inner.to_owned(),
-                        });
+                        fwd.blocking_rules.push(rule("filter", t, inner));
                     }
                 }
             }
@@ -776,64 +588,41 @@ pub fn parse_iptables_save_with(
         }
     }
     if !cluster_accept_seen && fwd.policy.as_deref() == Some("DROP") {
-        fwd.blocking_rules.push(FirewallRule {
-            table: "filter".into(),
-            chain: "FORWARD".into(),
-            rule: ":FORWARD DROP (policy) and no Kubernetes/CNI chain accepts pod traffic".into(),
-        });
+        fwd.blocking_rules.push(rule(
+            "filter",
+            "FORWARD",
+            ":FORWARD DROP (policy) and no Kubernetes/CNI chain accepts pod traffic",
+        ));
     }
-    let mut by_chain: ByChain<'_> = std::collections::HashMap::new();
-    for (t, c, r) in &all {
-        by_chain
-            .entry((t.as_str(), c.as_str()))
-            .or_default()
-            .push(r.as_str());
-    }
-    let walk = |flow: &Flow, chains: &[(&str, &str)], out: &mut Vec<FirewallRule>| {
-        for &at in chains {
-            let mut found = Vec::new();
-            let mut budget = WALK_BUDGET;
-            walk_flow(&by_chain, &policies, flow, at, 0, &mut found, &mut budget);
-            for r in found {
-                if !out.contains(&r) {
-                    out.push(r);
-                }
-            }
-        }
-        out.truncate(MAX_CONFIG_ENTRIES);
-    };
-    walk(
-        &Flow::from(traffic),
-        &[
-            ("raw", "PREROUTING"),
-            ("raw", "OUTPUT"),
-            ("filter", "INPUT"),
-            ("filter", "OUTPUT"),
-        ],
+    let set = Ruleset::from_iptables_save(text, backend);
+    let overlay_hooks = [
+        (Hook::Prerouting, "raw"),
+        (Hook::Output, "raw"),
+        (Hook::Input, "filter"),
+        (Hook::Output, "filter"),
+    ];
+    extend_unique(
         &mut port_rules,
+        set.drops(&Flow::from(traffic), &overlay_hooks),
     );
-    let mut relay_rules = Vec::new();
-    if let Some(flow) = relay {
-        walk(
-            flow,
-            &[("raw", "PREROUTING"), ("filter", "INPUT")],
-            &mut relay_rules,
-        );
-    }
+    let relay_rules = relay.map_or_else(Vec::new, |flow| {
+        set.drops(flow, &[(Hook::Prerouting, "raw"), (Hook::Input, "filter")])
+    });
     fwd.blocking_rules.truncate(MAX_CONFIG_ENTRIES);
-    (fwd, port_rules, relay_rules)
+    FirewallPaths {
+        forward: fwd,
+        overlay: port_rules,
+        relay: relay_rules,
+    }
 }
 
-/// Most rules one walk of a built-in chain looks at, user chains included.
-const WALK_BUDGET: u32 = 20_000;
-
-fn jump_target(rule: &str) -> Option<&str> {
-    let words: Vec<&str> = rule.split_whitespace().collect();
-    words
-        .windows(2)
-        .rev()
-        .find(|w| w[0] == "-j" || w[0] == "-g")
-        .map(|w| w[1])
+/// Appends the rules of `more` that `to` does not hold, up to [`MAX_CONFIG_ENTRIES`].
+fn extend_unique(to: &mut Vec<FirewallRule>, more: Vec<FirewallRule>) {
+    for r in more {
+        if !to.contains(&r) && to.len() < MAX_CONFIG_ENTRIES {
+            to.push(r);
+        }
+    }
 }
 
 /// `-m conntrack --ctstate INVALID -j DROP` is hygiene every distribution ships, not a block.
@@ -1660,5 +1449,126 @@ mod tests {
         );
         let overlay = ev.overlay.expect("overlay read");
         assert!(overlay.missing_routes.is_empty() && overlay.missing_fdb.is_empty());
+    }
+
+    /// A host whose firewall commands answer from a table: `(program, output)`; any other
+    /// program is not installed.
+    struct Firewalls(Vec<(&'static str, String)>);
+
+    impl Host for Firewalls {
+        fn read(&self, _: &str) -> io::Result<String> {
+            Err(io::Error::from(io::ErrorKind::NotFound))
+        }
+        fn run(&self, program: &str, _: &[&str]) -> io::Result<String> {
+            self.0
+                .iter()
+                .find(|(p, _)| *p == program)
+                .map(|(_, out)| out.clone())
+                .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))
+        }
+        fn process_names(&self) -> Vec<String> {
+            Vec::new()
+        }
+    }
+
+    const NFT_DEFAULT: &str = "iptables v1.8.9 (nf_tables)\n";
+    const KUBE_ONLY: &str = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:KUBE-FORWARD - [0:0]\n-A FORWARD -j KUBE-FORWARD\nCOMMIT\n";
+
+    /// Issue 23, row 13: on a host whose `iptables` is the nft one, a rule a legacy image
+    /// left in iptables-legacy still drops the overlay. It was invisible (iptables-save
+    /// succeeded on the nft side); now both backends are read, and the rule's fix names
+    /// its own backend.
+    #[test]
+    fn rules_in_the_other_iptables_backend_are_read_too() {
+        let legacy =
+            "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -p udp -m udp --dport 8472 -j DROP\nCOMMIT\n";
+        let host = Firewalls(vec![
+            ("iptables", NFT_DEFAULT.into()),
+            ("iptables-legacy-save", legacy.into()),
+            ("iptables-nft-save", KUBE_ONLY.into()),
+        ]);
+        let ev = collect(&host, Some(&expectation()));
+        let r = ev.overlay_port_rules.first().expect("the legacy rule");
+        assert_eq!(r.backend, FirewallBackend::IptablesLegacy);
+        assert_eq!(
+            r.delete_command().as_deref(),
+            Some("iptables-legacy -t filter -D INPUT -p udp -m udp --dport 8472 -j DROP")
+        );
+        assert_eq!(
+            ev.firewall_sources,
+            [
+                FirewallSource {
+                    backend: FirewallBackend::IptablesLegacy,
+                    rules: 1
+                },
+                FirewallSource {
+                    backend: FirewallBackend::Iptables,
+                    rules: 1
+                }
+            ]
+        );
+        // Where the host's `iptables` is the legacy one, the same rule is plain iptables.
+        let host = Firewalls(vec![
+            ("iptables", "iptables v1.8.9 (legacy)\n".into()),
+            ("iptables-legacy-save", legacy.into()),
+            ("iptables-nft-save", KUBE_ONLY.into()),
+        ]);
+        let ev = collect(&host, Some(&expectation()));
+        assert_eq!(ev.overlay_port_rules[0].backend, FirewallBackend::Iptables);
+        assert_eq!(ev.firewall_sources[1].backend, FirewallBackend::IptablesNft);
+        // Without either variant, plain iptables-save as before.
+        let host = Firewalls(vec![("iptables-save", legacy.into())]);
+        let ev = collect(&host, Some(&expectation()));
+        assert_eq!(ev.overlay_port_rules.len(), 1);
+        assert_eq!(ev.overlay_port_rules[0].backend, FirewallBackend::Iptables);
+    }
+
+    /// Issue 23, row 13: firewalld's native nftables table rejects the overlay where
+    /// `iptables-save` shows an empty filter table.
+    #[test]
+    fn a_native_nftables_reject_is_read_from_nft() {
+        let host = Firewalls(vec![
+            ("iptables", NFT_DEFAULT.into()),
+            ("iptables-nft-save", KUBE_ONLY.into()),
+            (
+                "nft",
+                include_str!("../tests/fixtures/nft-firewalld.json").into(),
+            ),
+        ]);
+        let ev = collect(&host, Some(&expectation()));
+        let nft: Vec<&FirewallRule> = ev
+            .overlay_port_rules
+            .iter()
+            .filter(|r| r.backend == FirewallBackend::Nftables)
+            .collect();
+        assert_eq!(nft.len(), 1, "{:#?}", ev.overlay_port_rules);
+        assert_eq!(nft[0].table, "inet firewalld");
+        assert!(nft[0].is_firewalld());
+        assert!(
+            ev.overlay_port_rules.iter().all(|r| r.table != "ip filter"),
+            "iptables-nft's own table is read from iptables-nft-save"
+        );
+        let fwd = ev.forward.expect("forward");
+        assert!(
+            fwd.blocking_rules
+                .iter()
+                .any(|r| r.backend == FirewallBackend::Nftables && r.chain == "filter_FORWARD"),
+            "{fwd:#?}"
+        );
+        assert!(
+            ev.firewall_sources
+                .iter()
+                .any(|s| s.backend == FirewallBackend::Nftables && s.rules > 10),
+            "{:?}",
+            ev.firewall_sources
+        );
+        // A host without nft says nothing about it.
+        let host = Firewalls(vec![("iptables-nft-save", KUBE_ONLY.into())]);
+        let ev = collect(&host, Some(&expectation()));
+        assert!(
+            ev.unavailable.iter().all(|u| !u.contains("nft")),
+            "{:?}",
+            ev.unavailable
+        );
     }
 }

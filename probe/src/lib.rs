@@ -21,6 +21,7 @@ pub mod capture;
 pub mod client;
 pub mod dns;
 pub mod evidence;
+pub mod firewall;
 pub mod http;
 pub mod icmp;
 pub mod probers;

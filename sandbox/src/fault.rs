@@ -161,6 +161,13 @@ pub enum Fault {
         /// Node.
         node: String,
     },
+    /// The node's host firewall is native nftables in firewalld's shape (RHEL 8 and 9): a
+    /// table of its own hooked at input, accepting replies, loopback, ICMP and ssh, then
+    /// `reject with icmpx admin-prohibited`. `iptables-save` shows none of it.
+    NftHostFirewall {
+        /// Node.
+        node: String,
+    },
     /// The node's `cni0` MTU set below the overlay's (1400 < 1450): full-size packets into
     /// its pods are refused, and their senders learn a smaller path MTU. Full-size frames
     /// still cross the underlay.
@@ -414,6 +421,7 @@ impl Fault {
             K::DnsRulesMissing => Fault::DnsRulesMissing { node },
             K::VxlanPairDrop => Fault::VxlanPairDrop { node, peer },
             K::HostFirewall => Fault::HostFirewall { node },
+            K::NftHostFirewall => Fault::NftHostFirewall { node },
             K::BridgeMtu => Fault::BridgeMtu { node },
             K::BackendDown => Fault::BackendDown { node },
             K::MasqueradeMissing => Fault::MasqueradeMissing { node },
@@ -463,6 +471,7 @@ impl Fault {
             | Fault::DnsRulesMissing { node }
             | Fault::VxlanPairDrop { node, .. }
             | Fault::HostFirewall { node }
+            | Fault::NftHostFirewall { node }
             | Fault::BridgeMtu { node }
             | Fault::BackendDown { node }
             | Fault::MasqueradeMissing { node }
@@ -528,6 +537,7 @@ impl Fault {
             Fault::DnsRulesMissing { .. } => K::DnsRulesMissing,
             Fault::VxlanPairDrop { .. } => K::VxlanPairDrop,
             Fault::HostFirewall { .. } => K::HostFirewall,
+            Fault::NftHostFirewall { .. } => K::NftHostFirewall,
             Fault::BridgeMtu { .. } => K::BridgeMtu,
             Fault::BackendDown { .. } => K::BackendDown,
             Fault::MasqueradeMissing { .. } => K::MasqueradeMissing,
@@ -804,6 +814,18 @@ impl Fault {
                     .map(|r| Step::iptables(&ns, &format!("{op} {r}")))
                     .collect()
             }
+            Fault::NftHostFirewall { node: n } => {
+                let ns = node(n).map(|n| n.ns).unwrap_or_default();
+                if inject {
+                    vec![Step::nft(&ns, &nft_host_firewall())]
+                } else {
+                    vec![Step::run(
+                        &ns,
+                        "nft",
+                        &["delete", "table", "inet", NFT_TABLE],
+                    )]
+                }
+            }
             Fault::BridgeMtu { node: n } => {
                 let Some(n) = node(n) else {
                     return Action::Steps(vec![]);
@@ -1077,26 +1099,62 @@ impl Fault {
                 )]
             }
             Fault::Loss { node: n, percent } => {
-                let ns = node(n).map(|n| n.ns).unwrap_or_default();
-                let p = format!("{:.2}", f64::from(*percent) / 100.0);
-                vec![
-                    Step::iptables(
-                        &ns,
+                let Some(x) = node(n) else {
+                    return Action::Steps(vec![]);
+                };
+                // The wire loses them: the switch drops a share of the frames to and from
+                // x's port (nftables' bridge family, no netem). A rule in x's own OUTPUT
+                // would have x's kernel refuse its sends (EPERM), and one at the receivers
+                // would be in their firewalls: neither is a lossy link.
+                let table = format!("meshprobe_loss_{}", x.name.replace('-', "_"));
+                let port = x.switch_port();
+                if inject {
+                    vec![Step::nft(
+                        &plan.switch_ns(),
                         &format!(
-                            "{op} INPUT -i eth0 -m statistic --mode random --probability {p} {TAG} -j DROP"
+                            "table bridge {table} {{\n\
+                             \tchain forward {{\n\
+                             \t\ttype filter hook forward priority 0; policy accept;\n\
+                             \t\tiifname \"{port}\" numgen random mod 100 < {percent} drop\n\
+                             \t\toifname \"{port}\" numgen random mod 100 < {percent} drop\n\
+                             \t}}\n\
+                             }}\n"
                         ),
-                    ),
-                    Step::iptables(
-                        &ns,
-                        &format!(
-                            "{op} OUTPUT -o eth0 -m statistic --mode random --probability {p} {TAG} -j DROP"
-                        ),
-                    ),
-                ]
+                    )]
+                } else {
+                    vec![Step::run(
+                        &plan.switch_ns(),
+                        "nft",
+                        &["delete", "table", "bridge", &table],
+                    )]
+                }
             }
         };
         Action::Steps(steps)
     }
+}
+
+/// The lab's native nftables table (`nft-host-firewall`).
+pub const NFT_TABLE: &str = "meshprobe_fw";
+
+/// A firewalld-shaped input chain in a table of its own: what RHEL's default zone lets in,
+/// then a reject (written from firewalld's documented behaviour, not its files).
+fn nft_host_firewall() -> String {
+    format!(
+        "table inet {NFT_TABLE} {{\n\
+         \tchain filter_INPUT {{\n\
+         \t\ttype filter hook input priority filter + 10; policy accept;\n\
+         \t\tct state {{ established, related }} accept\n\
+         \t\tiifname \"lo\" accept\n\
+         \t\tjump filter_IN_public\n\
+         \t\treject with icmpx admin-prohibited\n\
+         \t}}\n\
+         \tchain filter_IN_public {{\n\
+         \t\tmeta l4proto {{ icmp, ipv6-icmp }} accept\n\
+         \t\ttcp dport 22 ct state {{ new, untracked }} accept\n\
+         \t}}\n\
+         }}\n"
+    )
 }
 
 impl fmt::Display for Fault {
@@ -1149,6 +1207,7 @@ impl fmt::Display for Fault {
                 write!(f, "vxlan-pair-drop on {node} toward {peer}")
             }
             Fault::HostFirewall { node } => write!(f, "host-firewall on {node}"),
+            Fault::NftHostFirewall { node } => write!(f, "nft-host-firewall on {node}"),
             Fault::BridgeMtu { node } => write!(f, "bridge-mtu (cni0 at 1400) on {node}"),
             Fault::BackendDown { node } => write!(f, "backend-down (web pod) on {node}"),
             Fault::MasqueradeMissing { node } => write!(f, "masquerade-missing on {node}"),

@@ -70,10 +70,28 @@ impl Step {
             value: value.to_owned(),
         }
     }
-    /// For a step that deletes something (an iptables rule `-D`, a chain `-X`), the step
-    /// that says whether it is still there: `iptables -C` / `iptables -L` succeed only if
-    /// it is. A heal skips the deletion of what someone removed by hand already.
+    /// For a step that deletes something (an iptables rule `-D`, a chain `-X`, an nftables
+    /// table), the step that says whether it is still there: `iptables -C` / `iptables -L`
+    /// / `nft list` succeed only if it is. A heal skips the deletion of what someone removed by hand already.
     pub fn presence_check(&self) -> Option<Step> {
+        // `nft delete table F T`: `nft list table F T` fails once it is gone.
+        if let Step::Run {
+            ns,
+            program: "nft",
+            args,
+            stdin: None,
+        } = self
+            && args.first().is_some_and(|a| a == "delete")
+        {
+            let mut check = args.clone();
+            check[0] = "list".to_owned();
+            return Some(Step::Run {
+                ns: ns.clone(),
+                program: "nft",
+                args: check,
+                stdin: None,
+            });
+        }
         let Step::Run {
             ns,
             program: "iptables",
@@ -98,6 +116,16 @@ impl Step {
             args: check,
             stdin: None,
         })
+    }
+
+    /// `nft -f -` inside `ns` with this ruleset.
+    pub fn nft(ns: &str, ruleset: &str) -> Self {
+        Step::Run {
+            ns: Some(ns.to_owned()),
+            program: "nft",
+            args: vec!["-f".into(), "-".into()],
+            stdin: Some(ruleset.to_owned()),
+        }
     }
 
     /// `iptables -w args...` inside `ns`.

@@ -16,6 +16,9 @@
 //! - With TLS ([`BoundedListener::with_tls`]), the handshake runs on the connection's own
 //!   first reads and writes, never in `accept`: a slow handshake holds its own slot only,
 //!   and must finish within [`Limits::first_bytes`] like any first request.
+//! - A plain HTTP request sent to a TLS port (`http://` where `https://` was meant) is
+//!   answered in plain HTTP, 400 with the hint to use https, instead of a TLS alert that
+//!   clients print as "invalid HTTP version".
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -220,7 +223,7 @@ impl BoundedListener {
                     };
                     let _ = io.set_nodelay(true);
                     let io = match &self.tls {
-                        Some(acceptor) => Stream::Handshake(Box::new(acceptor.accept(io))),
+                        Some(acceptor) => Stream::Sniff(Box::new((io, acceptor.clone()))),
                         None => Stream::Plain(io),
                     };
                     let budget = BodyBudget {
@@ -242,10 +245,41 @@ impl BoundedListener {
     }
 }
 
+/// What a plain HTTP request to a TLS port is told (400, as nginx answers it), in plain
+/// HTTP.
+const PLAIN_TO_TLS: &str =
+    "{\"error\":\"this port speaks TLS: use https:// (a plain HTTP request was sent)\"}";
+
+/// The first byte of a TLS record carrying a handshake message (a ClientHello).
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// What a connection's first byte says it speaks, on a TLS port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FirstByte {
+    /// A TLS handshake record.
+    Tls,
+    /// An HTTP method's first letter: plain HTTP sent to the TLS port.
+    PlainHttp,
+    /// Anything else: left to the TLS handshake to refuse.
+    Other,
+}
+
+impl FirstByte {
+    fn of(b: u8) -> Self {
+        match b {
+            TLS_HANDSHAKE_RECORD => FirstByte::Tls,
+            b'A'..=b'Z' => FirstByte::PlainHttp,
+            _ => FirstByte::Other,
+        }
+    }
+}
+
 /// A connection's byte stream: plain, or TLS (handshaking, then established).
 pub enum Stream {
     /// Plain TCP.
     Plain(TcpStream),
+    /// A TLS port's connection before its first byte has been seen.
+    Sniff(Box<(TcpStream, tokio_rustls::TlsAcceptor)>),
     /// The TLS handshake, driven by the first reads and writes.
     Handshake(Box<tokio_rustls::Accept<TcpStream>>),
     /// Established TLS.
@@ -257,6 +291,40 @@ pub enum Stream {
 impl Stream {
     /// Drives a handshake to its end; `Ready(Ok)` once the stream carries data.
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if let Stream::Sniff(sniff) = self {
+            let mut first = [0u8; 1];
+            let mut buf = ReadBuf::new(&mut first);
+            let seen = match ready!(sniff.0.poll_peek(cx, &mut buf)) {
+                Ok(0) => None,
+                Ok(_) => Some(FirstByte::of(first[0])),
+                Err(e) => {
+                    *self = Stream::Failed;
+                    return Poll::Ready(Err(e));
+                }
+            };
+            let Stream::Sniff(sniff) = std::mem::replace(self, Stream::Failed) else {
+                unreachable!("matched above")
+            };
+            let (io, acceptor) = *sniff;
+            match seen {
+                None => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "closed before the TLS handshake",
+                    )));
+                }
+                Some(FirstByte::PlainHttp) => {
+                    refuse_plain_http(&io);
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "a plain HTTP request on the TLS port: answered with the https hint",
+                    )));
+                }
+                Some(FirstByte::Tls | FirstByte::Other) => {
+                    *self = Stream::Handshake(Box::new(acceptor.accept(io)));
+                }
+            }
+        }
         if let Stream::Handshake(accept) = self {
             match ready!(Pin::new(accept.as_mut()).poll(cx)) {
                 Ok(tls) => *self = Stream::Tls(Box::new(tls)),
@@ -287,7 +355,7 @@ impl AsyncRead for Stream {
         match this {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-            Stream::Handshake(_) | Stream::Failed => Poll::Ready(Ok(())),
+            Stream::Sniff(_) | Stream::Handshake(_) | Stream::Failed => Poll::Ready(Ok(())),
         }
     }
 }
@@ -303,7 +371,7 @@ impl AsyncWrite for Stream {
         match this {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, data),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, data),
-            Stream::Handshake(_) | Stream::Failed => Poll::Ready(Ok(0)),
+            Stream::Sniff(_) | Stream::Handshake(_) | Stream::Failed => Poll::Ready(Ok(0)),
         }
     }
 
@@ -311,7 +379,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_flush(cx),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-            Stream::Handshake(_) | Stream::Failed => Poll::Ready(Ok(())),
+            Stream::Sniff(_) | Stream::Handshake(_) | Stream::Failed => Poll::Ready(Ok(())),
         }
     }
 
@@ -319,7 +387,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-            Stream::Handshake(_) | Stream::Failed => Poll::Ready(Ok(())),
+            Stream::Sniff(_) | Stream::Handshake(_) | Stream::Failed => Poll::Ready(Ok(())),
         }
     }
 
@@ -333,7 +401,7 @@ impl AsyncWrite for Stream {
         match this {
             Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
-            Stream::Handshake(_) | Stream::Failed => Poll::Ready(Ok(0)),
+            Stream::Sniff(_) | Stream::Handshake(_) | Stream::Failed => Poll::Ready(Ok(0)),
         }
     }
 
@@ -341,9 +409,28 @@ impl AsyncWrite for Stream {
         match self {
             Stream::Plain(s) => s.is_write_vectored(),
             Stream::Tls(s) => s.is_write_vectored(),
-            Stream::Handshake(_) | Stream::Failed => false,
+            Stream::Sniff(_) | Stream::Handshake(_) | Stream::Failed => false,
         }
     }
+}
+
+/// Answers a plain HTTP request on the TLS port with [`PLAIN_TO_TLS`]. What the client
+/// has sent so far is read first (one try, never a wait), so that closing the socket sends
+/// a FIN after the answer rather than a reset that could overtake it.
+fn refuse_plain_http(io: &TcpStream) {
+    let mut scratch = [0u8; 4096];
+    for _ in 0..16 {
+        match io.try_read(&mut scratch) {
+            Ok(n) if n == scratch.len() => continue,
+            _ => break,
+        }
+    }
+    let answer = format!(
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\nconnection: close\r\n\
+         content-length: {}\r\n\r\n{PLAIN_TO_TLS}",
+        PLAIN_TO_TLS.len()
+    );
+    let _ = io.try_write(answer.as_bytes());
 }
 
 /// An accepted connection that holds its slot and closes itself when quiet.

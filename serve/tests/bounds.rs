@@ -3,6 +3,7 @@
 //! are still served.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -11,6 +12,7 @@ use axum::routing::{get, post};
 use meshprobe_serve::{BoundedListener, Limits, serve};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_rustls::rustls;
 
 mod common;
 use common::{connect_from, read_to_close};
@@ -333,4 +335,84 @@ async fn a_client_that_stops_reading_is_closed_when_quiet() {
     };
     assert!(closed, "closed by the server");
     assert!(got < 64 << 20, "the answer was cut off, {got} bytes read");
+}
+
+/// A TLS listener on loopback with a fresh CA, and a client configuration that trusts it.
+async fn start_tls() -> (SocketAddr, Arc<rustls::ClientConfig>) {
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+    let ca =
+        rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().expect("key"))
+            .expect("ca");
+    let leaf_key = rcgen::KeyPair::generate().expect("key");
+    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .expect("leaf params")
+        .signed_by(&leaf_key, &ca)
+        .expect("leaf");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut server = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der())),
+        )
+        .expect("server config");
+    server.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.der().clone()).expect("root");
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = tcp.local_addr().expect("addr");
+    tokio::spawn(serve(
+        BoundedListener::new(tcp, limits()).with_tls(Arc::new(server)),
+        app(),
+        std::future::pending(),
+    ));
+    (addr, Arc::new(client))
+}
+
+/// Issue 23, row 12: `http://` sent to the TLS port is answered in plain HTTP with the
+/// hint to use https (not a TLS alert that reads "invalid HTTP version"), and TLS clients
+/// on the same port are served as before.
+#[tokio::test]
+async fn plain_http_on_the_tls_port_is_told_to_use_https() {
+    let (addr, client) = start_tls().await;
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let (got, closed) = read_to_close(&mut s, Duration::from_secs(5)).await;
+    assert!(closed, "closed after the answer: {got:?}");
+    assert!(got.starts_with("HTTP/1.1 400 "), "{got:?}");
+    assert!(got.contains("use https://"), "{got:?}");
+    let (head, body) = got.split_once("\r\n\r\n").expect("a head and a body");
+    assert!(
+        head.contains(&format!("content-length: {}", body.len())),
+        "{head:?} for a body of {} bytes",
+        body.len()
+    );
+
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let mut tls = tokio_rustls::TlsConnector::from(client)
+        .connect(name, tcp)
+        .await
+        .expect("the TLS handshake still completes");
+    tls.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer:?}");
+    assert!(answer.ends_with("ok"), "{answer:?}");
 }

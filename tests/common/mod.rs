@@ -57,6 +57,19 @@ impl DerefMut for TestLab {
     }
 }
 
+/// Whether `nft` is here, for the kinds built with nftables (`loss` at the switch,
+/// `nft-host-firewall`). CI installs it, so there its absence fails the test; elsewhere the
+/// test (or the kind) is skipped, and says so.
+#[allow(dead_code)]
+pub fn nft_here() -> bool {
+    let here = std::process::Command::new("nft").arg("-v").output().is_ok();
+    if !here {
+        assert!(std::env::var_os("CI").is_none(), "CI must install nftables");
+        eprintln!("no nft on this machine: nftables kinds (loss, nft-host-firewall) skipped");
+    }
+    here
+}
+
 /// A lab of `nodes` with the mesh running, or `None` when lab tests are skipped.
 /// Without root this fails, unless MESHPROBE_SKIP_LAB_TESTS=1 says to skip.
 pub fn lab_or_skip(nodes: usize) -> Option<TestLab> {
