@@ -1284,7 +1284,7 @@ mod tests {
     }
 
     #[test]
-    fn loss_rule_is_deleted_with_the_same_spec() {
+    fn loss_table_is_deleted_by_the_name_it_was_made_with() {
         let plan = LabPlan::new("t", 2).expect("valid");
         let f = Fault::Loss {
             node: "n1".into(),
@@ -1293,11 +1293,41 @@ mod tests {
         let (Action::Steps(i), Action::Steps(h)) = (f.inject(&plan), f.heal(&plan)) else {
             panic!()
         };
-        let args = |s: &Step| match s {
-            Step::Run { args, .. } => args.join(" "),
-            Step::Sysctl { .. } => String::new(),
+        let (
+            Step::Run {
+                ns: Some(ins),
+                program: "nft",
+                stdin: Some(ruleset),
+                ..
+            },
+            Step::Run {
+                ns: Some(hns),
+                program: "nft",
+                args,
+                ..
+            },
+        ) = (&i[0], &h[0])
+        else {
+            panic!("{i:?} / {h:?}")
         };
-        assert_eq!(args(&i[0]).replace("-I", "-D"), args(&h[0]));
-        assert!(args(&i[0]).contains("--probability 0.30"));
+        // At the switch, never in a node's own firewall.
+        assert_eq!((ins, hns), (&plan.switch_ns(), &plan.switch_ns()));
+        assert!(
+            ruleset.contains("table bridge meshprobe_loss_n1 {"),
+            "{ruleset}"
+        );
+        assert!(
+            ruleset.contains("iifname \"n1\" numgen random mod 100 < 30 drop"),
+            "{ruleset}"
+        );
+        assert!(
+            ruleset.contains("oifname \"n1\" numgen random mod 100 < 30 drop"),
+            "{ruleset}"
+        );
+        assert_eq!(args.join(" "), "delete table bridge meshprobe_loss_n1");
+        assert!(
+            h[0].presence_check().is_some(),
+            "a heal by hand is tolerated"
+        );
     }
 }
